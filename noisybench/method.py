@@ -1,0 +1,173 @@
+"""The public Method contract: everything a training objective may see and do.
+
+A method is an ``nn.Module`` so that its per-sample stores (registered buffers) travel with
+``state_dict()`` into every checkpoint. The engine owns the model's forward passes for
+evaluation, ``backward``, the optimizer, the scheduler and AMP; a method only turns a
+:class:`Batch` into a loss and keeps whatever per-sample state it needs, addressed by the
+stable dataset indices in ``Batch.idx``.
+
+What a method never sees: the clean labels. ``Batch.target`` holds the *noisy* labels, and
+so does the ``noisy_labels`` tensor handed to :meth:`Method.setup`.
+
+A new method is one Python file with a subclass of :class:`Method` and one YAML file under
+``conf/method/`` whose ``_target_`` names the class; see README.md, "Adding a method".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Batch",
+    "Method",
+    "MethodContext",
+    "StepOutput",
+    "soft_cross_entropy",
+]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training mini-batch, already on the training device.
+
+    Attributes:
+        idx: ``(B,)`` long tensor of stable dataset indices (for per-sample state).
+        target: ``(B,)`` long tensor of the *noisy* labels.
+        views: exactly the views the method declared in :attr:`Method.views`, each a
+            normalised float tensor ``(B, C, H, W)`` made from the same images in the
+            same order, each with its own random augmentation.
+        carried: the first ``carried`` samples repeat samples of the previous batch (the last
+            ``carried`` fresh samples of that batch, same order, freshly augmented); set by
+            the loader when the method asks for ``carry_previous > 0`` (DLB), else 0.
+    """
+
+    idx: Tensor
+    target: Tensor
+    views: dict[str, Tensor]
+    carried: int = 0
+
+    @property
+    def size(self) -> int:
+        return int(self.idx.shape[0])
+
+
+@dataclass
+class StepOutput:
+    """What :meth:`Method.training_step` returns.
+
+    Attributes:
+        loss: scalar tensor the engine back-propagates.
+        logits: ``(B, K)`` logits of the main (first declared) view for the batch's samples,
+            used by the engine for training accuracy; may keep its graph.
+        extras: scalar tensors averaged over the epoch and logged under ``train/<name>``.
+            Keep them as tensors: the engine converts to numbers once per epoch.
+        state: anything the method wants to pass from ``training_step`` to ``after_step``
+            (e.g. the detached probabilities of the forward pass).
+    """
+
+    loss: Tensor
+    logits: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+    state: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """Facts about the run that a method may size its state by.
+
+    Attributes:
+        num_samples: size of the training set (per-sample stores are ``num_samples`` long).
+        num_classes: K.
+        noisy_labels: ``(N,)`` long tensor of the given (noisy) training labels, on device.
+        epochs: total number of training epochs.
+        steps_per_epoch: optimizer steps in one epoch.
+        device: the training device.
+        build_model: builds a fresh, randomly initialised model of the run's architecture on
+            ``device`` (for methods that train several models, e.g. an ensemble; the caller
+            seeds the RNG as it wishes before calling it).
+    """
+
+    num_samples: int
+    num_classes: int
+    noisy_labels: Tensor
+    epochs: int
+    steps_per_epoch: int
+    device: torch.device
+    build_model: Callable[[], nn.Module] | None = None
+
+
+class Method(nn.Module):
+    """Base class of every training objective (Cross-entropy, BSD, BSD+, baselines).
+
+    Subclasses set :attr:`views` and implement :meth:`training_step`; everything else has
+    a sensible default. Per-sample stores are created in :meth:`setup` with
+    ``self.register_buffer`` so that checkpoints carry them.
+
+    Class attributes a subclass may set:
+        views: keys of the augmented views the method needs; the data layer builds exactly
+            these. A key is ``<kind>`` or ``<kind>_<tag>`` with kind ``"plain"``
+            (normalisation only), ``"weak"`` (random crop + flip) or ``"strong"``
+            (AutoAugment + random erasing); every key is an independent draw, e.g.
+            ``("weak", "strong_1", "strong_2")``. The first one is the main view. May be set
+            per instance in ``__init__`` when it depends on the config.
+        carry_previous: fraction of the previous batch that the loader appends to the next
+            one, freshly augmented (DLB uses 1.0: the whole previous batch, as its reference
+            code does); 0 for ordinary batches.
+    """
+
+    views: ClassVar[tuple[str, ...]] = ("weak",)
+    carry_previous: ClassVar[float] = 0.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_classes: int = 0
+
+    def setup(self, ctx: MethodContext) -> None:
+        """Allocate per-sample state. Called once, before training and before any
+        ``load_state_dict`` on resume; must be deterministic given ``ctx``."""
+        self.num_classes = ctx.num_classes
+
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        """Forward the declared views through ``model`` and return the loss."""
+        raise NotImplementedError(f"{type(self).__name__} must implement training_step")
+
+    @torch.no_grad()
+    def after_step(self, batch: Batch, out: StepOutput, epoch: int) -> None:
+        """Called after the optimizer step (e.g. BSD's Eq. 5 target update). Default: nothing."""
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int) -> dict[str, Tensor]:
+        """Called once after each training epoch; returns scalars to log. Default: none."""
+        return {}
+
+    def soft_targets(self) -> Tensor | None:
+        """The method's current per-sample target distributions ``(N, K)``, if it keeps any.
+
+        The engine uses them for the label-recovery diagnostics (it alone knows the clean
+        labels). Default: ``None``.
+        """
+        return None
+
+    def predict(self, model: nn.Module, images: Tensor) -> Tensor:
+        """Logits used for evaluation. Default: ``model(images)``; an ensemble overrides it."""
+        return model(images)
+
+    def extra_modules(self) -> list[nn.Module]:
+        """Modules besides ``model`` whose parameters the engine's optimizer must train
+        (e.g. the other members of an ensemble, built in :meth:`setup` with
+        ``ctx.build_model``). Called once, after :meth:`setup`. Default: none."""
+        return []
+
+
+def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean over the batch of ``-sum_k target_k * log softmax(logits)_k``.
+
+    Same gradient with respect to the logits as ``KL(target || softmax(logits))``.
+    """
+    return -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()

@@ -1,0 +1,271 @@
+"""Bayesian Self-Distillation (BSD), Adelöw, Gamba & Maki, Section 3 and Appendix A.1.
+
+Every training sample ``i`` carries a Dirichlet belief ``Dir(alpha_i)`` over its latent
+class distribution. It starts from the *given* (possibly noisy) label (Eq. 2):
+``alpha0_ij = c`` for the labelled class and ``eps`` otherwise. After each mini-batch the
+model's own detached prediction ``yhat_i`` of that step is added as fractional evidence,
+with the old evidence discounted by ``gamma``: ``alpha_i <- gamma * alpha_i + yhat_i``
+(Eq. 4 with discounting). The network is trained towards the posterior predictive
+``y_i = alpha_i / A_i`` with ``A_i = sum_j alpha_ij``, optionally sharpened (Eq. 12).
+
+Storage follows the paper: the normalised target ``y`` (N, K) and the count ``A`` (N,)
+instead of ``alpha``, updated by Eq. 5::
+
+    w = gamma * A / (gamma * A + 1);   y <- w * y + (1 - w) * yhat;   A <- gamma * A + 1
+
+Decisions the paper leaves open (each one is tested in ``tests/test_bsd.py``):
+
+* **Order (Algorithm 1).** ``training_step`` computes the loss against ``y^{t-1}`` (the
+  stored targets, untouched by this step); ``after_step``, which the engine calls after
+  the optimizer step, applies Eq. 5 with the softmax of that same forward pass.
+* **Loss scale.** Algorithm 1 and Eq. 12 write ``1 / (|B| k)``. ``loss_scale="mean"``
+  (default) averages the per-sample soft cross-entropy ``-sum_k t_k log p_k`` over the
+  batch, exactly the scale of ``F.cross_entropy``: with ``c -> inf`` BSD then has the same
+  gradients as cross-entropy (Section 3.3), and learning rates tuned for cross-entropy
+  apply unchanged (this matters for SGD; Adam is nearly scale-invariant).
+  ``loss_scale="paper"`` additionally divides by ``k`` (the number of classes), as written.
+  The soft cross-entropy and ``KL(target || p)`` differ by the target's entropy, a constant,
+  so their gradients are identical; we return the cross-entropy.
+* **Sharpening (Eq. 12).** ``t = y^(1/tau) / ||y^(1/tau)||_1``, computed in float32 from
+  the stored row after renormalising it (``tau = 1`` is then the identity). Only the loss
+  target is sharpened; the stored ``y`` and Eq. 5 are not.
+* **Precision.** The update runs in float32 and the result is written back in
+  ``store_dtype``. With ``float16`` the stored rows are renormalised when read, so that
+  rounding does not accumulate (an fp16 row of a one-hot-like target cannot move its
+  largest entry by less than ~2.4e-4, which would otherwise leave the row summing to
+  slightly more than 1). ``A`` is always float32: the paper's 2N-byte float16 ``A`` stalls
+  short of its fixed point ``1 / (1 - gamma)`` once ``(1 - gamma) * |A - A*|`` falls under
+  half a float16 spacing (e.g. gamma = 0.99: ``A`` stays near 103 instead of 100), and it
+  costs only 2N extra bytes next to the 2NK of ``y``. Memory: ``NK * bytes(store_dtype) + 4N``.
+* **Repeated indices in one batch** (only possible with a sampler that draws with
+  replacement, or a method that appends earlier samples): the result equals applying
+  Eq. 5 once per occurrence, in batch order, i.e. ``alpha <- gamma^m alpha +
+  sum_r gamma^(m-1-r) yhat_r``. It is computed without host synchronisation and every
+  duplicate writes a bit-identical row, so the write is deterministic.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from noisybench.errors import UserError
+from noisybench.method import Batch, Method, MethodContext, StepOutput
+
+__all__ = ["BSD", "dirichlet_prior", "discounted_update", "sharpen"]
+
+STORE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": torch.float32}
+LOSS_SCALES = ("mean", "paper")
+_ENTROPY_CHUNK_ROWS = 65536
+
+
+def dirichlet_prior(
+    labels: Tensor, num_classes: int, c: float, eps: float, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    """Eq. 2 in normalised form: ``y0_ij = alpha0_ij / A0`` and ``A0 = c + (K - 1) eps``.
+
+    Returns ``(targets (N, K) in dtype, counts (N,) float32)`` on ``labels.device``.
+    """
+    count0 = c + (num_classes - 1) * eps
+    targets = torch.full(
+        (labels.shape[0], num_classes), eps / count0, dtype=dtype, device=labels.device
+    )
+    targets.scatter_(1, labels.long()[:, None], c / count0)
+    counts = torch.full((labels.shape[0],), count0, dtype=torch.float32, device=labels.device)
+    return targets, counts
+
+
+def sharpen(targets: Tensor, tau: float) -> Tensor:
+    """Eq. 12: ``t^(1/tau) / ||t^(1/tau)||_1`` per row, in float32.
+
+    Rows are renormalised first, so ``tau = 1`` returns the (renormalised) input. The row
+    maximum is divided out before the power so that small ``tau`` cannot underflow.
+    """
+    t = targets.float()
+    if tau == 1.0:
+        return t / t.sum(dim=-1, keepdim=True)
+    t = (t / t.amax(dim=-1, keepdim=True)).pow(1.0 / tau)
+    return t / t.sum(dim=-1, keepdim=True)
+
+
+def discounted_update(
+    targets: Tensor, counts: Tensor, probs: Tensor, idx: Tensor, gamma: float
+) -> tuple[Tensor, Tensor]:
+    """Eq. 5 for the rows of one batch, in float32.
+
+    Args:
+        targets: ``(B, K)`` current targets ``y^{t-1}`` of the batch's samples (rows sum to 1).
+        counts: ``(B,)`` current counts ``A^{t-1}``.
+        probs: ``(B, K)`` detached predictions ``yhat^t``.
+        idx: ``(B,)`` dataset indices; rows with equal ``idx`` describe the same sample.
+        gamma: discount factor in ``[0, 1]``.
+
+    Returns:
+        ``(targets, counts)`` after the update. For a sample that occurs ``m`` times, every
+        one of its rows holds the result of ``m`` sequential Eq. 5 updates in batch order:
+        ``A' = gamma^m A + sum_r gamma^(m-1-r)`` and
+        ``y' = (gamma^m A y + sum_r gamma^(m-1-r) yhat_r) / A'``. With ``m = 1`` this is
+        exactly ``w y + (1 - w) yhat``, ``A' = gamma A + 1`` with ``w = gamma A / (gamma A + 1)``.
+    """
+    y = targets.float()
+    a = counts.float()
+    p = probs.float()
+    batch = idx.shape[0]
+    same = idx[:, None] == idx[None, :]  # (B, B)
+    earlier = torch.tril(same, diagonal=-1).sum(dim=1)  # occurrences before this row
+    mult = same.sum(dim=1)  # occurrences of this row's sample
+    g = torch.tensor(gamma, dtype=torch.float32, device=y.device)
+    # Weight of observation b in its sample's final evidence: gamma^(m-1-rank).
+    obs_weight = torch.pow(g, (mult - 1 - earlier).float())
+    off_diag = same & ~torch.eye(batch, dtype=torch.bool, device=y.device)
+    weights_off = off_diag.float() * obs_weight[None, :]
+    # Diagonal term in full precision; the (all-zero without duplicates) rest by a matmul.
+    evidence = obs_weight[:, None] * p + weights_off @ p
+    decay = torch.pow(g, mult.float())
+    new_a = decay * a + (obs_weight + weights_off.sum(dim=1))
+    keep = decay * a / new_a  # w of Eq. 5
+    new_y = keep[:, None] * y + evidence / new_a[:, None]
+    # Rows of a repeated sample: all take the row of its last occurrence (whose rank
+    # makes its own weight 1), so duplicates are bit-identical.
+    positions = torch.arange(batch, device=y.device)
+    last = torch.where(same, positions[None, :], -1).amax(dim=1)
+    return new_y[last], new_a[last]
+
+
+class BSD(Method):
+    """Bayesian Self-Distillation (Algorithm 1), one weakly augmented view per sample.
+
+    Args:
+        gamma: discount factor of old evidence (Eq. 5), in ``[0, 1]``.
+        c: prior evidence for the given label (Eq. 2), > 0.
+        eps: prior evidence for every other class (Eq. 2), >= 0.
+        tau: sharpening temperature of the loss target (Eq. 12), > 0; 1 = no sharpening.
+        store_dtype: ``"float16"`` (the paper's memory budget) or ``"float32"`` for ``y``.
+        loss_scale: ``"mean"`` (batch mean of the soft cross-entropy, the scale of
+            ``F.cross_entropy``) or ``"paper"`` (additionally divided by the number of
+            classes, the ``1 / (|B| k)`` of Algorithm 1).
+
+    Buffers (in ``state_dict``, created by :meth:`setup`): ``targets`` (N, K) in
+    ``store_dtype`` and ``counts`` (N,) float32.
+    """
+
+    views = ("weak",)
+
+    def __init__(
+        self,
+        gamma: float = 0.95,
+        c: float = 1000.0,
+        eps: float = 0.0,
+        tau: float = 1.0,
+        store_dtype: str = "float16",
+        loss_scale: str = "mean",
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= gamma <= 1.0:
+            raise UserError(f"BSD gamma must be in [0, 1], got {gamma}; use e.g. 0.95.")
+        if not c > 0.0:
+            raise UserError(f"BSD prior strength c must be > 0, got {c}; use e.g. 1000.")
+        if not eps >= 0.0:
+            raise UserError(f"BSD eps must be >= 0, got {eps}; use 0 or a small value.")
+        if not tau > 0.0:
+            raise UserError(f"BSD sharpening tau must be > 0, got {tau}; use 1 or e.g. 0.8.")
+        if store_dtype not in STORE_DTYPES:
+            raise UserError(
+                f"BSD store_dtype must be one of {sorted(STORE_DTYPES)}, got {store_dtype!r}."
+            )
+        if loss_scale not in LOSS_SCALES:
+            raise UserError(f"BSD loss_scale must be one of {LOSS_SCALES}, got {loss_scale!r}.")
+        self.gamma = float(gamma)
+        self.c = float(c)
+        self.eps = float(eps)
+        self.tau = float(tau)
+        self.store_dtype = store_dtype
+        self.loss_scale = loss_scale
+
+    # ----------------------------------------------------------------- state
+    def setup(self, ctx: MethodContext) -> None:
+        """Eq. 2 prior from the given (noisy) labels; buffers ``targets`` and ``counts``."""
+        super().setup(ctx)
+        labels = ctx.noisy_labels.to(ctx.device)
+        if labels.numel() != ctx.num_samples:
+            raise UserError(
+                f"BSD got {labels.numel()} noisy labels for {ctx.num_samples} samples; "
+                "pass one label per training sample."
+            )
+        if labels.numel() and (labels.min() < 0 or labels.max() >= ctx.num_classes):
+            raise UserError(
+                f"BSD needs labels in [0, {ctx.num_classes}), got values in "
+                f"[{int(labels.min())}, {int(labels.max())}]; check the dataset's num_classes."
+            )
+        targets, counts = dirichlet_prior(
+            labels, ctx.num_classes, self.c, self.eps, STORE_DTYPES[self.store_dtype]
+        )
+        self.register_buffer("targets", targets)
+        self.register_buffer("counts", counts)
+
+    def soft_targets(self) -> Tensor:
+        """The current targets ``y`` (N, K), float32, rows renormalised (not sharpened)."""
+        y = self.targets.float()
+        return y / y.sum(dim=-1, keepdim=True)
+
+    # ------------------------------------------------------------------ loss
+    def batch_targets(self, idx: Tensor) -> Tensor:
+        """Sharpened previous targets ``y^{t-1}`` of the batch (Eq. 12), float32 ``(B, K)``."""
+        return sharpen(self.targets[idx], self.tau)
+
+    def scale(self, num_classes: int) -> float:
+        """Constant factor on the loss: 1 for ``"mean"``, ``1 / k`` for ``"paper"``."""
+        return 1.0 / num_classes if self.loss_scale == "paper" else 1.0
+
+    def bsd_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Soft cross-entropy between ``target`` and ``softmax(logits)`` (Eq. 12), scaled."""
+        per_sample = -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
+        return per_sample.mean() * self.scale(logits.shape[-1])
+
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        """One forward of the weak view; loss against the sharpened ``y^{t-1}``."""
+        logits = model(batch.views["weak"])
+        target = self.batch_targets(batch.idx)
+        loss = self.bsd_loss(logits, target)
+        probs = torch.softmax(logits.detach().float(), dim=-1)
+        return StepOutput(
+            loss=loss,
+            logits=logits,
+            extras={"bsd_target_max": target.amax(dim=-1).mean()},
+            state={"probs": probs},
+        )
+
+    # ---------------------------------------------------------------- update
+    @torch.no_grad()
+    def after_step(self, batch: Batch, out: StepOutput, epoch: int) -> None:
+        """Eq. 5 for the batch's samples with the prediction of this step's forward pass."""
+        idx = batch.idx
+        y = self.targets[idx].float()
+        y = y / y.sum(dim=-1, keepdim=True)
+        new_y, new_a = discounted_update(y, self.counts[idx], out.state["probs"], idx, self.gamma)
+        self.targets[idx] = new_y.to(self.targets.dtype)
+        self.counts[idx] = new_a
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int) -> dict[str, Tensor]:
+        """``mean_A``, ``target_entropy`` (mean entropy of ``y``, nats), ``target_max`` (mean
+        largest entry of ``y``) and ``store_mib`` (memory of ``y`` and ``A``)."""
+        n = self.targets.shape[0]
+        entropy = torch.zeros((), device=self.targets.device)
+        top = torch.zeros((), device=self.targets.device)
+        for start in range(0, n, _ENTROPY_CHUNK_ROWS):
+            y = self.targets[start : start + _ENTROPY_CHUNK_ROWS].float()
+            y = y / y.sum(dim=-1, keepdim=True)
+            entropy += -torch.xlogy(y, y).sum()
+            top += y.amax(dim=-1).sum()
+        nbytes = (
+            self.targets.numel() * self.targets.element_size()
+            + self.counts.numel() * self.counts.element_size()
+        )
+        return {
+            "mean_A": self.counts.mean(),
+            "target_entropy": entropy / max(n, 1),
+            "target_max": top / max(n, 1),
+            "store_mib": torch.tensor(nbytes / 2**20),
+        }

@@ -1,0 +1,97 @@
+"""Pre-activation ResNet-18 for small images (He et al. 2016, "Identity Mappings in Deep
+Residual Networks", ECCV), the network of the label-noise literature (DivideMix, CSOT, DULC)
+and of the BSD paper's Table 4 (lower half, "PreAct ResNet-18").
+
+CIFAR variant: a single 3x3 stride-1 stem convolution (no BatchNorm, no max-pool: the first
+block's pre-activation normalises it), four stages of two pre-activation basic blocks with
+64/128/256/512 channels and strides 1/2/2/2, a final BatchNorm-ReLU (the blocks leave their
+sum un-activated), global average pooling and a linear classifier. On 32x32 input the stages
+work at 32/16/8/4 pixels.
+
+Pre-activation block (He et al. 2016, Fig. 1(b) / Eq. 3): ``x + F(x)`` with
+``F = conv3x3 . ReLU . BN . conv3x3 . ReLU . BN``; nothing follows the addition, so the
+identity path is clean. Where the shape changes, the projection shortcut (1x1 convolution, no
+BatchNorm) takes the *pre-activated* input ``ReLU(BN(x))``, as in the authors' Torch code and
+the label-noise reference implementations.
+
+Initialisation: PyTorch's defaults, as in the reference code of DivideMix/CSOT.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from noisybench.models._common import check_sizes
+
+__all__ = ["PreActBlock", "PreActResNet", "preact_resnet18"]
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block: ``out = shortcut + conv(ReLU(BN(conv(ReLU(BN(x))))))``."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.relu1(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(pre)
+        out = self.conv1(pre)
+        out = self.conv2(self.relu2(self.bn2(out)))
+        return out + skip
+
+
+class PreActResNet(nn.Module):
+    """Pre-activation ResNet with basic blocks and a 3x3 small-image stem.
+
+    Args:
+        blocks: number of blocks in each of the four stages (``(2, 2, 2, 2)`` for depth 18).
+        num_classes: number of logits.
+        in_channels: input image channels.
+    """
+
+    def __init__(
+        self, blocks: tuple[int, int, int, int], num_classes: int, in_channels: int = 3
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        stages: list[nn.Module] = []
+        in_planes = 64
+        for planes, stride, n in zip((64, 128, 256, 512), (1, 2, 2, 2), blocks, strict=True):
+            layers = []
+            for i in range(n):
+                layers.append(PreActBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.final_bn = nn.BatchNorm2d(in_planes)
+        self.final_relu = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = in_planes
+        self.head = nn.Linear(in_planes, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Pooled penultimate features ``(N, 512)``."""
+        x = self.stages(self.stem(x))
+        x = self.final_relu(self.final_bn(x))
+        return self.pool(x).flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.forward_features(x))
+
+
+def preact_resnet18(num_classes: int, in_channels: int = 3) -> PreActResNet:
+    """PreAct ResNet-18 for small images (He et al. 2016b; BSD paper Table 4).
+
+    11.17M parameters for 10 classes.
+    """
+    check_sizes("preact_resnet18", num_classes, in_channels)
+    return PreActResNet((2, 2, 2, 2), num_classes, in_channels)

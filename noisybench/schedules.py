@@ -1,0 +1,79 @@
+"""Learning-rate schedules, stepped once per optimizer step by the engine.
+
+Each builder takes ``(optimizer, total_steps, steps_per_epoch, **config)`` and returns a
+``torch.optim.lr_scheduler.LRScheduler``; configs name them with ``_target_`` under
+``optim.scheduler`` (see ``conf/optim``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+
+__all__ = ["adam_beta1", "constant", "cosine", "one_cycle"]
+
+
+def cosine(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0.0,
+    min_lr_ratio: float = 0.0,
+) -> LRScheduler:
+    """Cosine annealing (Loshchilov & Hutter 2017) from the base lr to ``min_lr_ratio * lr``
+    over the run, after an optional linear warm-up of ``warmup_epochs`` (ImageNet: 5)."""
+    warmup = round(warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        progress = min(1.0, progress)
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def one_cycle(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    pct_start: float = 0.3,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+) -> LRScheduler:
+    """The 1cycle policy (Smith & Topin 2019) with the optimizer's lr as the maximum lr, as the
+    BSD paper's clean CIFAR/TinyImageNet runs use (Appendix A.1: Adam, max lr 0.01)."""
+    max_lr = [group["lr"] for group in optimizer.param_groups]
+    return OneCycleLR(
+        optimizer,
+        max_lr=max_lr,
+        total_steps=max(1, total_steps),
+        pct_start=pct_start,
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+        cycle_momentum=False,
+    )
+
+
+def constant(optimizer: Optimizer, total_steps: int, steps_per_epoch: int) -> LRScheduler:
+    """A constant learning rate."""
+    return LambdaLR(optimizer, lambda step: 1.0)
+
+
+def adam_beta1(
+    base_beta1: float, final_beta1: float, epoch: int, epochs: int, rampdown_epochs: int
+) -> float:
+    """Adam's beta1 annealed towards ``final_beta1`` over the last ``rampdown_epochs`` epochs.
+
+    Temporal Ensembling (Laine & Aila 2017) anneals beta1 during the final epochs with the
+    Gaussian ramp ``exp(-12.5 p^2)`` (p: progress through the ramp-down, 0 to 1); the BSD paper
+    (Appendix A.1) anneals it "to zero during the final 50 epochs". ``epoch`` is 0-based.
+    """
+    if rampdown_epochs <= 0 or epoch < epochs - rampdown_epochs:
+        return base_beta1
+    progress = (epoch - (epochs - rampdown_epochs) + 1) / rampdown_epochs
+    ramp = math.exp(-12.5 * progress**2)
+    return final_beta1 + (base_beta1 - final_beta1) * ramp
