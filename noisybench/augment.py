@@ -74,7 +74,7 @@ def cutmix_box(
     in_rows = (rows >= y0) & (rows < y1)
     in_cols = (cols >= x0) & (cols < x1)
     mask = in_rows[:, None] & in_cols[None, :]
-    lam_true = lam.float()
+    lam_true = 1.0 - mask.float().mean()
     return mask, lam_true
 
 

@@ -487,10 +487,10 @@ def test_wide_resnet_rejects_bad_depth() -> None:
 
 
 def test_vit_b16_parameter_count_and_shapes() -> None:
+    imagenet = meta_model("vit_b16", 1000)
+    ours = meta_model("vit_b16", 10)
+    small = meta_model("vit_b16", 10, image_size=32)
     with torch.device("meta"):
-        imagenet = create_model("vit_b16", num_classes=1000)
-        ours = create_model("vit_b16", num_classes=10)
-        small = create_model("vit_b16", num_classes=10, image_size=32)
         assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     # Published ViT-B/16 size (Dosovitskiy et al. 2021; torchvision's model card): 86,567,656.
     assert n_params(imagenet) == 86_567_656
