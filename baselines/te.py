@@ -38,7 +38,8 @@ Choices and their sources:
   are left out of the consistency term (they contribute 0 to the sum; the mean still divides by
   ``K |B|``), and :meth:`soft_targets` reports them as uniform.
 * The original also ramps the learning rate and anneals Adam's ``beta1`` over the last 50
-  epochs; here the engine owns the optimizer: see ``conf/optim/adam_te.yaml``.
+  epochs; here the engine owns the optimizer: see ``conf/method_optim/te.yaml``, applied
+  automatically for ``method=te``.
 
 All state lives in registered buffers, so a checkpoint taken mid-epoch resumes exactly.
 """

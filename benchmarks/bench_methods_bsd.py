@@ -71,6 +71,7 @@ def _time_case(model_name: str, in_ch: int, hw: int, batch: int, reps: int) -> d
     all_views = ("weak", "strong_1", "strong_2")
     data = _batch(all_views, batch, shape, labels)
     out: dict = {"model": model_name, "batch": batch, "image": list(shape), "methods": {}}
+    steps: dict[str, Callable[[], None]] = {}
     for name, factory in _methods().items():
         torch.manual_seed(1)
         model = create_model(model_name, NUM_CLASSES, in_ch).train()
@@ -88,15 +89,16 @@ def _time_case(model_name: str, in_ch: int, hw: int, batch: int, reps: int) -> d
 
         for _ in range(2):
             step()
-        times = []
-        for _ in range(reps):
+        steps[name] = step
+    # round-robin over the methods, so that load changes on a shared machine hit all alike
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
             t0 = time.perf_counter()
             step()
-            times.append(time.perf_counter() - t0)
-        out["methods"][name] = {
-            "median_ms": 1e3 * statistics.median(times),
-            "min_ms": 1e3 * min(times),
-        }
+            times[name].append(time.perf_counter() - t0)
+    for name, ts in times.items():
+        out["methods"][name] = {"median_ms": 1e3 * statistics.median(ts), "min_ms": 1e3 * min(ts)}
     # Eq. 5 update alone
     method = BSD(gamma=0.85, c=2000.0)
     method.setup(ctx)

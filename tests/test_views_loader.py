@@ -246,7 +246,7 @@ def test_carry_previous_repeats_the_end_of_the_previous_batch():
                           carry_previous=0.5)  # fmt: skip
     assert len(loader) == 6
     torch.manual_seed(0)
-    batches = list(loader.epoch(2))
+    batches = list(loader.epoch(0))
     assert [b.carried for b in batches] == [0, 2, 2, 2, 2, 2]
     assert [b.size for b in batches] == [4, 6, 6, 6, 6, 5]
     fresh = [b.idx[b.carried :] for b in batches]
@@ -259,7 +259,13 @@ def test_carry_previous_repeats_the_end_of_the_previous_batch():
         assert torch.equal(cur.target, (cur.idx * 7) % 5)
     # Without carrying, the fresh parts are the same batches as in an ordinary epoch.
     plain = DeviceLoader(images, labels, 4, {"id": _ident}, seed=1)
-    assert [f.tolist() for f in fresh] == [b.idx.tolist() for b in plain.epoch(2)]
+    assert [f.tolist() for f in fresh] == [b.idx.tolist() for b in plain.epoch(0)]
+    # Across the epoch boundary (DLB's reference code): epoch 1 starts with the last two
+    # fresh samples of epoch 0's last batch, then its own first four.
+    first = next(iter(loader.epoch(1)))
+    assert first.carried == 2
+    assert first.idx[:2].tolist() == fresh[-1][-2:].tolist()
+    assert first.idx[2:].tolist() == next(iter(plain.epoch(1))).idx.tolist()
     # round(f * batch_size): 0.3 * 5 = 1.5 -> 2
     five = DeviceLoader(images, labels, 5, {"id": _ident}, seed=1, carry_previous=0.3)
     assert five.num_carried == 2
