@@ -44,9 +44,7 @@ def available_models() -> list[str]:
     return sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
 
 
-def create_model(
-    name: str, num_classes: int, in_channels: int = 3, **overrides: Any
-) -> nn.Module:
+def create_model(name: str, num_classes: int, in_channels: int = 3, **overrides: Any) -> nn.Module:
     """Build the model registered as ``conf/model/<name>.yaml``.
 
     Args:
@@ -67,6 +65,11 @@ def create_model(
     from hydra.utils import get_method, instantiate
     from omegaconf import OmegaConf
 
+    if not (conf_dir() / "model").is_dir():
+        raise UserError(
+            f"no model configs at {conf_dir() / 'model'}: use noisybench from a source checkout "
+            f"(pip install -e .) so that its conf/ directory sits next to the package"
+        )
     names = available_models()
     if name not in names:
         raise UserError(
@@ -83,9 +86,8 @@ def create_model(
     ]
     for key in overrides:
         if not takes_any and key not in params:
-            raise UserError(
-                f"model {name!r} has no option {key!r}: use one of {', '.join(options)}"
-            )
+            valid = f"use one of {', '.join(options)}" if options else "it takes no options"
+            raise UserError(f"model {name!r} has no option {key!r}: {valid}")
     try:
         return instantiate(cfg, num_classes=num_classes, in_channels=in_channels, **overrides)
     except InstantiationException as err:

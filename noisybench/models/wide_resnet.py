@@ -98,10 +98,13 @@ def wide_resnet(
     """
     check_sizes("wide_resnet", num_classes, in_channels)
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-        raise UserError(f"wide_resnet: depth must be 6n + 4 with n >= 1 (10, 16, 28, 40, ...), "
-                        f"got {depth!r}")
+        raise UserError(
+            f"wide_resnet: depth must be 6n + 4 with n >= 1 (10, 16, 28, 40, ...), got {depth!r}"
+        )
     if isinstance(widen_factor, bool) or not isinstance(widen_factor, int) or widen_factor < 1:
-        raise UserError(f"wide_resnet: widen_factor must be a positive integer, got {widen_factor!r}")
+        raise UserError(
+            f"wide_resnet: widen_factor must be a positive integer, got {widen_factor!r}"
+        )
     if not 0.0 <= float(dropout) < 1.0:
         raise UserError(f"wide_resnet: dropout must be in [0, 1), got {dropout!r}")
     return WideResNet(depth, widen_factor, num_classes, in_channels, float(dropout))
