@@ -12,6 +12,13 @@ pasted from image ``perm[i]`` into image ``i``; ``lam`` is then corrected to the
 was actually kept, ``1 - box_area / (H * W)``, and the targets are mixed as
 ``lam * t_i + (1 - lam) * t_perm[i]``.
 
+CutOut (DeVries & Taylor, 2017, "Improved Regularization of Convolutional Neural Networks
+with Cutout", Sec. 3): every image gets its own square mask, centred at a uniformly drawn
+pixel and clipped to the image (so squares near the border are partly outside it), whose
+pixels are set to ``fill``. The reference setup applies it after normalisation and multiplies
+by a zero mask, so the default ``fill = 0`` is the dataset's mean colour when the images are
+normalised (which is how methods receive their views). The targets are unchanged.
+
 Everything is computed with tensor ops on the images' device; no value is copied to the
 host, so a training step that uses it needs no device synchronisation.
 """
@@ -25,7 +32,18 @@ from torch import Tensor
 
 from noisybench.errors import UserError
 
-__all__ = ["CutMixOutput", "apply_box", "cutmix", "cutmix_box", "mix_log_targets", "mix_targets"]
+__all__ = [
+    "CutMixOutput",
+    "CutOutOutput",
+    "apply_box",
+    "cutmix",
+    "cutmix_box",
+    "cutout",
+    "cutout_masks",
+    "cutout_side",
+    "mix_log_targets",
+    "mix_targets",
+]
 
 
 @dataclass(frozen=True)
@@ -37,11 +55,14 @@ class CutMixOutput:
         perm: ``(B,)`` long permutation: image ``i`` received a box from ``perm[i]``.
         lam: 0-dim float32 tensor, the fraction of each image's area that is still its own
             (1 when the batch was not mixed).
+        mask: ``(H, W)`` bool, True inside the pasted box (all False when not mixed);
+            ``None`` when the producer did not record it.
     """
 
     images: Tensor
     perm: Tensor
     lam: Tensor
+    mask: Tensor | None = None
 
 
 def cutmix_box(
@@ -116,7 +137,7 @@ def cutmix(images: Tensor, alpha: float = 1.0, prob: float = 1.0) -> CutMixOutpu
     apply = torch.rand((), device=device) < prob
     mask = mask & apply
     lam_true = torch.where(apply, lam_true, torch.ones_like(lam_true))
-    return CutMixOutput(images=apply_box(images, perm, mask), perm=perm, lam=lam_true)
+    return CutMixOutput(images=apply_box(images, perm, mask), perm=perm, lam=lam_true, mask=mask)
 
 
 def mix_targets(targets: Tensor, perm: Tensor, lam: Tensor) -> Tensor:
@@ -136,3 +157,74 @@ def mix_log_targets(log_targets: Tensor, perm: Tensor, lam: Tensor) -> Tensor:
     ``-inf`` weights that drop out (and pass zero gradient)."""
     lam = lam.to(log_targets.dtype)
     return torch.logaddexp(torch.log(lam) + log_targets, torch.log1p(-lam) + log_targets[perm])
+
+
+@dataclass(frozen=True)
+class CutOutOutput:
+    """Result of :func:`cutout`.
+
+    Attributes:
+        images: ``(B, C, H, W)`` images with their square filled.
+        mask: ``(B, H, W)`` bool, True where a pixel was filled.
+        cy, cx: ``(B,)`` long, the drawn centre (row, column) of each image's square.
+    """
+
+    images: Tensor
+    mask: Tensor
+    cy: Tensor
+    cx: Tensor
+
+
+def cutout_side(length: int, size: float) -> int:
+    """Side in pixels of the CutOut square along an axis of ``length`` pixels:
+    ``round(size * length)``, at least 1 (``size = 0.5`` gives 16 on 32x32 CIFAR, the
+    CIFAR-10 setting of DeVries & Taylor, and 112 on 224x224)."""
+    return max(1, round(float(size) * length))
+
+
+def cutout_masks(
+    height: int, width: int, cy: Tensor, cx: Tensor, side_h: int, side_w: int
+) -> Tensor:
+    """Bool ``(B, height, width)`` masks of the CutOut squares centred at ``(cy[b], cx[b])``.
+
+    Each spans ``[c - floor(side / 2), c - floor(side / 2) + side)`` per axis, clipped to the
+    image (for an even side: ``[c - side / 2, c + side / 2)``, as in DeVries & Taylor).
+    """
+    top = cy[:, None] - side_h // 2
+    left = cx[:, None] - side_w // 2
+    rows = torch.arange(height, device=cy.device)[None, :]
+    cols = torch.arange(width, device=cx.device)[None, :]
+    in_rows = (rows >= top) & (rows < top + side_h)  # (B, H)
+    in_cols = (cols >= left) & (cols < left + side_w)  # (B, W)
+    return in_rows[:, :, None] & in_cols[:, None, :]
+
+
+def cutout(images: Tensor, size: float = 0.5, fill: float = 0.0) -> CutOutOutput:
+    """CutOut a batch (DeVries & Taylor, 2017): one square per image at an independently
+    drawn centre, filled with ``fill``; batched, no per-image loop, no host sync.
+
+    Randomness comes from torch's default generator of the images' device.
+
+    Args:
+        images: ``(B, C, H, W)`` float images (normalised: ``fill = 0`` is the mean colour).
+        size: side of the square as a fraction of the image side, in ``(0, 1]``; the side in
+            pixels is :func:`cutout_side` per axis.
+        fill: value written into the square (every channel).
+    """
+    if images.dim() != 4:
+        raise UserError(
+            f"cutout expects images of shape (B, C, H, W), got {tuple(images.shape)}; "
+            "pass a batch of images."
+        )
+    if not 0.0 < float(size) <= 1.0:
+        raise UserError(
+            f"cutout_size must be a fraction of the image side in (0, 1], got {size}; "
+            "use e.g. 0.5 (16 pixels on 32x32 CIFAR)."
+        )
+    batch, _, height, width = images.shape
+    device = images.device
+    cy = torch.randint(0, height, (batch,), device=device)
+    cx = torch.randint(0, width, (batch,), device=device)
+    mask = cutout_masks(height, width, cy, cx, cutout_side(height, size), cutout_side(width, size))
+    out = images.masked_fill(mask[:, None], float(fill))
+    return CutOutOutput(images=out, mask=mask, cy=cy, cx=cx)

@@ -7,11 +7,35 @@ the memorisation and label-recovery diagnostics.
 GPU-friendly by construction: the data stay on the device, per-step numbers are accumulated
 as device tensors and converted to Python numbers once per epoch (no per-step ``.item()``),
 except in ``nonfinite="skip"`` mode, which must look at every loss before stepping.
+
+Reliability (what a resumed run relies on):
+
+* A checkpoint is written atomically at the end of every epoch, and at the next step
+  boundary after SIGTERM/SIGINT. It holds the model, optimizer, scheduler, AMP scaler,
+  method state, every global RNG state, the epoch and step to continue at, the epoch's
+  running sums (mid-epoch) and the history so far. A run resumed from it reproduces the
+  uninterrupted run's numbers exactly on the CPU in deterministic mode: the batch order of an
+  epoch depends on ``(seed, epoch)`` only, and the RNG states are saved at the boundary
+  *before* the next batch is augmented.
+* A non-finite loss is detected without per-step host syncs (the first bad step is kept on
+  the device and read once per epoch); in ``nonfinite="stop"`` mode the epoch's checkpoint is
+  then never written, so the last good one stays.
+
+Test hook (for the test suite only; never set it otherwise): the environment variable
+``NOISYBENCH_TEST_KILL_AT`` (:data:`TEST_KILL_ENV`) holds comma-separated entries
+``EPOCH:POINT[:SIGNAL]``; the engine sends itself ``SIGNAL`` (KILL by default, TERM or INT)
+when it reaches ``POINT`` of ``EPOCH`` (1-based, as in messages). ``POINT`` is a step number
+(0-based: before that step's batch is drawn), ``end`` (after the epoch's last step, before
+evaluation), ``checkpoint`` (while a checkpoint of that epoch is written: the new file is
+complete but not yet renamed into place) or ``result`` (after the epoch's checkpoint, before
+the result file is updated). This gives the crash tests deterministic kill points.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import random
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -19,18 +43,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from noisybench import metrics
-from noisybench.io import atomic_save_checkpoint
+from noisybench.io import CHECKPOINT_FILE, atomic_save_checkpoint
 from noisybench.method import Method
 from noisybench.recorder import Recorder
 from noisybench.schedules import adam_beta1
 
-__all__ = ["CHECKPOINT_FILE", "EvalData", "Interrupted", "Trainer", "TrainingDiverged"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "TEST_KILL_ENV",
+    "EvalData",
+    "Interrupted",
+    "Trainer",
+    "TrainingDiverged",
+    "rng_state",
+    "set_rng_state",
+]
 
-CHECKPOINT_FILE = "checkpoint.pt"
+TEST_KILL_ENV = "NOISYBENCH_TEST_KILL_AT"
+_HOOK_POINTS = ("end", "checkpoint", "result")
 
 
 class TrainingDiverged(RuntimeError):
@@ -38,7 +73,11 @@ class TrainingDiverged(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """SIGTERM/SIGINT arrived; a checkpoint was written at the step boundary."""
+    """SIGTERM/SIGINT arrived; training stopped at a step boundary (``signum`` says which)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 @dataclass
@@ -95,11 +134,17 @@ class _EpochSums:
 
 
 class _StopFlag:
-    """Turns SIGTERM/SIGINT into a flag checked at step boundaries (restored on exit)."""
+    """Turns SIGTERM/SIGINT into a flag checked at step boundaries (restored on exit).
+
+    A second signal while training raises ``KeyboardInterrupt`` (to give up waiting for a
+    step that hangs), except while a checkpoint is being written (:meth:`critical`): then it
+    is ignored, so no signal can cut a checkpoint write short.
+    """
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._old: dict[int, Any] = {}
+        self._critical = 0
 
     def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -108,28 +153,96 @@ class _StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # second signal: give up waiting for the step
+        if self.signal is None:
+            self.signal = signum
+        elif not self._critical:  # second signal: give up waiting for the step
             raise KeyboardInterrupt
-        self.signal = signum
+
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        """A block that later signals must not interrupt (checkpoint writes)."""
+        self._critical += 1
+        try:
+            yield
+        finally:
+            self._critical -= 1
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        self._old.clear()
 
 
 def rng_state() -> dict[str, Any]:
-    """Torch's global RNG states (CPU and every CUDA device): all randomness of a run
-    (augmentation, dropout, CutMix/MixUp draws) comes from them."""
+    """Every global RNG state a run draws from: torch's (CPU and every CUDA device; the
+    augmentations, dropout, CutMix/MixUp draws), NumPy's and Python's (in case a method or
+    a third-party augmentation draws from them). Tensors and numbers only, so that the
+    checkpoint loads with ``weights_only=True``."""
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state["numpy"] = {
+        "kind": str(kind),
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "gauss": float(gauss),
+    }
+    version, internal, gauss_next = random.getstate()
+    state["python"] = {
+        "version": int(version),
+        "internal": torch.tensor(internal, dtype=torch.int64),
+        "gauss_next": gauss_next,
+    }
     return state
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured (older checkpoints without the NumPy and
+    Python entries restore torch's states only)."""
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        npst = state["numpy"]
+        keys = npst["keys"].numpy().astype(np.uint32)
+        np.random.set_state(
+            (npst["kind"], keys, int(npst["pos"]), int(npst["has_gauss"]), float(npst["gauss"]))
+        )
+    if "python" in state:
+        pyst = state["python"]
+        internal = tuple(int(v) for v in pyst["internal"].tolist())
+        random.setstate((int(pyst["version"]), internal, pyst["gauss_next"]))
+
+
+def _parse_test_hooks(spec: str | None) -> dict[tuple[int, str], int]:
+    """Parse :data:`TEST_KILL_ENV`: comma-separated ``EPOCH:POINT[:KILL|TERM|INT]`` entries
+    into ``{(epoch, point): signal number}``."""
+    signals = {
+        "KILL": getattr(signal, "SIGKILL", signal.SIGTERM),
+        "TERM": signal.SIGTERM,
+        "INT": signal.SIGINT,
+    }
+    hooks: dict[tuple[int, str], int] = {}
+    for entry in (spec or "").split(","):
+        if not entry.strip():
+            continue
+        parts = entry.strip().split(":")
+        epoch, point = parts[0], parts[1] if len(parts) > 1 else ""
+        action = parts[2] if len(parts) > 2 else "KILL"
+        if (
+            len(parts) not in (2, 3)
+            or not epoch.isdigit()
+            or not (point.isdigit() or point in _HOOK_POINTS)
+            or action not in signals
+        ):
+            raise ValueError(
+                f"{TEST_KILL_ENV}={spec!r}: each entry must be EPOCH:POINT[:KILL|TERM|INT] with "
+                f"POINT a step number or one of {', '.join(_HOOK_POINTS)}"
+            )
+        hooks[(int(epoch), point)] = signals[action]
+    return hooks
 
 
 class Trainer:
@@ -202,6 +315,7 @@ class Trainer:
         self.progress = progress
         self.method_name = method_name or type(method).__name__
         self.stop = _StopFlag()
+        self._hooks = _parse_test_hooks(os.environ.get(TEST_KILL_ENV))
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self, epoch: int, step: int, sums: _EpochSums | None) -> dict[str, Any]:
@@ -237,9 +351,31 @@ class Trainer:
         )
 
     def save_checkpoint(self, epoch: int, step: int = 0, sums: _EpochSums | None = None) -> None:
-        atomic_save_checkpoint(self.state_dict(epoch, step, sums), self.run_dir / CHECKPOINT_FILE)
+        """Write ``checkpoint.pt`` atomically (the one it replaces becomes ``.prev``).
+
+        ``epoch`` is the 0-based epoch to continue at, ``step`` the step within it. Signals
+        arriving during the write are held until it is complete.
+        """
+        hook_epoch = epoch + 1 if step > 0 else epoch  # the epoch this checkpoint belongs to
+
+        def before_replace() -> None:
+            self._hook(hook_epoch, "checkpoint")
+
+        with self.stop.critical():
+            atomic_save_checkpoint(
+                self.state_dict(epoch, step, sums),
+                self.run_dir / CHECKPOINT_FILE,
+                before_replace=before_replace if self._hooks else None,
+            )
 
     # ----------------------------------------------------------------- training
+    def _hook(self, epoch: int, point: str) -> None:
+        """Test hook (see the module docstring): signal this process at a chosen point."""
+        signum = self._hooks.get((epoch, point)) if self._hooks else None
+        if signum is not None:
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)  # let a handled signal's handler run before going on
+
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -254,57 +390,90 @@ class Trainer:
             beta1 = adam_beta1(base, final, epoch, self.epochs, rampdown)
             group["betas"] = (beta1, group["betas"][1])
 
+    def _diverged(self, epoch: int, step: int) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"the loss of method {self.method_name} became non-finite at epoch {epoch + 1}, "
+            f"step {step}; the checkpoint of the last good epoch is kept in {self.run_dir}: "
+            "run the same command with nonfinite=skip to resume from it skipping such steps, "
+            "or restart=true with a lower learning rate"
+        )
+
+    def _interrupt(self, epoch: int, step: int, sums: _EpochSums) -> Interrupted:
+        """Checkpoint at the boundary before ``step`` of ``epoch`` (unless the epoch already
+        had a non-finite loss: then the last good checkpoint stays) and stop."""
+        signum = int(self.stop.signal or signal.SIGINT)
+        first_bad = int(sums.first_bad) if sums.first_bad is not None else -1  # one sync
+        if first_bad >= 0:
+            raise self._diverged(epoch, first_bad)
+        self.save_checkpoint(epoch, step, sums)
+        name = signal.Signals(signum).name
+        return Interrupted(
+            f"stopped by {name} at epoch {epoch + 1}, step {step}; a checkpoint was written "
+            f"to {self.run_dir / CHECKPOINT_FILE}: run the same command again to resume",
+            signum,
+        )
+
     def train_epoch(
         self, epoch: int, start_step: int = 0, sums: _EpochSums | None = None
     ) -> _EpochSums:
-        """One pass over the training set (from ``start_step`` when resuming mid-epoch)."""
+        """One pass over the training set (from ``start_step`` when resuming mid-epoch).
+
+        SIGTERM/SIGINT are honoured at step boundaries, before the next batch is drawn, so
+        the checkpoint's RNG states are those the next batch's augmentation starts from.
+        """
         self.model.train()
         self.method.train()
         self._set_beta1(epoch)
         sums = sums or _EpochSums.zeros(self.device)
-        steps = self._progress(
-            self.loader.epoch(epoch, start_step),
-            total=len(self.loader),
-            initial=start_step,
-            desc=f"epoch {epoch + 1}/{self.epochs}",
-            leave=False,
-        )
-        for step, batch in enumerate(steps, start=start_step):
-            if self.stop.signal is not None:
-                self.save_checkpoint(epoch, step, sums)
-                raise Interrupted(
-                    f"stopped by signal {self.stop.signal} at epoch {epoch + 1}, step {step}; "
-                    "run the same command again to resume"
-                )
-            with self._autocast():
-                out = self.method.training_step(self.model, batch, epoch)
-            loss = out.loss
-            finite = torch.isfinite(loss.detach())
-            if self.nonfinite == "skip" and not bool(finite):  # one host sync, skip mode only
-                sums.skipped += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                continue
-            sums.first_bad = torch.where(
-                (sums.first_bad < 0) & ~finite,
-                torch.full_like(sums.first_bad, step),
-                sums.first_bad,
-            )
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.method.after_step(batch, out, epoch)
-
-            n = int(out.logits.shape[0])
-            sums.loss += loss.detach().float() * n
-            sums.correct += (out.logits.detach().argmax(-1) == batch.target[:n]).sum()
-            sums.seen += n
-            sums.steps += 1
-            for key, value in out.extras.items():
-                value = value.detach().float()
-                sums.extras[key] = sums.extras[key] + value if key in sums.extras else value
+        total = len(self.loader)
+        batches = iter(self.loader.epoch(epoch, start_step))
+        bar = self._bar(total=total, initial=start_step, desc=f"epoch {epoch + 1}/{self.epochs}")
+        try:
+            for step in range(start_step, total):
+                self._hook(epoch + 1, str(step))
+                if self.stop.signal is not None:
+                    raise self._interrupt(epoch, step, sums)
+                batch = next(batches)
+                self._train_step(batch, epoch, step, sums)
+                if bar is not None:
+                    bar.update()
+        finally:
+            if bar is not None:
+                bar.close()
+        self._hook(epoch + 1, "end")
         return sums
+
+    def _train_step(self, batch: Any, epoch: int, step: int, sums: _EpochSums) -> None:
+        with self._autocast():
+            out = self.method.training_step(self.model, batch, epoch)
+        loss = out.loss
+        finite = torch.isfinite(loss.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.nonfinite == "skip" and not bool(finite):  # one host sync, skip mode only
+            # Skip the update but keep the schedule on time: the scheduler is a function
+            # of the step count, as it is when the AMP scaler skips an overflowing step.
+            sums.skipped += 1
+            self.scheduler.step()
+            return
+        sums.first_bad = torch.where(
+            (sums.first_bad < 0) & ~finite,
+            torch.full_like(sums.first_bad, step),
+            sums.first_bad,
+        )
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.method.after_step(batch, out, epoch)
+
+        n = int(out.logits.shape[0])
+        sums.loss += loss.detach().float() * n
+        sums.correct += (out.logits.detach().argmax(-1) == batch.target[:n]).sum()
+        sums.seen += n
+        sums.steps += 1
+        for key, value in out.extras.items():
+            value = value.detach().float()
+            sums.extras[key] = sums.extras[key] + value if key in sums.extras else value
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
@@ -351,42 +520,62 @@ class Trainer:
     def fit(
         self, start_epoch: int = 0, start_step: int = 0, sums: _EpochSums | None = None
     ) -> None:
-        """Train from ``start_epoch`` (and ``start_step`` within it) to the end."""
-        epochs = self._progress(
-            range(start_epoch, self.epochs), total=self.epochs, initial=start_epoch, desc="epochs"
-        )
-        with self.stop:
-            for epoch in epochs:
-                begin = time.perf_counter()
-                sums = self.train_epoch(epoch, start_step, sums)
-                start_step = 0
-                first_bad = int(sums.first_bad) if sums.first_bad is not None else -1
-                if first_bad >= 0:
-                    raise TrainingDiverged(
-                        f"the loss of method {self.method_name} became non-finite at epoch "
-                        f"{epoch + 1}, step {first_bad}; the checkpoint of the last good epoch "
-                        f"is kept in {self.run_dir}; lower the learning rate or set "
-                        "nonfinite=skip to skip such steps"
-                    )
-                if sums.steps == 0:
-                    raise TrainingDiverged(
-                        f"every step of epoch {epoch + 1} had a non-finite loss (method "
-                        f"{self.method_name}); lower the learning rate"
-                    )
-                record = self.epoch_record(epoch, sums, time.perf_counter() - begin)
-                sums = None
-                # Checkpoint before the result file, so the result never runs ahead of it.
-                self.recorder.add(record)
-                self.save_checkpoint(epoch + 1)
-                self.recorder.publish(record)
-                if hasattr(epochs, "set_postfix"):
-                    epochs.set_postfix(
-                        test_acc=f"{record['test/acc']:.4f}", loss=f"{record['train/loss']:.3f}"
-                    )
+        """Train from ``start_epoch`` (and ``start_step`` within it) to the end.
 
-    def _progress(self, iterable: Any, **kwargs: Any) -> Iterator[Any] | Any:
+        Raises:
+            TrainingDiverged: a non-finite loss in ``nonfinite="stop"`` mode (or every step
+                of an epoch skipped); the last good checkpoint is kept.
+            Interrupted: SIGTERM/SIGINT; a checkpoint was written at the step boundary (or
+                at the end of the epoch that was being evaluated).
+        """
+        bar = self._bar(total=self.epochs, initial=start_epoch, desc="epochs", leave=True)
+        try:
+            with self.stop:
+                for epoch in range(start_epoch, self.epochs):
+                    record = self._fit_epoch(epoch, start_step, sums)
+                    start_step, sums = 0, None
+                    if bar is not None:
+                        bar.update()
+                        bar.set_postfix(
+                            test_acc=f"{record['test/acc']:.4f}",
+                            loss=f"{record['train/loss']:.3f}",
+                        )
+                    if self.stop.signal is not None and epoch + 1 < self.epochs:
+                        name = signal.Signals(self.stop.signal).name
+                        raise Interrupted(
+                            f"stopped by {name} after epoch {epoch + 1}; its checkpoint is in "
+                            f"{self.run_dir / CHECKPOINT_FILE}: run the same command again to "
+                            "resume",
+                            self.stop.signal,
+                        )
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _fit_epoch(self, epoch: int, start_step: int, sums: _EpochSums | None) -> dict[str, Any]:
+        begin = time.perf_counter()
+        sums = self.train_epoch(epoch, start_step, sums)
+        first_bad = int(sums.first_bad) if sums.first_bad is not None else -1
+        if first_bad >= 0:
+            raise self._diverged(epoch, first_bad)
+        if sums.steps == 0:
+            raise TrainingDiverged(
+                f"every step of epoch {epoch + 1} had a non-finite loss (method "
+                f"{self.method_name}); the checkpoint of the last good epoch is kept in "
+                f"{self.run_dir}: lower the learning rate and pass restart=true"
+            )
+        record = self.epoch_record(epoch, sums, time.perf_counter() - begin)
+        # Checkpoint before the result file, so the result never runs ahead of it.
+        self.recorder.add(record)
+        self.save_checkpoint(epoch + 1)
+        self._hook(epoch + 1, "result")
+        self.recorder.publish(record)
+        return record
+
+    def _bar(self, **kwargs: Any) -> Any:
         if not self.progress:
-            return iterable
+            return None
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, dynamic_ncols=True, **kwargs)
+        kwargs.setdefault("leave", False)
+        return tqdm(dynamic_ncols=True, **kwargs)

@@ -1,25 +1,107 @@
 """Atomic writes and safe reads: a crash never leaves a half-written file behind, and a
-checkpoint can never execute code when it is read (``weights_only=True``)."""
+checkpoint can never execute code when it is read (``weights_only=True``).
+
+Every file is written to a temporary file in the same directory, flushed to disk, then renamed
+over its final name (``os.replace``, atomic on POSIX file systems), and the directory entry is
+flushed too. A process killed at any instant (SIGKILL, power loss after the fsync) therefore
+leaves either the old complete file or the new complete file, plus at worst a stray
+``.<name>.*.tmp`` that :func:`remove_stale_temporaries` clears.
+
+Checkpoints keep the file they replace as ``<name>.prev``. The rotation hard-links the current
+file to ``.prev`` before the new file is renamed over it, so ``<name>`` exists and is complete
+at every instant; SIGINT/SIGTERM are held back during the renames so that a second Ctrl-C
+cannot split them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from noisybench.errors import UserError
 
-__all__ = ["atomic_save_checkpoint", "atomic_write_json", "atomic_write_text", "load_checkpoint"]
+if TYPE_CHECKING:  # torch is imported where it is used: the command line's checks stay fast
+    import torch
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "atomic_save_checkpoint",
+    "atomic_write_json",
+    "atomic_write_text",
+    "load_checkpoint",
+    "read_json",
+    "remove_stale_temporaries",
+]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
-def _atomic_replace(path: Path, write: Any, keep_previous: bool = False) -> None:
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Delay SIGINT/SIGTERM until the block ends (their handlers then run as usual)."""
+    can_mask = hasattr(signal, "pthread_sigmask") and threading.current_thread() is (
+        threading.main_thread()
+    )
+    if not can_mask:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Flush a directory entry (a rename) to disk; best effort (not every OS allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _keep_as_previous(path: Path) -> None:
+    """Make ``<name>.prev`` a copy of ``path`` without ever removing ``path``: a hard link
+    renamed over ``.prev`` (falls back to renaming ``path`` where links are not supported)."""
+    prev = path.with_name(path.name + ".prev")
+    link = path.with_name(f".{path.name}.prev.tmp")
+    try:
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+    except OSError:
+        os.replace(path, prev)  # no hard links here: a short window without ``path``
+        return
+    try:
+        os.replace(link, prev)
+    except BaseException:
+        link.unlink(missing_ok=True)
+        raise
+
+
+def _atomic_replace(
+    path: Path,
+    write: Callable[[Any], Any],
+    keep_previous: bool = False,
+    before_replace: Callable[[], None] | None = None,
+) -> None:
     """Write through ``write(file_object)`` into a temporary file beside ``path``, flush it to
-    disk, then rename it over ``path`` (atomic on POSIX file systems). With
-    ``keep_previous`` the file it replaces survives as ``<name>.prev``."""
+    disk, then rename it over ``path``. With ``keep_previous`` the file it replaces survives
+    as ``<name>.prev``. ``before_replace`` runs once the new file is complete on disk, just
+    before the renames (a test hook)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -27,9 +109,13 @@ def _atomic_replace(path: Path, write: Any, keep_previous: bool = False) -> None
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        if keep_previous and path.exists():
-            os.replace(path, path.with_name(path.name + ".prev"))
-        os.replace(tmp, path)
+        if before_replace is not None:
+            before_replace()
+        with _signals_held():
+            if keep_previous and path.exists():
+                _keep_as_previous(path)
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -45,6 +131,14 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str | Path) -> Any | None:
+    """The JSON content of ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _finite(obj: Any) -> Any:
     """Replace float NaN/inf by None so the JSON is standard."""
     if isinstance(obj, float):
@@ -56,32 +150,59 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def atomic_save_checkpoint(obj: dict[str, Any], path: str | Path) -> None:
+def atomic_save_checkpoint(
+    obj: dict[str, Any], path: str | Path, before_replace: Callable[[], None] | None = None
+) -> None:
     """Save ``obj`` with ``torch.save`` atomically; the checkpoint it replaces is kept as
-    ``<name>.prev`` so one good checkpoint survives even a corrupted newest file."""
-    _atomic_replace(Path(path), lambda f: torch.save(obj, f), keep_previous=True)
+    ``<name>.prev`` so one good checkpoint survives even a corrupted newest file.
+
+    ``before_replace`` (tests only) runs when the new file is complete but not yet in place.
+    """
+    import torch
+
+    _atomic_replace(
+        Path(path), lambda f: torch.save(obj, f), keep_previous=True, before_replace=before_replace
+    )
+
+
+def remove_stale_temporaries(directory: str | Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files that a killed writer of ``names`` left in
+    ``directory``; returns what was removed. Call it only while no other process writes
+    there (the run directory's lock is held)."""
+    removed = []
+    for name in names:
+        for stray in Path(directory).glob(f".{name}.*tmp"):
+            if stray.is_file():
+                stray.unlink(missing_ok=True)
+                removed.append(stray)
+    return removed
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`atomic_save_checkpoint` with ``weights_only=True``.
 
     Raises:
-        UserError: the file is missing, truncated or not a noisybench checkpoint.
+        UserError: the file is missing, truncated or not a noisybench checkpoint (the message
+            names the ``.prev`` file to fall back on when there is one).
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; check the run directory")
+    prev = path.with_name(path.name + ".prev")
+    hint = (
+        f"the previous checkpoint {prev.name} is kept: rename it to {path.name} to resume from "
+        "it, or pass restart=true to start over (old files are moved to previous/)"
+        if prev.is_file()
+        else "pass restart=true to start over (old files are moved to previous/)"
+    )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, foreign objects, ...
-        prev = path.with_name(path.name + ".prev")
-        hint = (
-            f"the previous checkpoint {prev} is kept: move it to {path.name} to resume from it"
-            if prev.is_file()
-            else "delete it to start over (restart=true moves old files aside)"
-        )
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        reason = reason or type(exc).__name__
         raise UserError(f"checkpoint {path} is corrupt or truncated ({reason}); {hint}") from exc
     if not isinstance(obj, dict) or "model" not in obj:
-        raise UserError(f"{path} is not a noisybench checkpoint (no 'model' entry); move it away")
+        raise UserError(f"{path} is not a noisybench checkpoint (no 'model' entry); {hint}")
     return obj

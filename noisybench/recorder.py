@@ -1,8 +1,10 @@
 """Where a run's numbers go: the result file (JSON, atomic) and TensorBoard scalars.
 
-The result file ``RUN_DIR/result.json`` is rewritten atomically after every epoch, so a crash
-leaves the history so far, marked with its ``status`` ("running", "interrupted", "failed",
-"finished"); :mod:`noisybench.report` reads finished and unfinished runs alike.
+The result file ``RUN_DIR/result.json`` is written atomically when a run starts (empty
+history) and rewritten after every epoch, so a crash at any point leaves a readable file with
+the history so far, marked with its ``status`` ("running", "interrupted", "failed",
+"finished"); :mod:`noisybench.report` reads finished and unfinished runs alike. A SIGKILL
+leaves "running" (nothing can run at a SIGKILL).
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ RESULT_FILE = "result.json"
 
 def code_version() -> dict[str, Any]:
     """The package version and, when run from a git checkout, the commit and a dirty flag."""
-    import noisybench
+    from importlib import metadata
 
-    info: dict[str, Any] = {"package": noisybench.__version__}
-    root = Path(noisybench.__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1]
+    try:
+        version: str | None = metadata.version("noisybench")
+    except metadata.PackageNotFoundError:
+        version = None
+    info: dict[str, Any] = {"package": version}
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
@@ -87,24 +93,30 @@ class Recorder:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops events of epochs that a resumed run computes again.
+            # TensorBoard's readers drop the events at and after purge_step that earlier
+            # writers left, so epochs a resumed run logs again appear once.
             self._writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
 
     def add(self, record: dict[str, Any]) -> None:
         """Append one epoch's numbers to the history (checkpoints carry the history)."""
         self.history.append(record)
 
+    def log_scalars(self, record: dict[str, Any]) -> None:
+        """Write one epoch's numbers to TensorBoard (at step = the 1-based epoch)."""
+        if self._writer is None:
+            return
+        step = int(record["epoch"])
+        for key, value in record.items():
+            if key == "epoch" or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if isinstance(value, float) and math.isnan(value):
+                continue
+            self._writer.add_scalar(key, value, step)
+        self._writer.flush()
+
     def publish(self, record: dict[str, Any]) -> None:
         """Write an epoch already added to TensorBoard and the result file (status "running")."""
-        if self._writer is not None:
-            step = int(record["epoch"])
-            for key, value in record.items():
-                if key == "epoch" or not isinstance(value, int | float):
-                    continue
-                if isinstance(value, float) and math.isnan(value):
-                    continue
-                self._writer.add_scalar(key, value, step)
-            self._writer.flush()
+        self.log_scalars(record)
         self.write("running")
 
     def write(self, status: str, **extra: Any) -> dict[str, Any]:

@@ -3,15 +3,28 @@ optimizer, schedule; then resumes or starts the run and trains it.
 
 Everything is built from ``_target_`` entries of the config groups (``conf/``): adding a
 method, model, dataset or schedule is a file and a YAML file, never an edit here.
+
+What happens to a run directory (see :func:`run_experiment`): a finished run with the same
+config is reported, not rerun; a run with a checkpoint resumes from it when the config and
+the noisy labels match, and is refused (naming the differing keys) when they do not; a
+directory without a checkpoint starts afresh, after moving any earlier result files to
+``previous/<time>/``. ``restart=true`` moves everything to ``previous/<time>/`` and starts
+over. Nothing in the directory is moved or written until every input has been read and every
+object built, so bad input never touches an earlier run. A lock file keeps two processes
+from training in one directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
+import sys
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,35 +34,39 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from noisybench.cli import (
+    RESUME_IGNORED,
+    check_config,
+    check_existing_run,
+    config_differences,
+    describe_differences,
+    finished_message,
+)
 from noisybench.data.base import ImageData
 from noisybench.data.loader import DeviceLoader
 from noisybench.data.noise import NoiseRecord, apply_noise, save_labels
 from noisybench.data.views import build_views
 from noisybench.engine import CHECKPOINT_FILE, EvalData, Interrupted, Trainer, TrainingDiverged
 from noisybench.errors import UserError
-from noisybench.io import load_checkpoint
+from noisybench.io import load_checkpoint, remove_stale_temporaries
 from noisybench.method import Method, MethodContext
 from noisybench.recorder import RESULT_FILE, Recorder, code_version
 
-__all__ = ["LABEL_FILE", "check_config", "config_differences", "run_experiment"]
+__all__ = [
+    "ARTEFACTS",
+    "LABEL_FILE",
+    "RESUME_IGNORED",
+    "check_config",
+    "config_differences",
+    "run_experiment",
+]
 
 log = logging.getLogger("noisybench")
 
 LABEL_FILE = "noisy_labels.npy"
-# Keys that may differ between a checkpoint and the command that resumes it: they change
-# where files are or how progress is shown, not what is computed.
-RESUME_IGNORED = (
-    "restart",
-    "progress",
-    "tensorboard",
-    "device",
-    "data_dir",
-    "out_dir",
-    "dataset.reader.root",
-    "dataset.reader.download",
-    "dataset.reader.verify",
-    "eval.batch_size",
-)
+LOCK_FILE = ".lock"
+# The files a run writes (and restart=true moves to previous/<time>/). Hydra's own files
+# (.hydra/<time>/ per invocation, noisybench.log appended to) stay where they are.
 ARTEFACTS = (RESULT_FILE, CHECKPOINT_FILE, CHECKPOINT_FILE + ".prev", LABEL_FILE, "tb")
 
 
@@ -63,54 +80,30 @@ def _without_name(node: DictConfig) -> dict[str, Any]:
 
 def _build(node: Any, what: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that lets a :class:`UserError` raised by the built object
-    (a missing dataset file, a bad model width, ...) through as itself, and turns a broken
-    ``_target_`` into one line naming the config group."""
+    (a missing dataset file, a bad model width, ...) through as itself, and turns any other
+    failure (a broken ``_target_``, a value the constructor rejects) into one line naming
+    the config group and the root cause."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
+        cause: BaseException | None = exc.__cause__
+        root: BaseException = exc
+        while cause is not None:
+            if isinstance(cause, UserError):
+                raise cause from None
+            root, cause = cause, cause.__cause__
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"cannot build the {what} from its config ({first}); check its YAML file"
-        ) from exc
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Refuse impossible settings with one actionable line each (before anything is built)."""
-    if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
-        raise UserError(f"epochs={cfg.epochs} is invalid; set epochs to a positive integer")
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise UserError(
-            f"batch_size={cfg.batch_size} is invalid; set batch_size to a positive integer"
+        first = first.replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "")
+        detail = first.rstrip(":.")
+        if root is not exc:
+            reason = str(root).strip().splitlines()[0] if str(root).strip() else ""
+            detail += f": {type(root).__name__}" + (f": {reason}" if reason else "")
+        hint = (
+            "is its module importable (installed, or on PYTHONPATH)?"
+            if isinstance(root, ImportError) or "locating target" in first
+            else "check its YAML file and the values given on the command line"
         )
-    rate = cfg.noise.rate
-    if not isinstance(rate, int | float) or not 0.0 <= float(rate) < 1.0:
-        raise UserError(f"noise.rate={rate} is outside [0, 1); choose a rate like noise.rate=0.4")
-    if cfg.nonfinite not in ("stop", "skip"):
-        raise UserError(f"nonfinite={cfg.nonfinite} is unknown; use nonfinite=stop or skip")
-    if cfg.amp not in ("auto", "off", "bf16", "fp16"):
-        raise UserError(f"amp={cfg.amp} is unknown; use amp=auto, off, bf16 or fp16")
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two resolved configs (ignoring
-    :data:`RESUME_IGNORED`)."""
-    a, b = _flatten(saved), _flatten(current)
-    keys = sorted(set(a) | set(b))
-    return [k for k in keys if a.get(k) != b.get(k) and not k.startswith(RESUME_IGNORED)]
+        raise UserError(f"cannot build the {what} from its config ({detail}); {hint}") from exc
 
 
 def _device(name: str) -> torch.device:
@@ -138,7 +131,15 @@ def _amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
 def _set_determinism(deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        if "torch._inductor.config" in sys.modules or not hasattr(
+            torch._C, "_set_deterministic_algorithms"
+        ):
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            # What torch.use_deterministic_algorithms does, minus importing the inductor
+            # compiler's config to set its flag too (about a second per run): nothing here is
+            # compiled with inductor. (Were torch.compile ever used, the public call must be.)
+            torch._C._set_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
@@ -147,9 +148,8 @@ def _set_determinism(deterministic: bool) -> None:
 def _prepare_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write_test."):
+            pass
     except OSError as exc:
         raise UserError(
             f"cannot write to the run directory {run_dir} ({exc.strerror}); "
@@ -173,18 +173,6 @@ def _move_aside(run_dir: Path) -> Path | None:
     return target
 
 
-def _read_result(run_dir: Path) -> dict[str, Any] | None:
-    import json
-
-    path = run_dir / RESULT_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _make_noise(cfg: DictConfig, data: ImageData) -> tuple[np.ndarray, NoiseRecord]:
     """The run's noisy training labels: read from ``noise.label_file`` or drawn fresh."""
     return apply_noise(
@@ -198,6 +186,69 @@ def _make_noise(cfg: DictConfig, data: ImageData) -> tuple[np.ndarray, NoiseReco
         superclass=None if data.superclass is None else data.superclass.numpy(),
         features=data.train_images.numpy(),
     )
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (released by the OS even on SIGKILL)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(
+                f"another noisybench process is running in {run_dir}; wait for it to end, or "
+                "use another run_name=..."
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _noise_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [k for k in keys if saved.get(k) != current.get(k)]
+
+
+def _resume_state(
+    cfg: DictConfig, run_dir: Path, resolved: dict[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Decide what ``run_dir`` holds, reading only: ``(finished result, checkpoint)``.
+
+    Raises:
+        UserError: a config differing from the run there, a corrupt checkpoint (the ``.prev``
+            one is named), or a missing newest checkpoint next to a ``.prev`` one.
+    """
+    if cfg.restart:
+        return None, None
+    finished = check_existing_run(run_dir, resolved)
+    if finished is not None:
+        return finished, None
+    path = run_dir / CHECKPOINT_FILE
+    prev = path.with_name(path.name + ".prev")
+    if path.exists():
+        ckpt = load_checkpoint(path)
+        saved = ckpt.get("config")
+        diff = config_differences(saved if isinstance(saved, dict) else {}, resolved)
+        if diff:
+            raise UserError(
+                f"the checkpoint in {run_dir} was made with a different config (differing keys: "
+                f"{describe_differences(diff, saved or {}, resolved)}); use another run_name=... "
+                "or pass restart=true to start over (old files go to previous/)"
+            )
+        return None, ckpt
+    if prev.exists():
+        raise UserError(
+            f"{run_dir} holds {prev.name} but no {path.name} (a checkpoint write was cut "
+            f"short); rename {prev.name} to {path.name} to resume from it, or pass "
+            "restart=true to start over (old files go to previous/)"
+        )
+    return None, None
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
@@ -214,40 +265,19 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[s
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir)
     _prepare_run_dir(run_dir)
+    with _run_lock(run_dir):
+        return _run_locked(cfg, run_dir)
 
-    previous = _read_result(run_dir)
-    checkpoint_path = run_dir / CHECKPOINT_FILE
-    if cfg.restart:
-        moved = _move_aside(run_dir)
-        if moved:
-            log.info("restart=true: earlier files of %s moved to %s", run_dir, moved)
-    elif previous is not None and previous.get("status") == "finished":
-        best, last = previous.get("best") or {}, previous.get("last") or {}
-        log.info(
-            "%s already finished (last-epoch test acc %.4f, best %.4f at epoch %s); "
-            "pass restart=true to run it again",
-            run_dir,
-            last.get("test/acc") or float("nan"),
-            best.get("test/acc") or float("nan"),
-            best.get("epoch"),
-        )
-        return previous
-    elif not checkpoint_path.exists():
-        moved = _move_aside(run_dir)  # a run that died before its first checkpoint
-        if moved:
-            log.info("earlier unfinished files of %s moved to %s", run_dir, moved)
 
+def _run_locked(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
-    ckpt = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
-    if ckpt is not None:
-        diff = config_differences(ckpt.get("config", {}), resolved)
-        if diff:
-            raise UserError(
-                f"the checkpoint in {run_dir} was made with a different config (differing keys: "
-                f"{', '.join(diff)}); use another run_name=... or restart=true to start over"
-            )
+    finished, ckpt = _resume_state(cfg, run_dir, resolved)
+    if finished is not None:
+        log.info("%s", finished_message(run_dir, finished))
+        return finished
 
+    # ---- read and build everything; the run directory is not touched until this succeeded
     device = _device(cfg.device)
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
@@ -255,15 +285,24 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[s
     torch.manual_seed(int(cfg.seed))
 
     data: ImageData = _build(cfg.dataset.reader, f"dataset {cfg.dataset.name}")
-    noisy, noise_record = _make_noise(cfg, data)
-    if ckpt is not None and ckpt.get("noise", {}).get("sha256") != noise_record.sha256:
+    n, k = data.train_labels.shape[0], data.num_classes
+    if int(cfg.batch_size) > n:
         raise UserError(
-            f"the checkpoint in {run_dir} was trained on different noisy labels (hash "
-            f"{ckpt.get('noise', {}).get('sha256', '?')[:12]} vs {noise_record.sha256[:12]}); "
-            "use another run_name=... or restart=true"
+            f"batch_size={cfg.batch_size} is larger than the {n} training images of "
+            f"{cfg.dataset.name}; set batch_size to at most {n}"
         )
-    if not (run_dir / LABEL_FILE).exists():
-        save_labels(run_dir / LABEL_FILE, noisy)
+    noisy, noise_record = _make_noise(cfg, data)
+    noise = noise_record.to_dict()
+    if ckpt is not None:
+        saved_noise = ckpt.get("noise") if isinstance(ckpt.get("noise"), dict) else {}
+        diff = _noise_differences(saved_noise, noise)
+        if diff:
+            raise UserError(
+                f"the checkpoint in {run_dir} was trained on different noisy labels (differing "
+                f"noise record keys: {', '.join(diff)}; labels sha256 "
+                f"{str(saved_noise.get('sha256', '?'))[:12]} then, {noise_record.sha256[:12]} "
+                "now); use another run_name=... or pass restart=true to start over"
+            )
     log.info(
         "noise %s (%s): nominal rate %.3f, realised %.4f, seed %d, labels sha256 %s",
         cfg.noise.name,
@@ -274,7 +313,6 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[s
         noise_record.sha256[:16],
     )
 
-    n, k = data.train_labels.shape[0], data.num_classes
     c = int(data.train_images.shape[1])
     model_kwargs = _without_name(cfg.model)
 
@@ -286,7 +324,8 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[s
     method: Method = _build(_without_name(cfg.method), f"method {cfg.method.name}")
     if not isinstance(method, Method):
         raise UserError(
-            f"method {cfg.method.name}: {cfg.method._target_} is not a noisybench.method.Method"
+            f"method {cfg.method.name}: {cfg.method._target_} is not a noisybench.method.Method; "
+            "point _target_ at a subclass of it"
         )
 
     train_images = data.train_images.to(device)
@@ -336,57 +375,78 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[s
         train_given=given,
         view=plain,
     )
-
+    trainer_kwargs: dict[str, Any] = {
+        "model": model,
+        "method": method,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "loader": loader,
+        "data": eval_data,
+        "epochs": int(cfg.epochs),
+        "run_dir": run_dir,
+        "checkpoint_extra": {"config": resolved, "noise": noise},
+        "device": device,
+        "amp_dtype": _amp_dtype(cfg.amp, device),
+        "nonfinite": cfg.nonfinite,
+        "beta1_rampdown": (
+            int(cfg.optim.get("beta1_rampdown_epochs", 0)),
+            float(cfg.optim.get("beta1_final", 0.0)),
+        ),
+        "eval_batch_size": int(cfg.eval.batch_size),
+        "train_diagnostics": bool(cfg.eval.train_diagnostics),
+        "progress": bool(cfg.progress),
+        "method_name": str(cfg.method.name),
+    }
     header = {
         "run_dir": str(run_dir),
         "config": resolved,
         "code_version": code_version(),
         "seeds": {"train": int(cfg.seed), "noise": int(cfg.noise.seed)},
-        "noise": noise_record.to_dict(),
+        "noise": noise,
         "device": str(device),
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
+
+    # ---- from here on the run directory changes
+    if ckpt is None:
+        moved = _move_aside(run_dir)
+        if moved:
+            log.info("earlier files of %s moved to %s", run_dir, moved)
+    remove_stale_temporaries(run_dir, (CHECKPOINT_FILE, RESULT_FILE, LABEL_FILE))
+    if not (run_dir / LABEL_FILE).exists():
+        save_labels(run_dir / LABEL_FILE, noisy)
+
     history = list(ckpt["history"]) if ckpt is not None else []
-    start_epoch = int(ckpt["epoch"]) if ckpt is not None else 0
     recorder = Recorder(
         run_dir,
         header,
         history=history,
         tensorboard=bool(cfg.tensorboard),
-        purge_step=start_epoch + 1 if ckpt is not None else None,
+        # Resuming: TensorBoard drops what earlier writers logged from the last completed
+        # epoch on, and that epoch is logged again (a kill between the checkpoint and the
+        # scalars of an epoch must not leave a gap).
+        purge_step=max(len(history), 1) if ckpt is not None else None,
     )
-    trainer = Trainer(
-        model=model,
-        method=method,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        loader=loader,
-        data=eval_data,
-        epochs=int(cfg.epochs),
-        run_dir=run_dir,
-        recorder=recorder,
-        checkpoint_extra={"config": resolved, "noise": noise_record.to_dict()},
-        device=device,
-        amp_dtype=_amp_dtype(cfg.amp, device),
-        nonfinite=cfg.nonfinite,
-        beta1_rampdown=(
-            int(cfg.optim.get("beta1_rampdown_epochs", 0)),
-            float(cfg.optim.get("beta1_final", 0.0)),
-        ),
-        eval_batch_size=int(cfg.eval.batch_size),
-        train_diagnostics=bool(cfg.eval.train_diagnostics),
-        progress=bool(cfg.progress),
-        method_name=str(cfg.method.name),
-    )
-    start_step, sums = 0, None
-    if ckpt is not None:
-        start_epoch, start_step, sums = trainer.load_state_dict(ckpt)
-        log.info("resuming %s at epoch %d, step %d", run_dir, start_epoch + 1, start_step)
     try:
+        trainer = Trainer(recorder=recorder, **trainer_kwargs)
+        start_epoch, start_step, sums = 0, 0, None
+        if ckpt is not None:
+            start_epoch, start_step, sums = trainer.load_state_dict(ckpt)
+            log.info("resuming %s at epoch %d, step %d", run_dir, start_epoch + 1, start_step)
+            if history:
+                recorder.log_scalars(history[-1])
+        recorder.write("running")
         trainer.fit(start_epoch, start_step, sums)
     except Interrupted as exc:
         recorder.write("interrupted", error=str(exc))
         raise
+    except KeyboardInterrupt:
+        message = (
+            "interrupted by a second SIGINT/SIGTERM during a step; the last checkpoint is kept: "
+            "run the same command again to resume"
+        )
+        recorder.write("interrupted", error=message)
+        raise Interrupted(message, signal.SIGINT) from None
     except TrainingDiverged as exc:
         recorder.write("failed", error=str(exc))
         raise

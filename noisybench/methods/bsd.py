@@ -42,6 +42,37 @@ Decisions the paper leaves open (each one is tested in ``tests/test_bsd.py``):
   Eq. 5 once per occurrence, in batch order, i.e. ``alpha <- gamma^m alpha +
   sum_r gamma^(m-1-r) yhat_r``. It is computed without host synchronisation and every
   duplicate writes a bit-identical row, so the write is deterministic.
+
+**CutOut / CutMix on half the batch** (Section 4.2.4, Table 5; ``mix_half``, tested in
+``tests/test_bsd_mixhalf.py``): "the augmentations are applied to half of the images in
+each mini-batch, while the remaining half is used for distillation". With ``mix_half`` set,
+a batch of ``B`` weak-view images is split by position: the first ``B - B // 2`` samples
+(the distillation half) are used as in plain BSD; the last ``B // 2`` (the augmented half;
+batches come from a random permutation, so this is a random half) are augmented on the
+device with :mod:`noisybench.augment`:
+
+* ``"cutmix"``: one ``lam ~ Beta(cutmix_alpha, cutmix_alpha)``, one box and one permutation
+  ``perm`` *of the augmented half* (an image receives a patch from another augmented image,
+  or from itself when ``perm`` fixes it), applied to every batch (no extra probability: the
+  half split already leaves half the batch unmixed). The loss target of augmented sample
+  ``i`` is the mix of the (sharpened) soft targets, ``lam * t_i + (1 - lam) * t_perm(i)``,
+  with ``lam`` the box-corrected kept area: CutMix "combines soft targets rather than one-hot
+  labels".
+* ``"cutout"``: one square per image of side ``round(cutout_size * H)`` (0.5: 16 pixels on
+  32x32, DeVries & Taylor's CIFAR-10 setting) at a uniform centre, clipped to the image,
+  set to 0 in the *normalised* space, i.e. the dataset mean colour (the reference code
+  multiplies the normalised tensor by a zero mask). The target is the sample's own ``t_i``.
+
+One forward pass over the whole batch (distillation half + augmented half, so BatchNorm
+sees both); the loss is the batch mean over all ``B`` per-sample soft cross-entropies.
+The Eq. 5 update uses ONLY the distillation half's predictions and touches only its
+samples (``StepOutput.state["update_idx"]``); the augmented samples' ``y`` and ``A`` stay
+as they were. This halves the update frequency, which the paper compensates for with
+gamma = 0.9 and c = 500 (``experiment=table5_cutmix`` / ``table5_cutout``). The draws are
+returned in ``StepOutput.state`` (CutMix: ``mix_perm`` as batch positions, ``mix_lam``,
+``mix_mask`` the (H, W) box; CutOut: ``mix_mask`` (B // 2, H, W), ``cutout_cy``,
+``cutout_cx``; both: ``loss_target``) for diagnostics and tests.
+``mix_half=None`` (default) is plain BSD, bit for bit.
 """
 
 from __future__ import annotations
@@ -50,6 +81,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from noisybench.augment import cutmix, cutout, mix_targets
 from noisybench.errors import UserError
 from noisybench.method import Batch, Method, MethodContext, StepOutput
 
@@ -57,6 +89,7 @@ __all__ = ["BSD", "dirichlet_prior", "discounted_update", "sharpen"]
 
 STORE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": torch.float32}
 LOSS_SCALES = ("mean", "paper")
+MIX_HALF = (None, "cutmix", "cutout")
 _ENTROPY_CHUNK_ROWS = 65536
 
 
@@ -115,14 +148,13 @@ def discounted_update(
     same = idx[:, None] == idx[None, :]  # (B, B)
     earlier = torch.tril(same, diagonal=-1).sum(dim=1)  # occurrences before this row
     mult = same.sum(dim=1)  # occurrences of this row's sample
-    g = torch.tensor(gamma, dtype=torch.float32, device=y.device)
-    # Weight of observation b in its sample's final evidence: gamma^(m-1-rank).
-    obs_weight = torch.pow(g, (mult - 1 - earlier).float())
+    # Weight of observation b in its sample's final evidence: gamma^(m-1-rank) (0^0 = 1).
+    obs_weight = torch.pow(float(gamma), (mult - 1 - earlier).float())
     off_diag = same & ~torch.eye(batch, dtype=torch.bool, device=y.device)
     weights_off = off_diag.float() * obs_weight[None, :]
     # Diagonal term in full precision; the (all-zero without duplicates) rest by a matmul.
     evidence = obs_weight[:, None] * p + weights_off @ p
-    decay = torch.pow(g, mult.float())
+    decay = torch.pow(float(gamma), mult.float())
     new_a = decay * a + (obs_weight + weights_off.sum(dim=1))
     keep = decay * a / new_a  # w of Eq. 5
     new_y = keep[:, None] * y + evidence / new_a[:, None]
@@ -145,6 +177,11 @@ class BSD(Method):
         loss_scale: ``"mean"`` (batch mean of the soft cross-entropy, the scale of
             ``F.cross_entropy``) or ``"paper"`` (additionally divided by the number of
             classes, the ``1 / (|B| k)`` of Algorithm 1).
+        mix_half: ``None`` (plain BSD), ``"cutmix"`` or ``"cutout"``: augment the second half
+            of each batch and update targets only from the first (Section 4.2.4; see the
+            module docstring).
+        cutmix_alpha: Beta concentration of CutMix's ``lam`` (> 0; 1 = uniform).
+        cutout_size: CutOut square side as a fraction of the image side, in ``(0, 1]``.
 
     Buffers (in ``state_dict``, created by :meth:`setup`): ``targets`` (N, K) in
     ``store_dtype`` and ``counts`` (N,) float32.
@@ -160,6 +197,9 @@ class BSD(Method):
         tau: float = 1.0,
         store_dtype: str = "float16",
         loss_scale: str = "mean",
+        mix_half: str | None = None,
+        cutmix_alpha: float = 1.0,
+        cutout_size: float = 0.5,
     ) -> None:
         super().__init__()
         if not 0.0 <= gamma <= 1.0:
@@ -176,12 +216,27 @@ class BSD(Method):
             )
         if loss_scale not in LOSS_SCALES:
             raise UserError(f"BSD loss_scale must be one of {LOSS_SCALES}, got {loss_scale!r}.")
+        if mix_half not in MIX_HALF:
+            raise UserError(
+                f"BSD mix_half must be null, 'cutmix' or 'cutout', got {mix_half!r}; "
+                "use null for plain BSD."
+            )
+        if not cutmix_alpha > 0.0:
+            raise UserError(f"BSD cutmix_alpha must be > 0, got {cutmix_alpha}; use 1.0.")
+        if not 0.0 < cutout_size <= 1.0:
+            raise UserError(
+                f"BSD cutout_size must be a fraction of the image side in (0, 1], got "
+                f"{cutout_size}; use 0.5 (16 pixels on 32x32 images)."
+            )
         self.gamma = float(gamma)
         self.c = float(c)
         self.eps = float(eps)
         self.tau = float(tau)
         self.store_dtype = store_dtype
         self.loss_scale = loss_scale
+        self.mix_half = mix_half
+        self.cutmix_alpha = float(cutmix_alpha)
+        self.cutout_size = float(cutout_size)
 
     # ----------------------------------------------------------------- state
     def setup(self, ctx: MethodContext) -> None:
@@ -225,6 +280,8 @@ class BSD(Method):
 
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         """One forward of the weak view; loss against the sharpened ``y^{t-1}``."""
+        if self.mix_half is not None:
+            return self.mix_half_step(model, batch)
         logits = model(batch.views["weak"])
         target = self.batch_targets(batch.idx)
         loss = self.bsd_loss(logits, target)
@@ -236,11 +293,48 @@ class BSD(Method):
             state={"probs": probs},
         )
 
+    def mix_half_step(self, model: nn.Module, batch: Batch) -> StepOutput:
+        """Section 4.2.4: CutMix / CutOut on the last ``B // 2`` samples, distillation on the
+        rest; the Eq. 5 evidence is the distillation half's prediction only."""
+        images = batch.views["weak"]
+        size = images.shape[0]
+        keep = size - size // 2  # distillation half: positions [0, keep)
+        target = self.batch_targets(batch.idx)
+        state: dict[str, Tensor] = {}
+        extras: dict[str, Tensor] = {}
+        if keep < size:
+            aug_images, aug_target = images[keep:], target[keep:]
+            if self.mix_half == "cutmix":
+                mixed = cutmix(aug_images, alpha=self.cutmix_alpha, prob=1.0)
+                aug_images = mixed.images
+                aug_target = mix_targets(aug_target, mixed.perm, mixed.lam)
+                state["mix_mask"] = mixed.mask
+                state["mix_perm"] = mixed.perm + keep
+                state["mix_lam"] = mixed.lam
+                extras["cutmix_lam"] = mixed.lam
+            else:
+                cut = cutout(aug_images, self.cutout_size)
+                aug_images = cut.images
+                state["mix_mask"] = cut.mask
+                state["cutout_cy"] = cut.cy
+                state["cutout_cx"] = cut.cx
+            images = torch.cat([images[:keep], aug_images])
+            target = torch.cat([target[:keep], aug_target])
+        elif self.mix_half == "cutmix":  # a one-sample batch: nothing to mix, lam = 1
+            extras["cutmix_lam"] = torch.ones((), device=images.device)
+        logits = model(images)
+        loss = self.bsd_loss(logits, target)
+        probs = torch.softmax(logits[:keep].detach().float(), dim=-1)
+        extras["bsd_target_max"] = target.amax(dim=-1).mean()
+        state.update(probs=probs, update_idx=batch.idx[:keep], loss_target=target.detach())
+        return StepOutput(loss=loss, logits=logits, extras=extras, state=state)
+
     # ---------------------------------------------------------------- update
     @torch.no_grad()
     def after_step(self, batch: Batch, out: StepOutput, epoch: int) -> None:
-        """Eq. 5 for the batch's samples with the prediction of this step's forward pass."""
-        idx = batch.idx
+        """Eq. 5 for the batch's samples with the prediction of this step's forward pass
+        (with ``mix_half``: only the distillation half, ``out.state["update_idx"]``)."""
+        idx = out.state.get("update_idx", batch.idx)
         y = self.targets[idx].float()
         y = y / y.sum(dim=-1, keepdim=True)
         new_y, new_a = discounted_update(y, self.counts[idx], out.state["probs"], idx, self.gamma)

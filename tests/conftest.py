@@ -1,0 +1,98 @@
+"""Shared test setup: one torch thread, and a helper that runs the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+# The tests' models are tiny; on a few shared cores one intra-op thread is much faster.
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+KILL_ENV = "NOISYBENCH_TEST_KILL_AT"  # noisybench.engine.TEST_KILL_ENV (test-only hook)
+# The quick configuration of the command-line tests: digits + small CNN, no progress bars,
+# no TensorBoard (tests that look at TensorBoard ask for it).
+QUICK = ("experiment=quickstart", "progress=false", "tensorboard=false")
+TIMING_KEYS = ("epoch_time_s",)
+
+
+class CLI:
+    """Runs ``python -m noisybench`` in a subprocess, from a scratch working directory.
+
+    Each run pays torch's import (seconds) for a fraction of a second of training, so
+    independent runs can be started side by side with :meth:`submit` (one per CPU core).
+    """
+
+    def __init__(self, workdir: Path, pool: ThreadPoolExecutor) -> None:
+        self.workdir = workdir
+        self.pool = pool
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` (which may call this CLI) on a worker thread."""
+        return self.pool.submit(fn, *args, **kwargs)
+
+    def __call__(
+        self,
+        *overrides: str,
+        base: Sequence[str] = QUICK,
+        env: dict[str, str] | None = None,
+        pythonpath: Sequence[Path] = (),
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess:
+        """Run with ``base`` + ``overrides``; an override replaces the base entry of the same
+        key. ``env`` adds environment variables (the kill hook is never inherited)."""
+        keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+        args = [b for b in base if b.split("=", 1)[0] not in keys] + list(overrides)
+        full_env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+        full_env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), str(ROOT)])
+        full_env.update(env or {})
+        return subprocess.run(
+            [sys.executable, "-m", "noisybench", *args],
+            cwd=self.workdir,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CLI]:
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        yield CLI(tmp_path_factory.mktemp("cwd"), pool)
+
+
+def read_result(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def epoch_metrics(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every per-epoch number except wall-clock timings."""
+    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """The bytes of every file below ``root``, by relative path."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def error_line(stderr: str) -> str:
+    """The one-line error of a failed command, checking it is the only error line and that
+    no traceback was printed."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines, "no error message on stderr"
+    errors = [line for line in lines if line.startswith("noisybench: error:")]
+    assert errors == [lines[-1]], stderr[-3000:]
+    return lines[-1]
