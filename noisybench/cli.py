@@ -36,7 +36,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from noisybench.errors import UserError
-from noisybench.io import CHECKPOINT_FILE, read_json
+from noisybench.io import CHECKPOINT_FILE, flatten, read_json
 from noisybench.recorder import RESULT_FILE
 
 __all__ = [
@@ -199,15 +199,6 @@ def check_config(cfg: DictConfig) -> None:
 
 
 # ------------------------------------------------------------------------- existing runs
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
 def _ignored(key: str) -> bool:
     return any(key == p or key.startswith(p + ".") for p in RESUME_IGNORED)
 
@@ -215,7 +206,7 @@ def _ignored(key: str) -> bool:
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two resolved configs (ignoring
     :data:`RESUME_IGNORED`)."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten(saved), flatten(current)
     keys = sorted(set(a) | set(b))
     return [k for k in keys if not _ignored(k) and _jsonish(a.get(k)) != _jsonish(b.get(k))]
 
@@ -233,7 +224,7 @@ def describe_differences(
     keys: list[str], saved: Mapping[str, Any], current: Mapping[str, Any], limit: int = 8
 ) -> str:
     """``key (saved: X, now: Y), ...`` for the first ``limit`` differing keys."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten(saved), flatten(current)
 
     def show(flat: dict[str, Any], key: str) -> str:
         return json.dumps(flat[key]) if key in flat else "absent"

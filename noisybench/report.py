@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from noisybench.io import flatten
+
 __all__ = ["collect", "format_table", "load_results", "main", "mean_std"]
 
 # Config keys that do not change what a run computes, or that vary within one table cell.
@@ -38,6 +40,8 @@ _NOT_PART_OF_GROUP = (
     "dataset.reader.root",
     "dataset.reader.download",
     "dataset.reader.verify",
+    # KD's teachers are per-seed runs by construction (e.g. .../ensemble/seed${seed}).
+    "method.teacher_runs",
 )
 _METRICS = {
     "last": ("last", "test/acc"),
@@ -65,17 +69,8 @@ def load_results(roots: Iterable[str | Path]) -> list[dict[str, Any]]:
     return results
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: json.dumps(obj, sort_keys=True)}
-
-
 def _group_key(result: dict[str, Any]) -> str:
-    flat = _flatten(result.get("config", {}))
+    flat = {k: json.dumps(v, sort_keys=True) for k, v in flatten(result.get("config", {})).items()}
     kept = {
         k: v
         for k, v in flat.items()

@@ -29,13 +29,15 @@ __all__ = ["PreActBlock", "PreActResNet", "preact_resnet18"]
 class PreActBlock(nn.Module):
     """Pre-activation basic block: ``out = shortcut + conv(ReLU(BN(conv(ReLU(BN(x))))))``."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.relu1 = nn.ReLU(inplace=True)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu2 = nn.ReLU(inplace=True)
+        # Dropout between the two convolutions (Wide ResNets, Zagoruyko & Komodakis 2016).
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.shortcut: nn.Module | None = None
         if stride != 1 or in_planes != planes:
@@ -44,9 +46,8 @@ class PreActBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         pre = self.relu1(self.bn1(x))
         skip = x if self.shortcut is None else self.shortcut(pre)
-        out = self.conv1(pre)
-        out = self.conv2(self.relu2(self.bn2(out)))
-        return out + skip
+        out = self.relu2(self.bn2(self.conv1(pre)))
+        return self.conv2(self.dropout(out)) + skip
 
 
 class PreActResNet(nn.Module):

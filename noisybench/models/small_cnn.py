@@ -75,5 +75,8 @@ def small_cnn(
     check_sizes("small_cnn", num_classes, in_channels)
     for what, value in (("width", width), ("hidden", hidden)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"small_cnn: {what} must be a positive integer, got {value!r}")
+            raise UserError(
+                f"small_cnn: {what} must be a positive integer, got {value!r}; "
+                f"set model.{what}=... to e.g. 32"
+            )
     return SmallCNN(num_classes, in_channels, width, hidden)

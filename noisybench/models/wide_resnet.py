@@ -17,31 +17,13 @@ from torch import Tensor, nn
 
 from noisybench.errors import UserError
 from noisybench.models._common import check_sizes, init_he_fan_out
+from noisybench.models.preact_resnet import PreActBlock
 
 __all__ = ["WideBlock", "WideResNet", "wide_resnet", "wide_resnet40_1"]
 
 
-class WideBlock(nn.Module):
-    """Pre-activation B(3,3) block with optional dropout between the two convolutions."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.shortcut: nn.Module | None = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        pre = self.relu1(self.bn1(x))
-        skip = x if self.shortcut is None else self.shortcut(pre)
-        out = self.relu2(self.bn2(self.conv1(pre)))
-        return self.conv2(self.dropout(out)) + skip
+# A WRN block is the pre-activation basic block B(3,3) with dropout between its convolutions.
+WideBlock = PreActBlock
 
 
 class WideResNet(nn.Module):
