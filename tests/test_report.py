@@ -51,6 +51,7 @@ def test_mean_and_sample_std_over_seeds(tmp_path: Path) -> None:
     assert rows[0]["seeds"] == [0]  # the running bsd run is left out
     table = format_table(rows)
     assert "| digits | small_cnn | sym50 | ce | 10 | 3 | 82.00 ± 2.00 | 92.00 ± 2.65 |" in table
+    assert table.count("n/a") == 4  # the fixtures have no memorisation or recovery records
 
 
 def test_runs_with_other_hyperparameters_are_not_averaged(tmp_path: Path) -> None:
