@@ -1,0 +1,167 @@
+"""A loader over a training set that already lives on the device as one uint8 tensor.
+
+Each epoch is a permutation drawn from a ``torch.Generator`` seeded from ``(seed, epoch)``
+alone, so the order of an epoch never depends on what ran before it: resuming in the middle
+of epoch ``e`` at step ``s`` replays exactly the batches ``s, s+1, ...`` of that epoch. The
+augmentations themselves draw from torch's global generators, which the engine checkpoints.
+
+DLB (Shen et al. 2022, "Self-Distillation from the Last Mini-Batch") trains every batch
+together with part of the previous one: with ``carry_previous = f > 0`` every batch but the
+very first of the run starts with ``k = floor(f * batch_size + 1/2)`` samples that repeat the
+LAST ``k`` fresh samples of the previous batch, in the same order and freshly augmented,
+followed by up to ``batch_size`` fresh samples. ``Batch.carried = k`` says how many. Because
+the carried samples are the ``k`` permutation entries just before the fresh ones, a batch is
+the contiguous slice ``perm[lo - k : lo + batch_size]``; the first batch of epoch ``e > 0``
+carries the tail of epoch ``e - 1``'s last batch, as DLB's reference code does. Every sample
+is still fresh exactly once per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from noisybench.errors import UserError
+from noisybench.method import Batch
+
+__all__ = ["DeviceLoader", "epoch_generator_seed"]
+
+
+def epoch_generator_seed(seed: int, epoch: int) -> int:
+    """A 63-bit generator seed mixing ``(seed, epoch)`` with NumPy's ``SeedSequence`` hash.
+
+    Neighbouring (seed, epoch) pairs give unrelated seeds (unlike e.g. ``seed + epoch``, where
+    seed 0 epoch 1 would equal seed 1 epoch 0).
+    """
+    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, dtype=np.uint32)
+    return ((int(state[0]) << 32) | int(state[1])) & ((1 << 63) - 1)
+
+
+class DeviceLoader:
+    """Mini-batches of a device-resident training set, with the method's views applied.
+
+    Args:
+        images: uint8 ``(N, C, H, W)`` training images, on the training device.
+        labels: int64 ``(N,)`` NOISY labels, on the same device.
+        batch_size: fresh samples per batch.
+        views: ``{key: view}`` from :func:`noisybench.data.views.build_views`; each view
+            maps the uint8 batch to a normalised float batch. ``nn.Module`` views are moved
+            to the images' device.
+        seed: base seed of the epoch permutations (>= 0).
+        drop_last: drop the last, smaller batch of an epoch.
+        carry_previous: DLB's fraction ``f`` in [0, 1] (see the module docstring).
+
+    ``len(loader)`` is the number of steps (optimizer updates) per epoch.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        views: Mapping[str, Callable[[Tensor], Tensor]],
+        seed: int,
+        drop_last: bool = False,
+        carry_previous: float = 0.0,
+    ) -> None:
+        if images.dim() != 4 or images.dtype != torch.uint8:
+            raise UserError(
+                f"training images must be a uint8 (N, C, H, W) tensor, got {images.dtype} "
+                f"{tuple(images.shape)}; pass ImageData.train_images"
+            )
+        n = int(images.shape[0])
+        if labels.shape != (n,):
+            raise UserError(
+                f"labels of shape {tuple(labels.shape)} do not match {n} images; pass one "
+                "label per training image"
+            )
+        if labels.device != images.device:
+            raise UserError(
+                f"labels are on {labels.device} but images on {images.device}; move both to "
+                "the training device"
+            )
+        batch_size = int(batch_size)
+        if batch_size < 1 or batch_size > n:
+            raise UserError(
+                f"batch_size={batch_size} must be between 1 and the training-set size {n}; "
+                "set a smaller batch_size=... or use a larger dataset"
+            )
+        if not 0.0 <= float(carry_previous) <= 1.0:
+            raise UserError(
+                f"carry_previous={carry_previous} must be a fraction in [0, 1] of the batch size"
+            )
+        if int(seed) < 0:
+            raise UserError(f"seed={seed} must be a non-negative integer")
+        if not views:
+            raise UserError("the loader needs at least one view; the method declares none")
+        self.images = images
+        self.labels = labels
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.num_carried = math.floor(float(carry_previous) * batch_size + 0.5)
+        self.views: dict[str, Callable[[Tensor], Tensor]] = {}
+        for key, view in views.items():
+            if isinstance(view, nn.Module):
+                view = view.to(images.device)
+            self.views[key] = view
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.images.shape[0])
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def permutation(self, epoch: int) -> Tensor:
+        """The epoch's sample order, a function of ``(seed, epoch)`` only, on the device.
+
+        Drawn on the CPU (so every device gives the same order) once per epoch.
+        """
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(epoch_generator_seed(self.seed, epoch))
+        perm = torch.randperm(self.num_samples, generator=gen)
+        return perm.to(self.images.device, non_blocking=True)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Yield the batches of ``epoch`` from step ``start_step`` on (for mid-epoch resume)."""
+        steps = len(self)
+        if not 0 <= int(start_step) <= steps:
+            raise UserError(
+                f"start_step={start_step} is outside the epoch's {steps} steps; resume from a "
+                "checkpoint written with the same dataset and batch size"
+            )
+        perm = self.permutation(epoch)
+        n, b = self.num_samples, self.batch_size
+        for step in range(int(start_step), steps):
+            lo = step * b
+            hi = min(lo + b, n)
+            if step == 0 and epoch > 0 and self.num_carried > 0:
+                # The first batch carries the tail of the previous epoch's last batch, as
+                # DLB's reference code does; recomputed from (seed, epoch - 1), so a resumed
+                # run carries the same samples.
+                previous = self.permutation(epoch - 1)
+                last_lo = (steps - 1) * b
+                last_hi = min(last_lo + b, n)
+                carried = min(self.num_carried, last_hi - last_lo)
+                idx = torch.cat((previous[last_hi - carried : last_hi], perm[lo:hi]))
+            else:
+                carried = min(self.num_carried, lo)  # 0 on the first step of epoch 0
+                idx = perm[lo - carried : hi]
+            images = self.images.index_select(0, idx)
+            views = {key: view(images) for key, view in self.views.items()}
+            yield Batch(
+                idx=idx,
+                target=self.labels.index_select(0, idx),
+                views=views,
+                carried=carried,
+            )
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Epoch 0 (convenience for quick use; the engine calls :meth:`epoch`)."""
+        return self.epoch(0)

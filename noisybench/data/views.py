@@ -1,0 +1,425 @@
+"""Named augmentation views, applied batch-wise on the training device.
+
+A method declares the views it needs as keys (``Method.views``); the data layer builds one
+module per key with :func:`build_views` and the loader applies every module to the same uint8
+batch, so each key is an independent random draw. A key is ``<kind>`` or ``<kind>_<tag>``;
+the kind (the part before the first underscore) selects a factory in :data:`VIEW_KINDS`:
+
+``plain``
+    Normalisation only: ``(x / 255 - mean) / std``.
+``weak``
+    The "basic augmentations" of the BSD paper (Appendix A.1) and the weak set of BSD+:
+    a random crop of the image zero-padded by ``crop_padding`` pixels on each side, then a
+    horizontal flip with probability 1/2 if ``hflip``.
+``strong``
+    The strong set of BSD+ (Appendix A.1, Eq. 11): the weak augmentation, then AutoAugment
+    (Cubuk et al. 2019, CIFAR-10 policy), then Random Erasing (Zhong et al. 2020). CutMix,
+    also part of that set, mixes targets and is therefore applied by the BSD+ method itself.
+
+Design decisions (each is a deliberate departure from a per-image, PIL-based pipeline):
+
+* Crop and flip are written here as single batched gathers instead of ``kornia``'s
+  ``RandomCrop``: kornia's eager crop reads the crop boxes back to the host and crops per
+  sample, while a gather is exact (integer shifts, no interpolation) and never syncs.
+* Kornia's ``AutoAugment`` draws ONE sub-policy per call for the whole batch (kornia 0.9.0;
+  ``benchmarks/bench_views.py`` measures it). The strong view therefore calls it on chunks of
+  ``strong_chunk`` images, so that images in different chunks get independently drawn
+  sub-policies (the operations' probabilities and magnitudes are already drawn per image).
+  Batches come from a random permutation, so a chunk is a random group of images. Smaller
+  chunks give more diversity and cost more calls; see the benchmark for numbers.
+* AutoAugment's colour operations need 3 channels. A 1-channel image (digits) is repeated to
+  3 equal channels, augmented, and averaged back. Every operation of the policy maps an image
+  with equal channels to one with equal channels (geometric ops, posterize, solarize,
+  equalize, autocontrast, brightness, contrast, sharpness, invert act per channel alike;
+  colour/saturation leaves a grey image grey), so this is the grey-scale policy exactly.
+* Random Erasing runs on the normalised tensor with fill value 0, i.e. the erased box takes
+  the dataset mean colour, as when erasing follows normalisation in the usual
+  ``ToTensor -> Normalize -> RandomErasing`` order. Its probability is ``erasing_p`` (0.5).
+
+Resizing (``dataset.augment.resize``, default ``null`` = off): networks with a fixed input
+size (ViT-B/16 fine-tuned at 224x224, BSD paper Section 4 / Appendix A.1) need the 32x32 or
+64x64 images upsampled. With ``resize: R`` every view kind (``plain`` for evaluation too, and
+kinds registered later) is wrapped in :class:`Resized`: the view's output is resized on the
+device to ``R x R`` with bilinear interpolation (``align_corners=False``; anti-aliased only when
+shrinking) as the view's LAST step, i.e. after the augmentation and after normalisation. The
+augmentations therefore act at the native resolution (4-pixel crop padding, AutoAugment's
+magnitudes and Random Erasing's areas keep their CIFAR meaning). Resizing after rather than
+before normalisation gives the same result up to float rounding, because the per-channel
+affine normalisation commutes with bilinear interpolation (its weights sum to 1), and avoids
+interpolating uint8 images. Memory: a 224x224 float batch is 49x a 32x32 one; lower
+``eval.batch_size`` accordingly.
+
+Randomness comes only from torch's global generators (the one of the device the batch is
+on, and the CPU one for kornia's sub-policy choice), which the engine saves and restores.
+Views run under ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+
+import kornia.augmentation as K
+import torch
+import torch.nn.functional as F
+from kornia.augmentation.auto import AutoAugment
+from torch import Tensor, nn
+
+from noisybench.errors import UserError
+
+__all__ = [
+    "VIEW_KINDS",
+    "AugmentParams",
+    "PlainView",
+    "Resized",
+    "StrongView",
+    "WeakView",
+    "build_views",
+    "random_crop",
+    "random_hflip",
+    "register_view_kind",
+    "view_kind",
+]
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Parameters of the views, read from ``dataset.augment`` in the config.
+
+    Attributes:
+        crop_padding: zero padding (pixels per side) before the random crop; 0 disables it.
+        hflip: random horizontal flip with probability 1/2 (off for digits, where a flip
+            changes the meaning of the image).
+        strong_chunk: images per AutoAugment call in the strong view (see module docstring).
+        erasing_p: probability of Random Erasing per image in the strong view.
+        resize: ``None`` (keep the dataset's size) or the side in pixels that every view's
+            output is resized to (bilinear, after augmentation and normalisation), e.g. 224
+            for ViT-B/16.
+    """
+
+    crop_padding: int = 4
+    hflip: bool = True
+    strong_chunk: int = 16
+    erasing_p: float = 0.5
+    resize: int | None = None
+
+    @classmethod
+    def from_mapping(cls, augment: Mapping | None) -> AugmentParams:
+        """Validate a config mapping (unknown keys are an error, missing keys take defaults)."""
+        augment = dict(augment or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(augment) - known)
+        if unknown:
+            raise UserError(
+                f"unknown dataset.augment key(s) {unknown}; the known keys are {sorted(known)}"
+            )
+        params = cls(**augment)
+        if int(params.crop_padding) < 0:
+            raise UserError(
+                f"dataset.augment.crop_padding={params.crop_padding} is negative; use 0 or more"
+            )
+        if int(params.strong_chunk) < 1:
+            raise UserError(
+                f"dataset.augment.strong_chunk={params.strong_chunk} must be at least 1 "
+                "(images per AutoAugment call)"
+            )
+        if not 0.0 <= float(params.erasing_p) <= 1.0:
+            raise UserError(
+                f"dataset.augment.erasing_p={params.erasing_p} must be a probability in [0, 1]"
+            )
+        resize = params.resize
+        if resize is not None and (
+            isinstance(resize, bool) or not isinstance(resize, int) or resize < 1
+        ):
+            raise UserError(
+                f"dataset.augment.resize={resize!r} must be null or a positive whole number of "
+                "pixels, e.g. 224 for ViT-B/16"
+            )
+        return params
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = (int(s) for s in size)
+    return (h, w)
+
+
+def random_crop(x: Tensor, padding: int, size: tuple[int, int] | None = None) -> Tensor:
+    """Random ``size`` crop of each image of ``x`` zero-padded by ``padding`` pixels per side.
+
+    One gather for the whole batch (exact pixel copies, no interpolation, no host sync).
+    Offsets are uniform over every window position of the padded image, as in the usual
+    ``RandomCrop(size, padding)``.
+
+    Args:
+        x: ``(B, C, H, W)`` images of any dtype.
+        padding: zero padding per side.
+        size: output ``(h, w)``; default the input size.
+    """
+    b, c, h, w = x.shape
+    oh, ow = size if size is not None else (h, w)
+    if padding == 0 and (oh, ow) == (h, w):
+        return x
+    padded = F.pad(x, (padding, padding, padding, padding)) if padding > 0 else x
+    ph, pw = padded.shape[-2:]
+    if oh > ph or ow > pw:
+        raise UserError(
+            f"crop size {(oh, ow)} is larger than the padded image {(ph, pw)}; "
+            "check the dataset's image size"
+        )
+    dev = x.device
+    top = torch.randint(0, ph - oh + 1, (b,), device=dev)
+    left = torch.randint(0, pw - ow + 1, (b,), device=dev)
+    # Flat index of output pixel (y, x) of image i in its padded (ph * pw) plane.
+    rows = top[:, None, None] + torch.arange(oh, device=dev)[None, :, None]
+    cols = left[:, None, None] + torch.arange(ow, device=dev)[None, None, :]
+    flat = (rows * pw + cols).view(b, 1, oh * ow).expand(b, c, oh * ow)
+    return padded.flatten(2).gather(2, flat).view(b, c, oh, ow)
+
+
+def random_hflip(x: Tensor, p: float = 0.5) -> Tensor:
+    """Flip each image of ``x`` left-right independently with probability ``p``."""
+    flip = torch.rand(x.shape[0], device=x.device) < p
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+class _Normalize(nn.Module):
+    """``(x / 255 - mean) / std`` for a uint8 batch, or ``(x - mean) / std`` for a [0, 1] float."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or len(mean) == 0:
+            raise UserError(
+                f"dataset mean {tuple(mean)} and std {tuple(std)} must have one entry per channel"
+            )
+        if min(float(s) for s in std) <= 0:
+            raise UserError(f"dataset std {tuple(std)} must be positive")
+        self.register_buffer("mean", torch.tensor([float(m) for m in mean]).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor([float(s) for s in std]).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        return (x - self.mean) / self.std
+
+
+class PlainView(nn.Module):
+    """Normalisation only (evaluation-style view)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.normalize = _Normalize(mean, std)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        return self.normalize(x)
+
+
+class WeakView(nn.Module):
+    """Random crop with zero padding + optional horizontal flip, then normalisation.
+
+    The BSD paper's "basic augmentations (random cropping and horizontal flipping)"
+    (Appendix A.1) and BSD+'s weak set (4-pixel padding on CIFAR).
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        image_size: tuple[int, int],
+        crop_padding: int,
+        hflip: bool,
+    ) -> None:
+        super().__init__()
+        self.normalize = _Normalize(mean, std)
+        self.image_size = image_size
+        self.crop_padding = int(crop_padding)
+        self.hflip = bool(hflip)
+
+    def augment_uint8(self, x: Tensor) -> Tensor:
+        """The geometric part on the raw batch (dtype preserved)."""
+        x = random_crop(x, self.crop_padding, self.image_size)
+        if self.hflip:
+            x = random_hflip(x)
+        return x
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        return self.normalize(self.augment_uint8(x))
+
+
+class StrongView(WeakView):
+    """Weak augmentation + AutoAugment (CIFAR-10 policy, per chunk) + Random Erasing.
+
+    BSD+'s strong set (Appendix A.1, Eq. 11) without CutMix, which the method applies.
+    After each call, :attr:`last_subpolicies` names the sub-policy drawn for each chunk
+    (a diagnostic used by the tests and the benchmark).
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        image_size: tuple[int, int],
+        crop_padding: int,
+        hflip: bool,
+        chunk: int,
+        erasing_p: float,
+        policy: str | list = "cifar10",
+    ) -> None:
+        super().__init__(mean, std, image_size, crop_padding, hflip)
+        channels = len(mean)
+        if channels not in (1, 3):
+            raise UserError(
+                f"the strong view supports 1- or 3-channel images, got {channels} channels; "
+                "use the weak or plain view for this dataset"
+            )
+        self.chunk = int(chunk)
+        self.autoaugment = AutoAugment(policy)
+        self.autoaugment.requires_grad_(False)
+        self.erasing = K.RandomErasing(
+            scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0, p=float(erasing_p)
+        )
+        self.last_subpolicies: list[str] = []
+
+    def _autoaugment(self, x: Tensor) -> Tensor:
+        """AutoAugment on a [0, 1] float batch, one independent sub-policy draw per chunk."""
+        grey = x.shape[1] == 1
+        if grey:
+            x = x.expand(-1, 3, -1, -1).contiguous()
+        outs = []
+        names = []
+        for part in x.split(self.chunk):
+            params = self.autoaugment.forward_parameters(part.shape)
+            names.append(params[0].name if params else "")
+            outs.append(self.autoaugment(part, params=params))
+        self.last_subpolicies = names
+        out = torch.cat(outs)
+        if grey:
+            out = out.mean(dim=1, keepdim=True)
+        return out
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.augment_uint8(x)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        x = self._autoaugment(x).clamp_(0.0, 1.0)
+        return self.erasing(self.normalize(x))
+
+
+class Resized(nn.Module):
+    """Wraps a view and resizes its output to ``size x size`` (bilinear, ``align_corners=False``,
+    anti-aliased only when shrinking an axis), on the device, as the view's last step."""
+
+    def __init__(self, view: nn.Module, size: int) -> None:
+        super().__init__()
+        self.view = view
+        self.size = int(size)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.view(x)
+        if tuple(out.shape[-2:]) == (self.size, self.size):
+            return out
+        shrink = out.shape[-2] > self.size or out.shape[-1] > self.size
+        return F.interpolate(
+            out.float(),
+            size=(self.size, self.size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=shrink,
+        )
+
+
+ViewFactory = Callable[
+    [AugmentParams, Sequence[float], Sequence[float], tuple[int, int]], nn.Module
+]
+
+VIEW_KINDS: dict[str, ViewFactory] = {}
+"""Registry of view kinds: kind name -> ``factory(params, mean, std, image_size) -> module``."""
+
+
+def register_view_kind(name: str) -> Callable[[ViewFactory], ViewFactory]:
+    """Decorator adding a view kind to :data:`VIEW_KINDS` (names may not contain ``_``)."""
+    if "_" in name or not name:
+        raise ValueError(f"view kind {name!r} must be a non-empty name without underscores")
+
+    def deco(factory: ViewFactory) -> ViewFactory:
+        VIEW_KINDS[name] = factory
+        return factory
+
+    return deco
+
+
+@register_view_kind("plain")
+def _plain(params: AugmentParams, mean, std, image_size) -> nn.Module:
+    return PlainView(mean, std)
+
+
+@register_view_kind("weak")
+def _weak(params: AugmentParams, mean, std, image_size) -> nn.Module:
+    return WeakView(mean, std, image_size, params.crop_padding, params.hflip)
+
+
+@register_view_kind("strong")
+def _strong(params: AugmentParams, mean, std, image_size) -> nn.Module:
+    return StrongView(
+        mean,
+        std,
+        image_size,
+        params.crop_padding,
+        params.hflip,
+        params.strong_chunk,
+        params.erasing_p,
+    )
+
+
+def view_kind(key: str) -> str:
+    """The kind of a view key: the part before the first underscore."""
+    return key.split("_", 1)[0]
+
+
+def build_views(
+    keys: Sequence[str],
+    augment: Mapping | None,
+    mean: Sequence[float],
+    std: Sequence[float],
+    image_size: int | Sequence[int],
+) -> dict[str, nn.Module]:
+    """Build one independent view module per key, in the order given.
+
+    Args:
+        keys: the method's ``views`` (e.g. ``("weak", "strong_1", "strong_2")``).
+        augment: ``dataset.augment`` from the config (see :class:`AugmentParams`).
+        mean, std: per-channel normalisation constants in [0, 1] units (``ImageData``).
+        image_size: ``(H, W)`` (or one int) of the dataset's images; crops produce this size.
+
+    Returns:
+        ``{key: module}``; each module maps a uint8 ``(B, C, H, W)`` batch on any device to a
+        normalised float32 batch on that device (``(B, C, R, R)`` with ``augment.resize: R``,
+        the module then being a :class:`Resized` around the kind's view). Move the modules
+        with the images (``DeviceLoader`` does).
+    """
+    if isinstance(keys, str):
+        keys = (keys,)
+    keys = tuple(keys)
+    if not keys:
+        raise UserError("the method declares no views; give it at least one, e.g. ('weak',)")
+    if len(set(keys)) != len(keys):
+        raise UserError(f"view keys {list(keys)} repeat a key; give each view its own tag")
+    params = AugmentParams.from_mapping(augment)
+    size = _pair(image_size)
+    views: dict[str, nn.Module] = {}
+    for key in keys:
+        kind = view_kind(str(key))
+        if kind not in VIEW_KINDS:
+            raise UserError(
+                f"unknown view kind {kind!r} in view key {key!r}; the kinds are "
+                f"{sorted(VIEW_KINDS)} (a key is <kind> or <kind>_<tag>)"
+            )
+        view = VIEW_KINDS[kind](params, mean, std, size)
+        if params.resize is not None:
+            view = Resized(view, params.resize)
+        views[str(key)] = view
+    return views
