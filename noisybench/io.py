@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: the command line's chec
 __all__ = [
     "CHECKPOINT_FILE",
     "atomic_save_checkpoint",
+    "atomic_write",
     "atomic_write_json",
     "atomic_write_text",
     "flatten",
@@ -120,6 +121,11 @@ def _atomic_replace(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], Any]) -> None:
+    """Write ``path`` atomically through ``write(binary_file)`` (temp file, fsync, rename)."""
+    _atomic_replace(Path(path), write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -15,6 +15,7 @@ A new method is one Python file with a subclass of :class:`Method` and one YAML 
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -102,7 +103,7 @@ class MethodContext:
     build_model: Callable[[], nn.Module] | None = None
 
 
-class Method(nn.Module):
+class Method(nn.Module, metaclass=abc.ABCMeta):
     """Base class of every training objective (Cross-entropy, BSD, BSD+, baselines).
 
     Subclasses set :attr:`views` and implement :meth:`training_step`; everything else has
@@ -133,9 +134,9 @@ class Method(nn.Module):
         ``load_state_dict`` on resume; must be deterministic given ``ctx``."""
         self.num_classes = ctx.num_classes
 
+    @abc.abstractmethod
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         """Forward the declared views through ``model`` and return the loss."""
-        raise NotImplementedError(f"{type(self).__name__} must implement training_step")
 
     @torch.no_grad()
     def after_step(self, batch: Batch, out: StepOutput, epoch: int) -> None:

@@ -43,7 +43,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,6 +51,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from noisybench.errors import UserError
+from noisybench.io import atomic_write
 
 __all__ = [
     "ASYM_MAPS",
@@ -556,17 +556,8 @@ def make_noise_record(
 def save_labels(path: str | os.PathLike[str], labels: np.ndarray) -> Path:
     """Write labels as an int64 ``.npy`` file atomically (temp file + ``os.replace``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(labels, dtype="<i8"), allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    array = np.ascontiguousarray(labels, dtype="<i8")
+    atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
     return path
 
 

@@ -16,7 +16,6 @@ Mean and std are computed from the training images (and cached with them).
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from noisybench.data.base import ImageData
 from noisybench.errors import UserError
+from noisybench.io import atomic_write
 
 __all__ = ["load_tinyimagenet"]
 
@@ -149,16 +149,7 @@ def _channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, n
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``path`` atomically: a temporary file in the same directory, then a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _read_cache(path: Path, wnids: list[str]) -> dict[str, np.ndarray] | None:
