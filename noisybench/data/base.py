@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import Tensor
 
-__all__ = ["ImageData"]
+from noisybench.errors import UserError
+
+__all__ = ["ImageData", "download_archive"]
 
 
 @dataclass
@@ -38,3 +41,22 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     superclass: Tensor | None = None
+
+
+def download_archive(
+    url: str, root: Path, filename: str, md5: str | None, title: str, extracted: str
+) -> None:
+    """Download and extract a dataset archive into ``root`` with torchvision's utilities
+    (which check ``md5``); any failure (offline, disk, checksum) becomes one line saying how
+    to get the files by hand. ``extracted`` says what the extracted folder must hold."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        download_and_extract_archive(url, str(root), filename=filename, md5=md5)
+    except Exception as err:  # network, disk or checksum failure: all mean "get it by hand"
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(
+            f"could not download {title} from {url} ({detail}); download {filename} by hand "
+            f"and put it in {root} (then dataset.reader.download=true extracts it), or "
+            f"extract it so that {extracted}"
+        ) from err

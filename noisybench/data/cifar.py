@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from noisybench.data.base import ImageData
+from noisybench.data.base import ImageData, download_archive
 from noisybench.errors import UserError
 
 __all__ = [
@@ -189,18 +189,9 @@ def _images_and_labels(path: Path, label_keys: tuple[str, ...]) -> tuple[np.ndar
 
 
 def _download(spec: _Spec, variant: str, root: Path) -> None:
-    from torchvision.datasets.utils import download_and_extract_archive
-
     cls = _torchvision_class(variant)
-    try:
-        download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
-    except Exception as err:  # network, disk or checksum failure: all mean "get it by hand"
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(
-            f"could not download {spec.title} from {cls.url} ({detail}); download "
-            f"{cls.filename} by hand and put it in {root} (then dataset.reader.download=true "
-            f"extracts it), or extract it so that {root / spec.folder} holds the files"
-        ) from err
+    holds = f"{root / spec.folder} holds the files"
+    download_archive(cls.url, root, cls.filename, cls.tgz_md5, spec.title, holds)
 
 
 def load_cifar(variant: str, root: str, download: bool = False, verify: bool = True) -> ImageData:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from noisybench.data.base import ImageData
+from noisybench.data.base import ImageData, download_archive
 from noisybench.errors import UserError
 from noisybench.io import atomic_write
 
@@ -47,17 +47,14 @@ def _missing_error(directory: Path, missing: list[str]) -> UserError:
 
 
 def _download(root: Path) -> None:
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    try:
-        download_and_extract_archive(URL, str(root), filename=ARCHIVE, md5=ARCHIVE_MD5)
-    except Exception as err:  # network, disk or checksum failure: all mean "get it by hand"
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(
-            f"could not download Tiny ImageNet from {URL} ({detail}); download {ARCHIVE} by "
-            f"hand and put it in {root} (then dataset.reader.download=true extracts it), or "
-            f"extract it so that {root / FOLDER} holds wnids.txt, train/ and val/"
-        ) from err
+    download_archive(
+        URL,
+        root,
+        ARCHIVE,
+        ARCHIVE_MD5,
+        "Tiny ImageNet",
+        f"{root / FOLDER} holds wnids.txt, train/ and val/",
+    )
 
 
 def _read_lines(path: Path) -> list[str]:
