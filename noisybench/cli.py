@@ -49,6 +49,7 @@ __all__ = [
     "describe_differences",
     "finished_message",
     "main",
+    "refuse_other_config",
     "validate_choices",
 ]
 
@@ -268,15 +269,23 @@ def check_existing_run(run_dir: Path, resolved: Mapping[str, Any]) -> dict[str, 
         (run_dir / name).exists() for name in (CHECKPOINT_FILE, CHECKPOINT_FILE + ".prev")
     )
     if holds_run and result is not None and isinstance(result.get("config"), dict):
-        diff = config_differences(result["config"], resolved)
-        if diff:
-            what = "finished run" if status == "finished" else "run"
-            raise UserError(
-                f"the {what} in {run_dir} was made with a different config (differing keys: "
-                f"{describe_differences(diff, result['config'], resolved)}); use another "
-                "run_name=... or pass restart=true to start over (old files go to previous/)"
-            )
+        what = "finished run" if status == "finished" else "run"
+        refuse_other_config(result["config"], resolved, run_dir, what)
     return result if status == "finished" else None
+
+
+def refuse_other_config(
+    saved: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path, what: str
+) -> None:
+    """Raise a one-line :class:`UserError` naming the differing keys when the ``what``
+    (finished run, run, checkpoint) in ``run_dir`` was made with another config."""
+    diff = config_differences(saved, current)
+    if diff:
+        raise UserError(
+            f"the {what} in {run_dir} was made with a different config (differing keys: "
+            f"{describe_differences(diff, saved, current)}); use another run_name=... or pass "
+            "restart=true to start over (old files go to previous/)"
+        )
 
 
 # ------------------------------------------------------------------------- entry points

@@ -39,8 +39,8 @@ from noisybench.cli import (
     check_config,
     check_existing_run,
     config_differences,
-    describe_differences,
     finished_message,
+    refuse_other_config,
 )
 from noisybench.data.base import ImageData
 from noisybench.data.loader import DeviceLoader
@@ -234,13 +234,8 @@ def _resume_state(
     if path.exists():
         ckpt = load_checkpoint(path)
         saved = ckpt.get("config")
-        diff = config_differences(saved if isinstance(saved, dict) else {}, resolved)
-        if diff:
-            raise UserError(
-                f"the checkpoint in {run_dir} was made with a different config (differing keys: "
-                f"{describe_differences(diff, saved or {}, resolved)}); use another run_name=... "
-                "or pass restart=true to start over (old files go to previous/)"
-            )
+        saved = saved if isinstance(saved, dict) else {}
+        refuse_other_config(saved, resolved, run_dir, "checkpoint")
         return None, ckpt
     if prev.exists():
         raise UserError(
