@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from noisybench.cli import CONF_DIR
+from noisybench.config import CONF_DIR
 from noisybench.run import run_experiment
 
 RESULTS = Path(__file__).resolve().parent / "results" / "method_step_time.json"
@@ -44,7 +44,7 @@ def main() -> None:
     base = [
         "experiment=quickstart",
         "progress=false",
-        "tensorboard=false",
+        "logger=[]",
         "eval.train_diagnostics=false",
     ]
     methods = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))

@@ -1,46 +1,38 @@
 """The training loop: the one place that runs backward, optimizer and scheduler steps and AMP.
 
-Methods (``noisybench.method.Method``) only turn a batch into a loss; the engine never
+Methods (:class:`noisybench.method.Method`) only turn a batch into a loss; the engine never
 branches on a method's name. It alone sees the clean training labels, so it alone computes
 the memorisation and label-recovery diagnostics.
+
+The engine knows no file, no run directory and no test hook. What happens around training
+(checkpoints, the result file, loggers, progress output, fault injection for the tests) is
+done by callbacks (:mod:`noisybench.callbacks`) that observe and persist: they receive the
+trainer and its records at fixed points (:class:`Callback`) and never touch gradients, the
+optimizer or the method's state.
 
 GPU-friendly by construction: the data stay on the device, per-step numbers are accumulated
 as device tensors and converted to Python numbers once per epoch (no per-step ``.item()``),
 except in ``nonfinite="skip"`` mode, which must look at every loss before stepping.
 
-Reliability (what a resumed run relies on):
-
-* A checkpoint is written atomically at the end of every epoch, and at the next step
-  boundary after SIGTERM/SIGINT. It holds the model, optimizer, scheduler, AMP scaler,
-  method state, every global RNG state, the epoch and step to continue at, the epoch's
-  running sums (mid-epoch) and the history so far. A run resumed from it reproduces the
-  uninterrupted run's numbers exactly on the CPU in deterministic mode: the batch order of an
-  epoch depends on ``(seed, epoch)`` only, and the RNG states are saved at the boundary
-  *before* the next batch is augmented.
-* A non-finite loss is detected without per-step host syncs (the first bad step is kept on
-  the device and read once per epoch); in ``nonfinite="stop"`` mode the epoch's checkpoint is
-  then never written, so the last good one stays.
-
-Test hook (for the test suite only; never set it otherwise): the environment variable
-``NOISYBENCH_TEST_KILL_AT`` (:data:`TEST_KILL_ENV`) holds comma-separated entries
-``EPOCH:POINT[:SIGNAL]``; the engine sends itself ``SIGNAL`` (KILL by default, TERM or INT)
-when it reaches ``POINT`` of ``EPOCH`` (1-based, as in messages). ``POINT`` is a step number
-(0-based: before that step's batch is drawn), ``end`` (after the epoch's last step, before
-evaluation), ``checkpoint`` (while a checkpoint of that epoch is written: the new file is
-complete but not yet renamed into place) or ``result`` (after the epoch's checkpoint, before
-the result file is updated). This gives the crash tests deterministic kill points.
+Exact resume: :meth:`Trainer.state_dict` holds the model, optimizer, scheduler, AMP scaler,
+method state, every global RNG state, the epoch and step to continue at, the epoch's running
+sums (mid-epoch) and the history so far. A run resumed from it reproduces the uninterrupted
+run's numbers exactly on the CPU in deterministic mode: the batch order of an epoch depends on
+``(seed, epoch)`` only, and SIGTERM/SIGINT are honoured at step boundaries, before the next
+batch is drawn, so the saved RNG states are those the next batch's augmentation starts from.
+A non-finite loss is detected without per-step host syncs (the first bad step is kept on the
+device and read once per epoch); in ``nonfinite="stop"`` mode the epoch's checkpoint is then
+never written, so the last good one stays.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,14 +40,10 @@ import torch
 from torch import Tensor, nn
 
 from noisybench import metrics
-from noisybench.io import CHECKPOINT_FILE, atomic_save_checkpoint
 from noisybench.method import Method
-from noisybench.recorder import Recorder
-from noisybench.schedules import adam_beta1
 
 __all__ = [
-    "CHECKPOINT_FILE",
-    "TEST_KILL_ENV",
+    "Callback",
     "EvalData",
     "Interrupted",
     "Trainer",
@@ -64,12 +52,18 @@ __all__ = [
     "set_rng_state",
 ]
 
-TEST_KILL_ENV = "NOISYBENCH_TEST_KILL_AT"
-_HOOK_POINTS = ("end", "checkpoint", "result")
-
 
 class TrainingDiverged(RuntimeError):
-    """The loss became non-finite; the last good checkpoint is kept."""
+    """The loss became non-finite at ``epoch`` (1-based), ``step`` (0-based); the checkpoint
+    of the last good epoch is kept when ``checkpoint_kept`` (none exists before the first
+    epoch of a fresh run ends)."""
+
+    def __init__(self, epoch: int, step: int | None, checkpoint_kept: bool) -> None:
+        where = (
+            f"epoch {epoch}, step {step}" if step is not None else f"every step of epoch {epoch}"
+        )
+        super().__init__(f"the loss became non-finite at {where}")
+        self.epoch, self.step, self.checkpoint_kept = epoch, step, checkpoint_kept
 
 
 class Interrupted(RuntimeError):
@@ -216,56 +210,56 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         random.setstate((int(pyst["version"]), internal, pyst["gauss_next"]))
 
 
-def _parse_test_hooks(spec: str | None) -> dict[tuple[int, str], int]:
-    """Parse :data:`TEST_KILL_ENV`: comma-separated ``EPOCH:POINT[:KILL|TERM|INT]`` entries
-    into ``{(epoch, point): signal number}``."""
-    signals = {
-        "KILL": getattr(signal, "SIGKILL", signal.SIGTERM),
-        "TERM": signal.SIGTERM,
-        "INT": signal.SIGINT,
-    }
-    hooks: dict[tuple[int, str], int] = {}
-    for entry in (spec or "").split(","):
-        if not entry.strip():
-            continue
-        parts = entry.strip().split(":")
-        epoch, point = parts[0], parts[1] if len(parts) > 1 else ""
-        action = parts[2] if len(parts) > 2 else "KILL"
-        if (
-            len(parts) not in (2, 3)
-            or not epoch.isdigit()
-            or not (point.isdigit() or point in _HOOK_POINTS)
-            or action not in signals
-        ):
-            raise ValueError(
-                f"{TEST_KILL_ENV}={spec!r}: each entry must be EPOCH:POINT[:KILL|TERM|INT] with "
-                f"POINT a step number or one of {', '.join(_HOOK_POINTS)}"
-            )
-        hooks[(int(epoch), point)] = signals[action]
-    return hooks
+class Callback:
+    """Observes a :class:`Trainer` at fixed points; every method is optional.
+
+    Callbacks persist and report (checkpoints, result file, loggers, progress) or inject
+    faults for the tests. They may read anything from the trainer (``trainer.state_dict``,
+    ``trainer.history``) but must not change gradients, the optimizer or the method's state.
+    Writes that a signal must not cut short go inside ``with trainer.critical():``.
+    """
+
+    def on_fit_start(self, trainer: Trainer, start_epoch: int, start_step: int) -> None:
+        """Before the first (or resumed) step."""
+
+    def on_step_start(self, trainer: Trainer, epoch: int, step: int) -> None:
+        """Before ``step`` (0-based) of ``epoch`` (0-based) draws its batch."""
+
+    def on_step_end(self, trainer: Trainer, epoch: int, step: int) -> None:
+        """After the optimizer step and the method's ``after_step`` (no host sync here)."""
+
+    def on_train_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+        """After an epoch's last step, before its evaluation."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        """After an epoch is evaluated and appended to ``trainer.history``; a checkpointer
+        saves ``trainer.state_dict(epoch + 1)`` here (callbacks run in list order)."""
+
+    def on_interrupt(self, trainer: Trainer, state: dict[str, Any]) -> None:
+        """SIGTERM/SIGINT at a step boundary: ``state`` resumes exactly at that boundary."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """After the last epoch."""
 
 
 class Trainer:
-    """Fits ``model`` with ``method`` and records every epoch.
+    """Fits ``model`` with ``method``: one visible place for backward, optimizer, schedule.
 
     Args:
         model, method: the network and the training objective (already on ``device``).
-        optimizer, scheduler: built by the run; the scheduler is stepped once per step.
-        loader: yields :class:`noisybench.method.Batch` via ``loader.epoch(epoch, start_step)``.
+        optimizer, scheduler: the scheduler is stepped once per optimizer step.
+        loader: yields :class:`noisybench.method.Batch` via ``loader.epoch(epoch, start_step)``
+            and has ``len()`` steps per epoch.
         data: evaluation tensors (see :class:`EvalData`).
         epochs: total number of epochs.
-        run_dir: where ``checkpoint.pt`` goes.
-        recorder: receives one record per epoch.
-        checkpoint_extra: saved with every checkpoint (config, noise record).
+        device: the training device.
         amp_dtype: ``torch.float16``/``torch.bfloat16`` to train in autocast, or None.
         nonfinite: "stop" (raise :class:`TrainingDiverged`, keep the last good checkpoint) or
             "skip" (skip the step and count it; costs one host sync per step).
-        beta1_rampdown: ``(epochs, final_beta1)`` to anneal Adam's beta1 at the end (TE).
-        eval_batch_size: batch size for evaluation passes.
-        train_diagnostics: evaluate on the training set every epoch for the memorisation
-            diagnostics.
-        progress: show progress bars.
-        method_name: used in messages only.
+        eval_batch_size: batch size of evaluation passes.
+        train_diagnostics: evaluate the training set for the memorisation diagnostics.
+        train_diagnostics_every: ... every this many epochs (and at the last epoch).
+        callbacks: observers (checkpoints, result file, loggers, progress, fault injection).
     """
 
     def __init__(
@@ -278,17 +272,13 @@ class Trainer:
         loader: Any,
         data: EvalData,
         epochs: int,
-        run_dir: Path,
-        recorder: Recorder,
-        checkpoint_extra: dict[str, Any],
         device: torch.device,
         amp_dtype: torch.dtype | None = None,
         nonfinite: str = "stop",
-        beta1_rampdown: tuple[int, float] = (0, 0.0),
         eval_batch_size: int = 1024,
         train_diagnostics: bool = True,
-        progress: bool = True,
-        method_name: str = "",
+        train_diagnostics_every: int = 1,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.model = model
         self.method = method
@@ -297,9 +287,6 @@ class Trainer:
         self.loader = loader
         self.data = data
         self.epochs = epochs
-        self.run_dir = run_dir
-        self.recorder = recorder
-        self.checkpoint_extra = checkpoint_extra
         self.device = device
         self.amp_dtype = amp_dtype
         self.scaler = torch.amp.GradScaler(
@@ -308,17 +295,18 @@ class Trainer:
         if nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
         self.nonfinite = nonfinite
-        self.beta1_rampdown = beta1_rampdown
-        self.base_beta1 = [g["betas"][0] for g in optimizer.param_groups if "betas" in g]
         self.eval_batch_size = eval_batch_size
         self.train_diagnostics = train_diagnostics
-        self.progress = progress
-        self.method_name = method_name or type(method).__name__
+        self.train_diagnostics_every = max(1, int(train_diagnostics_every))
+        self.callbacks = list(callbacks)
+        self.history: list[dict[str, Any]] = []
+        self.resumed = False
         self.stop = _StopFlag()
-        self._hooks = _parse_test_hooks(os.environ.get(TEST_KILL_ENV))
 
-    # ----------------------------------------------------------------- checkpoints
-    def state_dict(self, epoch: int, step: int, sums: _EpochSums | None) -> dict[str, Any]:
+    # ----------------------------------------------------------------- state
+    def state_dict(
+        self, epoch: int, step: int = 0, sums: _EpochSums | None = None
+    ) -> dict[str, Any]:
         """Everything needed to continue exactly: ``epoch`` is the 0-based epoch to run next
         (or the one in progress when ``step`` > 0)."""
         return {
@@ -331,8 +319,7 @@ class Trainer:
             "epoch": epoch,
             "step": step,
             "epoch_sums": None if sums is None else sums.state(),
-            "history": list(self.recorder.history),
-            **self.checkpoint_extra,
+            "history": list(self.history),
         }
 
     def load_state_dict(self, ckpt: Mapping[str, Any]) -> tuple[int, int, _EpochSums | None]:
@@ -343,6 +330,8 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
+        self.history = list(ckpt.get("history") or [])
+        self.resumed = True
         sums = ckpt.get("epoch_sums")
         return (
             int(ckpt["epoch"]),
@@ -350,68 +339,38 @@ class Trainer:
             None if sums is None else _EpochSums.from_state(sums, self.device),
         )
 
-    def save_checkpoint(self, epoch: int, step: int = 0, sums: _EpochSums | None = None) -> None:
-        """Write ``checkpoint.pt`` atomically (the one it replaces becomes ``.prev``).
+    def critical(self) -> contextlib.AbstractContextManager[None]:
+        """A block that SIGTERM/SIGINT must not interrupt (checkpoint writes)."""
+        return self.stop.critical()
 
-        ``epoch`` is the 0-based epoch to continue at, ``step`` the step within it. Signals
-        arriving during the write are held until it is complete.
-        """
-        hook_epoch = epoch + 1 if step > 0 else epoch  # the epoch this checkpoint belongs to
-
-        def before_replace() -> None:
-            self._hook(hook_epoch, "checkpoint")
-
-        with self.stop.critical():
-            atomic_save_checkpoint(
-                self.state_dict(epoch, step, sums),
-                self.run_dir / CHECKPOINT_FILE,
-                before_replace=before_replace if self._hooks else None,
-            )
+    def _emit(self, event: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
 
     # ----------------------------------------------------------------- training
-    def _hook(self, epoch: int, point: str) -> None:
-        """Test hook (see the module docstring): signal this process at a chosen point."""
-        signum = self._hooks.get((epoch, point)) if self._hooks else None
-        if signum is not None:
-            os.kill(os.getpid(), signum)
-            time.sleep(0.05)  # let a handled signal's handler run before going on
-
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _set_beta1(self, epoch: int) -> None:
-        rampdown, final = self.beta1_rampdown
-        if rampdown <= 0:
-            return
-        groups = [g for g in self.optimizer.param_groups if "betas" in g]
-        for group, base in zip(groups, self.base_beta1, strict=True):
-            beta1 = adam_beta1(base, final, epoch, self.epochs, rampdown)
-            group["betas"] = (beta1, group["betas"][1])
-
-    def _diverged(self, epoch: int, step: int) -> TrainingDiverged:
-        return TrainingDiverged(
-            f"the loss of method {self.method_name} became non-finite at epoch {epoch + 1}, "
-            f"step {step}; the checkpoint of the last good epoch is kept in {self.run_dir}: "
-            "run the same command with nonfinite=skip to resume from it skipping such steps, "
-            "or restart=true with a lower learning rate"
-        )
-
     def _interrupt(self, epoch: int, step: int, sums: _EpochSums) -> Interrupted:
-        """Checkpoint at the boundary before ``step`` of ``epoch`` (unless the epoch already
-        had a non-finite loss: then the last good checkpoint stays) and stop."""
+        """Hand the state at the boundary before ``step`` of ``epoch`` to the callbacks
+        (unless the epoch already had a non-finite loss: then the last good checkpoint stays)
+        and stop."""
         signum = int(self.stop.signal or signal.SIGINT)
         first_bad = int(sums.first_bad) if sums.first_bad is not None else -1  # one sync
         if first_bad >= 0:
-            raise self._diverged(epoch, first_bad)
-        self.save_checkpoint(epoch, step, sums)
+            raise TrainingDiverged(epoch + 1, first_bad, self._checkpoint_kept(epoch))
+        self._emit("on_interrupt", self.state_dict(epoch, step, sums))
         name = signal.Signals(signum).name
         return Interrupted(
-            f"stopped by {name} at epoch {epoch + 1}, step {step}; a checkpoint was written "
-            f"to {self.run_dir / CHECKPOINT_FILE}: run the same command again to resume",
+            f"stopped by {name} at epoch {epoch + 1}, step {step}; a checkpoint was written: "
+            "run the same command again to resume",
             signum,
         )
+
+    def _checkpoint_kept(self, epoch: int) -> bool:
+        return epoch > 0 or self.resumed
 
     def train_epoch(
         self, epoch: int, start_step: int = 0, sums: _EpochSums | None = None
@@ -423,24 +382,17 @@ class Trainer:
         """
         self.model.train()
         self.method.train()
-        self._set_beta1(epoch)
         sums = sums or _EpochSums.zeros(self.device)
         total = len(self.loader)
         batches = iter(self.loader.epoch(epoch, start_step))
-        bar = self._bar(total=total, initial=start_step, desc=f"epoch {epoch + 1}/{self.epochs}")
-        try:
-            for step in range(start_step, total):
-                self._hook(epoch + 1, str(step))
-                if self.stop.signal is not None:
-                    raise self._interrupt(epoch, step, sums)
-                batch = next(batches)
-                self._train_step(batch, epoch, step, sums)
-                if bar is not None:
-                    bar.update()
-        finally:
-            if bar is not None:
-                bar.close()
-        self._hook(epoch + 1, "end")
+        for step in range(start_step, total):
+            self._emit("on_step_start", epoch, step)
+            if self.stop.signal is not None:
+                raise self._interrupt(epoch, step, sums)
+            batch = next(batches)
+            self._train_step(batch, epoch, step, sums)
+            self._emit("on_step_end", epoch, step)
+        self._emit("on_train_epoch_end", epoch)
         return sums
 
     def _train_step(self, batch: Any, epoch: int, step: int, sums: _EpochSums) -> None:
@@ -475,17 +427,29 @@ class Trainer:
             value = value.detach().float()
             sums.extras[key] = sums.extras[key] + value if key in sums.extras else value
 
-    @torch.no_grad()
-    def predict(self, images: Tensor) -> Tensor:
-        """Logits of ``method.predict`` over uint8 ``images`` in eval mode, in batches."""
+    # ----------------------------------------------------------------- evaluation
+    def _eval_batches(self, images: Tensor) -> Iterator[Tensor]:
+        """Logits of ``method.predict`` over uint8 ``images`` in eval mode, batch by batch."""
         self.model.eval()
         self.method.eval()
-        outs = []
-        for start in range(0, images.shape[0], self.eval_batch_size):
-            x = self.data.view(images[start : start + self.eval_batch_size])
-            with self._autocast():
-                outs.append(self.method.predict(self.model, x).float())
-        return torch.cat(outs)
+        with torch.no_grad():
+            for start in range(0, images.shape[0], self.eval_batch_size):
+                x = self.data.view(images[start : start + self.eval_batch_size])
+                with self._autocast():
+                    yield self.method.predict(self.model, x).float()
+
+    def predict(self, images: Tensor) -> Tensor:
+        """Logits ``(N, K)`` of ``method.predict`` over uint8 ``images`` in eval mode."""
+        return torch.cat(list(self._eval_batches(images)))
+
+    def predict_labels(self, images: Tensor) -> Tensor:
+        """Arg-max class ``(N,)`` over uint8 ``images``, without keeping all N x K logits."""
+        return torch.cat([logits.argmax(-1) for logits in self._eval_batches(images)])
+
+    def _diagnostics_due(self, epoch: int) -> bool:
+        if not self.train_diagnostics:
+            return False
+        return (epoch + 1) % self.train_diagnostics_every == 0 or epoch + 1 == self.epochs
 
     def epoch_record(self, epoch: int, sums: _EpochSums, epoch_time: float) -> dict[str, Any]:
         """Evaluate and assemble one epoch's numbers (the only host syncs of an epoch)."""
@@ -499,8 +463,8 @@ class Trainer:
         values["train/acc_given"] = sums.correct / seen
         for key, value in sums.extras.items():
             values[f"train/{key}"] = value / max(sums.steps, 1)
-        if self.train_diagnostics:
-            pred = self.predict(self.data.train_images).argmax(-1)
+        if self._diagnostics_due(epoch):
+            pred = self.predict_labels(self.data.train_images)
             mem = metrics.memorisation(pred, self.data.train_given, self.data.train_clean)
             values.update({f"memorisation/{k}": v for k, v in mem.items()})
         targets = self.method.soft_targets()
@@ -519,63 +483,40 @@ class Trainer:
 
     def fit(
         self, start_epoch: int = 0, start_step: int = 0, sums: _EpochSums | None = None
-    ) -> None:
-        """Train from ``start_epoch`` (and ``start_step`` within it) to the end.
+    ) -> list[dict[str, Any]]:
+        """Train from ``start_epoch`` (and ``start_step`` within it) to the end; returns the
+        history (one record per epoch).
 
         Raises:
             TrainingDiverged: a non-finite loss in ``nonfinite="stop"`` mode (or every step
                 of an epoch skipped); the last good checkpoint is kept.
-            Interrupted: SIGTERM/SIGINT; a checkpoint was written at the step boundary (or
-                at the end of the epoch that was being evaluated).
+            Interrupted: SIGTERM/SIGINT; the callbacks got the state at the step boundary (or
+                the epoch that was being evaluated was completed first).
         """
-        bar = self._bar(total=self.epochs, initial=start_epoch, desc="epochs", leave=True)
-        try:
-            with self.stop:
-                for epoch in range(start_epoch, self.epochs):
-                    record = self._fit_epoch(epoch, start_step, sums)
-                    start_step, sums = 0, None
-                    if bar is not None:
-                        bar.update()
-                        bar.set_postfix(
-                            test_acc=f"{record['test/acc']:.4f}",
-                            loss=f"{record['train/loss']:.3f}",
-                        )
-                    if self.stop.signal is not None and epoch + 1 < self.epochs:
-                        name = signal.Signals(self.stop.signal).name
-                        raise Interrupted(
-                            f"stopped by {name} after epoch {epoch + 1}; its checkpoint is in "
-                            f"{self.run_dir / CHECKPOINT_FILE}: run the same command again to "
-                            "resume",
-                            self.stop.signal,
-                        )
-        finally:
-            if bar is not None:
-                bar.close()
+        with self.stop:
+            self._emit("on_fit_start", start_epoch, start_step)
+            for epoch in range(start_epoch, self.epochs):
+                self._fit_epoch(epoch, start_step, sums)
+                start_step, sums = 0, None
+                if self.stop.signal is not None and epoch + 1 < self.epochs:
+                    name = signal.Signals(self.stop.signal).name
+                    raise Interrupted(
+                        f"stopped by {name} after epoch {epoch + 1}; its checkpoint was "
+                        "written: run the same command again to resume",
+                        self.stop.signal,
+                    )
+            self._emit("on_fit_end")
+        return self.history
 
     def _fit_epoch(self, epoch: int, start_step: int, sums: _EpochSums | None) -> dict[str, Any]:
         begin = time.perf_counter()
         sums = self.train_epoch(epoch, start_step, sums)
         first_bad = int(sums.first_bad) if sums.first_bad is not None else -1
         if first_bad >= 0:
-            raise self._diverged(epoch, first_bad)
+            raise TrainingDiverged(epoch + 1, first_bad, self._checkpoint_kept(epoch))
         if sums.steps == 0:
-            raise TrainingDiverged(
-                f"every step of epoch {epoch + 1} had a non-finite loss (method "
-                f"{self.method_name}); the checkpoint of the last good epoch is kept in "
-                f"{self.run_dir}: lower the learning rate and pass restart=true"
-            )
+            raise TrainingDiverged(epoch + 1, None, self._checkpoint_kept(epoch))
         record = self.epoch_record(epoch, sums, time.perf_counter() - begin)
-        # Checkpoint before the result file, so the result never runs ahead of it.
-        self.recorder.add(record)
-        self.save_checkpoint(epoch + 1)
-        self._hook(epoch + 1, "result")
-        self.recorder.publish(record)
+        self.history.append(record)
+        self._emit("on_epoch_end", epoch, record)
         return record
-
-    def _bar(self, **kwargs: Any) -> Any:
-        if not self.progress:
-            return None
-        from tqdm.auto import tqdm
-
-        kwargs.setdefault("leave", False)
-        return tqdm(dynamic_ncols=True, **kwargs)

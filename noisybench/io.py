@@ -21,7 +21,7 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,18 +31,15 @@ if TYPE_CHECKING:  # torch is imported where it is used: the command line's chec
     import torch
 
 __all__ = [
-    "CHECKPOINT_FILE",
     "atomic_save_checkpoint",
     "atomic_write",
     "atomic_write_json",
     "atomic_write_text",
-    "flatten",
     "load_checkpoint",
     "read_json",
     "remove_stale_temporaries",
 ]
 
-CHECKPOINT_FILE = "checkpoint.pt"
 _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -213,13 +210,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(obj, dict) or "model" not in obj:
         raise UserError(f"{path} is not a noisybench checkpoint (no 'model' entry); {hint}")
     return obj
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested mapping (e.g. a resolved config) as ``{"dotted.key": leaf}``."""
-    if isinstance(obj, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: obj}

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from noisybench.io import flatten
+from noisybench.config import flatten
 
 __all__ = ["collect", "format_table", "load_results", "main", "mean_std"]
 

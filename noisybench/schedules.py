@@ -12,7 +12,14 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-__all__ = ["adam_beta1", "constant", "cosine", "one_cycle"]
+__all__ = [
+    "Beta1Rampdown",
+    "adam_beta1",
+    "constant",
+    "cosine",
+    "one_cycle",
+    "with_beta1_rampdown",
+]
 
 
 def cosine(
@@ -77,3 +84,64 @@ def adam_beta1(
     progress = (epoch - (epochs - rampdown_epochs) + 1) / rampdown_epochs
     ramp = math.exp(-12.5 * progress**2)
     return final_beta1 + (base_beta1 - final_beta1) * ramp
+
+
+class Beta1Rampdown:
+    """A schedule that also anneals Adam's beta1 at epoch boundaries (:func:`adam_beta1`).
+
+    Wraps the learning-rate schedule ``inner`` (stepped once per optimizer step, as every
+    schedule here) and sets every param group's beta1 to its value for the epoch the next step
+    belongs to. Its state is ``inner``'s (the step count is ``inner.last_epoch``), so a
+    resumed run continues the ramp exactly. Temporal Ensembling asks for it through
+    ``conf/method_optim/te.yaml``; the engine knows nothing about it.
+    """
+
+    def __init__(
+        self,
+        inner: LRScheduler,
+        epochs: int,
+        steps_per_epoch: int,
+        rampdown_epochs: int,
+        final_beta1: float,
+    ) -> None:
+        self.inner = inner
+        self.optimizer = inner.optimizer
+        self.epochs, self.steps_per_epoch = int(epochs), max(1, int(steps_per_epoch))
+        self.rampdown_epochs, self.final_beta1 = int(rampdown_epochs), float(final_beta1)
+        self.groups = [g for g in self.optimizer.param_groups if "betas" in g]
+        self.base_beta1 = [float(g["betas"][0]) for g in self.groups]
+        self._apply()
+
+    def _apply(self) -> None:
+        epoch = min(int(self.inner.last_epoch) // self.steps_per_epoch, self.epochs - 1)
+        for group, base in zip(self.groups, self.base_beta1, strict=True):
+            beta1 = adam_beta1(base, self.final_beta1, epoch, self.epochs, self.rampdown_epochs)
+            group["betas"] = (beta1, group["betas"][1])
+
+    def step(self) -> None:
+        self.inner.step()
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return self.inner.get_last_lr()
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+        self._apply()
+
+
+def with_beta1_rampdown(
+    scheduler: LRScheduler,
+    epochs: int,
+    steps_per_epoch: int,
+    rampdown_epochs: int,
+    final_beta1: float,
+) -> LRScheduler | Beta1Rampdown:
+    """``scheduler`` itself, or wrapped in :class:`Beta1Rampdown` when ``rampdown_epochs`` > 0
+    (the ``optim.beta1_rampdown_epochs`` key)."""
+    if rampdown_epochs <= 0:
+        return scheduler
+    return Beta1Rampdown(scheduler, epochs, steps_per_epoch, rampdown_epochs, final_beta1)

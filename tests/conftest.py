@@ -20,8 +20,8 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 KILL_ENV = "NOISYBENCH_TEST_KILL_AT"  # noisybench.engine.TEST_KILL_ENV (test-only hook)
 # The quick configuration of the command-line tests: digits + small CNN, no progress bars,
-# no TensorBoard (tests that look at TensorBoard ask for it).
-QUICK = ("experiment=quickstart", "progress=false", "tensorboard=false")
+# no loggers (tests that look at TensorBoard ask for logger=[tensorboard]).
+QUICK = ("experiment=quickstart", "progress=false", "logger=[]")
 TIMING_KEYS = ("epoch_time_s",)
 
 
@@ -96,3 +96,16 @@ def error_line(stderr: str) -> str:
     errors = [line for line in lines if line.startswith("noisybench: error:")]
     assert errors == [lines[-1]], stderr[-3000:]
     return lines[-1]
+
+
+def quick_run_dir(
+    out: Path, *overrides: str, method: str = "ce", seed: int = 0, noise: str = "sym50"
+) -> Path:
+    """Where a quickstart run with ``overrides`` (besides ``experiment=quickstart``, method,
+    noise and seed) writes: ``out/digits/small_cnn/<noise>/<method>/<variant>/seed<seed>``,
+    the variant naming the experiment and the overrides that change it, in sorted order
+    (noisybench.config.run_variant; its own test checks the names literally)."""
+    from noisybench.config import run_variant
+
+    variant = run_variant(["experiment=quickstart", *overrides])
+    return out / "digits" / "small_cnn" / noise / method / variant / f"seed{seed}"

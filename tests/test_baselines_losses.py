@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from noisybench.baselines.ls import LabelSmoothing
+from noisybench.baselines.mixup import MixUp
+from noisybench.baselines.sce import SymmetricCrossEntropy
+from noisybench.baselines.te import TemporalEnsembling
 from omegaconf import OmegaConf
 from torch import nn
 
-from baselines.ls import LabelSmoothing
-from baselines.mixup import MixUp
-from baselines.sce import SymmetricCrossEntropy
-from baselines.te import TemporalEnsembling
 from noisybench.errors import UserError
 from noisybench.method import Batch, Method, MethodContext
 

@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import CLI, KILL_ENV, epoch_metrics, error_line, read_result, snapshot
+from conftest import (
+    CLI,
+    KILL_ENV,
+    epoch_metrics,
+    error_line,
+    quick_run_dir,
+    read_result,
+    snapshot,
+)
 
 from noisybench.cli import CONF_DIR, validate_choices
 from noisybench.errors import UserError
@@ -50,7 +58,7 @@ class NaNAt(CrossEntropy):
 
 
 def _run_dir(out: Path, method: str = "ce", seed: int = 0) -> Path:
-    return out / "digits" / "small_cnn" / "sym50" / method / f"seed{seed}"
+    return quick_run_dir(out, "epochs=4", method=method, seed=seed)
 
 
 def _plugin(root: Path) -> Path:
@@ -77,9 +85,9 @@ def _sweep_chain(cli: CLI, out: Path) -> dict[str, Any]:
     """The README's command shape with two methods and two seeds, run twice."""
     common = ("-m", "experiment=quickstart", "method=ce,bsd", "seed=0,1", "epochs=1")
     first = cli(*common, f"out_dir={out}")
-    before = {d: _files(d) for d in out.glob("digits/small_cnn/sym50/*/seed*")}
+    before = {d: _files(d) for d in out.glob("digits/small_cnn/sym50/*/*/seed*")}
     again = cli(*common, f"out_dir={out}")
-    after = {d: _files(d) for d in out.glob("digits/small_cnn/sym50/*/seed*")}
+    after = {d: _files(d) for d in out.glob("digits/small_cnn/sym50/*/*/seed*")}
     return {"first": first, "again": again, "before": before, "after": after}
 
 
@@ -164,8 +172,16 @@ def test_sweep_makes_one_run_dir_per_job_and_reruns_report(runs: dict[str, Futur
     rewrites none of their files."""
     seen = runs["sweep"].result()
     assert seen["first"].returncode == 0, seen["first"].stderr[-3000:]
-    dirs = sorted(str(d.relative_to(d.parents[1])) for d in seen["before"])
-    assert dirs == ["bsd/seed0", "bsd/seed1", "ce/seed0", "ce/seed1"]
+    dirs = sorted(str(d.relative_to(d.parents[2])) for d in seen["before"])
+    assert dirs == [
+        "bsd/quickstart+epochs:1/seed0",
+        "bsd/quickstart+epochs:1/seed1",
+        "ce/quickstart+epochs:1/seed0",
+        "ce/quickstart+epochs:1/seed1",
+    ]
+    # The sweep ends with a summary table: one row per run, every one finished.
+    summary = seen["first"].stdout.split("sweep summary (4 runs)")[1]
+    assert summary.count("| finished |") == 4
     for run_dir in seen["before"]:
         result = read_result(run_dir)
         assert result["status"] == "finished" and len(result["history"]) == 1
@@ -188,7 +204,7 @@ def test_nonfinite_loss_stops_the_run_and_sweep_goes_on(runs: dict[str, Future])
     sweep = seen["sweep"]
     assert sweep.returncode == 1, sweep.stderr[-3000:]
     line = error_line(sweep.stderr)
-    assert "1 of 2 runs of the sweep failed" in line
+    assert "1 of 2 runs of the sweep did not finish" in line
     assert "method nanat" in line and "epoch 3, step 4" in line
     assert seen["ce"]["status"] == "finished" and len(seen["ce"]["history"]) == 4
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from noisybench.baselines.ensemble import Ensemble
+from noisybench.baselines.kd import KnowledgeDistillation
 from torch import nn
 
-from baselines.ensemble import Ensemble
-from baselines.kd import KnowledgeDistillation
 from noisybench.errors import UserError
 from noisybench.method import Batch, MethodContext
 

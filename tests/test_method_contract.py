@@ -38,18 +38,19 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
+import noisybench.build
 from noisybench.data.base import ImageData
 from noisybench.data.loader import DeviceLoader
-from noisybench.data.views import build_views
 from noisybench.engine import rng_state, set_rng_state
 from noisybench.method import Batch, Method, MethodContext, StepOutput
-from noisybench.run import LABEL_FILE, run_experiment
+from noisybench.run import run_experiment
+from noisybench.rundir import LABEL_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
+CONF_DIR = ROOT / "conf"  # the source tree's configs (installed as noisybench.conf)
 PLUGIN = ROOT / "examples" / "plugin"  # the documented out-of-tree example (README)
 METHODS = [
     *(pytest.param(p, id=p.stem) for p in sorted((CONF_DIR / "method").glob("*.yaml"))),
@@ -64,7 +65,7 @@ BASE = [
     "batch_size=256",
     "dataset.reader.test_size=1297",  # 500 training images: 2 steps per epoch
     "progress=false",
-    "tensorboard=false",
+    "logger=[]",
 ]
 DEVICE = torch.device("cpu")
 
@@ -132,13 +133,6 @@ def digits() -> ImageData:
 
 
 # --------------------------------------------------------------------------- helpers
-def _without_name(node: DictConfig) -> dict[str, Any]:
-    out = OmegaConf.to_container(node, resolve=True)
-    assert isinstance(out, dict)
-    out.pop("name", None)
-    return out
-
-
 @dataclass
 class Parts:
     model: nn.Module
@@ -159,52 +153,21 @@ class Parts:
 
 
 def build(cfg: DictConfig, data: ImageData, noisy: Tensor) -> Parts:
-    """Model, method, loader, optimizer and schedule, built as noisybench.run builds them."""
-    torch.manual_seed(int(cfg.seed))
-    if cfg.get("cpu_threads"):
-        torch.set_num_threads(int(cfg.cpu_threads))
-    n, k, c = data.train_labels.shape[0], data.num_classes, int(data.train_images.shape[1])
-    model_kwargs = _without_name(cfg.model)
-
-    def build_model() -> nn.Module:
-        return instantiate(model_kwargs, num_classes=k, in_channels=c).to(DEVICE)
-
-    model = build_model()
-    method = instantiate(_without_name(cfg.method))
-    assert isinstance(method, Method)
-    views = build_views(
-        method.views, cfg.dataset.augment, data.mean, data.std, tuple(data.train_images.shape[-2:])
-    )
-    loader = DeviceLoader(
-        data.train_images.to(DEVICE),
-        noisy.to(DEVICE),
-        int(cfg.batch_size),
-        views,
-        seed=int(cfg.seed),
-        carry_previous=float(type(method).carry_previous),
-    )
+    """Model, method, loader, optimizer and schedule, built by noisybench.build as a run
+    builds them, on the given noisy labels."""
+    exp = noisybench.build.build(cfg, device=DEVICE, noisy_labels=noisy.numpy())
     ctx = MethodContext(
-        num_samples=n,
-        num_classes=k,
+        num_samples=data.train_labels.shape[0],
+        num_classes=data.num_classes,
         noisy_labels=noisy.to(DEVICE),
         epochs=int(cfg.epochs),
-        steps_per_epoch=len(loader),
+        steps_per_epoch=len(exp.loader),
         device=DEVICE,
-        build_model=build_model,
+        build_model=exp.build_model,
     )
-    method.setup(ctx)
-    method.to(DEVICE)
-    params = [p for m in (model, *method.extra_modules()) for p in m.parameters()]
-    optimizer = instantiate(cfg.optim.optimizer, params=params)
-    scheduler = instantiate(
-        cfg.optim.scheduler,
-        optimizer=optimizer,
-        total_steps=int(cfg.epochs) * len(loader),
-        steps_per_epoch=len(loader),
-    )
-    model.train()
-    method.train()
-    return Parts(model, method, loader, optimizer, scheduler, ctx)
+    exp.model.train()
+    exp.method.train()
+    return Parts(exp.model, exp.method, exp.loader, exp.optimizer, exp.scheduler, ctx)
 
 
 def train_step(parts: Parts, batch: Batch, epoch: int) -> StepOutput:

@@ -557,7 +557,19 @@ def test_noise_configs():
     assert {"none", "sym20", "sym50", "sym80", "asym10", "asym20", "asym30", "asym40"} <= names
     for f in files:
         cfg = OmegaConf.load(f)
-        assert set(cfg.keys()) == {"name", "variant", "rate", "seed", "asym_map", "label_file"}
+        assert {"name", "variant", "rate", "setting", "seed", "asym_map", "label_file"} <= set(
+            cfg.keys()
+        )
+        assert set(cfg.keys()) <= {
+            "name",
+            "variant",
+            "rate",
+            "setting",
+            "preset_rate",
+            "seed",
+            "asym_map",
+            "label_file",
+        }
         assert cfg.name == f.stem
         assert cfg.variant in NOISE_VARIANTS
         assert 0.0 <= cfg.rate < 1.0

@@ -115,7 +115,9 @@ def test_plugin_runs_from_outside_the_package(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    run_dir = runs / "digits" / "small_cnn" / "sym50" / "bootstrap" / "seed0"
+    run_dir = (
+        runs / "digits" / "small_cnn" / "sym50" / "bootstrap" / "quickstart+epochs:2" / "seed0"
+    )
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "finished"
     assert result["config"]["method"] == {

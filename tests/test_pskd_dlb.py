@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from noisybench.baselines.dlb import DLB
+from noisybench.baselines.pskd import PSKD
 from torch import nn
 
-from baselines.dlb import DLB
-from baselines.pskd import PSKD
 from noisybench.errors import UserError
 from noisybench.method import Batch, MethodContext
 

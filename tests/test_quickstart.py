@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import quick_run_dir
 
 TIMING_KEYS = ("epoch_time_s",)
 
@@ -31,7 +32,7 @@ def _metrics(history: list[dict]) -> list[dict]:
 def test_run_writes_result_labels_and_tensorboard(tmp_path: Path) -> None:
     proc = _run(tmp_path, "epochs=3")
     assert proc.returncode == 0, proc.stderr
-    run_dir = tmp_path / "digits" / "small_cnn" / "sym50" / "ce" / "seed0"
+    run_dir = quick_run_dir(tmp_path, "epochs=3")
     result = _result(run_dir)
     assert result["status"] == "finished"
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
@@ -57,34 +58,36 @@ def test_run_writes_result_labels_and_tensorboard(tmp_path: Path) -> None:
 def test_same_seeds_give_identical_labels_and_metrics(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
-        assert _run(out, "epochs=2", "tensorboard=false").returncode == 0
-    ra = _result(a / "digits/small_cnn/sym50/ce/seed0")
-    rb = _result(b / "digits/small_cnn/sym50/ce/seed0")
+        assert _run(out, "epochs=2", "logger=[]").returncode == 0
+    ra = _result(quick_run_dir(a, "epochs=2"))
+    rb = _result(quick_run_dir(b, "epochs=2"))
     assert ra["noise"]["sha256"] == rb["noise"]["sha256"]
     assert _metrics(ra["history"]) == _metrics(rb["history"])
     # Another training seed with the noise seed pinned: same labels, different training.
     c = tmp_path / "c"
-    assert _run(c, "epochs=2", "tensorboard=false", "seed=1", "noise.seed=0").returncode == 0
-    rc = _result(c / "digits/small_cnn/sym50/ce/seed1")
+    assert _run(c, "epochs=2", "logger=[]", "seed=1", "noise.seed=0").returncode == 0
+    rc = _result(quick_run_dir(c, "epochs=2", "noise.seed=0", seed=1))
     assert rc["noise"]["sha256"] == ra["noise"]["sha256"]
     assert rc["seeds"] == {"train": 1, "noise": 0}
     assert _metrics(rc["history"]) != _metrics(ra["history"])
 
 
 def test_saved_label_file_reproduces_the_noise(tmp_path: Path) -> None:
-    assert _run(tmp_path / "a", "epochs=1", "tensorboard=false").returncode == 0
-    first = tmp_path / "a/digits/small_cnn/sym50/ce/seed0"
+    assert _run(tmp_path / "a", "epochs=1", "logger=[]").returncode == 0
+    first = quick_run_dir(tmp_path / "a", "epochs=1")
     labels_file = first / "noisy_labels.npy"
     # A different noise seed, but the label file wins: exactly the same labels.
     proc = _run(
         tmp_path / "b",
         "epochs=1",
-        "tensorboard=false",
+        "logger=[]",
         "noise.seed=5",
         f"noise.label_file={labels_file}",
     )
     assert proc.returncode == 0, proc.stderr
-    second = _result(tmp_path / "b/digits/small_cnn/sym50/ce/seed0")
+    second = _result(
+        quick_run_dir(tmp_path / "b", "epochs=1", "noise.seed=5", f"noise.label_file={labels_file}")
+    )
     assert second["noise"]["sha256"] == _result(first)["noise"]["sha256"]
     assert second["noise"]["label_file"] == str(labels_file)
 
@@ -93,9 +96,9 @@ def test_saved_label_file_reproduces_the_noise(tmp_path: Path) -> None:
 def test_cross_entropy_memorises_symmetric_noise(tmp_path: Path) -> None:
     """The paper's phenomenon in miniature: CE's test accuracy peaks early, then falls as it
     fits the flipped labels (Fig. 5; Section 4.2.3)."""
-    proc = _run(tmp_path, "tensorboard=false")
+    proc = _run(tmp_path, "logger=[]")
     assert proc.returncode == 0, proc.stderr
-    result = _result(tmp_path / "digits/small_cnn/sym50/ce/seed0")
+    result = _result(quick_run_dir(tmp_path))
     history = result["history"]
     assert result["last"]["test/acc"] < result["best"]["test/acc"] - 0.05
     assert (

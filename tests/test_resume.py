@@ -21,7 +21,15 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import CLI, KILL_ENV, epoch_metrics, error_line, read_result, snapshot
+from conftest import (
+    CLI,
+    KILL_ENV,
+    epoch_metrics,
+    error_line,
+    quick_run_dir,
+    read_result,
+    snapshot,
+)
 
 from noisybench.report import collect, load_results
 
@@ -29,8 +37,8 @@ EPOCHS = 4
 SIGKILLED = -signal.SIGKILL  # subprocess's return code of a process killed by SIGKILL
 
 
-def _run_dir(out: Path, method: str = "ce") -> Path:
-    return out / "digits" / "small_cnn" / "sym50" / method / "seed0"
+def _run_dir(out: Path, method: str = "ce", epochs: int = EPOCHS) -> Path:
+    return quick_run_dir(out, f"epochs={epochs}", method=method)
 
 
 def _checkpoint(run_dir: Path, name: str = "checkpoint.pt") -> dict[str, Any]:
@@ -47,7 +55,7 @@ def _position(run_dir: Path, name: str = "checkpoint.pt") -> tuple[int, int]:
 def _reference(cli: CLI, out: Path, method: str, epochs: int) -> list[dict[str, Any]]:
     proc = cli(f"out_dir={out}", f"method={method}", f"epochs={epochs}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = read_result(_run_dir(out, method))
+    result = read_result(_run_dir(out, method, epochs))
     assert result["status"] == "finished"
     assert [h["epoch"] for h in result["history"]] == list(range(1, epochs + 1))
     return result["history"]
@@ -86,7 +94,7 @@ def _ce_chain(cli: CLI, out: Path) -> dict[str, Any]:
     5. SIGKILL at epoch 4, step 6; 6. the run finishes.
     """
     run_dir = _run_dir(out)
-    common = (f"out_dir={out}", f"epochs={EPOCHS}", "tensorboard=true")
+    common = (f"out_dir={out}", f"epochs={EPOCHS}", "logger=[tensorboard]")
     seen: dict[str, Any] = {"partial": []}
 
     seen["partial"].append(_killed(cli, common, run_dir, "1:5", None)["history"])
@@ -123,7 +131,7 @@ def _bsd_chain(cli: CLI, out: Path) -> dict[str, Any]:
     """BSD, 3 epochs: stopped by SIGTERM in the middle of epoch 2 (a mid-epoch checkpoint,
     with the per-sample stores half updated for the epoch), SIGKILLed while the epoch-3
     checkpoint is written (back to the epoch-2 one), then resumed to the end."""
-    run_dir = _run_dir(out, "bsd")
+    run_dir = _run_dir(out, "bsd", epochs=3)
     common = (f"out_dir={out}", "method=bsd", "epochs=3")
     proc = cli(*common, env={KILL_ENV: "2:6:TERM"})
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]

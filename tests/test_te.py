@@ -10,9 +10,9 @@ import math
 
 import pytest
 import torch
+from noisybench.baselines.te import TemporalEnsembling, rampup_weight
 from torch import nn
 
-from baselines.te import TemporalEnsembling, rampup_weight
 from noisybench.errors import UserError
 from noisybench.method import Batch, MethodContext
 

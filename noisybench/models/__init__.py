@@ -30,13 +30,10 @@ __all__ = ["available_models", "conf_dir", "create_model"]
 
 
 def conf_dir() -> Path:
-    """The repository's ``conf`` directory (next to the ``noisybench`` package).
+    """The config directory (:func:`noisybench.config.conf_dir`)."""
+    from noisybench.config import conf_dir as _conf_dir
 
-    Found from this file (``noisybench/models/__init__.py``) rather than
-    ``noisybench.__file__``, which is None when an editable install registered ``noisybench``
-    as a namespace package.
-    """
-    return Path(__file__).resolve().parents[2] / "conf"
+    return _conf_dir()
 
 
 def available_models() -> list[str]:
@@ -67,8 +64,8 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **overrides:
 
     if not (conf_dir() / "model").is_dir():
         raise UserError(
-            f"no model configs at {conf_dir() / 'model'}: use noisybench from a source checkout "
-            f"(pip install -e .) so that its conf/ directory sits next to the package"
+            f"no model configs at {conf_dir() / 'model'}: reinstall noisybench (pip install .), "
+            "whose package carries its conf/ directory"
         )
     names = available_models()
     if name not in names:

@@ -1,0 +1,287 @@
+"""``build(cfg)``: every object a run needs, from its config, touching no file.
+
+Data, noisy labels, model, method, loader, optimizer, schedule and evaluation tensors are built
+from the ``_target_`` entries of the config groups (``conf/``): adding a method, model, dataset
+or schedule is a Python file and a YAML file, never an edit here. Tests and benchmarks call
+:func:`build` instead of wiring the pieces by hand; :mod:`noisybench.run` adds the run
+directory and the callbacks around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from noisybench.config import instantiate, without_name
+from noisybench.data.base import ImageData
+from noisybench.data.loader import DeviceLoader
+from noisybench.data.noise import NoiseRecord, apply_noise, make_noise_record
+from noisybench.data.views import build_views
+from noisybench.engine import EvalData, Trainer
+from noisybench.errors import UserError
+from noisybench.method import Method, MethodContext
+from noisybench.schedules import with_beta1_rampdown
+
+__all__ = ["Experiment", "build", "resolve_device", "set_determinism"]
+
+log = logging.getLogger("noisybench")
+
+
+@dataclass
+class Experiment:
+    """Everything :func:`build` makes; :meth:`trainer` wires it into a
+    :class:`noisybench.engine.Trainer`."""
+
+    cfg: DictConfig
+    device: torch.device
+    data: ImageData
+    noisy_labels: np.ndarray
+    noise: NoiseRecord
+    model: torch.nn.Module
+    method: Method
+    loader: DeviceLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    eval_data: EvalData
+    amp_dtype: torch.dtype | None
+    build_model: Callable[[], torch.nn.Module]
+
+    def trainer(self, callbacks: list[Any] | tuple[Any, ...] = ()) -> Trainer:
+        """A :class:`Trainer` over these objects with the config's engine settings."""
+        cfg = self.cfg
+        return Trainer(
+            model=self.model,
+            method=self.method,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            loader=self.loader,
+            data=self.eval_data,
+            epochs=int(cfg.epochs),
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            nonfinite=str(cfg.nonfinite),
+            eval_batch_size=int(cfg.eval.batch_size),
+            train_diagnostics=bool(cfg.eval.train_diagnostics),
+            train_diagnostics_every=int(cfg.eval.get("train_diagnostics_every") or 1),
+            callbacks=list(callbacks),
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when visible, else CPU) or an explicit device that is usable here.
+
+    Raises:
+        UserError: not a device name, or a device this machine does not have.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise UserError(f"device={name} is not a device; use device=auto, cpu or cuda") from exc
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+    }
+    if not available.get(device.type, False):
+        raise UserError(
+            f"device={name} is not available on this machine; use device=auto (picks CUDA when "
+            "a GPU is visible, else the CPU) or device=cpu"
+        )
+    if (
+        device.type == "cuda"
+        and device.index is not None
+        and (device.index >= torch.cuda.device_count())
+    ):
+        raise UserError(
+            f"device={name} does not exist ({torch.cuda.device_count()} GPUs visible); use "
+            "device=cuda or device=cuda:0"
+        )
+    return device
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp=<setting>`` on ``device`` (None: full precision).
+
+    Raises:
+        UserError: bf16/fp16 asked for on a device without mixed precision here.
+    """
+    if setting == "off":
+        return None
+    if device.type != "cuda":
+        if setting in ("bf16", "fp16"):
+            raise UserError(
+                f"amp={setting} needs a CUDA device but the run is on {device.type}; use "
+                "amp=auto (full precision off the GPU) or amp=off"
+            )
+        return None
+    if setting == "fp16":
+        return torch.float16
+    if setting == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def set_determinism(deterministic: bool) -> None:
+    """Deterministic algorithms (bit-identical reruns on the CPU) or fast kernels."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        if "torch._inductor.config" in sys.modules or not hasattr(
+            torch._C, "_set_deterministic_algorithms"
+        ):
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            # What torch.use_deterministic_algorithms does, minus importing the inductor
+            # compiler's config to set its flag too (about a second per run): nothing here is
+            # compiled with inductor. (Were torch.compile ever used, the public call must be.)
+            torch._C._set_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def make_noise(cfg: DictConfig, data: ImageData) -> tuple[np.ndarray, NoiseRecord]:
+    """The run's noisy training labels: read from ``noise.label_file`` or drawn fresh."""
+    return apply_noise(
+        data.train_labels.numpy(),
+        data.num_classes,
+        variant=cfg.noise.variant,
+        rate=float(cfg.noise.rate),
+        seed=int(cfg.noise.seed),
+        asym_map=cfg.noise.asym_map or cfg.dataset.get("asym_map"),
+        label_file=cfg.noise.label_file,
+        superclass=None if data.superclass is None else data.superclass.numpy(),
+        features=data.train_images.numpy(),
+    )
+
+
+def build(
+    cfg: DictConfig,
+    device: torch.device | None = None,
+    noisy_labels: np.ndarray | None = None,
+) -> Experiment:
+    """Build every object of the experiment ``cfg`` describes (reads data files, writes none).
+
+    Sets the process's torch seed, thread count and determinism as the config says.
+    ``noisy_labels`` (tests, benchmarks) replaces the config's noise with given labels.
+
+    Raises:
+        UserError: bad input (missing or corrupt data, impossible sizes, a config that does not
+            build), with one actionable line.
+    """
+    device = resolve_device(str(cfg.device)) if device is None else device
+    amp = amp_dtype(str(cfg.amp), device)
+    if cfg.get("cpu_threads"):
+        torch.set_num_threads(int(cfg.cpu_threads))
+    set_determinism(bool(cfg.deterministic))
+    torch.manual_seed(int(cfg.seed) % 2**63)
+
+    data: ImageData = instantiate(cfg.dataset.reader, f"dataset {cfg.dataset.name}")
+    n, k = data.train_labels.shape[0], data.num_classes
+    if int(cfg.batch_size) > n:
+        raise UserError(
+            f"batch_size={cfg.batch_size} is larger than the {n} training images of "
+            f"{cfg.dataset.name}; set batch_size to at most {n}"
+        )
+    if noisy_labels is None:
+        noisy, record = make_noise(cfg, data)
+    else:
+        noisy = np.asarray(noisy_labels, dtype=np.int64)
+        record = make_noise_record(
+            data.train_labels.numpy(), noisy, k, variant="given", nominal_rate=0.0, seed=0
+        )
+
+    channels = int(data.train_images.shape[1])
+    model_kwargs = without_name(cfg.model)
+
+    def build_model() -> torch.nn.Module:
+        model = instantiate(
+            model_kwargs, f"model {cfg.model.name}", num_classes=k, in_channels=channels
+        )
+        return model.to(device)
+
+    model = build_model()
+    method = instantiate(without_name(cfg.method), f"method {cfg.method.name}")
+    if not isinstance(method, Method):
+        raise UserError(
+            f"method {cfg.method.name}: {cfg.method._target_} is not a noisybench.method.Method; "
+            "point _target_ at a subclass of it"
+        )
+
+    train_images = data.train_images.to(device)
+    given = torch.as_tensor(noisy, dtype=torch.long, device=device)
+    size = tuple(data.train_images.shape[-2:])
+    views = build_views(method.views, cfg.dataset.augment, data.mean, data.std, size)
+    loader = DeviceLoader(
+        train_images,
+        given,
+        int(cfg.batch_size),
+        views,
+        seed=int(cfg.seed),
+        carry_previous=float(type(method).carry_previous),
+    )
+    method.setup(
+        MethodContext(
+            num_samples=n,
+            num_classes=k,
+            noisy_labels=given,
+            epochs=int(cfg.epochs),
+            steps_per_epoch=len(loader),
+            device=device,
+            build_model=build_model,
+        )
+    )
+    method.to(device)
+    params = [p for m in (model, *method.extra_modules()) for p in m.parameters()]
+    optimizer = instantiate(
+        cfg.optim.optimizer, f"optimizer of optim {cfg.optim.name}", params=params
+    )
+    scheduler = instantiate(
+        cfg.optim.scheduler,
+        f"scheduler of optim {cfg.optim.name}",
+        optimizer=optimizer,
+        total_steps=int(cfg.epochs) * len(loader),
+        steps_per_epoch=len(loader),
+    )
+    scheduler = with_beta1_rampdown(
+        scheduler,
+        epochs=int(cfg.epochs),
+        steps_per_epoch=len(loader),
+        rampdown_epochs=int(cfg.optim.get("beta1_rampdown_epochs", 0)),
+        final_beta1=float(cfg.optim.get("beta1_final", 0.0)),
+    )
+    plain = build_views(("plain",), cfg.dataset.augment, data.mean, data.std, size)["plain"]
+    if isinstance(plain, torch.nn.Module):
+        plain = plain.to(device)
+    eval_data = EvalData(
+        test_images=data.test_images.to(device),
+        test_labels=data.test_labels.to(device),
+        train_images=train_images,
+        train_clean=data.train_labels.to(device),
+        train_given=given,
+        view=plain,
+    )
+    return Experiment(
+        cfg=cfg,
+        device=device,
+        data=data,
+        noisy_labels=noisy,
+        noise=record,
+        model=model,
+        method=method,
+        loader=loader,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        eval_data=eval_data,
+        amp_dtype=amp,
+        build_model=build_model,
+    )

@@ -1,0 +1,390 @@
+"""What a run does around training, as :class:`noisybench.engine.Callback` objects.
+
+They observe the trainer and persist what it did; none touches gradients, the optimizer or the
+method's state. :mod:`noisybench.run` puts them in this order, which matters: the checkpoint
+of an epoch is written before the result file and the loggers see it, so the result never runs
+ahead of the checkpoint.
+
+* :class:`Checkpointer`: ``checkpoint.pt`` after every epoch and at the step boundary after
+  SIGTERM/SIGINT (with the config and noise record, for the resume checks).
+* :class:`FaultInjection`: the test suite's deterministic kill points (never set otherwise).
+* :class:`ResultWriter`: ``result.json`` (status, header, history, last and best epochs).
+* Loggers, chosen by the ``logger`` config group (one file and one YAML each):
+  :class:`TensorBoardLogger`, :class:`CSVLogger`.
+* :class:`ConsoleProgress`: progress bars on a terminal; one plain line per epoch in the log
+  (and on the console) always, so a cluster job's log shows progress and results.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from noisybench.engine import Callback, Trainer
+from noisybench.io import atomic_write_text
+from noisybench.rundir import RunDir
+
+__all__ = [
+    "TEST_KILL_ENV",
+    "CSVLogger",
+    "Checkpointer",
+    "ConsoleProgress",
+    "FaultInjection",
+    "ResultWriter",
+    "TensorBoardLogger",
+    "code_version",
+    "summarise",
+]
+
+log = logging.getLogger("noisybench")
+
+TEST_KILL_ENV = "NOISYBENCH_TEST_KILL_AT"
+_HOOK_POINTS = ("end", "checkpoint", "result")
+
+
+# ------------------------------------------------------------------------------ checkpoints
+class Checkpointer(Callback):
+    """Saves the trainer's state with ``extra`` (config, noise record) into the run directory.
+
+    ``before_replace`` (tests only) runs when a new checkpoint is complete on disk but not yet
+    renamed into place; it receives the 1-based epoch the checkpoint belongs to.
+    """
+
+    def __init__(
+        self, run_dir: RunDir, extra: Mapping[str, Any], before_replace: Any = None
+    ) -> None:
+        self.run_dir = run_dir
+        self.extra = dict(extra)
+        self.before_replace = before_replace
+
+    def _save(self, trainer: Trainer, state: dict[str, Any]) -> None:
+        epoch, step = int(state["epoch"]), int(state["step"])
+        belongs_to = epoch + 1 if step > 0 else epoch
+        hook = None
+        if self.before_replace is not None:
+
+            def hook() -> None:
+                self.before_replace(belongs_to)
+
+        with trainer.critical():
+            self.run_dir.save_checkpoint({**state, **self.extra}, before_replace=hook)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        self._save(trainer, trainer.state_dict(epoch + 1))
+
+    def on_interrupt(self, trainer: Trainer, state: dict[str, Any]) -> None:
+        self._save(trainer, state)
+
+
+# ------------------------------------------------------------------------------ test faults
+def parse_kill_points(spec: str | None) -> dict[tuple[int, str], int]:
+    """Parse :data:`TEST_KILL_ENV`: comma-separated ``EPOCH:POINT[:KILL|TERM|INT]`` entries
+    into ``{(epoch, point): signal number}``."""
+    signals = {
+        "KILL": getattr(signal, "SIGKILL", signal.SIGTERM),
+        "TERM": signal.SIGTERM,
+        "INT": signal.SIGINT,
+    }
+    hooks: dict[tuple[int, str], int] = {}
+    for entry in (spec or "").split(","):
+        if not entry.strip():
+            continue
+        parts = entry.strip().split(":")
+        epoch, point = parts[0], parts[1] if len(parts) > 1 else ""
+        action = parts[2] if len(parts) > 2 else "KILL"
+        if (
+            len(parts) not in (2, 3)
+            or not epoch.isdigit()
+            or not (point.isdigit() or point in _HOOK_POINTS)
+            or action not in signals
+        ):
+            raise ValueError(
+                f"{TEST_KILL_ENV}={spec!r}: each entry must be EPOCH:POINT[:KILL|TERM|INT] with "
+                f"POINT a step number or one of {', '.join(_HOOK_POINTS)}"
+            )
+        hooks[(int(epoch), point)] = signals[action]
+    return hooks
+
+
+class FaultInjection(Callback):
+    """The test suite's kill points (environment variable :data:`TEST_KILL_ENV`).
+
+    Entries ``EPOCH:POINT[:SIGNAL]``: the process sends itself ``SIGNAL`` (KILL by default,
+    TERM or INT) at ``POINT`` of ``EPOCH`` (1-based): a step number (0-based, before that
+    step's batch is drawn), ``end`` (after the epoch's last step, before evaluation),
+    ``checkpoint`` (while that epoch's checkpoint is written: the new file is complete but not
+    yet renamed into place) or ``result`` (after the epoch's checkpoint, before the result
+    file is updated). Put it after the :class:`Checkpointer` and before the result writer.
+    """
+
+    def __init__(self, spec: str | None) -> None:
+        self.points = parse_kill_points(spec)
+
+    @classmethod
+    def from_env(cls) -> FaultInjection | None:
+        spec = os.environ.get(TEST_KILL_ENV)
+        return cls(spec) if spec else None
+
+    def fire(self, epoch: int, point: str) -> None:
+        signum = self.points.get((epoch, point))
+        if signum is not None:
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)  # let a handled signal's handler run before going on
+
+    def on_step_start(self, trainer: Trainer, epoch: int, step: int) -> None:
+        self.fire(epoch + 1, str(step))
+
+    def on_train_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+        self.fire(epoch + 1, "end")
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        self.fire(epoch + 1, "result")
+
+    def before_checkpoint_replace(self, epoch: int) -> None:
+        self.fire(epoch, "checkpoint")
+
+
+# ------------------------------------------------------------------------------ result file
+def code_version() -> dict[str, Any]:
+    """The package version and, when run from a git checkout, the commit and a dirty flag."""
+    from importlib import metadata
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        version: str | None = metadata.version("noisybench")
+    except metadata.PackageNotFoundError:
+        version = None
+    info: dict[str, Any] = {"package": version}
+    if not (root / ".git").exists():
+        info["git_commit"] = None
+        return info
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        info["git_commit"] = commit
+        info["git_dirty"] = bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
+
+
+def summarise(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last epoch and the best epoch by test accuracy.
+
+    The best epoch is selected on the test set, as the BSD paper (Table 4) and the CIFAR-N
+    paper report it; it is flagged as such in the result file.
+    """
+    if not history:
+        return {"last": None, "best": None}
+    last = history[-1]
+    scored = [h for h in history if not math.isnan(h.get("test/acc", math.nan))]
+    best = max(scored, key=lambda h: h["test/acc"]) if scored else None
+    pick = ("epoch", "test/acc", "test/ece", "test/nll")
+    return {
+        "last": {k: last.get(k) for k in pick},
+        "best": None
+        if best is None
+        else {**{k: best.get(k) for k in pick}, "selected_on": "test set"},
+    }
+
+
+class ResultWriter(Callback):
+    """Keeps ``result.json`` current: written when training starts (status "running", the
+    history so far) and after every epoch, so a crash at any point leaves a readable file;
+    :meth:`write` sets the final status ("finished", "interrupted", "failed")."""
+
+    def __init__(self, run_dir: RunDir, header: Mapping[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.header = dict(header)
+        self.history: list[dict[str, Any]] = []
+        self.started = time.time()
+
+    def write(self, status: str, **extra: Any) -> dict[str, Any]:
+        """Write the result file atomically and return its content."""
+        result = {
+            "status": status,
+            **self.header,
+            "history": self.history,
+            **summarise(self.history),
+            "wall_time_s": round(time.time() - self.started, 3),
+            **extra,
+        }
+        self.run_dir.write_result(result)
+        return result
+
+    def on_fit_start(self, trainer: Trainer, start_epoch: int, start_step: int) -> None:
+        self.history = trainer.history
+        self.write("running")
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        self.history = trainer.history
+        self.write("running")
+
+
+# ------------------------------------------------------------------------------ loggers
+def _scalars(record: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in record.items():
+        if key == "epoch" or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if isinstance(value, float) and math.isnan(value):
+            continue
+        out[key] = float(value)
+    return out
+
+
+class TensorBoardLogger(Callback):
+    """Every epoch's numbers as TensorBoard scalars in ``<run dir>/tb`` (step = the 1-based
+    epoch). On resume, TensorBoard drops what earlier writers logged from the last completed
+    epoch on and that epoch is logged again, so a kill between the checkpoint and the scalars
+    of an epoch leaves no gap and no duplicate."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.run_dir = run_dir
+        self.writer: Any = None
+
+    def on_fit_start(self, trainer: Trainer, start_epoch: int, start_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = max(len(trainer.history), 1) if trainer.resumed else None
+        self.writer = SummaryWriter(log_dir=str(self.run_dir.tensorboard_dir), purge_step=purge)
+        if trainer.history:
+            self._log(trainer.history[-1])
+
+    def _log(self, record: Mapping[str, Any]) -> None:
+        step = int(record["epoch"])
+        for key, value in _scalars(record).items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        self._log(record)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class CSVLogger(Callback):
+    """One row per epoch in ``<run dir>/metrics.csv``, rewritten atomically from the whole
+    history every epoch (so a resumed run never leaves duplicate or missing rows)."""
+
+    FILE = "metrics.csv"
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.path = run_dir.file(self.FILE)
+
+    def _write(self, history: list[dict[str, Any]]) -> None:
+        columns: list[str] = []
+        for record in history:
+            columns.extend(k for k in record if k not in columns)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(self.path, buffer.getvalue())
+
+    def on_fit_start(self, trainer: Trainer, start_epoch: int, start_step: int) -> None:
+        if trainer.history:
+            self._write(trainer.history)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        self._write(trainer.history)
+
+
+# ------------------------------------------------------------------------------ console
+class ConsoleProgress(Callback):
+    """Progress for people and for logs.
+
+    Every epoch logs one plain line (epoch, loss, test accuracy, time) through the
+    ``noisybench`` logger, which Hydra sends to the console and to ``noisybench.log``. With
+    ``bars=True`` and a terminal on stderr, tqdm bars show the steps and epochs as well; when
+    stderr is not a terminal (a pipe, a cluster log) no bar and no escape code is written.
+    """
+
+    def __init__(self, bars: bool = True, stream: Any = None) -> None:
+        stream = sys.stderr if stream is None else stream
+        self.bars = bool(bars) and hasattr(stream, "isatty") and stream.isatty()
+        self.stream = stream
+        self._epoch_bar: Any = None
+        self._step_bar: Any = None
+
+    def on_fit_start(self, trainer: Trainer, start_epoch: int, start_step: int) -> None:
+        if self.bars:
+            from tqdm.auto import tqdm
+
+            self._epoch_bar = tqdm(
+                total=trainer.epochs, initial=start_epoch, desc="epochs", file=self.stream
+            )
+
+    def on_step_start(self, trainer: Trainer, epoch: int, step: int) -> None:
+        if self.bars and self._step_bar is None:
+            from tqdm.auto import tqdm
+
+            self._step_bar = tqdm(
+                total=len(trainer.loader),
+                initial=step,
+                desc=f"epoch {epoch + 1}/{trainer.epochs}",
+                leave=False,
+                file=self.stream,
+            )
+
+    def on_step_end(self, trainer: Trainer, epoch: int, step: int) -> None:
+        if self._step_bar is not None:
+            self._step_bar.update()
+
+    def on_train_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+        if self._step_bar is not None:
+            self._step_bar.close()
+            self._step_bar = None
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        log.info(
+            "epoch %d/%d: train loss %.4f, test acc %.4f, %.1f s",
+            record["epoch"],
+            trainer.epochs,
+            record.get("train/loss", math.nan),
+            record.get("test/acc", math.nan),
+            record.get("epoch_time_s", math.nan),
+        )
+        if self._epoch_bar is not None:
+            self._epoch_bar.update()
+            self._epoch_bar.set_postfix(
+                test_acc=f"{record.get('test/acc', math.nan):.4f}",
+                loss=f"{record.get('train/loss', math.nan):.3f}",
+            )
+
+    def close(self) -> None:
+        for bar in (self._step_bar, self._epoch_bar):
+            if bar is not None:
+                bar.close()
+        self._step_bar = self._epoch_bar = None
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.close()
