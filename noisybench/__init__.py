@@ -1,1 +1,3 @@
-__version__ = "0.1.0"
+"""noisybench: a benchmark suite for learning with noisy labels (BSD, BSD+ and baselines)."""
+
+__version__ = "0.2.0"

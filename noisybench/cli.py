@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -230,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
             "last checkpoint is kept: run the same command again to resume",
             128 + signal.SIGINT,
         )
+    except BrokenPipeError:  # output piped into a reader that stopped early (| head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
     if multirun and not passthrough:
         if sweep_dirs is None:
             print("noisybench: sweep finished (its jobs were chosen by the sweeper)")
