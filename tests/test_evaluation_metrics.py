@@ -16,6 +16,7 @@ from noisybench.evaluation import EvalContext
 from noisybench.evaluation import calibration as cal
 from noisybench.evaluation.dark_knowledge import (
     DarkKnowledgeSuite,
+    PredictionSnapshots,
     inter_class_matrix,
     kl_to_final,
     load_snapshots,
@@ -273,3 +274,15 @@ def test_selection_rules_by_hand() -> None:
         select_epoch(no_val, "noisy_val")
     with pytest.raises(UserError, match="unknown selection rule"):
         select_epoch(history, "best")
+
+
+def test_prediction_snapshots_every_and_last(tmp_path) -> None:
+    images = _index_images(50)
+    table = torch.randn(50, 3, generator=torch.Generator().manual_seed(7))
+    snaps = PredictionSnapshots(tmp_path, images, epochs=7, size=20, seed=1, every=3)
+    for epoch in range(7):
+        snaps(epoch, _fixed(table * (epoch + 1)))
+    epochs, logits, idx = load_snapshots(tmp_path)
+    assert epochs == [3, 6, 7]  # every 3rd epoch and the last
+    expected = (table[torch.as_tensor(idx)] * 7).half().float()
+    torch.testing.assert_close(logits[-1], expected)

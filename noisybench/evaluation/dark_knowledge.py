@@ -32,6 +32,7 @@ from noisybench.evaluation.base import EvalContext, EvalSuite, Metrics, Predict
 
 __all__ = [
     "DarkKnowledgeSuite",
+    "PredictionSnapshots",
     "class_conditional_means",
     "inter_class_matrix",
     "kl_to_final",
@@ -145,6 +146,42 @@ def kl_to_final(logits: Tensor) -> tuple[list[float], list[float]]:
     final = logits[-1]
     pairs = [temperature_adjusted_kl(logits[e], final) for e in range(logits.shape[0])]
     return [k for k, _ in pairs], [t for _, t in pairs]
+
+
+class PredictionSnapshots:
+    """Saves the logits of a fixed subset of images after chosen epochs (Figure 11's input).
+
+    The engine creates one per run (after the data are on the device) and calls it after each
+    epoch's evaluation: ``snapshots(epoch, predict)`` with the 0-based epoch. It saves epoch
+    ``epoch + 1`` when ``(epoch + 1) % every == 0`` and always the last epoch (the final model
+    every curve is compared with). Cost per call: one forward pass over ``size`` images and a
+    ``2 * size * K``-byte file.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        images: Tensor,
+        epochs: int,
+        size: int = 1000,
+        seed: int = 0,
+        every: int = 1,
+    ) -> None:
+        if int(every) < 1:
+            raise UserError(f"prediction snapshots every={every} must be at least 1")
+        self.run_dir = Path(run_dir)
+        self.indices = snapshot_indices(int(images.shape[0]), size, seed)
+        self.images = images[torch.as_tensor(self.indices, device=images.device)]
+        self.epochs, self.every = int(epochs), int(every)
+
+    def due(self, epoch: int) -> bool:
+        """Whether 0-based ``epoch`` is saved."""
+        return (epoch + 1) % self.every == 0 or epoch + 1 == self.epochs
+
+    def __call__(self, epoch: int, predict: Predict) -> Path | None:
+        if not self.due(epoch):
+            return None
+        return save_snapshot(self.run_dir, epoch + 1, predict(self.images), self.indices)
 
 
 class DarkKnowledgeSuite(EvalSuite):
