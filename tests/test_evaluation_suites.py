@@ -13,7 +13,7 @@ import torch
 
 from noisybench.data.split import holdout_split, split_record
 from noisybench.errors import UserError
-from noisybench.evaluation import EvalContext, load_suite
+from noisybench.evaluation import EvalContext, SuiteRunner, build_suites, flat_float, load_suite
 from noisybench.evaluation.corruption import CifarCSuite, CorruptionSuite, corrupt, defocus_kernel
 from noisybench.evaluation.ood import OODSuite, read_sklearn_patches, read_svhn_test
 from noisybench.evaluation.perturbation import CifarPSuite
@@ -311,3 +311,30 @@ def test_holdout_split() -> None:
         holdout_split(40, 1.0, 0)
     with pytest.raises(UserError, match="empty split"):
         holdout_split(5, 0.01, 0)
+
+
+def test_suite_runner_schedule_from_composed_config(tmp_path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
+        cfg = compose(
+            "config",
+            overrides=[
+                "experiment=quickstart",
+                "+eval=[calibration,corruption]",
+                "eval.suites.calibration.every=2",
+                "eval.suites.corruption.corruptions=[contrast]",
+            ],
+        )
+    suites = build_suites(cfg.eval.suites)
+    x = _images(3, n=12, c=3, size=8)
+    runner = SuiteRunner(suites, _ctx(x, brightness_model(x).argmax(-1), 3, tmp_path))
+    ran = [
+        sorted({k.split("/")[0] for k in runner.after_epoch(e, brightness_model)}) for e in range(4)
+    ]
+    assert ran == [[], ["calibration"], [], ["calibration"]]  # epochs 2 and 4 (1-based)
+    end = runner.at_end(brightness_model)
+    assert {k.split("/")[0] for k in end} == {"calibration", "corruption"}
+    scalars = flat_float(end)
+    assert "calibration/ece" in scalars and "calibration/reliability/count" not in scalars

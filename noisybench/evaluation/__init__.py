@@ -24,7 +24,9 @@ __all__ = [
     "EvalSuite",
     "Metrics",
     "Predict",
+    "SuiteRunner",
     "available_suites",
+    "build_suites",
     "flat_float",
     "load_suite",
     "make_predict",
@@ -96,3 +98,28 @@ def run_suites(suites: Sequence[EvalSuite], predict: Predict, ctx: EvalContext) 
     for suite in suites:
         out.update(suite.evaluate(predict, ctx))
     return out
+
+
+def build_suites(nodes: Mapping[str, Mapping[str, Any]] | None) -> list[EvalSuite]:
+    """The suites of a composed config's ``eval.suites`` node (``+eval=[calibration,ood]`` on
+    the command line, or ``- eval: [...]`` in the defaults list, fills it)."""
+    return [build_suite(name, node) for name, node in (nodes or {}).items()]
+
+
+class SuiteRunner:
+    """What the training loop's evaluation callback does with the suites.
+
+    ``after_epoch(epoch, predict)`` runs the suites due after 0-based ``epoch`` (``every > 0``
+    and ``(epoch + 1) % every == 0``) and returns their metrics; ``at_end(predict)`` runs every
+    suite once on the final model (for evaluation.json). :func:`flat_float` of the result is
+    what goes to the per-epoch record and TensorBoard (as ``eval/<key>``).
+    """
+
+    def __init__(self, suites: Sequence[EvalSuite], ctx: EvalContext) -> None:
+        self.suites, self.ctx = list(suites), ctx
+
+    def after_epoch(self, epoch: int, predict: Predict) -> Metrics:
+        return run_suites([s for s in self.suites if s.due(epoch)], predict, self.ctx)
+
+    def at_end(self, predict: Predict) -> Metrics:
+        return run_suites(self.suites, predict, self.ctx)
