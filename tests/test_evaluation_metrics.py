@@ -20,10 +20,12 @@ from noisybench.evaluation.dark_knowledge import (
     inter_class_matrix,
     kl_to_final,
     load_snapshots,
+    penultimate_features,
     sample_deviation,
     save_snapshot,
     snapshot_indices,
     temperature_adjusted_kl,
+    template_plane_projection,
 )
 from noisybench.evaluation.ood import auroc
 from noisybench.evaluation.perturbation import flip_probability, is_noise_perturbation
@@ -286,3 +288,27 @@ def test_prediction_snapshots_every_and_last(tmp_path) -> None:
     assert epochs == [3, 6, 7]  # every 3rd epoch and the last
     expected = (table[torch.as_tensor(idx)] * 7).half().float()
     torch.testing.assert_close(logits[-1], expected)
+
+
+def test_penultimate_projection_by_hand() -> None:
+    # Templates (0,0,0), (2,0,0), (0,3,0): the plane z = 0 with axes x and y.
+    templates = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    feats = torch.tensor([[1.0, 1.0, 5.0], [-2.0, 0.5, -1.0]])
+    got = template_plane_projection(feats, templates)
+    torch.testing.assert_close(got, torch.tensor([[1.0, 1.0], [-2.0, 0.5]]))
+    # shifted and rotated: origin at the first template; second axis orthogonalised
+    templates = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 2.0], [2.0, 1.0, 1.0]])
+    got = template_plane_projection(torch.tensor([[3.0, 7.0, 4.0]]), templates)
+    torch.testing.assert_close(got, torch.tensor([[4.0, 2.0]]))  # (x-w0).z = 4, (x-w0).x = 2
+    with pytest.raises(UserError, match="collinear"):
+        template_plane_projection(feats, torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 0, 0]]))
+
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)
+    )
+    images = torch.randint(0, 256, (5, 1, 2, 2), dtype=torch.uint8)
+    view = lambda x: x.float() / 255  # noqa: E731
+    feats, weight = penultimate_features(model, view, images, batch_size=2)
+    expected = model[2](model[1](model[0](view(images))))
+    torch.testing.assert_close(feats, expected.detach())
+    assert weight.shape == (2, 3) and model.training

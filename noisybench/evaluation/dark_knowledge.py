@@ -16,10 +16,17 @@ distribution and epoch e's on a fixed subset, "adjusting for temperature scaling
 scale counts as equal. The per-epoch logits are saved by :func:`save_snapshot` as float16
 ``(S, K)`` arrays in ``<run_dir>/predictions/epoch_<e>.npy`` with the subset's indices in
 ``<run_dir>/predictions/indices.npy``.
+
+Penultimate-layer projection (Figure 13, after Müller et al. 2019, "When does label smoothing
+help?", Sec. 2): for three classes a, b, c with final-layer templates ``w_a, w_b, w_c`` (rows
+of the last linear layer's weight), the penultimate activations are projected onto the plane
+through the three templates: coordinates ``((x - w_a) . e_1, (x - w_a) . e_2)`` with ``e_1, e_2``
+the Gram-Schmidt orthonormal basis of ``(w_b - w_a, w_c - w_a)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +44,12 @@ __all__ = [
     "inter_class_matrix",
     "kl_to_final",
     "load_snapshots",
+    "penultimate_features",
     "sample_deviation",
     "save_snapshot",
     "snapshot_indices",
     "temperature_adjusted_kl",
+    "template_plane_projection",
 ]
 
 SNAPSHOT_DIR = "predictions"
@@ -146,6 +155,51 @@ def kl_to_final(logits: Tensor) -> tuple[list[float], list[float]]:
     final = logits[-1]
     pairs = [temperature_adjusted_kl(logits[e], final) for e in range(logits.shape[0])]
     return [k for k, _ in pairs], [t for _, t in pairs]
+
+
+def _last_linear(model: torch.nn.Module) -> torch.nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise UserError(f"{type(model).__name__} has no nn.Linear layer to take features from")
+    return linears[-1]
+
+
+@torch.no_grad()
+def penultimate_features(
+    model: torch.nn.Module, view: Callable[[Tensor], Tensor], images: Tensor, batch_size: int = 1024
+) -> tuple[Tensor, Tensor]:
+    """``(features (N, D), templates (K, D))``: the inputs of the model's last ``nn.Linear``
+    (the penultimate activations) over uint8 ``images`` in eval mode, and that layer's weight."""
+    head = _last_linear(model)
+    captured: list[Tensor] = []
+    handle = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
+    was_training = model.training
+    model.eval()
+    device = head.weight.device
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            model(view(images[start : start + batch_size].to(device)))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(captured).float(), head.weight.detach().float()
+
+
+def template_plane_projection(features: Tensor, templates: Tensor) -> Tensor:
+    """Figure 13: 2-D coordinates of ``features`` (N, D) in the plane through the three
+    ``templates`` (3, D), origin at the first, axes by Gram-Schmidt on the other two."""
+    if templates.shape[0] != 3:
+        raise UserError(f"the projection needs 3 class templates, got {templates.shape[0]}")
+    w = templates.double()
+    e1 = w[1] - w[0]
+    e1 = e1 / e1.norm()
+    v = w[2] - w[0]
+    e2 = v - (v @ e1) * e1
+    if float(e2.norm()) < 1e-12:
+        raise UserError("the three class templates are collinear; choose other classes")
+    e2 = e2 / e2.norm()
+    x = features.double() - w[0]
+    return torch.stack([x @ e1, x @ e2], dim=1).float()
 
 
 class PredictionSnapshots:
