@@ -58,29 +58,45 @@ def _without_name(node: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in node.items() if k != "name"}
 
 
+def _instantiate(node: dict[str, Any], what: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets a UserError of the built object (a missing data
+    file, ...) through as itself and turns any other failure into one line."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, UserError):
+                raise cause from None
+            cause = cause.__cause__
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"cannot rebuild the run's {what} from its saved config ({first[:160]}); is its "
+            "module importable (installed, or on PYTHONPATH)?"
+        ) from exc
+
+
 def rebuild_model(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
     """The run's model from its resolved config (the config's ``model`` node minus ``name``,
     instantiated with ``num_classes`` and ``in_channels``), as ``noisybench.run`` builds it.
     The one place to swap for the lead's ``build()``."""
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(
-            _without_name(dict(config["model"])), num_classes=num_classes, in_channels=in_channels
-        )
-    except Exception as exc:
-        raise UserError(
-            f"cannot rebuild the run's model {config.get('model', {}).get('name')!r} "
-            f"({type(exc).__name__}); is its module importable?"
-        ) from exc
+    node = _without_name(dict(config["model"]))
+    what = f"model {config['model'].get('name')}"
+    return _instantiate(node, what, num_classes=num_classes, in_channels=in_channels)
 
 
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"device={name} is not a device; use device=auto, cpu or cuda") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda was asked for but no GPU is visible; use device=auto")
-    return torch.device(name)
+    return device
 
 
 def evaluate_run(
@@ -92,8 +108,6 @@ def evaluate_run(
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate one finished run with ``suites``; writes and returns its evaluation.json."""
-    from hydra.utils import instantiate
-
     from noisybench.data.views import build_views
     from noisybench.io import atomic_write_json, load_checkpoint, read_json
     from noisybench.method import Method, MethodContext
@@ -110,7 +124,10 @@ def evaluate_run(
     built = [load_suite(name, (overrides or {}).get(name)) for name in suites]
     ckpt = load_checkpoint(run_dir / "checkpoint.pt", map_location=dev)
 
-    data = instantiate(dict(config["dataset"]["reader"]))
+    reader = dict(config["dataset"]["reader"])
+    if data_dir and reader.get("root") == config.get("data_dir"):
+        reader["root"] = data_dir  # the dataset moved with data_dir=
+    data = _instantiate(reader, f"dataset {config['dataset'].get('name')}")
     k, c = data.num_classes, int(data.train_images.shape[1])
     label_path = run_dir / "noisy_labels.npy"
     if not label_path.is_file():
@@ -127,7 +144,9 @@ def evaluate_run(
         raise UserError(
             f"the checkpoint in {run_dir} does not fit the model of its config ({str(exc)[:80]})"
         ) from exc
-    method = instantiate(_without_name(dict(config["method"])))
+    method = _instantiate(
+        _without_name(dict(config["method"])), f"method {config['method'].get('name')}"
+    )
     if not isinstance(method, Method):
         raise UserError(f"the run's method {config['method'].get('name')} is not a Method")
     method.setup(
@@ -143,7 +162,13 @@ def evaluate_run(
     )
     method.to(dev)
     if isinstance(ckpt.get("method"), dict):
-        method.load_state_dict(ckpt["method"])
+        try:
+            method.load_state_dict(ckpt["method"])
+        except RuntimeError as exc:
+            raise UserError(
+                f"the method state in {run_dir / 'checkpoint.pt'} does not fit the method of its "
+                f"config ({str(exc).splitlines()[0][:100]}); was the run trained on a subset?"
+            ) from exc
     view = build_views(
         ("plain",),
         config["dataset"].get("augment"),
@@ -257,15 +282,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 on a UserError)."""
     try:
         runs, suites, overrides, options = _parse(sys.argv[1:] if argv is None else argv)
-        if "batch_size" in options and int(options["batch_size"]) < 1:
-            raise UserError(f"batch_size={options['batch_size']} must be positive")
+        batch_size = options.get("batch_size", "1024")
+        if not batch_size.isdigit() or int(batch_size) < 1:
+            raise UserError(f"batch_size={batch_size} is not a positive integer; e.g. 1024")
         for run in runs:
             out = evaluate_run(
                 run,
                 suites,
                 overrides,
                 device=options.get("device", "auto"),
-                batch_size=int(options.get("batch_size", 1024)),
+                batch_size=int(batch_size),
                 data_dir=options.get("data_dir"),
             )
             n = sum(1 for v in out["metrics"].values() if isinstance(v, float | int))

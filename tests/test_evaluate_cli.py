@@ -112,12 +112,35 @@ def test_evaluate_writes_evaluation_json(run_dir: Path, capsys) -> None:
         (["eval=[calibration]", "ood.source=svhn"], "that eval= does not select"),
         (["eval=[ood]"], "svhn/test_32x32.mat is missing"),
         (["colour=red"], "unknown option colour="),
+        (["batch_size=x"], "batch_size=x is not a positive integer"),
+        (["device=gpu0"], "device=gpu0 is not a device"),
     ],
 )
 def test_evaluate_bad_input_one_line(run_dir: Path, tmp_path, capsys, args, message) -> None:
-    rc = main([str(run_dir), *args, f"data_dir={tmp_path}", "device=cpu"])
+    rc = main([str(run_dir), f"data_dir={tmp_path}", "device=cpu", *args])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.count("\n") == 1
+
+
+def test_evaluate_missing_dataset_is_one_line(run_dir: Path, tmp_path, capsys) -> None:
+    # a CIFAR run whose data are not where its config says: the reader's own one-line error
+    result = json.loads((run_dir / "result.json").read_text())
+    result["config"]["dataset"] = {
+        "name": "cifar10",
+        "reader": {
+            "_target_": "noisybench.data.cifar.load_cifar",
+            "variant": "cifar10",
+            "root": str(tmp_path / "nowhere"),
+            "download": False,
+        },
+    }
+    other = tmp_path / "run"
+    other.mkdir()
+    (other / "result.json").write_text(json.dumps(result))
+    (other / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes())
+    assert main([str(other), "device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nowhere" in err and "Traceback" not in err
 
 
 def test_evaluate_not_a_run(tmp_path, capsys) -> None:

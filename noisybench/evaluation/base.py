@@ -35,6 +35,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from noisybench.errors import UserError
+
 __all__ = ["EvalContext", "EvalSuite", "Metrics", "Predict", "make_predict"]
 
 Predict = Callable[[Tensor], Tensor]
@@ -82,8 +84,6 @@ class EvalSuite(abc.ABC):
     name: ClassVar[str] = ""
 
     def __init__(self, every: int = 0) -> None:
-        from noisybench.errors import UserError
-
         if int(every) < 0:
             raise UserError(f"eval suite {self.name}: every={every} is negative; use 0 or more")
         self.every = int(every)
