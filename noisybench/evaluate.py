@@ -20,6 +20,10 @@ evaluation.json::
      "suites": {name: settings}, "metrics": {"<suite>/<key>": float | [floats]},
      "selection": {"last" | "best_test" | "noisy_val": {"epoch", "selected_on", "test/acc", ...}}}
 
+A run trained on part of a held-out split (``validation.fraction > 0`` and
+``validation.seed`` in its config, :func:`noisybench.data.split.holdout_split` stratified by
+the saved noisy labels) is evaluated on that part of the training set.
+
 With the ``dark_knowledge`` suite and per-epoch snapshots in ``<run>/predictions/``, the
 metrics also hold ``dark_knowledge/kl_epochs``, ``dark_knowledge/kl_to_final`` and
 ``dark_knowledge/kl_temperature`` (Figure 11).
@@ -133,6 +137,21 @@ def evaluate_run(
     if not label_path.is_file():
         raise UserError(f"{label_path} is missing; the run directory is incomplete, rerun it")
     given = torch.as_tensor(np.load(label_path), dtype=torch.long)
+    train_images, train_clean = data.train_images, data.train_labels
+    validation = config.get("validation") or {}
+    if float(validation.get("fraction") or 0.0) > 0.0:
+        # The run trained on the rest of a held-out split (noisybench.data.split): the
+        # method's per-sample state and the dark-knowledge statistics cover that part only.
+        from noisybench.data.split import holdout_split
+
+        keep, _ = holdout_split(
+            int(given.numel()),
+            float(validation["fraction"]),
+            int(validation.get("seed", 0)),
+            labels=given.numpy(),
+        )
+        index = torch.as_tensor(keep)
+        given, train_images, train_clean = given[index], train_images[index], train_clean[index]
 
     def build_model() -> nn.Module:
         return rebuild_model(config, k, c).to(dev)
@@ -187,9 +206,9 @@ def evaluate_run(
         device=dev,
         dataset=str(config["dataset"].get("name", "")),
         seed=int(config.get("seed", 0)),
-        train_images=data.train_images,
+        train_images=train_images,
         train_labels=given.to(dev),
-        train_clean=data.train_labels.to(dev),
+        train_clean=train_clean.to(dev),
     )
     metrics = run_suites([s for s, _ in built], predict, ctx)
     if "dark_knowledge" in suites and (run_dir / "predictions").is_dir():

@@ -143,6 +143,31 @@ def test_evaluate_missing_dataset_is_one_line(run_dir: Path, tmp_path, capsys) -
     assert err.count("\n") == 1 and "nowhere" in err and "Traceback" not in err
 
 
+def test_evaluate_run_with_validation_split(run_dir: Path, tmp_path) -> None:
+    from noisybench.data.split import holdout_split
+
+    result = json.loads((run_dir / "result.json").read_text())
+    result["config"]["validation"] = {"fraction": 0.2, "seed": 3}
+    result["history"][0]["val/acc"] = 0.4
+    result["history"][1]["val/acc"] = 0.5
+    other = tmp_path / "run"
+    other.mkdir()
+    (other / "result.json").write_text(json.dumps(result))
+    for name in ("checkpoint.pt", "noisy_labels.npy"):
+        (other / name).write_bytes((run_dir / name).read_bytes())
+    assert main([str(other), "eval=[dark_knowledge]", "device=cpu"]) == 0
+    out = json.loads((other / "evaluation.json").read_text())
+    _, _, train_probs, noisy = _direct(run_dir)
+    keep = np.setdiff1d(np.arange(1300), holdout_split(1300, 0.2, 3, labels=noisy)[1])
+    assert len(keep) == 1040
+    p, y = train_probs.double().numpy()[keep], noisy[keep]
+    cond = np.stack([p[y == i].mean(0) for i in range(10)])
+    got = np.array(out["metrics"]["dark_knowledge/mu"]).reshape(10, 10)
+    np.testing.assert_allclose(got, (cond + cond.T) / 2, atol=1e-5)
+    assert out["selection"]["noisy_val"]["epoch"] == 2
+    assert out["selection"]["noisy_val"]["selected_on"] == "noisy validation"
+
+
 def test_evaluate_not_a_run(tmp_path, capsys) -> None:
     assert main([str(tmp_path)]) == 2
     assert "result.json is missing" in capsys.readouterr().err
