@@ -53,6 +53,8 @@ class Experiment:
     eval_data: EvalData
     amp_dtype: torch.dtype | None
     build_model: Callable[[], torch.nn.Module]
+    evaluators: list[Callable[..., Any]]
+    validation: dict[str, Any] | None = None
 
     def trainer(self, callbacks: list[Any] | tuple[Any, ...] = ()) -> Trainer:
         """A :class:`Trainer` over these objects with the config's engine settings."""
@@ -71,6 +73,7 @@ class Experiment:
             eval_batch_size=int(cfg.eval.batch_size),
             train_diagnostics=bool(cfg.eval.train_diagnostics),
             train_diagnostics_every=int(cfg.eval.get("train_diagnostics_every") or 1),
+            evaluators=self.evaluators,
             callbacks=list(callbacks),
         )
 
@@ -200,6 +203,14 @@ def build(
             data.train_labels.numpy(), noisy, k, variant="given", nominal_rate=0.0, seed=0
         )
 
+    # The noisy validation split (model selection under noise): held out of the noisy
+    # training set after the noise is drawn, so the noise record covers all N labels.
+    train_idx, val_idx, validation = _holdout(cfg, noisy)
+    train_images_cpu = data.train_images[train_idx] if val_idx is not None else data.train_images
+    train_clean = data.train_labels[train_idx] if val_idx is not None else data.train_labels
+    train_noisy = noisy[train_idx] if val_idx is not None else noisy
+    n = int(train_clean.shape[0])
+
     channels = int(data.train_images.shape[1])
     model_kwargs = without_name(cfg.model)
 
@@ -217,8 +228,8 @@ def build(
             "point _target_ at a subclass of it"
         )
 
-    train_images = data.train_images.to(device)
-    given = torch.as_tensor(noisy, dtype=torch.long, device=device)
+    train_images = train_images_cpu.to(device)
+    given = torch.as_tensor(train_noisy, dtype=torch.long, device=device)
     size = tuple(data.train_images.shape[-2:])
     views = build_views(method.views, cfg.dataset.augment, data.mean, data.std, size)
     loader = DeviceLoader(
@@ -266,10 +277,15 @@ def build(
         test_images=data.test_images.to(device),
         test_labels=data.test_labels.to(device),
         train_images=train_images,
-        train_clean=data.train_labels.to(device),
+        train_clean=train_clean.to(device),
         train_given=given,
         view=plain,
+        val_images=None if val_idx is None else data.train_images[val_idx].to(device),
+        val_labels=None
+        if val_idx is None
+        else torch.as_tensor(noisy[val_idx], dtype=torch.long, device=device),
     )
+    evaluators = _evaluators(cfg, data, eval_data, device)
     return Experiment(
         cfg=cfg,
         device=device,
@@ -284,4 +300,55 @@ def build(
         eval_data=eval_data,
         amp_dtype=amp,
         build_model=build_model,
+        evaluators=evaluators,
+        validation=validation,
     )
+
+
+def _holdout(
+    cfg: DictConfig, noisy: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any] | None]:
+    """``validation.fraction`` of the noisy training set held out (stratified by the noisy
+    labels, seeded by ``validation.seed``), or nothing."""
+    from noisybench.data.split import holdout_split, split_record
+
+    node = cfg.get("validation") or {}
+    fraction = float(node.get("fraction") or 0.0)
+    if fraction <= 0.0:
+        return None, None, None
+    seed = int(node.get("seed") or 0)
+    train_idx, val_idx = holdout_split(len(noisy), fraction, seed, labels=noisy)
+    return train_idx, val_idx, split_record(fraction, seed, train_idx, val_idx)
+
+
+def _evaluators(
+    cfg: DictConfig, data: ImageData, eval_data: EvalData, device: torch.device
+) -> list[Callable[..., Any]]:
+    """The evaluation suites chosen in the ``eval`` group (``eval=[calibration,ood]``) that
+    run during training (their ``every`` > 0), as engine evaluators."""
+    from pathlib import Path
+
+    from noisybench.evaluation import EvalContext, SuiteRunner, build_suites, flat_float
+
+    nodes = cfg.eval.get("suites") or {}
+    suites = [s for s in build_suites(nodes) if s.every > 0]
+    if not suites:
+        return []
+    ctx = EvalContext(
+        num_classes=data.num_classes,
+        test_images=eval_data.test_images,
+        test_labels=eval_data.test_labels,
+        data_dir=Path(str(cfg.data_dir)),
+        device=device,
+        dataset=str(cfg.dataset.name),
+        seed=int(cfg.seed),
+        train_images=eval_data.train_images,
+        train_labels=eval_data.train_given,
+        train_clean=eval_data.train_clean,
+    )
+    runner = SuiteRunner(suites, ctx)
+
+    def evaluate(epoch: int, predict: Callable[..., Any]) -> dict[str, float]:
+        return flat_float(runner.after_epoch(epoch, predict))
+
+    return [evaluate]

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from noisybench.engine import Callback, Trainer
+from noisybench.evaluation.selection import selection_summary
 from noisybench.io import atomic_write_text
 from noisybench.rundir import RunDir
 
@@ -40,6 +41,7 @@ __all__ = [
     "Checkpointer",
     "ConsoleProgress",
     "FaultInjection",
+    "PredictionSnapshotWriter",
     "ResultWriter",
     "TensorBoardLogger",
     "code_version",
@@ -207,6 +209,9 @@ def summarise(history: list[dict[str, Any]]) -> dict[str, Any]:
         "best": None
         if best is None
         else {**{k: best.get(k) for k in pick}, "selected_on": "test set"},
+        # Every selection rule that applies: last, best on the test set (as the paper
+        # reports), and the epoch selected on the noisy validation split when there is one.
+        "selection": selection_summary(history),
     }
 
 
@@ -316,6 +321,19 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
         self._write(trainer.history)
+
+
+class PredictionSnapshotWriter(Callback):
+    """Saves the logits of a fixed training subset after chosen epochs into
+    ``<run dir>/predictions/`` (Figure 11's input; ``eval.snapshots``)."""
+
+    def __init__(self, run_dir: RunDir, images: Any, epochs: int, size: int, every: int, seed: int):
+        from noisybench.evaluation.dark_knowledge import PredictionSnapshots
+
+        self.snapshots = PredictionSnapshots(run_dir.path, images, epochs, size, seed, every)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        self.snapshots(epoch, trainer.predict)
 
 
 # ------------------------------------------------------------------------------ console

@@ -84,7 +84,7 @@ NON_IDENTITY_KEYS = (
     "dataset.reader.root",
     "dataset.reader.download",
     "dataset.reader.verify",
-    "eval.batch_size",
+    "eval",  # evaluation (suites, diagnostics, snapshots) never changes training
     "hydra",
     # Which paper preset a noise config selects: the values it selects are in the method's
     # config, so they are compared there (and runs made before these keys existed match).

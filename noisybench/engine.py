@@ -84,6 +84,8 @@ class EvalData:
     train_clean: Tensor
     train_given: Tensor
     view: Callable[[Tensor], Tensor]
+    val_images: Tensor | None = None
+    val_labels: Tensor | None = None
 
 
 @dataclass
@@ -259,6 +261,9 @@ class Trainer:
         eval_batch_size: batch size of evaluation passes.
         train_diagnostics: evaluate the training set for the memorisation diagnostics.
         train_diagnostics_every: ... every this many epochs (and at the last epoch).
+        evaluators: callables ``(epoch, predict) -> {name: number}`` whose numbers join each
+            epoch's record as ``eval/<name>`` (the evaluation suites); ``predict`` maps uint8
+            images to logits in eval mode.
         callbacks: observers (checkpoints, result file, loggers, progress, fault injection).
     """
 
@@ -278,6 +283,7 @@ class Trainer:
         eval_batch_size: int = 1024,
         train_diagnostics: bool = True,
         train_diagnostics_every: int = 1,
+        evaluators: Sequence[Callable[[int, Callable[[Tensor], Tensor]], Mapping[str, float]]] = (),
         callbacks: Sequence[Callback] = (),
     ) -> None:
         self.model = model
@@ -298,6 +304,7 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         self.train_diagnostics = train_diagnostics
         self.train_diagnostics_every = max(1, int(train_diagnostics_every))
+        self.evaluators = list(evaluators)
         self.callbacks = list(callbacks)
         self.history: list[dict[str, Any]] = []
         self.resumed = False
@@ -458,6 +465,9 @@ class Trainer:
             self.predict(self.data.test_images), self.data.test_labels
         )
         values.update({f"test/{k}": v for k, v in test.items()})
+        if self.data.val_images is not None and self.data.val_labels is not None:
+            val_pred = self.predict_labels(self.data.val_images)
+            values["val/acc"] = (val_pred == self.data.val_labels).float().mean()
         seen = max(sums.seen, 1)
         values["train/loss"] = sums.loss / seen
         values["train/acc_given"] = sums.correct / seen
@@ -473,6 +483,8 @@ class Trainer:
             values.update({f"recovery/{k}": v for k, v in rec.items()})
         for key, value in self.method.on_epoch_end(epoch).items():
             values[f"method/{key}"] = value
+        for evaluate in self.evaluators:
+            values.update({f"eval/{k}": v for k, v in evaluate(epoch, self.predict).items()})
         record: dict[str, Any] = {"epoch": epoch + 1}
         for key, value in values.items():
             record[key] = float(value.float().mean()) if isinstance(value, Tensor) else float(value)

@@ -21,6 +21,7 @@ from noisybench.callbacks import (
     Checkpointer,
     ConsoleProgress,
     FaultInjection,
+    PredictionSnapshotWriter,
     ResultWriter,
     code_version,
 )
@@ -133,11 +134,24 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
             "code_version": code_version(),
             "seeds": {"train": int(cfg.seed), "noise": int(cfg.noise.seed)},
             "noise": noise,
+            "validation": exp.validation,
             "device": str(exp.device),
             "num_parameters": sum(p.numel() for p in exp.model.parameters()),
         },
     )
     loggers = _loggers(cfg, rd)
+    snapshots = cfg.eval.get("snapshots") or {}
+    if int(snapshots.get("size") or 0) > 0:
+        loggers.append(
+            PredictionSnapshotWriter(
+                rd,
+                exp.eval_data.train_images,
+                int(cfg.epochs),
+                size=int(snapshots.size),
+                every=int(snapshots.get("every") or 1),
+                seed=int(snapshots.get("seed") or 0),
+            )
+        )
     console = ConsoleProgress(bars=bool(cfg.progress))
     callbacks: list[Any] = [
         Checkpointer(

@@ -67,6 +67,8 @@ ARTEFACTS = (
     LABEL_FILE,
     "tb",
     "metrics.csv",
+    "predictions",
+    "evaluation.json",
 )
 _NAME_MAX = 255  # bytes of one path component on common file systems
 

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "noisybench.data": 1,
     "noisybench.models": 1,
     "noisybench.methods": 1,
+    "noisybench.evaluation": 1,
     # 2: the training loop
     "noisybench.engine": 2,
     # 3: what is around training: building, run directories, callbacks
@@ -40,6 +41,7 @@ LAYERS: dict[str, int] = {
     # 4: one run; reports over many
     "noisybench.run": 4,
     "noisybench.report": 4,
+    "noisybench.evaluate": 4,
     # 5: the command line
     "noisybench.cli": 5,
     "noisybench.__main__": 5,

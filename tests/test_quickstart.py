@@ -105,3 +105,33 @@ def test_cross_entropy_memorises_symmetric_noise(tmp_path: Path) -> None:
         history[-1]["memorisation/fit_given"]
         > history[result["best"]["epoch"] - 1]["memorisation/fit_given"]
     )
+
+
+def test_validation_split_suites_and_snapshots_during_training(tmp_path: Path) -> None:
+    """validation.fraction holds out 10 % of the 1,300 noisy training digits (130), val/acc is
+    recorded per epoch and the noisy-validation selection picks its arg-max epoch; a suite with
+    every=1 adds its numbers to each epoch; snapshots save one file per epoch."""
+    overrides = (
+        "epochs=3",
+        "logger=[]",
+        "eval=[calibration]",
+        "eval.suites.calibration.every=1",
+        "validation.fraction=0.1",
+        "eval.snapshots.size=50",
+    )
+    proc = _run(tmp_path, *overrides)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir = quick_run_dir(tmp_path, "epochs=3", "validation.fraction=0.1")
+    result = _result(run_dir)
+    assert (result["validation"]["n_train"], result["validation"]["n_val"]) == (1170, 130)
+    history = result["history"]
+    val = [h["val/acc"] for h in history]
+    assert all(v * 130 == pytest.approx(round(v * 130)) for v in val)  # counts out of 130
+    best = max(range(3), key=lambda i: (val[i], -i))
+    assert result["selection"]["noisy_val"]["epoch"] == best + 1
+    for h in history:
+        assert h["eval/calibration/acc"] == pytest.approx(h["test/acc"])
+        assert 0.0 <= h["eval/calibration/ace"] <= 1.0
+    files = sorted(p.name for p in (run_dir / "predictions").iterdir())
+    assert files == ["epoch_0001.npy", "epoch_0002.npy", "epoch_0003.npy", "indices.npy"]
+    assert np.load(run_dir / "predictions" / "epoch_0003.npy").shape == (50, 10)

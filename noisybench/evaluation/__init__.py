@@ -1,0 +1,126 @@
+"""Evaluation suites (calibration, temperature scaling, corruptions, CIFAR-10-P, OOD, dark
+knowledge) and model selection; see :mod:`noisybench.evaluation.base` for the interface and
+``python -m noisybench.evaluate`` for finished runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from noisybench.config import CONF_DIR
+from noisybench.errors import UserError
+from noisybench.evaluation.base import (
+    EvalContext,
+    EvalSuite,
+    Metrics,
+    Predict,
+    flat_float,
+    make_predict,
+)
+
+__all__ = [
+    "EVAL_CONF_DIR",
+    "EvalContext",
+    "EvalSuite",
+    "Metrics",
+    "Predict",
+    "SuiteRunner",
+    "available_suites",
+    "build_suites",
+    "flat_float",
+    "load_suite",
+    "make_predict",
+]
+
+EVAL_CONF_DIR = CONF_DIR / "eval"
+
+
+def available_suites() -> list[str]:
+    """The suite names that have a ``conf/eval/<name>.yaml``."""
+    return sorted(p.stem for p in EVAL_CONF_DIR.glob("*.yaml"))
+
+
+def load_suite(
+    name: str, overrides: Mapping[str, Any] | None = None, conf_dir: Path | None = None
+) -> tuple[EvalSuite, dict[str, Any]]:
+    """Build suite ``name`` from ``conf/eval/<name>.yaml`` with ``overrides`` of its keys;
+    returns ``(suite, its resolved config)``.
+
+    The training loop can equally build suites from the composed config's
+    ``eval.suites.<name>`` nodes (each is such a file under ``@package eval.suites.<name>``)
+    with :func:`build_suite`.
+    """
+    from omegaconf import OmegaConf
+
+    folder = conf_dir or EVAL_CONF_DIR
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise UserError(f"unknown eval suite {name!r}; choose from {', '.join(known)}")
+    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(cfg, dict)
+    for key, value in (overrides or {}).items():
+        if key not in cfg or key == "_target_":
+            keys = sorted(k for k in cfg if k != "_target_")
+            raise UserError(
+                f"eval suite {name} has no setting {key!r}; its settings are {', '.join(keys)}"
+            )
+        cfg[key] = value
+    return build_suite(name, cfg), cfg
+
+
+def build_suite(name: str, node: Mapping[str, Any]) -> EvalSuite:
+    """Instantiate one suite config node (``_target_`` plus constructor arguments)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        suite = instantiate(dict(node))
+    except InstantiationException as exc:
+        cause: BaseException | None = exc.__cause__
+        while cause is not None:
+            if isinstance(cause, UserError):
+                raise cause from None
+            cause = cause.__cause__
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"cannot build eval suite {name} ({first}); check conf/eval/{name}.yaml and the "
+            "values given on the command line"
+        ) from exc
+    if not isinstance(suite, EvalSuite):
+        raise UserError(f"eval suite {name}: its _target_ is not a noisybench EvalSuite")
+    return suite
+
+
+def run_suites(suites: Sequence[EvalSuite], predict: Predict, ctx: EvalContext) -> Metrics:
+    """Every suite's metrics, merged (keys are prefixed by the suite names)."""
+    out: Metrics = {}
+    for suite in suites:
+        out.update(suite.evaluate(predict, ctx))
+    return out
+
+
+def build_suites(nodes: Mapping[str, Mapping[str, Any]] | None) -> list[EvalSuite]:
+    """The suites of a composed config's ``eval.suites`` node (``+eval=[calibration,ood]`` on
+    the command line, or ``- eval: [...]`` in the defaults list, fills it)."""
+    return [build_suite(name, node) for name, node in (nodes or {}).items()]
+
+
+class SuiteRunner:
+    """What the training loop's evaluation callback does with the suites.
+
+    ``after_epoch(epoch, predict)`` runs the suites due after 0-based ``epoch`` (``every > 0``
+    and ``(epoch + 1) % every == 0``) and returns their metrics; ``at_end(predict)`` runs every
+    suite once on the final model (for evaluation.json). :func:`flat_float` of the result is
+    what goes to the per-epoch record and TensorBoard (as ``eval/<key>``).
+    """
+
+    def __init__(self, suites: Sequence[EvalSuite], ctx: EvalContext) -> None:
+        self.suites, self.ctx = list(suites), ctx
+
+    def after_epoch(self, epoch: int, predict: Predict) -> Metrics:
+        return run_suites([s for s in self.suites if s.due(epoch)], predict, self.ctx)
+
+    def at_end(self, predict: Predict) -> Metrics:
+        return run_suites(self.suites, predict, self.ctx)
