@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "noisybench.metrics": 0,
     "noisybench.augment": 0,
     "noisybench.schedules": 0,
+    "noisybench.rng": 0,
     # 1: data, models, methods, and the configuration
     "noisybench.config": 1,
     "noisybench.data": 1,
