@@ -153,7 +153,7 @@ class Layout:
 
 
 TABLES: dict[str, Layout] = {
-    "table1": Layout("Table 1: test accuracy (clean labels)", ("acc",), "method"),
+    "table1": Layout("Table 1: test accuracy (the paper's: clean labels)", ("acc",), "method"),
     "table2": Layout("Table 2: ECE and NLL", ("ece", "nll"), "method", metrics_on="rows"),
     "table3": Layout(
         "Table 3: corruption accuracy and perturbation flip probability",
@@ -368,29 +368,66 @@ def _fmt_value(value: Any) -> str:
 
 
 def _labels(parts: Sequence[Mapping[str, str]], names: Sequence[str]) -> list[str]:
-    """Readable labels for identity parts: the name keys' values, then ``key=value`` for
-    every other key that differs between the parts (a key only some parts have is shown as
-    ``key=-`` where missing)."""
+    """Readable labels for identity parts: the ``names`` keys' values, then what tells parts
+    with the same names apart: ``group=<name>`` where a config group's choice differs (its
+    other keys follow from the choice and are not listed), ``key=value`` where a key differs
+    between parts with the same group choice (``key=-`` where a part lacks it)."""
     out = []
     for p in parts:
         same = [q for q in parts if all(q.get(k) == p.get(k) for k in names)]
         keys = sorted(set().union(*[q.keys() for q in same]))
-        differing = [k for k in keys if len({q.get(k) for q in same}) > 1]
-        bits = [str(json.loads(p[k])) for k in names if k in p]
         extra = []
-        for k in differing:
-            if k in names or k.endswith("._target_"):
+        shown_groups = set()
+        for k in keys:
+            if k in names or k.endswith("._target_") or len({q.get(k) for q in same}) < 2:
                 continue
+            group = k.split(".")[0] if "." in k else None
+            gname = f"{group}.name"
+            if group and gname in keys and len({q.get(gname) for q in same}) > 1:
+                peers = [q for q in same if q.get(gname) == p.get(gname)]
+                if k == gname:
+                    shown_groups.add(group)
+                    extra.append(f"{group}={json.loads(p[k]) if k in p else '-'}")
+                    continue
+                if len({q.get(k) for q in peers}) < 2:
+                    continue  # follows from the group's choice
             extra.append(f"{k}={_fmt_value(json.loads(p[k])) if k in p else '-'}")
+        bits = [str(json.loads(p[k])) for k in names if k in p]
         label = " / ".join(bits) if bits else "run"
         out.append(label + (f" ({', '.join(extra)})" if extra else ""))
     return out
 
 
-def col_labels_first(part: Mapping[str, str]) -> str:
-    """The name of a column part (``sym50``), for notes."""
-    names = [json.loads(v) for k, v in part.items() if k.endswith(".name")]
-    return str(names[0]) if names else "all"
+def _merge_disjoint(
+    parts: Sequence[Mapping[str, str]], names: Sequence[str], cover: Sequence[set[int]]
+) -> list[list[int]]:
+    """Indices of ``parts`` grouped: parts with equal ``names`` values whose ``cover`` sets
+    (the cells of the other axis they fill) are pairwise disjoint become one entry."""
+    buckets: dict[str, list[int]] = {}
+    for i, part in enumerate(parts):
+        buckets.setdefault(json.dumps([part.get(k) for k in names]), []).append(i)
+    out: list[list[int]] = []
+    for members in buckets.values():
+        sets = [cover[i] for i in members]
+        if len(members) > 1 and sum(len(x) for x in sets) == len(set().union(*sets)):
+            out.append(members)
+        else:
+            out.extend([i] for i in members)
+    out.sort(key=min)
+    return out
+
+
+def _common(parts: Sequence[Mapping[str, str]], members: Sequence[int]) -> dict[str, str]:
+    """The key-value pairs all ``members`` share."""
+    return dict(set.intersection(*[set(parts[i].items()) for i in members]))
+
+
+def _diff_text(part: Mapping[str, str], common: Mapping[str, str]) -> str:
+    return ", ".join(
+        f"{k}={_fmt_value(json.loads(v))}"
+        for k, v in sorted(part.items())
+        if common.get(k) != v and not k.endswith("._target_")
+    )
 
 
 def _column_labels(parts: Sequence[Mapping[str, str]], group: str) -> list[str]:
@@ -473,7 +510,8 @@ def build_table(
     row_parts: list[dict[str, str]] = []
     col_keys: list[str] = []
     col_parts: list[dict[str, str]] = []
-    for row, col in parts:
+    present: dict[tuple[int, int], Group] = {}
+    for g, (row, col) in zip(groups, parts, strict=True):
         rk, ck = json.dumps(row, sort_keys=True), json.dumps(col, sort_keys=True)
         if rk not in row_keys:
             row_keys.append(rk)
@@ -481,59 +519,59 @@ def build_table(
         if ck not in col_keys:
             col_keys.append(ck)
             col_parts.append(col)
+        present[(row_keys.index(rk), col_keys.index(ck))] = g
     names = [k for k in _NAME_KEYS if across is None or not k.startswith(across + ".")]
     if across == "noise":
         names = ["method.name"]
     elif across == "method":
         names = ["dataset.name", "model.name"]
-    # Rows of one method (one row name) whose runs cover disjoint columns are one row: the
-    # paper presets give a method other settings per noise level (Table 4's BSD row).
-    cols_of = [
-        {
-            ck
-            for (r, c) in parts
-            for ck in [json.dumps(c, sort_keys=True)]
-            if json.dumps(r, sort_keys=True) == rk
-        }
-        for rk in row_keys
-    ]
-    merged: list[list[int]] = []
-    buckets: dict[str, list[int]] = {}
-    for i, part in enumerate(row_parts):
-        buckets.setdefault(json.dumps([part.get(k) for k in names]), []).append(i)
-    merge_notes = []
-    for members in buckets.values():
-        sets = [cols_of[i] for i in members]
-        disjoint = sum(len(x) for x in sets) == len(set().union(*sets))
-        if across is not None and len(members) > 1 and disjoint:
-            merged.append(members)
-        else:
-            merged.extend([i] for i in members)
-    row_views = []
-    for members in merged:
-        common = dict(set.intersection(*[set(row_parts[i].items()) for i in members]))
-        row_views.append(common)
+
+    # Entries of one name whose runs cover disjoint cells of the other axis are one entry: the
+    # paper presets give a method other settings per noise level (Table 4's BSD row, the BSD
+    # column of Table 1 over several noise levels); the differences are listed in a note.
+    if across is None:
+        col_merged = [[0]]
+        row_merged = [[i] for i in range(len(row_parts))]
+    else:
+        col_cover = [{r for (r, c) in present if c == ci} for ci in range(len(col_parts))]
+        col_merged = _merge_disjoint(col_parts, [f"{across}.name"], col_cover)
+        col_of = {ci: m for m, members in enumerate(col_merged) for ci in members}
+        row_cover = [{col_of[c] for (r, c) in present if r == ri} for ri in range(len(row_parts))]
+        row_merged = _merge_disjoint(row_parts, names, row_cover)
+    row_views = [_common(row_parts, m) for m in row_merged]
+    col_views = [_common(col_parts, m) for m in col_merged]
     row_labels = _labels(row_views, names)
-    for members, label in zip(merged, row_labels, strict=True):
-        if len(members) > 1:
-            per = []
-            for i in members:
-                diff = {
-                    k: v
-                    for k, v in row_parts[i].items()
-                    if row_views[merged.index(members)].get(k) != v
-                }
-                cols = sorted(col_labels_first(col_parts[col_keys.index(c)]) for c in cols_of[i])
-                per.append(
-                    f"{', '.join(cols)}: "
-                    + ", ".join(
-                        f"{k}={_fmt_value(json.loads(v))}"
-                        for k, v in sorted(diff.items())
-                        if not k.endswith("._target_")
+    col_labels = _column_labels(col_views, across) if across else [""]
+    merge_notes = []
+    if across is not None:
+        for m, members in enumerate(col_merged):
+            if len(members) > 1:
+                per = [
+                    " / ".join(
+                        row_labels[r]
+                        for r, rm in enumerate(row_merged)
+                        if any((x, c) in present for x in rm)
                     )
+                    + ": "
+                    + _diff_text(col_parts[c], col_views[m])
+                    for c in members
+                ]
+                merge_notes.append(f"{col_labels[m]}: settings differ per row ({'; '.join(per)})")
+        for m, members in enumerate(row_merged):
+            if len(members) > 1:
+                per = [
+                    ", ".join(
+                        col_labels[cm]
+                        for cm, cmem in enumerate(col_merged)
+                        if any((r, x) in present for x in cmem)
+                    )
+                    + ": "
+                    + _diff_text(row_parts[r], row_views[m])
+                    for r in members
+                ]
+                merge_notes.append(
+                    f"{row_labels[m]}: settings differ per column ({'; '.join(per)})"
                 )
-            merge_notes.append(f"{label}: settings differ per column ({'; '.join(per)})")
-    col_labels = _column_labels(col_parts, across) if across else [""]
 
     # Order columns as the paper does (then by label), rows by method in the paper's order.
     def order_key(part: Mapping[str, str], group: str, label: str) -> tuple[int, str]:
@@ -541,10 +579,10 @@ def build_table(
         known = _paper_order(entries, group)
         return (known.index(name) if name in known else len(known), label)
 
-    col_order = list(range(len(col_parts)))
+    col_order = list(range(len(col_merged)))
     if across:
-        col_order.sort(key=lambda i: order_key(col_parts[i], across, col_labels[i]))
-    row_order = list(range(len(merged)))
+        col_order.sort(key=lambda i: order_key(col_views[i], across, col_labels[i]))
+    row_order = list(range(len(row_merged)))
     if across != "method":
         row_order.sort(key=lambda i: order_key(row_views[i], "method", row_labels[i]))
     else:
@@ -581,10 +619,6 @@ def build_table(
                 )
 
     metric_rows = layout.metrics if layout.metrics_on == "rows" else ("*",)
-    by_cell = {
-        (json.dumps(r, sort_keys=True), json.dumps(c, sort_keys=True)): g
-        for g, (r, c) in zip(groups, parts, strict=True)
-    }
     rows: list[Row] = []
     used_paper: set[int] = set()
     for ri in row_order:
@@ -597,13 +631,12 @@ def build_table(
             for col in columns:
                 ci = int(col.key.split("|")[0])
                 metric = mrow if col.metric == "*" else col.metric
-                hits_g = [
-                    (j, by_cell[(row_keys[j], col_keys[ci])])
-                    for j in merged[ri]
-                    if (row_keys[j], col_keys[ci]) in by_cell
+                cells_here = [
+                    (r, c) for r in row_merged[ri] for c in col_merged[ci] if (r, c) in present
                 ]
-                j, g = hits_g[0] if hits_g else (merged[ri][0], None)
-                want = {**row_parts[j], **col_parts[ci]}
+                r0, c0 = cells_here[0] if cells_here else (row_merged[ri][0], col_merged[ci][0])
+                g = present.get((r0, c0))
+                want = {**row_parts[r0], **col_parts[c0]}
                 want_fields = {
                     "dataset": json.loads(want.get("dataset.name", "null")),
                     "model": json.loads(want.get("model.name", "null")),
@@ -640,7 +673,7 @@ def build_table(
             rows.append(row)
 
     # Reference rows: paper entries not shown beside ours, for the displayed columns.
-    ref_rows = _reference_rows(entries, used_paper, columns, layout, col_parts, metric_rows)
+    ref_rows = _reference_rows(entries, used_paper, columns, layout, col_views, metric_rows)
     _bold(rows, columns, layout)
     notes = _notes(groups, layout, rules, entries, table) + merge_notes
     out = Table(table, layout.title, columns, rows + ref_rows, notes)
