@@ -32,7 +32,7 @@ import numpy as np
 
 from noisybench.errors import UserError
 
-__all__ = ["setting_groups", "write_figures"]
+__all__ = ["FIGURES", "pool_reliability", "setting_groups", "write_figures"]
 
 
 def _pyplot() -> Any:
@@ -121,9 +121,31 @@ def _test_error(plt: Any, title: str, methods: list[tuple[str, Any]], path: Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return None
+
+
+def pool_reliability(evaluations: Sequence[dict[str, Any]]) -> tuple[np.ndarray, ...]:
+    """Reliability bins of several runs pooled: per bin, the count-weighted mean accuracy and
+    confidence and the total count (NaN where no run has a sample in the bin)."""
+    count = np.zeros(0)
+    acc_sum = conf_sum = count
+    for i, e in enumerate(evaluations):
+        c = np.asarray(e["calibration/reliability/count"], float)
+        a = np.nan_to_num(np.asarray(e["calibration/reliability/accuracy"], float)) * c
+        f = np.nan_to_num(np.asarray(e["calibration/reliability/confidence"], float)) * c
+        if i == 0:
+            count, acc_sum, conf_sum = c, a, f
+        else:
+            count, acc_sum, conf_sum = count + c, acc_sum + a, conf_sum + f
+    with np.errstate(invalid="ignore", divide="ignore"):
+        empty = np.where(count > 0, 1.0, np.nan)
+        return (
+            acc_sum / np.maximum(count, 1) * empty,
+            conf_sum / np.maximum(count, 1) * empty,
+            count,
+        )
 
 
 def _reliability(plt: Any, title: str, methods: list[tuple[str, Any]], path: Path) -> str | None:
@@ -132,25 +154,7 @@ def _reliability(plt: Any, title: str, methods: list[tuple[str, Any]], path: Pat
         evs = [e for e in _evaluations(g) if e.get("calibration/reliability/count")]
         if not evs:
             continue
-        count = np.sum([np.asarray(e["calibration/reliability/count"], float) for e in evs], 0)
-        acc = np.sum(
-            [
-                np.nan_to_num(np.asarray(e["calibration/reliability/accuracy"], float))
-                * np.asarray(e["calibration/reliability/count"], float)
-                for e in evs
-            ],
-            0,
-        )
-        conf = np.sum(
-            [
-                np.nan_to_num(np.asarray(e["calibration/reliability/confidence"], float))
-                * np.asarray(e["calibration/reliability/count"], float)
-                for e in evs
-            ],
-            0,
-        )
-        with np.errstate(invalid="ignore", divide="ignore"):
-            acc, conf = acc / count, conf / count
+        acc, conf, count = pool_reliability(evs)
         panels.append((f"{label} (n={len(evs)})", acc, conf, count))
     if not panels:
         return (
@@ -182,7 +186,7 @@ def _reliability(plt: Any, title: str, methods: list[tuple[str, Any]], path: Pat
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"Reliability diagrams (last epoch)\n{title}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return None
 
@@ -217,7 +221,7 @@ def _ece_severity(plt: Any, title: str, methods: list[tuple[str, Any]], path: Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return None
 
@@ -247,7 +251,7 @@ def _mu(plt: Any, title: str, methods: list[tuple[str, Any]], path: Path) -> str
         f"Inter-class component mu of dark knowledge (diagonal blank)\n{title}", fontsize=10
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return None
 
@@ -282,7 +286,7 @@ def _kl(plt: Any, title: str, methods: list[tuple[str, Any]], path: Path) -> str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return None
 

@@ -999,7 +999,10 @@ def _main(argv: Sequence[str] | None) -> int:
     table = build_table(groups, args.table, rules, paper)
     text = render(table, args.format)
     unfinished = [r for r in results if r.get("status") != "finished"]
-    sys.stdout.write(text + "\n")
+    # Line by line: a reader that goes away (``| head``) is noticed at the next line, where
+    # one large write can lose the error in a partial write.
+    for line in text.splitlines():
+        sys.stdout.write(line + "\n")
     note_stream = sys.stdout if args.format == "md" else sys.stderr
     if unfinished:
         lines = [f"\n{len(unfinished)} unfinished run(s):"]
