@@ -52,7 +52,11 @@ from pathlib import Path
 from typing import Any
 
 from noisybench.errors import UserError
-from noisybench.io import flatten
+
+try:  # the lead's config module (issue 8) holds it; the first release had it in io
+    from noisybench.config import flatten
+except ImportError:  # pragma: no cover - depends on the checkout
+    from noisybench.io import flatten
 
 try:  # the lead's config module (issue 8); the first release's list otherwise
     from noisybench.config import NON_IDENTITY_KEYS as _NON_IDENTITY
@@ -896,7 +900,7 @@ def _csv(t: Table) -> str:
                 {
                     "table": t.name,
                     "row": r.label,
-                    "source": r.source,
+                    "source": "paper" if cell.paper else r.source,
                     "column": c.label,
                     "metric": c.metric if c.metric != "*" else r.label.rsplit(" · ", 1)[-1],
                     "selection": "paper" if c.rule is None else c.rule,
@@ -923,7 +927,13 @@ def _json(t: Table) -> str:
                 "source": r.source,
                 "seeds": r.seeds,
                 "cells": {
-                    c.key: {"mean": cell.mean, "std": cell.std, "n": cell.n, "bold": cell.bold}
+                    c.key: {
+                        "mean": cell.mean,
+                        "std": cell.std,
+                        "n": cell.n,
+                        "bold": cell.bold,
+                        "paper": cell.paper,
+                    }
                     for c in t.columns
                     if (cell := r.cells.get(c.key)) is not None
                 },

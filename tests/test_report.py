@@ -113,7 +113,7 @@ def test_table4_means_stds_n_bold_and_paper(runs: Path, capsys) -> None:
     assert _cell(table, "ce", "sym50", "paper")["mean"] == 81.49
     assert _cell(table, "bsd", "sym50", "paper")["std"] == 0.26
     ref = _cell(table, "paper: cifar10 / preact_resnet18 / bsdplus / sota", "asym40", "paper")
-    assert ref == {"mean": 95.6, "std": 0.25, "n": None, "bold": True}
+    assert ref == {"mean": 95.6, "std": 0.25, "n": None, "bold": True, "paper": True}
     # Every header names its selection rule; the running run is left out.
     labels = [c["label"] for c in table["columns"]]
     assert all(("last epoch" in x) or ("test set" in x) or ("paper" in x) for x in labels)
