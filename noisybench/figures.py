@@ -21,10 +21,9 @@ A figure whose inputs no run has is skipped with a note naming what is missing.
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,9 @@ import numpy as np
 
 from noisybench.errors import UserError
 
-__all__ = ["FIGURES", "pool_reliability", "setting_groups", "write_figures"]
+__all__ = ["FIGURES", "pool_reliability", "write_figures"]
+
+Methods = Sequence[tuple[str, Any]]  # [(method label, group of runs)] of one setting
 
 
 def _pyplot() -> Any:
@@ -52,31 +53,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")[:120] or "runs"
 
 
-def setting_groups(groups: Sequence[Any]) -> dict[str, list[tuple[str, Any]]]:
-    """``{setting label: [(method label, group), ...]}``: groups sharing every identity key
-    but the method's; method labels show the method keys that differ within a setting."""
-    from noisybench.report import _column_labels, _labels
-
-    settings: dict[str, list[Any]] = {}
-    parts = {}
-    for g in groups:
-        rest = {k: v for k, v in g.ident.items() if not k.startswith("method.")}
-        key = json.dumps(rest, sort_keys=True)
-        settings.setdefault(key, []).append(g)
-        parts[key] = rest
-    keys = list(settings)
-    labels = _labels([parts[k] for k in keys], ["dataset.name", "model.name", "noise.name"])
-    out: dict[str, list[tuple[str, Any]]] = {}
-    for key, label in zip(keys, labels, strict=True):
-        members = settings[key]
-        method_parts = [
-            {k: v for k, v in g.ident.items() if k.startswith("method.")} for g in members
-        ]
-        mlabels = _column_labels(method_parts, "method")
-        out[label] = sorted(zip(mlabels, members, strict=True), key=lambda t: t[0])
-    return out
-
-
 def _evaluations(group: Any) -> list[dict[str, Any]]:
     return [
         (run.get("evaluation") or {}).get("metrics") or {}
@@ -92,7 +68,7 @@ def _mean_band(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def _test_error(plt: Any, title: str, methods: list[tuple[str, Any]], path: Path) -> str | None:
+def _test_error(plt: Any, title: str, methods: Methods, path: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = 0
     for label, g in methods:
@@ -148,7 +124,7 @@ def pool_reliability(evaluations: Sequence[dict[str, Any]]) -> tuple[np.ndarray,
         )
 
 
-def _reliability(plt: Any, title: str, methods: list[tuple[str, Any]], path: Path) -> str | None:
+def _reliability(plt: Any, title: str, methods: Methods, path: Path) -> str | None:
     panels = []
     for label, g in methods:
         evs = [e for e in _evaluations(g) if e.get("calibration/reliability/count")]
@@ -191,7 +167,7 @@ def _reliability(plt: Any, title: str, methods: list[tuple[str, Any]], path: Pat
     return None
 
 
-def _ece_severity(plt: Any, title: str, methods: list[tuple[str, Any]], path: Path) -> str | None:
+def _ece_severity(plt: Any, title: str, methods: Methods, path: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     drawn, source = 0, ""
     for label, g in methods:
@@ -226,7 +202,7 @@ def _ece_severity(plt: Any, title: str, methods: list[tuple[str, Any]], path: Pa
     return None
 
 
-def _mu(plt: Any, title: str, methods: list[tuple[str, Any]], path: Path) -> str | None:
+def _mu(plt: Any, title: str, methods: Methods, path: Path) -> str | None:
     panels = []
     for label, g in methods:
         mats = [
@@ -256,7 +232,7 @@ def _mu(plt: Any, title: str, methods: list[tuple[str, Any]], path: Path) -> str
     return None
 
 
-def _kl(plt: Any, title: str, methods: list[tuple[str, Any]], path: Path) -> str | None:
+def _kl(plt: Any, title: str, methods: Methods, path: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     drawn = 0
     for label, g in methods:
@@ -300,9 +276,11 @@ FIGURES = {
 }
 
 
-def write_figures(groups: Sequence[Any], out_dir: Path) -> list[str]:
+def write_figures(settings: Mapping[str, Sequence[tuple[str, Any]]], out_dir: Path) -> list[str]:
     """Write every figure the runs have inputs for into ``out_dir``; returns one line per
-    figure written or skipped."""
+    figure written or skipped. ``settings``: ``{setting label: [(method label, group)]}``
+    (:func:`noisybench.report.setting_groups`), a group having the runs' result dicts (with
+    ``"evaluation"``) in ``.runs``."""
     plt = _pyplot()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -311,7 +289,7 @@ def write_figures(groups: Sequence[Any], out_dir: Path) -> list[str]:
             f"cannot create {out_dir} ({exc.strerror}); pass a writable --figures DIR"
         ) from exc
     lines = []
-    for setting, methods in setting_groups(groups).items():
+    for setting, methods in settings.items():
         for name, draw in FIGURES.items():
             path = out_dir / f"{name}_{_slug(setting)}.png"
             missing = draw(plt, setting, methods, path)

@@ -63,7 +63,11 @@ try:  # the lead's config module (issue 8); the first release's list otherwise
 
     _EXTRA_NON_IDENTITY: tuple[str, ...] = ()
 except ImportError:  # pragma: no cover - depends on the checkout
-    from noisybench.cli import RESUME_IGNORED as _NON_IDENTITY
+    import importlib
+
+    # (imported by name: the command line sits above the report; this fallback goes when
+    # every checkout has noisybench.config)
+    _NON_IDENTITY = importlib.import_module("noisybench.cli").RESUME_IGNORED
 
     # The first release's list lacks these: the run directory's name (it holds the seed), and
     # KD's per-seed teacher runs.
@@ -83,6 +87,7 @@ __all__ = [
     "main",
     "mean_std",
     "render",
+    "setting_groups",
 ]
 
 EVALUATION_FILE = "evaluation.json"
@@ -824,6 +829,31 @@ def _paper_selection(table: str) -> str:
         return "not stated"
 
 
+# ------------------------------------------------------------------------------ figures
+def setting_groups(groups: Sequence[Group]) -> dict[str, list[tuple[str, Group]]]:
+    """``{setting label: [(method label, group), ...]}`` for the figures: groups sharing every
+    identity key but the method's; method labels show the method keys that differ within a
+    setting (``bsd (method.gamma=0.5)``)."""
+    settings: dict[str, list[Group]] = {}
+    parts: dict[str, dict[str, str]] = {}
+    for g in groups:
+        rest = {k: v for k, v in g.ident.items() if not k.startswith("method.")}
+        key = json.dumps(rest, sort_keys=True)
+        settings.setdefault(key, []).append(g)
+        parts[key] = rest
+    keys = list(settings)
+    labels = _labels([parts[k] for k in keys], ["dataset.name", "model.name", "noise.name"])
+    out: dict[str, list[tuple[str, Group]]] = {}
+    for key, label in zip(keys, labels, strict=True):
+        members = settings[key]
+        method_parts = [
+            {k: v for k, v in g.ident.items() if k.startswith("method.")} for g in members
+        ]
+        labelled = zip(_column_labels(method_parts, "method"), members, strict=True)
+        out[label] = sorted(labelled, key=lambda t: t[0])
+    return out
+
+
 # ------------------------------------------------------------------------------ rendering
 def _cell_text(cell: Cell | None, fmt: str) -> str:
     if cell is None or cell.mean is None:
@@ -1024,7 +1054,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.figures:
         from noisybench.figures import write_figures
 
-        for line in write_figures(groups, Path(args.figures)):
+        for line in write_figures(setting_groups(groups), Path(args.figures)):
             print(f"noisybench.report: {line}", file=sys.stderr)
     return 0
 

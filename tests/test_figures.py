@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from noisybench.figures import pool_reliability, setting_groups, write_figures
-from noisybench.report import collect, load_results, main
+from noisybench.figures import pool_reliability, write_figures
+from noisybench.report import collect, load_results, main, setting_groups
 
 
 def _run(root: Path, method: str, seed: int, evaluation: dict | None, gamma: float = 0.9) -> None:
@@ -91,7 +91,7 @@ def test_every_figure_is_written_from_complete_inputs(tmp_path: Path) -> None:
         "bsd (method.gamma=0.9)",
         "ce",
     ]
-    lines = write_figures(groups, tmp_path / "fig")
+    lines = write_figures(setting_groups(groups), tmp_path / "fig")
     assert all(line.startswith("wrote") for line in lines), lines
     import matplotlib.image
 
