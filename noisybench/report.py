@@ -812,6 +812,21 @@ def _notes(
             "post-hoc suites (evaluation.json) evaluate the final checkpoint: last-epoch "
             "numbers only; per-epoch eval/* history keys are used where logged."
         )
+    if "ood_auroc_svhn" in layout.metrics:
+        sources = sorted(
+            {
+                key.split("/")[1]
+                for g in groups
+                for run in g.runs
+                for key in ((run.get("evaluation") or {}).get("metrics") or {})
+                if key.startswith("ood/") and key.endswith("/auroc")
+            }
+        )
+        notes.append(
+            "OOD set of ours: "
+            + (", ".join(sources) or "none evaluated")
+            + " (the first of svhn, sklearn_patches, npy a run has); the paper's: SVHN."
+        )
     if entries:
         notes.append(
             f"paper: the published numbers of the BSD paper's {table.replace('table', 'Table ')}"

@@ -305,3 +305,35 @@ def test_paper_tables_file() -> None:
         if x.get("hparams") == {"gamma": 0.95, "c": 4000} and x["metric"] == "acc"
     ]
     assert len(e) == 1 and (e[0]["value"], e[0]["std"], e[0]["bold"]) == (72.79, 0.45, True)
+
+
+def test_table2_methods_as_columns_bold_the_lower_error_per_row(tmp_path: Path, capsys) -> None:
+    # ECE: ce 30 % and 20 %, bsd 5 %: bsd is best. NLL: ce 0.5, bsd 0.9: ce is best.
+    for seed, ece in ((0, 0.3), (1, 0.2)):
+        _write(
+            tmp_path,
+            _config("ce", "sym50", seed),
+            [0.5, 0.6],
+            test__ece=[0.9, ece],
+            test__nll=[1.0, 0.5],
+        )
+    _write(
+        tmp_path,
+        _config("bsd", "sym50", 0),
+        [0.5, 0.9],
+        test__ece=[0.9, 0.05],
+        test__nll=[1.0, 0.9],
+    )
+    table = _run_json(capsys, str(tmp_path), "--table", "table2")
+    ece_row = "digits / small_cnn · ECE (%)"
+    ce = _cell(table, ece_row, "ce", "last")
+    assert ce["mean"] == pytest.approx(25.0) and ce["n"] == 2
+    assert ce["std"] == pytest.approx(float(np.std([30.0, 20.0], ddof=1)))
+    assert ce["bold"] is False and _cell(table, ece_row, "bsd", "last")["bold"] is True
+    nll_row = "digits / small_cnn · NLL"
+    assert _cell(table, nll_row, "ce", "last")["mean"] == pytest.approx(0.5)  # NLL unscaled
+    assert _cell(table, nll_row, "ce", "last")["bold"] is True
+    assert _cell(table, nll_row, "bsd", "last")["bold"] is False
+    # The paper's CIFAR-100 rows are reference rows: BSD's ResNet-50 ECE 7.17 ± 0.40, bold.
+    ref = _cell(table, "paper: cifar100 / resnet50 · ECE (%)", "bsd", "paper")
+    assert (ref["mean"], ref["std"], ref["bold"]) == (7.17, 0.4, True)
