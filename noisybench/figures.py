@@ -203,6 +203,8 @@ def _ece_severity(plt: Any, title: str, methods: Methods, path: Path) -> str | N
 
 
 def _mu(plt: Any, title: str, methods: Methods, path: Path) -> str | None:
+    from matplotlib.ticker import MaxNLocator
+
     panels = []
     for label, g in methods:
         mats = [
@@ -222,6 +224,8 @@ def _mu(plt: Any, title: str, methods: Methods, path: Path) -> str | None:
     for ax, (label, mu) in zip(axes[0], panels, strict=True):
         im = ax.imshow(mu, cmap="viridis")
         ax.set(title=label, xlabel="class k", ylabel="label class")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(
         f"Inter-class component mu of dark knowledge (diagonal blank)\n{title}", fontsize=10
