@@ -328,7 +328,7 @@ def _evaluators(
     run during training (their ``every`` > 0), as engine evaluators."""
     from pathlib import Path
 
-    from noisybench.evaluation import EvalContext, SuiteRunner, build_suites, flat_float
+    from noisybench.evaluation import EvalContext, SuiteRunner, build_suites
 
     nodes = cfg.eval.get("suites") or {}
     suites = [s for s in build_suites(nodes) if s.every > 0]
@@ -348,7 +348,7 @@ def _evaluators(
     )
     runner = SuiteRunner(suites, ctx)
 
-    def evaluate(epoch: int, predict: Callable[..., Any]) -> dict[str, float]:
-        return flat_float(runner.after_epoch(epoch, predict))
+    def evaluate(epoch: int, predict: Callable[..., Any]) -> dict[str, Any]:
+        return dict(runner.after_epoch(epoch, predict))
 
     return [evaluate]

@@ -261,20 +261,29 @@ def _scalars(record: Mapping[str, Any]) -> dict[str, float]:
 
 
 class TensorBoardLogger(Callback):
-    """Every epoch's numbers as TensorBoard scalars in ``<run dir>/tb`` (step = the 1-based
-    epoch). On resume, TensorBoard drops what earlier writers logged from the last completed
-    epoch on and that epoch is logged again, so a kill between the checkpoint and the scalars
-    of an epoch leaves no gap and no duplicate."""
+    """A run in TensorBoard (``<run dir>/tb``, step = the 1-based epoch): every epoch's numbers
+    as scalars; at the start the config as text and the noise transition matrix as an image;
+    reliability diagrams and mu heatmaps of evaluation suites that run during training as
+    images; at the end the hyperparameters with the final metrics (HParams tab, ``tb/hparams``).
 
-    def __init__(self, run_dir: RunDir) -> None:
+    On resume, TensorBoard drops what earlier writers logged from the last completed epoch on
+    and that epoch is logged again, so a kill between the checkpoint and the scalars of an
+    epoch leaves no gap and no duplicate."""
+
+    def __init__(self, run_dir: RunDir, header: Mapping[str, Any] | None = None) -> None:
         self.run_dir = run_dir
+        self.header = dict(header or {})
         self.writer: Any = None
 
     def on_fit_start(self, trainer: Trainer, start_epoch: int, start_step: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        from noisybench import tb
+
         purge = max(len(trainer.history), 1) if trainer.resumed else None
         self.writer = SummaryWriter(log_dir=str(self.run_dir.tensorboard_dir), purge_step=purge)
+        if not trainer.resumed and "config" in self.header:
+            tb.log_run_start(self.writer, self.header["config"], self.header.get("noise"))
         if trainer.history:
             self._log(trainer.history[-1])
 
@@ -285,9 +294,19 @@ class TensorBoardLogger(Callback):
         self.writer.flush()
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        from noisybench import tb
+
         self._log(record)
+        if trainer.eval_details:
+            tb.log_epoch_images(self.writer, trainer.eval_details, step=epoch + 1)
 
     def on_fit_end(self, trainer: Trainer) -> None:
+        from noisybench import tb
+
+        if "config" in self.header and trainer.history:
+            summary = summarise(trainer.history)
+            final = {"last": summary["last"], "best": summary["best"]}
+            tb.log_hparams(self.writer, self.header["config"], final)
         self.close()
 
     def close(self) -> None:
@@ -302,7 +321,7 @@ class CSVLogger(Callback):
 
     FILE = "metrics.csv"
 
-    def __init__(self, run_dir: RunDir) -> None:
+    def __init__(self, run_dir: RunDir, header: Mapping[str, Any] | None = None) -> None:
         self.path = run_dir.file(self.FILE)
 
     def _write(self, history: list[dict[str, Any]]) -> None:

@@ -1,5 +1,7 @@
 """Command line: ``noisybench [group=option ...] [key=value ...] [-m] [Hydra flags]`` (also
-``python -m noisybench``). Nothing in the library imports this module.
+``python -m noisybench``), plus ``noisybench report RUNS ...`` (:mod:`noisybench.report`) and
+``noisybench evaluate RUN_DIR ...`` (:mod:`noisybench.evaluate`). Nothing in the library
+imports this module.
 
 Hydra composes ``conf/config.yaml`` with the overrides and runs one experiment
 (:func:`noisybench.run.run_experiment`) per job; ``-m`` sweeps through Hydra's sweepers and
@@ -200,9 +202,21 @@ def _hydra_main(cfg: DictConfig) -> float:
     return math.nan
 
 
+_SUBCOMMANDS = {
+    "report": "noisybench.report",  # tables and figures over run directories
+    "evaluate": "noisybench.evaluate",  # evaluation suites on finished runs
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``noisybench`` command and ``python -m noisybench``."""
+    """Entry point of the ``noisybench`` command and ``python -m noisybench``
+    (``noisybench report ...`` and ``noisybench evaluate ...`` run those tools)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in _SUBCOMMANDS:
+        import importlib
+
+        tool = importlib.import_module(_SUBCOMMANDS[args[0]])
+        sys.exit(tool.main(args[1:]))
     multirun = any(a in _MULTIRUN for a in args)
     passthrough = any(_flag_name(a) in _PASS_THROUGH for a in args)
     sweep_dirs: list[RunDir] | None = None

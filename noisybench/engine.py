@@ -217,9 +217,10 @@ class Trainer:
         eval_batch_size: batch size of evaluation passes.
         train_diagnostics: evaluate the training set for the memorisation diagnostics.
         train_diagnostics_every: ... every this many epochs (and at the last epoch).
-        evaluators: callables ``(epoch, predict) -> {name: number}`` whose numbers join each
-            epoch's record as ``eval/<name>`` (the evaluation suites); ``predict`` maps uint8
-            images to logits in eval mode.
+        evaluators: callables ``(epoch, predict) -> {name: value}`` (the evaluation suites;
+            ``predict`` maps uint8 images to logits in eval mode): numbers join the epoch's
+            record as ``eval/<name>``, other values (lists) are left for the callbacks in
+            ``trainer.eval_details`` until the next epoch.
         callbacks: observers (checkpoints, result file, loggers, progress, fault injection).
     """
 
@@ -261,6 +262,7 @@ class Trainer:
         self.train_diagnostics = train_diagnostics
         self.train_diagnostics_every = max(1, int(train_diagnostics_every))
         self.evaluators = list(evaluators)
+        self.eval_details: dict[str, Any] = {}
         self.callbacks = list(callbacks)
         self.history: list[dict[str, Any]] = []
         self.resumed = False
@@ -439,8 +441,13 @@ class Trainer:
             values.update({f"recovery/{k}": v for k, v in rec.items()})
         for key, value in self.method.on_epoch_end(epoch).items():
             values[f"method/{key}"] = value
+        self.eval_details = {}
         for evaluate in self.evaluators:
-            values.update({f"eval/{k}": v for k, v in evaluate(epoch, self.predict).items()})
+            for key, value in evaluate(epoch, self.predict).items():
+                if isinstance(value, int | float | Tensor) and not isinstance(value, bool):
+                    values[f"eval/{key}"] = value
+                else:  # lists (reliability bins, mu): for loggers, not the record
+                    self.eval_details[f"eval/{key}"] = value
         record: dict[str, Any] = {"epoch": epoch + 1}
         for key, value in values.items():
             record[key] = float(value.float().mean()) if isinstance(value, Tensor) else float(value)

@@ -1,92 +1,229 @@
-"""Tables of mean ± std over seeds from run directories.
+"""The paper's tables (and figures) from finished runs, with the published numbers beside ours.
 
-``python -m noisybench.report runs/`` finds every ``result.json`` below the given
-directories, groups runs that differ only in their seeds, and prints a Markdown table of the
-last-epoch and best-epoch test accuracy (the best epoch is selected on the test set, as the
-BSD paper's Table 4 reports it) with the sample standard deviation over seeds.
+``python -m noisybench.report RUNS... [--table table1..table7] [--format md|latex|csv|json]
+[--select last,best_test,noisy_val] [--figures DIR]`` finds every ``result.json`` below RUNS,
+groups runs by their experiment identity (the resolved config under ``"config"`` minus the
+seeds and :data:`NON_IDENTITY_KEYS`), and prints mean ± sample std (ddof = 1) over seeds with
+the number of seeds. ``--table tableN`` lays the groups out as the BSD paper's Table N and puts
+the paper's number (``noisybench/paper_tables.yaml``) beside ours; without ``--table``, one
+row per group with accuracy, calibration and memorisation columns.
 
-Unfinished runs (status "running", "interrupted", "failed") are listed separately and left
-out of the means unless ``--include-unfinished`` is given.
+Every column header names the epoch a number comes from (``--select``):
+
+* ``last``: the last epoch;
+* ``best_test``: the epoch of the best test accuracy, i.e. selected on the test set, as the
+  paper reports Table 4 ("average best obtained accuracy") - optimistic;
+* ``noisy_val``: the epoch of the best accuracy on the held-out noisy validation split
+  (``val/acc`` in the history); shown by default whenever a run has it.
+
+Numbers that only a post-hoc evaluation produces (CIFAR-10-C, OOD, SCE/ACE on a finished run)
+come from the final checkpoint and are therefore last-epoch numbers.
+
+Input schema (what this module reads; written by the run and by ``noisybench.evaluate``):
+
+``result.json``
+    ``status``, ``config`` (resolved), ``seeds``, ``history``: a list of per-epoch records
+    ``{"epoch", "test/acc", "test/ece", "test/nll", "val/acc"?, "memorisation/fit_given"?,
+    "recovery/recovered"?, "eval/<suite>/<key>"?: float, ...}``.
+``evaluation.json`` (optional, beside it)
+    ``{"checkpoint_epoch", "metrics": {"<suite>/<key>": float | [float]}}`` with e.g.
+    ``calibration/{acc,ece,sce,ace,nll,brier}``, ``calibration/reliability/{confidence,
+    accuracy,count}`` (lists), ``cifar_c/mean_acc`` or ``corruption/mean_acc``,
+    ``{cifar_c,corruption}/s<1-5>/{acc,ece}``, ``cifar_p/mfp``, ``ood/<source>/auroc``,
+    ``dark_knowledge/mu`` (K*K list), ``dark_knowledge/{kl_epochs,kl_to_final}`` (lists).
+
+Figures (``--figures DIR``, matplotlib) are drawn by :mod:`noisybench.figures`.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import importlib.resources
+import io
 import json
 import math
+import os
 import statistics
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from noisybench.config import flatten
+from noisybench.config import NON_IDENTITY_KEYS as _NON_IDENTITY
+from noisybench.config import identity as _config_identity
+from noisybench.errors import UserError
 
-__all__ = ["collect", "format_table", "load_results", "main", "mean_std"]
+__all__ = [
+    "METRICS",
+    "RULES",
+    "TABLES",
+    "Cell",
+    "Table",
+    "build_table",
+    "collect",
+    "format_table",
+    "load_paper_tables",
+    "load_results",
+    "main",
+    "mean_std",
+    "render",
+    "setting_groups",
+]
 
-# Config keys that do not change what a run computes, or that vary within one table cell.
-_NOT_PART_OF_GROUP = (
-    "seed",
-    "noise.seed",
-    "run_name",
-    "out_dir",
-    "data_dir",
-    "restart",
-    "progress",
-    "tensorboard",
-    "device",
-    "cpu_threads",
-    "eval",
-    "dataset.reader.root",
-    "dataset.reader.download",
-    "dataset.reader.verify",
-    # KD's teachers are per-seed runs by construction (e.g. .../ensemble/seed${seed}).
-    "method.teacher_runs",
-)
-# column -> (entry of the result, key): "final" is the last epoch's full history record.
-_METRICS = {
-    "last": ("last", "test/acc"),
-    "best": ("best", "test/acc"),
-    "ece": ("last", "test/ece"),
-    "fit_given": ("final", "memorisation/fit_given"),
-    "recovered": ("final", "recovery/recovered"),
+EVALUATION_FILE = "evaluation.json"
+NON_IDENTITY_KEYS: tuple[str, ...] = (*_NON_IDENTITY, "seed", "noise.seed")
+
+# Selection rules: name -> (history key maximised, or None for the last epoch; header text).
+RULES: dict[str, tuple[str | None, str]] = {
+    "last": (None, "last epoch"),
+    "best_test": ("test/acc", "best epoch selected on the test set"),
+    "noisy_val": ("val/acc", "epoch selected on noisy val split"),
 }
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One reported quantity: where it is found, how it is shown, which way is better."""
+
+    label: str
+    history: tuple[str, ...]  # keys in a history record (first found wins)
+    evaluation: tuple[str, ...] = ()  # keys in evaluation.json's metrics (final checkpoint)
+    scale: float = 100.0  # fractions shown in percent
+    higher_is_better: bool = True
+
+
+METRICS: dict[str, Metric] = {
+    "acc": Metric("acc (%)", ("test/acc",), ("calibration/acc",)),
+    "ece": Metric(
+        "ECE (%)", ("test/ece", "eval/calibration/ece"), ("calibration/ece",), 100, False
+    ),
+    "nll": Metric("NLL", ("test/nll", "eval/calibration/nll"), ("calibration/nll",), 1.0, False),
+    "sce": Metric("SCE (%)", ("eval/calibration/sce",), ("calibration/sce",), 100, False),
+    "ace": Metric("ACE (%)", ("eval/calibration/ace",), ("calibration/ace",), 100, False),
+    "brier": Metric("Brier", ("eval/calibration/brier",), ("calibration/brier",), 1.0, False),
+    "cifar10c_acc": Metric(
+        "corrupted acc (%)",
+        ("eval/cifar_c/mean_acc", "eval/corruption/mean_acc"),
+        ("cifar_c/mean_acc", "corruption/mean_acc"),
+    ),
+    "cifar10p_mfp": Metric("mFP (%)", ("eval/cifar_p/mfp",), ("cifar_p/mfp",), 100, False),
+    "ood_auroc_svhn": Metric(
+        "OOD AUROC (%)",
+        ("eval/ood/svhn/auroc", "eval/ood/sklearn_patches/auroc", "eval/ood/npy/auroc"),
+        ("ood/svhn/auroc", "ood/sklearn_patches/auroc", "ood/npy/auroc"),
+    ),
+    "fit_given": Metric(
+        "noisy labels fitted (%)", ("memorisation/fit_given",), higher_is_better=False
+    ),
+    "recovered": Metric("noisy labels recovered (%)", ("recovery/recovered",)),
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a paper table arranges its numbers.
+
+    ``across``: the config group whose values are the columns (``noise``, ``method``), or
+    None (the rows are whole experiments). ``metrics_on``: ``cols`` or ``rows``.
+    ``paper_key``: the fields an entry of the paper file must share with our row/column.
+    """
+
+    title: str
+    metrics: tuple[str, ...]
+    across: str | None
+    metrics_on: str = "cols"
+    paper_key: tuple[str, ...] = ("dataset", "model", "method", "metric")
+    rules: tuple[str, ...] = ("last",)
+
+
+TABLES: dict[str, Layout] = {
+    "table1": Layout("Table 1: test accuracy (the paper's: clean labels)", ("acc",), "method"),
+    "table2": Layout("Table 2: ECE and NLL", ("ece", "nll"), "method", metrics_on="rows"),
+    "table3": Layout(
+        "Table 3: corruption accuracy and perturbation flip probability",
+        ("cifar10c_acc", "cifar10p_mfp"),
+        "method",
+    ),
+    "table4": Layout(
+        "Table 4: test accuracy under label noise",
+        ("acc",),
+        "noise",
+        paper_key=("method", "noise", "metric"),
+        rules=("last", "best_test"),
+    ),
+    "table5": Layout(
+        "Table 5: accuracy with CutOut / CutMix",
+        ("acc",),
+        "method",
+        paper_key=("dataset", "model", "method", "augmentation", "metric"),
+    ),
+    "table6": Layout("Table 6: OOD detection AUROC", ("ood_auroc_svhn",), "method"),
+    "table7": Layout(
+        "Table 7: calibration",
+        ("acc", "ece", "sce", "ace"),
+        None,
+        paper_key=("method", "hparams", "metric"),
+    ),
+    "generic": Layout(
+        "All runs",
+        ("acc", "ece", "nll", "fit_given", "recovered"),
+        None,
+        paper_key=(),
+        rules=("last", "best_test"),
+    ),
+}
+# Keys whose value names a row (shown bare, not as key=value), in this order.
+_NAME_KEYS = ("dataset.name", "model.name", "noise.name", "method.name")
+
+
+# ------------------------------------------------------------------------------ loading
 def load_results(roots: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Every readable ``result.json`` below ``roots`` (``previous/`` copies excluded)."""
+    """Every readable ``result.json`` below ``roots`` (``previous/`` copies excluded), with
+    ``run_dir`` and, where present, the run's ``evaluation.json`` under ``"evaluation"``."""
     results = []
     for root in roots:
         root = Path(root)
         paths = [root] if root.is_file() else sorted(root.rglob("result.json"))
         for path in paths:
-            if "previous" in path.parts:
+            inside = path.relative_to(root).parts if root.is_dir() else ()
+            if "previous" in inside:
                 continue
             try:
                 result = json.loads(path.read_text())
             except (OSError, ValueError):
                 print(f"noisybench.report: skipping unreadable {path}", file=sys.stderr)
                 continue
+            if not isinstance(result, dict):
+                print(f"noisybench.report: skipping {path} (not a result file)", file=sys.stderr)
+                continue
             result.setdefault("run_dir", str(path.parent))
+            evaluation = path.parent / EVALUATION_FILE
+            if evaluation.is_file():
+                try:
+                    result["evaluation"] = json.loads(evaluation.read_text())
+                except (OSError, ValueError):
+                    print(f"noisybench.report: skipping unreadable {evaluation}", file=sys.stderr)
             results.append(result)
     return results
 
 
-def _group_key(result: dict[str, Any]) -> str:
-    flat = {k: json.dumps(v, sort_keys=True) for k, v in flatten(result.get("config", {})).items()}
-    kept = {
-        k: v
-        for k, v in flat.items()
-        if not any(k == p or k.startswith(p + ".") for p in _NOT_PART_OF_GROUP)
-    }
-    return json.dumps(kept, sort_keys=True)
+def load_paper_tables() -> dict[str, Any]:
+    """The paper's Tables 1-7 (``noisybench/paper_tables.yaml``, shipped with the package)."""
+    import yaml
+
+    text = (importlib.resources.files("noisybench") / "paper_tables.yaml").read_text("utf-8")
+    return yaml.safe_load(text)["tables"]
 
 
-def _entry(result: dict[str, Any], where: str) -> dict[str, Any] | None:
-    if where == "final":
-        history = result.get("history") or []
-        return history[-1] if history else None
-    return result.get(where)
+# ------------------------------------------------------------------------------ grouping
+def identity(config: Mapping[str, Any]) -> dict[str, str]:
+    """A run's experiment identity without its seeds (:func:`noisybench.config.identity`:
+    the config minus the keys that do not change an experiment, the seeds, and the keys a
+    config node lists in ``seed_keys``), values as JSON text."""
+    flat = _config_identity(config, with_seed=False)
+    return {k: json.dumps(v, sort_keys=True) for k, v in flat.items()}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -96,92 +233,826 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
-def collect(
-    results: Sequence[dict[str, Any]], include_unfinished: bool = False
-) -> list[dict[str, Any]]:
-    """One row per group of runs that differ only in their seeds."""
-    groups: dict[str, list[dict[str, Any]]] = {}
+@dataclass
+class Group:
+    """Runs of one experiment (same identity), differing only in their seeds."""
+
+    ident: dict[str, str]
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def name(self, key: str) -> Any:
+        value = self.ident.get(key)
+        return None if value is None else json.loads(value)
+
+
+def collect(results: Sequence[dict[str, Any]], include_unfinished: bool = False) -> list[Group]:
+    """Groups of runs that differ only in their seeds (finished runs unless asked)."""
+    groups: dict[str, Group] = {}
     for result in results:
         if result.get("status") != "finished" and not include_unfinished:
             continue
-        groups.setdefault(_group_key(result), []).append(result)
-    rows = []
-    for members in groups.values():
-        cfg = members[0].get("config", {})
-        row: dict[str, Any] = {
-            "dataset": cfg.get("dataset", {}).get("name"),
-            "model": cfg.get("model", {}).get("name"),
-            "noise": cfg.get("noise", {}).get("name"),
-            "method": cfg.get("method", {}).get("name"),
-            "epochs": cfg.get("epochs"),
-            "seeds": sorted(m.get("seeds", {}).get("train") for m in members),
-            "realised_noise": statistics.fmean(
-                m.get("noise", {}).get("realised_rate") or 0.0 for m in members
-            ),
-        }
-        for name, (where, key) in _METRICS.items():
-            entries = [_entry(m, where) for m in members]
-            values = [float(e[key]) for e in entries if e and e.get(key) is not None]
-            row[name] = mean_std(values) if values else (math.nan, math.nan)
-        rows.append(row)
-    rows.sort(key=lambda r: tuple(str(r[k]) for k in ("dataset", "model", "noise", "method")))
-    return rows
+        ident = identity(result.get("config") or {})
+        key = json.dumps(ident, sort_keys=True)
+        groups.setdefault(key, Group(ident)).runs.append(result)
+    return list(groups.values())
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table: accuracies and ECE in percent, mean ± sample std over seeds."""
-    header = (
-        "| dataset | model | noise | method | epochs | seeds | last acc (%) | best acc (%)* "
-        "| last ECE (%) | noisy labels fitted (%)** | noisy labels recovered (%)** |"
+def _select(history: Sequence[Mapping[str, Any]], rule: str) -> Mapping[str, Any] | None:
+    """The history record ``rule`` selects (earliest on ties), or None."""
+    if not history:
+        return None
+    key = RULES[rule][0]
+    if key is None:
+        return history[-1]
+    scored = [r for r in history if isinstance(r.get(key), int | float) and not math.isnan(r[key])]
+    return max(scored, key=lambda r: r[key]) if scored else None
+
+
+def run_value(result: Mapping[str, Any], metric: str, rule: str) -> float | None:
+    """One run's value of ``metric`` at the epoch ``rule`` selects (as stored, unscaled).
+
+    Per-epoch history keys first; for the last epoch, ``evaluation.json`` of the final
+    checkpoint next (only when it was evaluated at the run's last epoch)."""
+    m = METRICS[metric]
+    history = result.get("history") or []
+    record = _select(history, rule)
+    if record is None:
+        return None
+    for key in m.history:
+        value = record.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    evaluation = result.get("evaluation") or {}
+    if rule == "last" and m.evaluation:
+        epoch = evaluation.get("checkpoint_epoch")
+        if epoch is not None and history and int(epoch) != int(history[-1].get("epoch", -1)):
+            return None
+        metrics = evaluation.get("metrics") or {}
+        for key in m.evaluation:
+            value = metrics.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                return float(value)
+    return None
+
+
+# ------------------------------------------------------------------------------ the table
+@dataclass
+class Cell:
+    """One number of a table: ours (mean, std, n over seeds) or the paper's (n = None)."""
+
+    mean: float | None
+    std: float | None = None
+    n: int | None = None
+    bold: bool = False
+    paper: bool = False
+
+
+@dataclass
+class Column:
+    key: str  # unique id
+    label: str  # header text
+    metric: str
+    rule: str | None  # None: the paper's column
+    group: str  # the label of the column-axis value this sub-column belongs to
+
+
+@dataclass
+class Row:
+    label: str
+    source: str  # "ours" or "paper"
+    cells: dict[str, Cell] = field(default_factory=dict)
+    seeds: list[Any] = field(default_factory=list)
+    bucket: str = ""  # rows compared for bold (same dataset, model, noise)
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    columns: list[Column]
+    rows: list[Row]
+    notes: list[str]
+    row_header: str = "run"
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
+        return str(int(value))
+    return str(value)
+
+
+def _labels(parts: Sequence[Mapping[str, str]], names: Sequence[str]) -> list[str]:
+    """Readable labels for identity parts: the ``names`` keys' values, then what tells parts
+    with the same names apart: ``group=<name>`` where a config group's choice differs (its
+    other keys follow from the choice and are not listed), ``key=value`` where a key differs
+    between parts with the same group choice (``key=-`` where a part lacks it)."""
+    out = []
+    for p in parts:
+        same = [q for q in parts if all(q.get(k) == p.get(k) for k in names)]
+        keys = sorted(set().union(*[q.keys() for q in same]))
+        extra = []
+        shown_groups = set()
+        for k in keys:
+            if k in names or k.endswith("._target_") or len({q.get(k) for q in same}) < 2:
+                continue
+            group = k.split(".")[0] if "." in k else None
+            gname = f"{group}.name"
+            if group and gname in keys and len({q.get(gname) for q in same}) > 1:
+                peers = [q for q in same if q.get(gname) == p.get(gname)]
+                if k == gname:
+                    shown_groups.add(group)
+                    extra.append(f"{group}={json.loads(p[k]) if k in p else '-'}")
+                    continue
+                if len({q.get(k) for q in peers}) < 2:
+                    continue  # follows from the group's choice
+            extra.append(f"{k}={_fmt_value(json.loads(p[k])) if k in p else '-'}")
+        bits = [str(json.loads(p[k])) for k in names if k in p]
+        label = " / ".join(bits) if bits else "run"
+        out.append(label + (f" ({', '.join(extra)})" if extra else ""))
+    return out
+
+
+def _merge_disjoint(
+    parts: Sequence[Mapping[str, str]], names: Sequence[str], cover: Sequence[set[int]]
+) -> list[list[int]]:
+    """Indices of ``parts`` grouped: parts with equal ``names`` values whose ``cover`` sets
+    (the cells of the other axis they fill) are pairwise disjoint become one entry."""
+    buckets: dict[str, list[int]] = {}
+    for i, part in enumerate(parts):
+        buckets.setdefault(json.dumps([part.get(k) for k in names]), []).append(i)
+    out: list[list[int]] = []
+    for members in buckets.values():
+        sets = [cover[i] for i in members]
+        if len(members) > 1 and sum(len(x) for x in sets) == len(set().union(*sets)):
+            out.append(members)
+        else:
+            out.extend([i] for i in members)
+    out.sort(key=min)
+    return out
+
+
+def _common(parts: Sequence[Mapping[str, str]], members: Sequence[int]) -> dict[str, str]:
+    """The key-value pairs all ``members`` share."""
+    return dict(set.intersection(*[set(parts[i].items()) for i in members]))
+
+
+def _diff_text(part: Mapping[str, str], common: Mapping[str, str]) -> str:
+    return ", ".join(
+        f"{k}={_fmt_value(json.loads(v))}"
+        for k, v in sorted(part.items())
+        if common.get(k) != v and not k.endswith("._target_")
     )
-    lines = [header, "|" + "---|" * 11]
 
-    def pct(pair: tuple[float, float]) -> str:
-        mean, std = pair
-        return "n/a" if math.isnan(mean) else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
-    for r in rows:
-        lines.append(
-            f"| {r['dataset']} | {r['model']} | {r['noise']} | {r['method']} | {r['epochs']} "
-            f"| {len(r['seeds'])} | {pct(r['last'])} | {pct(r['best'])} | {pct(r['ece'])} "
-            f"| {pct(r['fit_given'])} | {pct(r['recovered'])} |"
+def _column_labels(parts: Sequence[Mapping[str, str]], group: str) -> list[str]:
+    """Labels of column-axis values: the group's name plus the keys that differ among the
+    parts with the same name (``bsd (method.gamma=0.5)``)."""
+    names = [json.loads(p.get(f"{group}.name", '"?"')) for p in parts]
+    out = []
+    for i, p in enumerate(parts):
+        same = [q for q, n in zip(parts, names, strict=True) if n == names[i]]
+        differing = sorted(
+            k
+            for k in set().union(*[q.keys() for q in same])
+            if len({q.get(k) for q in same}) > 1 and not k.endswith("._target_")
         )
+        extra = [f"{k}={_fmt_value(json.loads(p[k])) if k in p else '-'}" for k in differing]
+        out.append(str(names[i]) + (f" ({', '.join(extra)})" if extra else ""))
+    return out
+
+
+def _paper_order(entries: Sequence[Mapping[str, Any]], field_name: str) -> list[Any]:
+    order: list[Any] = []
+    for e in entries:
+        if e.get(field_name) not in order:
+            order.append(e.get(field_name))
+    return order
+
+
+def _augmentation(ident: Mapping[str, str]) -> str | None:
+    value = ident.get("method.mix_half") or ident.get("augment.mix")
+    return None if value is None else json.loads(value)
+
+
+def _paper_match(entry: Mapping[str, Any], want: Mapping[str, Any], keys: Sequence[str]) -> bool:
+    for k in keys:
+        if k == "hparams":
+            hp = entry.get("hparams")
+            if hp and any(want.get(f"method.{h}") != v for h, v in hp.items()):
+                return False
+        elif k == "augmentation":
+            if entry.get("augmentation") != want.get("augmentation"):
+                return False
+        elif entry.get(k) != want.get(k):
+            return False
+    return True
+
+
+def build_table(
+    groups: Sequence[Group],
+    table: str = "generic",
+    rules: Sequence[str] | None = None,
+    paper: Mapping[str, Any] | None = None,
+) -> Table:
+    """Lay ``groups`` out as ``table`` with the selection ``rules`` (default: the layout's,
+    plus ``noisy_val`` when a run has ``val/acc``) and the paper's numbers beside ours."""
+    if table not in TABLES:
+        raise UserError(f"unknown table {table!r}; use one of {', '.join(TABLES)}")
+    layout = TABLES[table]
+    if rules is None:
+        rules = list(layout.rules)
+        if any("val/acc" in r for g in groups for run in g.runs for r in run.get("history") or []):
+            rules.append("noisy_val")
+    for rule in rules:
+        if rule not in RULES:
+            raise UserError(f"unknown selection rule {rule!r}; use one of {', '.join(RULES)}")
+    entries = []
+    if paper is not None and table in paper:
+        entries = list(paper[table]["entries"])
+    across = layout.across
+
+    # Split each group's identity into its row part and its column part.
+    def split(g: Group) -> tuple[dict[str, str], dict[str, str]]:
+        if across is None:
+            return dict(g.ident), {}
+        col = {k: v for k, v in g.ident.items() if k.startswith(across + ".")}
+        row = {k: v for k, v in g.ident.items() if not k.startswith(across + ".")}
+        return row, col
+
+    parts = [split(g) for g in groups]
+    row_keys: list[str] = []
+    row_parts: list[dict[str, str]] = []
+    col_keys: list[str] = []
+    col_parts: list[dict[str, str]] = []
+    present: dict[tuple[int, int], Group] = {}
+    for g, (row, col) in zip(groups, parts, strict=True):
+        rk, ck = json.dumps(row, sort_keys=True), json.dumps(col, sort_keys=True)
+        if rk not in row_keys:
+            row_keys.append(rk)
+            row_parts.append(row)
+        if ck not in col_keys:
+            col_keys.append(ck)
+            col_parts.append(col)
+        present[(row_keys.index(rk), col_keys.index(ck))] = g
+    names = [k for k in _NAME_KEYS if across is None or not k.startswith(across + ".")]
+    if across == "noise":
+        names = ["method.name"]
+    elif across == "method":
+        names = ["dataset.name", "model.name"]
+
+    # Entries of one name whose runs cover disjoint cells of the other axis are one entry: the
+    # paper presets give a method other settings per noise level (Table 4's BSD row, the BSD
+    # column of Table 1 over several noise levels); the differences are listed in a note.
+    if across is None:
+        col_merged = [[0]]
+        row_merged = [[i] for i in range(len(row_parts))]
+    else:
+        col_cover = [{r for (r, c) in present if c == ci} for ci in range(len(col_parts))]
+        col_merged = _merge_disjoint(col_parts, [f"{across}.name"], col_cover)
+        col_of = {ci: m for m, members in enumerate(col_merged) for ci in members}
+        row_cover = [{col_of[c] for (r, c) in present if r == ri} for ri in range(len(row_parts))]
+        row_merged = _merge_disjoint(row_parts, names, row_cover)
+    row_views = [_common(row_parts, m) for m in row_merged]
+    col_views = [_common(col_parts, m) for m in col_merged]
+    row_labels = _labels(row_views, names)
+    col_labels = _column_labels(col_views, across) if across else [""]
+    merge_notes = []
+    if across is not None:
+        for m, members in enumerate(col_merged):
+            if len(members) > 1:
+                per = [
+                    " / ".join(
+                        row_labels[r]
+                        for r, rm in enumerate(row_merged)
+                        if any((x, c) in present for x in rm)
+                    )
+                    + ": "
+                    + _diff_text(col_parts[c], col_views[m])
+                    for c in members
+                ]
+                merge_notes.append(f"{col_labels[m]}: settings differ per row ({'; '.join(per)})")
+        for m, members in enumerate(row_merged):
+            if len(members) > 1:
+                per = [
+                    ", ".join(
+                        col_labels[cm]
+                        for cm, cmem in enumerate(col_merged)
+                        if any((r, x) in present for x in cmem)
+                    )
+                    + ": "
+                    + _diff_text(row_parts[r], row_views[m])
+                    for r in members
+                ]
+                merge_notes.append(
+                    f"{row_labels[m]}: settings differ per column ({'; '.join(per)})"
+                )
+
+    # Order columns as the paper does (then by label), rows by method in the paper's order.
+    def order_key(part: Mapping[str, str], group: str, label: str) -> tuple[int, str]:
+        name = json.loads(part.get(f"{group}.name", '""'))
+        known = _paper_order(entries, group)
+        return (known.index(name) if name in known else len(known), label)
+
+    col_order = list(range(len(col_merged)))
+    if across:
+        col_order.sort(key=lambda i: order_key(col_views[i], across, col_labels[i]))
+    row_order = list(range(len(row_merged)))
+    if across != "method":
+        row_order.sort(key=lambda i: order_key(row_views[i], "method", row_labels[i]))
+    else:
+        row_order.sort(key=lambda i: row_labels[i])
+
+    # Columns: for each column value (and metric when metrics are columns): one sub-column
+    # per rule, then the paper's.
+    metrics_cols = layout.metrics if layout.metrics_on == "cols" else ("*",)
+    columns: list[Column] = []
+    for ci in col_order:
+        for metric in metrics_cols:
+            prefix = " ".join(
+                x for x in (col_labels[ci], "" if metric == "*" else METRICS[metric].label) if x
+            )
+            for rule in rules:
+                columns.append(
+                    Column(
+                        f"{ci}|{metric}|{rule}",
+                        f"{prefix} · {RULES[rule][1]}".strip(" ·"),
+                        metric,
+                        rule,
+                        prefix,
+                    )
+                )
+            if entries:
+                columns.append(
+                    Column(
+                        f"{ci}|{metric}|paper",
+                        f"{prefix} · paper".strip(" ·"),
+                        metric,
+                        None,
+                        prefix,
+                    )
+                )
+
+    metric_rows = layout.metrics if layout.metrics_on == "rows" else ("*",)
+    rows: list[Row] = []
+    used_paper: set[int] = set()
+    for ri in row_order:
+        for mrow in metric_rows:
+            label = row_labels[ri] + ("" if mrow == "*" else f" · {METRICS[mrow].label}")
+            bucket = json.dumps(
+                [row_views[ri].get(k) for k in names if k != "method.name"] + [mrow]
+            )
+            row = Row(label, "ours", bucket=bucket)
+            for col in columns:
+                ci = int(col.key.split("|")[0])
+                metric = mrow if col.metric == "*" else col.metric
+                cells_here = [
+                    (r, c) for r in row_merged[ri] for c in col_merged[ci] if (r, c) in present
+                ]
+                r0, c0 = cells_here[0] if cells_here else (row_merged[ri][0], col_merged[ci][0])
+                g = present.get((r0, c0))
+                want = {**row_parts[r0], **col_parts[c0]}
+                want_fields = {
+                    "dataset": json.loads(want.get("dataset.name", "null")),
+                    "model": json.loads(want.get("model.name", "null")),
+                    "method": json.loads(want.get("method.name", "null")),
+                    "noise": json.loads(want.get("noise.name", "null")),
+                    "augmentation": _augmentation(want),
+                    "metric": metric,
+                    **{k: json.loads(v) for k, v in want.items() if k.startswith("method.")},
+                }
+                if col.rule is None:
+                    if g is None:
+                        continue
+                    hits = [
+                        i
+                        for i, e in enumerate(entries)
+                        if _paper_match(e, want_fields, layout.paper_key)
+                    ]
+                    if hits:
+                        e = entries[hits[0]]
+                        used_paper.update(hits[:1])
+                        row.cells[col.key] = Cell(
+                            e["value"], e.get("std"), None, bool(e.get("bold")), True
+                        )
+                    continue
+                if g is None:
+                    continue
+                values = [run_value(run, metric, col.rule) for run in g.runs]
+                got = [v * METRICS[metric].scale for v in values if v is not None]
+                seeds = sorted(str(run.get("seeds", {}).get("train", "?")) for run in g.runs)
+                row.seeds = sorted(set(row.seeds) | set(seeds))
+                if got:
+                    mean, std = mean_std(got)
+                    row.cells[col.key] = Cell(mean, std if len(got) > 1 else None, len(got))
+            rows.append(row)
+
+    # Reference rows: paper entries not shown beside ours, for the displayed columns.
+    ref_rows = _reference_rows(entries, used_paper, columns, layout, col_views, metric_rows)
+    _bold(rows, columns, layout)
+    notes = _notes(groups, layout, rules, entries, table) + merge_notes
+    out = Table(table, layout.title, columns, rows + ref_rows, notes)
+    out.row_header = {"noise": "method", "method": "dataset / model"}.get(across or "", "run")
+    return out
+
+
+def _reference_rows(
+    entries: Sequence[Mapping[str, Any]],
+    used: set[int],
+    columns: Sequence[Column],
+    layout: Layout,
+    col_parts: Sequence[Mapping[str, str]],
+    metric_rows: Sequence[str],
+) -> list[Row]:
+    """The paper's rows that no row of ours carries, restricted to the displayed columns."""
+    paper_cols = [c for c in columns if c.rule is None]
+    if not paper_cols:
+        return []
+    across = layout.across
+    # The identity of a reference row: every paper field but the column axis and the metric.
+    row_fields = [f for f in ("dataset", "model", "method", "label", "section") if f != across]
+    if across == "method":
+        row_fields = ["dataset", "model"]
+    rows: dict[str, Row] = {}
+    for i, e in enumerate(entries):
+        if i in used:
+            continue
+        for col in paper_cols:
+            ci = int(col.key.split("|")[0])
+            metric = e["metric"] if col.metric == "*" else col.metric
+            if e["metric"] != metric or (col.metric == "*" and metric not in metric_rows):
+                continue
+            if across is not None:
+                name = json.loads(col_parts[ci].get(f"{across}.name", "null"))
+                if e.get(across) != name:
+                    continue
+                if "augmentation" in layout.paper_key and e.get("augmentation") != _augmentation(
+                    col_parts[ci]
+                ):
+                    continue
+            base = e.get("label") or " / ".join(str(e[f]) for f in row_fields if e.get(f))
+            if across == "method":
+                base = f"{e['dataset']} / {e['model']}"
+            label = "paper: " + base + ("" if col.metric != "*" else f" · {METRICS[metric].label}")
+            row = rows.setdefault(label, Row(label, "paper"))
+            row.cells[col.key] = Cell(e["value"], e.get("std"), None, bool(e.get("bold")), True)
+    return list(rows.values())
+
+
+def _bold(rows: Sequence[Row], columns: Sequence[Column], layout: Layout) -> None:
+    """Bold the best of our means along the method axis (ties by the shown precision):
+    per column when methods are rows, per row (and metric, rule) when methods are columns.
+    Only where at least two numbers compete."""
+
+    def best(cells: Sequence[Cell], metric: str) -> None:
+        vals = [c for c in cells if c.mean is not None and not c.paper]
+        if len(vals) < 2:
+            return
+        hi = METRICS[metric].higher_is_better
+        target = (max if hi else min)(round(c.mean, 2) for c in vals)
+        for c in vals:
+            c.bold = round(c.mean, 2) == target
+
+    ours = [r for r in rows if r.source == "ours"]
+    if layout.across == "method":
+        for row in ours:
+            metric_of_row = row.label.rsplit(" · ", 1)[-1]
+            buckets: dict[tuple[str, str], list[Cell]] = {}
+            for col in columns:
+                if col.rule is None or col.key not in row.cells:
+                    continue
+                metric = col.metric
+                if metric == "*":
+                    metric = next(m for m in layout.metrics if METRICS[m].label == metric_of_row)
+                buckets.setdefault((metric, col.rule), []).append(row.cells[col.key])
+            for (metric, _), cells in buckets.items():
+                best(cells, metric)
+    else:
+        for col in columns:
+            if col.rule is None:
+                continue
+            for bucket in {r.bucket for r in ours}:
+                cells = [
+                    r.cells[col.key] for r in ours if r.bucket == bucket and col.key in r.cells
+                ]
+                best(cells, col.metric)
+
+
+def _notes(
+    groups: Sequence[Group],
+    layout: Layout,
+    rules: Sequence[str],
+    entries: Sequence[Mapping[str, Any]],
+    table: str,
+) -> list[str]:
+    notes = [
+        "ours: mean ± sample std (ddof = 1) over seeds, n = number of seeds (no ± for one "
+        "seed); bold: the best of ours along the methods."
+    ]
+    shared = {}
+    if groups:
+        common = set.intersection(*[set(g.ident.items()) for g in groups])
+        for k in ("dataset.name", "model.name", "noise.name", "method.name", "epochs"):
+            for key, value in common:
+                if key == k:
+                    shared[k] = json.loads(value)
+    if shared:
+        notes.append(
+            "ours, common to all rows: " + ", ".join(f"{k}={v}" for k, v in shared.items())
+        )
+    if "best_test" in rules:
+        notes.append(
+            "best epoch selected on the test set: what the paper reports for Table 4; "
+            "optimistic, as it uses the test labels."
+        )
+    if "noisy_val" in rules:
+        notes.append(
+            "noisy val split: the epoch with the best accuracy on the held-out part of the "
+            "noisy training set (no clean label used)."
+        )
+    if any(
+        m in ("cifar10c_acc", "cifar10p_mfp", "ood_auroc_svhn", "sce", "ace")
+        for m in layout.metrics
+    ):
+        notes.append(
+            "post-hoc suites (evaluation.json) evaluate the final checkpoint: last-epoch "
+            "numbers only; per-epoch eval/* history keys are used where logged."
+        )
+    if "ood_auroc_svhn" in layout.metrics:
+        sources = sorted(
+            {
+                key.split("/")[1]
+                for g in groups
+                for run in g.runs
+                for key in ((run.get("evaluation") or {}).get("metrics") or {})
+                if key.startswith("ood/") and key.endswith("/auroc")
+            }
+        )
+        notes.append(
+            "OOD set of ours: "
+            + (", ".join(sources) or "none evaluated")
+            + " (the first of svhn, sklearn_patches, npy a run has); the paper's: SVHN."
+        )
+    if entries:
+        notes.append(
+            f"paper: the published numbers of the BSD paper's {table.replace('table', 'Table ')}"
+            f" (noisybench/paper_tables.yaml), bold as printed there; their epoch: "
+            f"{_paper_selection(table)}. Their datasets and models are those of the "
+            "paper, not necessarily ours."
+        )
+    return notes
+
+
+def _paper_selection(table: str) -> str:
+    try:
+        return str(load_paper_tables()[table].get("paper_selection", "not stated"))
+    except (OSError, KeyError):
+        return "not stated"
+
+
+# ------------------------------------------------------------------------------ figures
+def setting_groups(groups: Sequence[Group]) -> dict[str, list[tuple[str, Group]]]:
+    """``{setting label: [(method label, group), ...]}`` for the figures: groups sharing every
+    identity key but the method's; method labels show the method keys that differ within a
+    setting (``bsd (method.gamma=0.5)``)."""
+    settings: dict[str, list[Group]] = {}
+    parts: dict[str, dict[str, str]] = {}
+    for g in groups:
+        rest = {k: v for k, v in g.ident.items() if not k.startswith("method.")}
+        key = json.dumps(rest, sort_keys=True)
+        settings.setdefault(key, []).append(g)
+        parts[key] = rest
+    keys = list(settings)
+    labels = _labels([parts[k] for k in keys], ["dataset.name", "model.name", "noise.name"])
+    out: dict[str, list[tuple[str, Group]]] = {}
+    for key, label in zip(keys, labels, strict=True):
+        members = settings[key]
+        method_parts = [
+            {k: v for k, v in g.ident.items() if k.startswith("method.")} for g in members
+        ]
+        labelled = zip(_column_labels(method_parts, "method"), members, strict=True)
+        out[label] = sorted(labelled, key=lambda t: t[0])
+    return out
+
+
+# ------------------------------------------------------------------------------ rendering
+def _cell_text(cell: Cell | None, fmt: str) -> str:
+    if cell is None or cell.mean is None:
+        return "–" if fmt == "md" else "--"
+    mean = f"{cell.mean:.2f}"
+    if cell.bold:
+        mean = f"**{mean}**" if fmt == "md" else f"\\textbf{{{mean}}}"
+    text = mean
+    if cell.std is not None:
+        text += f" ± {cell.std:.2f}" if fmt == "md" else f" $\\pm$ {cell.std:.2f}"
+    if cell.n is not None:
+        text += f" (n={cell.n})"
+    return text
+
+
+def _md(t: Table) -> str:
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    lines = [f"**{t.title}**", ""]
+    lines.append("| " + " | ".join([t.row_header, *[esc(c.label) for c in t.columns]]) + " |")
+    lines.append("|---" * (len(t.columns) + 1) + "|")
+    for r in t.rows:
+        cells = [_cell_text(r.cells.get(c.key), "md") for c in t.columns]
+        lines.append("| " + " | ".join([esc(r.label), *cells]) + " |")
     lines.append("")
-    lines.append("\\* best epoch selected on the test set, as the paper reports it (Table 4).")
-    lines.append(
-        "\\*\\* last epoch, on the noisily-labelled training samples: predicted as the given "
-        "wrong label (memorisation/fit_given); target arg-max equal to the true label "
-        "(recovery/recovered, for methods with per-sample targets)."
-    )
+    lines.extend(f"- {n}" for n in t.notes)
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _latex_escape(s: str) -> str:
+    for a, b in (
+        ("\\", "\\textbackslash{}"),
+        ("_", "\\_"),
+        ("%", "\\%"),
+        ("&", "\\&"),
+        ("#", "\\#"),
+        ("$", "\\$"),
+    ):
+        s = s.replace(a, b)
+    return s.replace("±", "$\\pm$").replace("·", "$\\cdot$").replace("–", "--")
+
+
+def _latex(t: Table) -> str:
+    lines = [
+        "% " + _latex_escape(t.title),
+        "\\begin{tabular}{l" + "r" * len(t.columns) + "}",
+        "\\toprule",
+        " & ".join([_latex_escape(t.row_header), *[_latex_escape(c.label) for c in t.columns]])
+        + " \\\\",
+        "\\midrule",
+    ]
+    for r in t.rows:
+        cells = [_cell_text(r.cells.get(c.key), "latex") for c in t.columns]
+        lines.append(" & ".join([_latex_escape(r.label), *cells]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines += ["% " + _latex_escape(n) for n in t.notes]
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ("table", "row", "source", "column", "metric", "selection", "mean", "std", "n", "bold")
+
+
+def _csv(t: Table) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in t.rows:
+        for c in t.columns:
+            cell = r.cells.get(c.key)
+            if cell is None or cell.mean is None:
+                continue
+            w.writerow(
+                {
+                    "table": t.name,
+                    "row": r.label,
+                    "source": "paper" if cell.paper else r.source,
+                    "column": c.label,
+                    "metric": c.metric if c.metric != "*" else r.label.rsplit(" · ", 1)[-1],
+                    "selection": "paper" if c.rule is None else c.rule,
+                    "mean": f"{cell.mean:.6g}",
+                    "std": "" if cell.std is None else f"{cell.std:.6g}",
+                    "n": "" if cell.n is None else cell.n,
+                    "bold": int(cell.bold),
+                }
+            )
+    return buf.getvalue().rstrip("\n")
+
+
+def _json(t: Table) -> str:
+    obj = {
+        "table": t.name,
+        "title": t.title,
+        "columns": [
+            {"key": c.key, "label": c.label, "metric": c.metric, "selection": c.rule or "paper"}
+            for c in t.columns
+        ],
+        "rows": [
+            {
+                "label": r.label,
+                "source": r.source,
+                "seeds": r.seeds,
+                "cells": {
+                    c.key: {
+                        "mean": cell.mean,
+                        "std": cell.std,
+                        "n": cell.n,
+                        "bold": cell.bold,
+                        "paper": cell.paper,
+                    }
+                    for c in t.columns
+                    if (cell := r.cells.get(c.key)) is not None
+                },
+            }
+            for r in t.rows
+        ],
+        "notes": t.notes,
+    }
+    return json.dumps(obj, indent=1, ensure_ascii=False)
+
+
+RENDERERS: dict[str, Callable[[Table], str]] = {
+    "md": _md,
+    "latex": _latex,
+    "csv": _csv,
+    "json": _json,
+}
+
+
+def render(t: Table, fmt: str = "md") -> str:
+    """The table as Markdown, LaTeX (booktabs), CSV (one line per number) or JSON."""
+    if fmt not in RENDERERS:
+        raise UserError(f"unknown format {fmt!r}; use one of {', '.join(RENDERERS)}")
+    return RENDERERS[fmt](t)
+
+
+def format_table(groups: Sequence[Group], table: str = "generic", fmt: str = "md") -> str:
+    """Shortcut: :func:`build_table` with the paper's numbers, then :func:`render`."""
+    paper = load_paper_tables() if table != "generic" else None
+    return render(build_table(groups, table, paper=paper), fmt)
+
+
+# ------------------------------------------------------------------------------ command line
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m noisybench.report",
-        description="Mean ± std over seeds of noisybench runs, as a Markdown table.",
+        description="The BSD paper's tables from noisybench runs: mean ± std over seeds, the "
+        "paper's numbers beside ours; figures with --figures.",
     )
     parser.add_argument("roots", nargs="+", help="run directories or folders holding them")
     parser.add_argument(
+        "--table",
+        default="generic",
+        choices=list(TABLES),
+        help="the paper's table layout (default: one row per experiment)",
+    )
+    parser.add_argument("--format", default="md", choices=list(RENDERERS))
+    parser.add_argument(
+        "--select",
+        default=None,
+        help="comma-separated epoch selection rules: last, best_test, noisy_val "
+        "(default: the table's, plus noisy_val when runs have val/acc)",
+    )
+    parser.add_argument("--figures", metavar="DIR", help="also write the figures as PNG to DIR")
+    parser.add_argument(
         "--include-unfinished", action="store_true", help="also average unfinished runs"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parse(argv)
     results = load_results(args.roots)
     if not results:
-        print(
-            f"noisybench.report: error: no result.json below {', '.join(args.roots)}; "
-            "pass the out_dir of your runs",
-            file=sys.stderr,
+        raise UserError(
+            f"no result.json below {', '.join(args.roots)}; pass the out_dir of your runs"
         )
-        return 2
+    rules = None
+    if args.select:
+        rules = [r.strip() for r in args.select.split(",") if r.strip()]
+    groups = collect(results, args.include_unfinished)
+    paper = load_paper_tables() if args.table != "generic" else None
+    table = build_table(groups, args.table, rules, paper)
+    text = render(table, args.format)
     unfinished = [r for r in results if r.get("status") != "finished"]
-    print(format_table(collect(results, args.include_unfinished)))
+    # Line by line: a reader that goes away (``| head``) is noticed at the next line, where
+    # one large write can lose the error in a partial write.
+    for line in text.splitlines():
+        sys.stdout.write(line + "\n")
+    note_stream = sys.stdout if args.format == "md" else sys.stderr
     if unfinished:
-        print(f"\n{len(unfinished)} unfinished run(s):")
+        lines = [f"\n{len(unfinished)} unfinished run(s):"]
         for r in unfinished:
-            done = len(r.get("history", []))
-            print(f"- {r['run_dir']}: {r.get('status')} after {done} epoch(s)")
+            done = len(r.get("history") or [])
+            lines.append(f"- {r['run_dir']}: {r.get('status')} after {done} epoch(s)")
+        note_stream.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+    if args.figures:
+        from noisybench.figures import write_figures
+
+        for line in write_figures(setting_groups(groups), Path(args.figures)):
+            print(f"noisybench.report: {line}", file=sys.stderr)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input ends with one line on stderr and status 2. A closed pipe
+    (``| head``) ends quietly."""
+    try:
+        return _main(argv)
+    except UserError as exc:
+        print(f"noisybench.report: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away: point stdout at /dev/null so the interpreter's final flush
+        # raises nothing, and end as a killed writer would (SIGPIPE's status).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -57,10 +57,12 @@ def _check_noise(run_dir: RunDir, ckpt: dict[str, Any], exp: Experiment) -> None
         )
 
 
-def _loggers(cfg: DictConfig, run_dir: RunDir) -> list[Any]:
+def _loggers(cfg: DictConfig, run_dir: RunDir, header: dict[str, Any]) -> list[Any]:
+    """The ``logger`` group's callbacks; each is built with ``run_dir=`` and ``header=`` (the
+    result file's header: config, noise record, seeds, ...)."""
     chosen = cfg.get("logger") or {}
     return [
-        instantiate(node, f"logger {name}", run_dir=run_dir)
+        instantiate(node, f"logger {name}", run_dir=run_dir, header=header, _recursive_=False)
         for name, node in chosen.items()
         if node is not None
     ]
@@ -126,20 +128,18 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
     if ckpt is not None:
         _check_noise(rd, ckpt, exp)
     faults = FaultInjection.from_env()
-    result_writer = ResultWriter(
-        rd,
-        {
-            "run_dir": str(rd),
-            "config": config,
-            "code_version": code_version(),
-            "seeds": {"train": int(cfg.seed), "noise": int(cfg.noise.seed)},
-            "noise": noise,
-            "validation": exp.validation,
-            "device": str(exp.device),
-            "num_parameters": sum(p.numel() for p in exp.model.parameters()),
-        },
-    )
-    loggers = _loggers(cfg, rd)
+    header = {
+        "run_dir": str(rd),
+        "config": config,
+        "code_version": code_version(),
+        "seeds": {"train": int(cfg.seed), "noise": int(cfg.noise.seed)},
+        "noise": noise,
+        "validation": exp.validation,
+        "device": str(exp.device),
+        "num_parameters": sum(p.numel() for p in exp.model.parameters()),
+    }
+    result_writer = ResultWriter(rd, header)
+    loggers = _loggers(cfg, rd, header)
     snapshots = cfg.eval.get("snapshots") or {}
     if int(snapshots.get("size") or 0) > 0:
         loggers.append(

@@ -249,6 +249,7 @@ def test_the_wheel_carries_its_configs_and_no_top_level_baselines(tmp_path: Path
     assert "noisybench/conf/experiment/quickstart.yaml" in names
     assert "noisybench/conf/hydra/help/noisybench.yaml" in names
     assert "noisybench/baselines/te.py" in names
+    assert "noisybench/paper_tables.yaml" in names
     assert not [n for n in names if n.startswith(("baselines/", "conf/"))]
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert (

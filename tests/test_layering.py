@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "noisybench.models": 1,
     "noisybench.methods": 1,
     "noisybench.evaluation": 1,
+    "noisybench.tb": 1,
     # 2: the training loop
     "noisybench.engine": 2,
     # 3: what is around training: building, run directories, callbacks
@@ -43,6 +44,7 @@ LAYERS: dict[str, int] = {
     "noisybench.run": 4,
     "noisybench.report": 4,
     "noisybench.evaluate": 4,
+    "noisybench.figures": 4,
     # 5: the command line
     "noisybench.cli": 5,
     "noisybench.__main__": 5,

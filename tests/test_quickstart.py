@@ -53,6 +53,18 @@ def test_run_writes_result_labels_and_tensorboard(tmp_path: Path) -> None:
     assert transition.shape == (10, 10)
     np.testing.assert_allclose(transition.sum(axis=1), 1.0)
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    # Beyond scalars: the config as text, the realised transition matrix as an image, and the
+    # hyperparameters with the final metrics for the HParams tab.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    assert "noise/transition" in events.Tags()["images"]
+    assert "config/text_summary" in events.Tags()["tensors"]
+    assert [s.value for s in events.Scalars("test/acc")] == pytest.approx(
+        [h["test/acc"] for h in result["history"]]
+    )
+    assert list((run_dir / "tb" / "hparams").glob("events.out.tfevents.*"))
 
 
 def test_same_seeds_give_identical_labels_and_metrics(tmp_path: Path) -> None:
