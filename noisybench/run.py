@@ -185,6 +185,8 @@ def _make_noise(cfg: DictConfig, data: ImageData) -> tuple[np.ndarray, NoiseReco
         label_file=cfg.noise.label_file,
         superclass=None if data.superclass is None else data.superclass.numpy(),
         features=data.train_images.numpy(),
+        file=cfg.noise.get("file"),  # CIFAR-N label file (issue 12)
+        download=bool(cfg.noise.get("download", False)),
     )
 
 
