@@ -112,7 +112,9 @@ def test_truncated_gce_matches_the_code_and_prunes_on_schedule() -> None:
     # The code's forward: mean((Lq - Lq(k)) * w) on a batch.
     idx = torch.tensor([0, 3, 5, 7])
     out = method.training_step(FixedLogits(z), _batch(idx, y[idx]), 5)
-    assert float(out.loss) == pytest.approx(float(((lq[idx] - lqk) * expected_w[idx]).mean()))
+    assert float(out.loss.detach()) == pytest.approx(
+        float(((lq[idx] - lqk) * expected_w[idx]).mean())
+    )
 
 
 # ------------------------------------------------------------------------------------ ELR
