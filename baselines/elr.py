@@ -19,9 +19,10 @@ with the predictions of the current step, as the code (update before the loss); 
 updates the target in ``forward``, i.e. before the optimizer step, which is what is done here
 (the update is in :meth:`training_step`, on detached probabilities, so it is identical).
 
-ELR+ (two networks, weight averaging, mixup) is not implemented: its weight-averaged
-networks and target from the averaged network's predictions would need a second optimizer
-schedule the engine does not provide.
+ELR+ (two networks, each with a weight-averaged copy whose predictions form the other's
+target, plus mixup) is not implemented here. It would fit the contract: the second network
+from ``MethodContext.build_model`` trained through ``extra_modules``, the weight-averaged
+copies as non-trained submodules updated in ``after_step``, mixup inside ``training_step``.
 """
 
 from __future__ import annotations
