@@ -55,7 +55,7 @@ def main() -> None:
     for method in args.methods:
         for seed in args.seeds:
             overrides = ["experiment=quickstart", f"method={method}", f"seed={seed}"]
-            overrides += ["progress=false", "tensorboard=false"]
+            overrides += ["progress=false", "logger=[]"]
             with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
                 cfg = compose("config", overrides=overrides)
             run_dir = args.out_dir / method / f"seed{seed}"

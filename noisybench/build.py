@@ -164,6 +164,8 @@ def make_noise(cfg: DictConfig, data: ImageData) -> tuple[np.ndarray, NoiseRecor
         label_file=cfg.noise.label_file,
         superclass=None if data.superclass is None else data.superclass.numpy(),
         features=data.train_images.numpy(),
+        file=cfg.noise.get("file"),  # CIFAR-N's official label file
+        download=bool(cfg.noise.get("download", False)),
     )
 
 

@@ -543,6 +543,13 @@ def check_config(cfg: DictConfig) -> None:
             f"noise.label_file={label_file} does not exist; give the path of a saved "
             "noisy_labels.npy, or set noise.label_file=null to generate the noise"
         )
+    human_file = noise.get("file")
+    download = noise.get("download", False)
+    if human_file is not None and not download and not Path(str(human_file)).expanduser().is_file():
+        raise UserError(
+            f"noise.file={human_file} does not exist ({noise.name}'s official label file); "
+            "put it there, point noise.file at it, or add noise.download=true to fetch it"
+        )
     uses_map = getattr(NOISE_VARIANTS[noise.variant], "uses_asym_map", False)
     if uses_map and label_file is None and float(rate) > 0:
         asym_map = noise.get("asym_map") or cfg.dataset.get("asym_map")

@@ -345,6 +345,8 @@ class Trainer:
         SIGTERM/SIGINT are honoured at step boundaries, before the next batch is drawn, so
         the checkpoint's RNG states are those the next batch's augmentation starts from.
         """
+        if start_step == 0:  # the method's per-epoch pass (issue 12); state goes to buffers
+            self.method.on_epoch_start(self.model, epoch, self.evaluate_train)
         self.model.train()
         self.method.train()
         sums = sums or _EpochSums.zeros(self.device)
@@ -393,6 +395,21 @@ class Trainer:
             sums.extras[key] = sums.extras[key] + value if key in sums.extras else value
 
     # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate_train(self, module: nn.Module) -> Tensor:
+        """``(N, K)`` float logits of ``module`` in eval mode over the training images, plain
+        view, in batches (for :meth:`Method.on_epoch_start`); the module's mode is restored."""
+        was_training = module.training
+        module.eval()
+        outs = []
+        images = self.data.train_images
+        for start in range(0, images.shape[0], self.eval_batch_size):
+            x = self.data.view(images[start : start + self.eval_batch_size])
+            with self._autocast():
+                outs.append(module(x).float())
+        module.train(was_training)
+        return torch.cat(outs)
+
     def _eval_batches(self, images: Tensor) -> Iterator[Tensor]:
         """Logits of ``method.predict`` over uint8 ``images`` in eval mode, batch by batch."""
         self.model.eval()

@@ -138,6 +138,19 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         """Forward the declared views through ``model`` and return the loss."""
 
+    def on_epoch_start(
+        self, model: nn.Module, epoch: int, evaluate_train: Callable[[nn.Module], Tensor]
+    ) -> None:
+        """Called by the engine before the first step of every epoch that starts at step 0
+        (not when a run resumes in the middle of an epoch), e.g. for DivideMix's per-epoch
+        division of the training set.
+
+        ``evaluate_train(module)`` returns the ``(N, K)`` float logits of ``module`` in eval
+        mode over the whole training set, plain (un-augmented) view, in index order; it
+        restores the module's mode. Whatever this hook computes must be stored in registered
+        buffers, so that a checkpoint written mid-epoch carries it. Default: nothing.
+        """
+
     @torch.no_grad()
     def after_step(self, batch: Batch, out: StepOutput, epoch: int) -> None:
         """Called after the optimizer step (e.g. BSD's Eq. 5 target update). Default: nothing."""

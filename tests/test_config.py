@@ -123,8 +123,8 @@ def test_run_variant_names_by_hand() -> None:
         run_variant(["experiment=quickstart", "method.gamma=0.9", "epochs=3", "method=bsd"])
         == "quickstart+epochs:3+method.gamma:0.9"
     )
-    assert run_variant(["optim=adam_onecycle", "+eval.train_diagnostics=false"]) == (
-        "eval.train_diagnostics:false+optim:adam_onecycle"
+    assert run_variant(["optim=adam_onecycle", "batch_size=64", "eval.batch_size=9"]) == (
+        "batch_size:64+optim:adam_onecycle"
     )
     # Values with path separators and list punctuation stay one safe path component.
     assert run_variant(["method.teacher_runs=[runs/a/seed0,runs/b]"]) == (

@@ -19,7 +19,8 @@ CPU. For each method:
   parameters and method buffers after the next step to carrying on without stopping.
 
 Methods that need extra settings get them from ``EXTRA_OVERRIDES`` (kd: a teacher run, made
-here by a one-epoch cross-entropy run).
+here by a one-epoch cross-entropy run; dividemix and gce: settings that reach their
+per-epoch passes within two epochs).
 """
 
 from __future__ import annotations
@@ -75,7 +76,13 @@ def _kd_overrides(request: pytest.FixtureRequest) -> list[str]:
     return [f"method.teacher_runs=['{teacher}']"]
 
 
-EXTRA_OVERRIDES: dict[str, Callable[[pytest.FixtureRequest], list[str]]] = {"kd": _kd_overrides}
+EXTRA_OVERRIDES: dict[str, Callable[[pytest.FixtureRequest], list[str]]] = {
+    "kd": _kd_overrides,
+    # One warm-up epoch, so the second epoch runs the co-divide (GMM) and MixMatch phase.
+    "dividemix": lambda _: ["method.warm_up=1"],
+    # Truncated L_q with pruning from epoch 2 on: the pruning pass runs in the test.
+    "gce": lambda _: ["method.truncated=true", "method.start_prune=2", "method.prune_every=1"],
+}
 
 
 def compose_cfg(*overrides: str) -> DictConfig:

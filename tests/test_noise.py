@@ -540,6 +540,8 @@ def test_registry_extension(digits):
     finally:
         del NOISE_VARIANTS["_test_all_zero"]
     expected = {"none", "sym_incl", "sym_excl", "sym_balanced", "asym", "pairflip", "idn"}
+    expected |= {f"cifar10n_{s}" for s in ("aggre", "random1", "random2", "random3", "worse")}
+    expected |= {"cifar100n_noisy", "cifar100n_noisy_coarse"}  # real human noise (CIFAR-N)
     assert set(NOISE_VARIANTS) == expected
     assert set(ASYM_MAPS) == {
         "cifar10_tanaka",
@@ -557,19 +559,10 @@ def test_noise_configs():
     assert {"none", "sym20", "sym50", "sym80", "asym10", "asym20", "asym30", "asym40"} <= names
     for f in files:
         cfg = OmegaConf.load(f)
-        assert {"name", "variant", "rate", "setting", "seed", "asym_map", "label_file"} <= set(
-            cfg.keys()
-        )
-        assert set(cfg.keys()) <= {
-            "name",
-            "variant",
-            "rate",
-            "setting",
-            "preset_rate",
-            "seed",
-            "asym_map",
-            "label_file",
-        }
+        keys = {"name", "variant", "rate", "setting", "seed", "asym_map", "label_file"}
+        if cfg.get("setting") == "real":  # CIFAR-N: the official file and whether to fetch it
+            keys |= {"file", "download"}
+        assert keys <= set(cfg.keys()) <= keys | {"preset_rate"}
         assert cfg.name == f.stem
         assert cfg.variant in NOISE_VARIANTS
         assert 0.0 <= cfg.rate < 1.0
@@ -579,7 +572,9 @@ def test_noise_configs():
         resolved = OmegaConf.merge({"seed": 31}, {"noise": cfg})
         assert resolved.noise.seed == 31
         m = re.search(r"(\d+)", f.stem)
-        if m:  # the number in the name is the nominal rate in percent
+        if (
+            m and cfg.get("setting") != "real"
+        ):  # the number in the name is the nominal rate in percent
             assert cfg.rate == pytest.approx(int(m.group(1)) / 100)
     for n in ("sym20", "sym50", "sym80"):  # the paper's "reassigning a percentage of labels"
         assert OmegaConf.load(CONF_NOISE / f"{n}.yaml").variant == "sym_incl"

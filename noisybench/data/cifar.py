@@ -194,7 +194,13 @@ def _download(spec: _Spec, variant: str, root: Path) -> None:
     download_archive(cls.url, root, cls.filename, cls.tgz_md5, spec.title, holds)
 
 
-def load_cifar(variant: str, root: str, download: bool = False, verify: bool = True) -> ImageData:
+def load_cifar(
+    variant: str,
+    root: str,
+    download: bool = False,
+    verify: bool = True,
+    labels: str = "fine",
+) -> ImageData:
     """Load CIFAR-10 (``variant="cifar10"``) or CIFAR-100 (``"cifar100"``) as :class:`ImageData`.
 
     Args:
@@ -203,11 +209,20 @@ def load_cifar(variant: str, root: str, download: bool = False, verify: bool = T
             (``data_dir`` in the config).
         download: fetch and extract the official archive into ``root`` if files are missing.
         verify: check every file's md5 against the official value before reading.
+        labels: CIFAR-100 only: ``"fine"`` (100 classes) or ``"coarse"`` (the 20
+            superclasses as the classes, e.g. for CIFAR-100N's coarse label sets).
 
     Returns:
         uint8 ``(50000, 3, 32, 32)`` / ``(10000, 3, 32, 32)`` images in torchvision's order;
-        for CIFAR-100, ``superclass`` maps each of the 100 fine classes to its coarse class.
+        for CIFAR-100 with fine labels, ``superclass`` maps each of the 100 fine classes to its
+        coarse class.
     """
+    if labels not in ("fine", "coarse") or (labels == "coarse" and variant != "cifar100"):
+        raise UserError(
+            f"labels={labels!r} is not available for {variant}; use labels=fine (or coarse "
+            "with CIFAR-100)"
+        )
+    label_type = labels
     spec = _spec(variant)
     root_path = Path(root).expanduser()
     directory = root_path / spec.folder
@@ -255,6 +270,15 @@ def load_cifar(variant: str, root: str, download: bool = False, verify: bool = T
             num_classes,
             directory,
         )
+    if label_type == "coarse":  # the 20 superclasses become the classes
+        names = meta.get("coarse_label_names")
+        if names is None:
+            raise UserError(f"{directory / spec.meta} has no 'coarse_label_names'; download again")
+        class_names = [str(n) for n in names]
+        num_classes = len(class_names)
+        train_labels = [train_labels[1]]
+        test_labels = [test_labels[1]]
+        superclass = None
 
     mean, std = CIFAR_STATS[variant]
     return ImageData(

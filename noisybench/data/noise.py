@@ -33,6 +33,10 @@ Conventions (T[i, j] = P(noisy = j | clean = i), K classes, nominal rate r, "rou
   projection W_y in R^{D x K} with N(0, 1) entries; scores s = x_i W_{y_i}, s[y_i] = -inf;
   p_i = q_i softmax(s) + (1 - q_i) e_{y_i}; the noisy label is drawn from p_i. Realised rate
   ~ E[q] (the truncated-normal mean; r itself when r is more than ~0.3 from 0 and 1).
+* ``cifar10n_aggre``, ``cifar10n_random1..3``, ``cifar10n_worse``, ``cifar100n_noisy``,
+  ``cifar100n_noisy_coarse`` (Wei et al. 2022, real human annotations): read from the official
+  CIFAR-N file (:mod:`noisybench.data.cifarn`) through :func:`apply_noise` with ``file=``;
+  nothing is drawn, so rate and seed only go into the record.
 
 Every function draws from ``np.random.default_rng(seed)`` only, never mutates its input, and
 returns int64 labels. A nominal rate of 0 returns the clean labels for every variant.
@@ -50,6 +54,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from noisybench.data.cifarn import HUMAN_SETS, read_human_labels
 from noisybench.errors import UserError
 from noisybench.io import atomic_write
 
@@ -416,6 +421,22 @@ def _noise_idn(labels, num_classes, rate, rng, *, asym_map, superclass, features
     return noisy
 
 
+def _make_human_variant(name: str) -> NoiseFn:
+    def _human(labels, num_classes, rate, rng, *, asym_map, superclass, features):
+        raise UserError(
+            f"noise variant {name!r} reads real human labels from the CIFAR-N file and cannot be "
+            "drawn; call apply_noise with file=... (noise.file in the noise config)"
+        )
+
+    _human.__doc__ = f"CIFAR-N set {name!r} (read by apply_noise from the official file)."
+    _human.human = True  # type: ignore[attr-defined]
+    return _human
+
+
+for _name in HUMAN_SETS:
+    register_noise(_name)(_make_human_variant(_name))
+
+
 # --------------------------------------------------------------------------------------------
 # Public entry points
 
@@ -601,13 +622,30 @@ def apply_noise(
     label_file: str | os.PathLike[str] | None = None,
     superclass: np.ndarray | None = None,
     features: np.ndarray | None = None,
+    file: str | os.PathLike[str] | None = None,
+    download: bool = False,
 ) -> tuple[np.ndarray, NoiseRecord]:
     """The run's one call: noisy labels and their record, from the ``noise`` config group.
 
     With ``label_file`` set, the labels are read from it (reproducing exactly the noise that
     produced the file) instead of being generated; the record then names the file.
+
+    A CIFAR-N variant (``cifar10n_*``, ``cifar100n_*``) reads its label set from the official
+    file ``file`` (``noise.file``), fetched first when missing if ``download`` is true, and
+    verified against ``clean_labels`` (:func:`noisybench.data.cifarn.read_human_labels`); its
+    record names the file in ``label_file`` and holds the realised rate, the empirical
+    transition matrix and the labels' sha256 like any other variant.
     """
-    if label_file is not None:
+    if variant in HUMAN_SETS and label_file is None:
+        if file is None:
+            raise UserError(
+                f"noise variant {variant!r} needs the CIFAR-N label file; set noise.file to the "
+                f"path of {HUMAN_SETS[variant].file}"
+            )
+        clean = _check_labels(clean_labels, num_classes)
+        noisy = read_human_labels(variant, file, clean, num_classes, download=download)
+        label_file = file
+    elif label_file is not None:
         clean = _check_labels(clean_labels, num_classes)
         noisy = load_labels(label_file, clean.shape[0], num_classes)
     else:
