@@ -143,7 +143,7 @@ def disk_full(exc: BaseException | None) -> OSError | None:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in codes:
             return exc
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     return None
 
 

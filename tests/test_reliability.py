@@ -315,6 +315,7 @@ def _check_full_disk(seen: dict[str, Any], reference: dict[str, Any]) -> None:
     assert "is full (No space left on device" in line, line
     assert str(seen["dir"]) in line and "free some space" in line, line
     assert "run the same command again to resume" in line, line
+    assert f"the checkpoint of epoch {seen['ckpt_epoch']} and a result file" in line, line
     # The result never claims more epochs than the checkpoint holds.
     failed = seen["after_full"]
     assert failed["status"] == "failed" and "is full" in failed["error"]
@@ -349,10 +350,17 @@ def test_disk_full_is_found_behind_torch_runtime_error() -> None:
         try:
             raise OSError(28, "No space left on device")
         except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")  # noqa: B904
     except RuntimeError as exc:
         assert disk_full(exc) is not None and disk_full(exc).errno == 28
     assert disk_full(RuntimeError("other")) is None
+    try:  # a message already made from it ("raise ... from None") is not found again
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise UserError("the disk is full") from None
+    except UserError as exc:
+        assert disk_full(exc) is None
     assert disk_full(OSError(13, "Permission denied")) is None
 
 
