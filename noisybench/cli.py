@@ -281,7 +281,12 @@ def _run_hydra(passthrough: bool) -> None:
         if saved is not None:
             raise
 
-        error = exc
+        # Hand Hydra the traceback from its run_job frame on: it prints it as it always has
+        # (without Hydra's own frames).
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_name != "run_job":
+            tb = tb.tb_next
+        error = exc if tb is None else exc.with_traceback(tb)
 
         def reraise() -> None:
             raise error
