@@ -46,6 +46,7 @@ Hyperparameters (BSD paper, Appendix A.1, following Shen et al.): ``T = 3``, ``a
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -79,9 +80,9 @@ class DLB(Method):
 
     def __init__(self, T: float = 3.0, alpha: float = 1.0) -> None:
         super().__init__()
-        if T <= 0:
-            raise UserError(f"method.T={T} must be positive; use e.g. 3")
-        if alpha < 0:
+        if not 0 < T < math.inf:  # NaN fails this test too
+            raise UserError(f"method.T={T} must be a positive finite number; use e.g. 3")
+        if not 0 <= alpha < math.inf:
             raise UserError(f"method.alpha={alpha} must be non-negative; use e.g. 1.0")
         self.T = float(T)
         self.alpha = float(alpha)

@@ -72,8 +72,8 @@ class Ensemble(Method):
         self, members: int = 3, independent_views: bool = True, seed: int | None = None
     ) -> None:
         super().__init__()
-        if int(members) < 1:
-            raise UserError(f"method.members={members} must be at least 1; use e.g. 3")
+        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+            raise UserError(f"method.members={members} must be a whole number >= 1; use e.g. 3")
         self.size = int(members)
         self.independent_views = bool(independent_views)
         self.seed = seed

@@ -102,8 +102,8 @@ class KnowledgeDistillation(Method):
         ensemble_average: str = "tempered",
     ) -> None:
         super().__init__()
-        if T <= 0:
-            raise UserError(f"method.T={T} must be positive; use e.g. 3")
+        if not 0 < T < math.inf:  # NaN fails this test too
+            raise UserError(f"method.T={T} must be a positive finite number; use e.g. 3")
         if not 0.0 <= beta <= 1.0:
             raise UserError(f"method.beta={beta} is outside [0, 1]; use e.g. 0.9")
         if ensemble_average not in _AVERAGES:

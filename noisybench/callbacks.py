@@ -218,7 +218,8 @@ def summarise(history: list[dict[str, Any]]) -> dict[str, Any]:
 class ResultWriter(Callback):
     """Keeps ``result.json`` current: written when training starts (status "running", the
     history so far) and after every epoch, so a crash at any point leaves a readable file;
-    :meth:`write` sets the final status ("finished", "interrupted", "failed")."""
+    :meth:`write` sets the final status ("finished", "interrupted", "failed"). Its history is
+    the epochs the checkpoint holds (it must come after the :class:`Checkpointer`)."""
 
     def __init__(self, run_dir: RunDir, header: Mapping[str, Any]) -> None:
         self.run_dir = run_dir
@@ -240,11 +241,13 @@ class ResultWriter(Callback):
         return result
 
     def on_fit_start(self, trainer: Trainer, start_epoch: int, start_step: int) -> None:
-        self.history = trainer.history
+        self.history = list(trainer.history)
         self.write("running")
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
-        self.history = trainer.history
+        # A copy taken only here, after the Checkpointer saved the epoch: when that save
+        # fails (a full disk) the final "failed" write still shows the checkpointed epochs.
+        self.history = list(trainer.history)
         self.write("running")
 
 

@@ -27,9 +27,11 @@ not finish.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -49,6 +51,7 @@ from noisybench.config import (
     validate_choices,
 )
 from noisybench.errors import UserError
+from noisybench.io import disk_full
 from noisybench.rundir import RunDir, run_dir_for
 
 __all__ = ["CONF_DIR", "GROUPS", "main", "validate_choices"]
@@ -81,6 +84,11 @@ _MAX_CHECKED_JOBS = 2000
 
 
 def _fail(message: str, status: int) -> None:
+    # A Ctrl-C (or SIGTERM) arriving while the process exits would print a traceback from
+    # an exit handler: the process is ending anyway, so later ones are ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, OSError):  # not the main thread
+            signal.signal(sig, signal.SIG_IGN)
     print(f"noisybench: error: {' '.join(str(message).split())}", file=sys.stderr)
     sys.exit(status)
 
@@ -104,11 +112,48 @@ def _job_run_dir(cfg: DictConfig) -> Path:
     return run_dir_for(str(out_dir or ""), str(name or ""))
 
 
+# Run directories this command will create (absolute path -> the first directory of the path
+# that does not exist yet): one whose run fails on bad input is removed again when it holds
+# nothing but Hydra's own files (see _remove_skeleton).
+_NEW_DIRS: dict[str, Path] = {}
+_HYDRA_ONLY = {".hydra", "noisybench.log", ".lock"}
+
+
+def _note_new_dir(path: Path) -> None:
+    first = None
+    probe = Path(os.path.abspath(path))
+    while not probe.exists() and probe != probe.parent:
+        first, probe = probe, probe.parent
+    if first is not None:
+        _NEW_DIRS[os.path.abspath(path)] = first
+
+
+def _remove_skeleton(run_dir: str | Path) -> None:
+    """Remove a run directory this command created when a run failed on bad input and left
+    only Hydra's records (``.hydra/``, ``noisybench.log``) and the lock, and the empty
+    directories above it that this command created."""
+    path = Path(os.path.abspath(run_dir))
+    first = _NEW_DIRS.get(str(path))
+    if first is None or not path.is_dir():
+        return
+    if any(entry.name not in _HYDRA_ONLY for entry in path.iterdir()):
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    parent = path.parent
+    while path != first and parent != parent.parent:
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            return
+        path, parent = parent, parent.parent
+
+
 def _check_job(overrides: Sequence[str], dirs: Sequence[Path]) -> tuple[RunDir, Any]:
     """Compose one job and refuse bad input before anything is written. Returns its run
     directory and the result of an already finished run there (None otherwise)."""
     cfg = compose(overrides, return_hydra_config=True, search_dirs=dirs[1:])
     run_dir = RunDir(_job_run_dir(cfg))
+    _note_new_dir(run_dir.path)
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     check_config(job)
     config = resolved(job)
@@ -192,6 +237,8 @@ def _hydra_main(cfg: DictConfig) -> float:
     try:
         return selection_metric(run_experiment(cfg, run_dir=run_dir))
     except (UserError, RunFailed) as exc:
+        if isinstance(exc, UserError):
+            _remove_skeleton(run_dir)
         if not multirun:
             _fail(str(exc), 2 if isinstance(exc, UserError) else 1)
         log.error("run %s failed: %s", run_dir, exc)
@@ -208,6 +255,58 @@ _SUBCOMMANDS = {
 }
 
 
+def _run_hydra(passthrough: bool) -> None:
+    """Run Hydra; a full disk (even while Hydra writes its own records) ends in one line.
+
+    Hydra prints other errors itself: with ``HYDRA_FULL_ERROR`` set here they come back to
+    this function, which hands those on to Hydra's reporting unchanged."""
+    if passthrough:
+        _hydra_main()
+        return
+    from hydra._internal.utils import run_and_report
+
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _hydra_main()
+    except Exception as exc:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        full = disk_full(exc)
+        if full is not None:
+            for path in list(_NEW_DIRS):
+                _remove_skeleton(path)
+            where = full.filename or (next(iter(_NEW_DIRS), None) if len(_NEW_DIRS) == 1 else "")
+            disk = Path(where or ".")
+            while not disk.exists() and disk != disk.parent:
+                disk = disk.parent
+            raise UserError(
+                f"the disk is full ({full.strerror}{f' writing {where}' if where else ''}); "
+                f"free some space (df -h {disk}) and run the same command "
+                "again (finished runs are reported, interrupted ones resume), or choose an "
+                "out_dir=... on a disk with room"
+            ) from None
+        if saved is not None:
+            raise
+
+        # Hand Hydra the traceback from its run_job frame on: it prints it as it always has
+        # (without Hydra's own frames).
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_name != "run_job":
+            tb = tb.tb_next
+        error = exc if tb is None else exc.with_traceback(tb)
+
+        def reraise() -> None:
+            raise error
+
+        run_and_report(reraise)
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``noisybench`` command and ``python -m noisybench``
     (``noisybench report ...`` and ``noisybench evaluate ...`` run those tools)."""
@@ -217,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
 
         tool = importlib.import_module(_SUBCOMMANDS[args[0]])
         sys.exit(tool.main(args[1:]))
+    _NEW_DIRS.clear()
     multirun = any(a in _MULTIRUN for a in args)
     passthrough = any(_flag_name(a) in _PASS_THROUGH for a in args)
     sweep_dirs: list[RunDir] | None = None
@@ -236,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
         # Hydra's parser wants every override after its flags: accept -m anywhere.
         flags = [a for a in args if a in _MULTIRUN]
         sys.argv = [sys.argv[0], *flags, *(a for a in args if a not in flags)]
-        _hydra_main()
+        logging.raiseExceptions = False  # a log that cannot be written (full disk): no traceback
+        _run_hydra(passthrough)
     except UserError as exc:
         _fail(str(exc), 2)
     except KeyboardInterrupt:

@@ -63,6 +63,8 @@ CONF_DIR = conf_dir()
 # a method needs from any optimizer (TE's beta1 annealing), selected by the method's name.
 GROUPS = ("dataset", "noise", "model", "method", "optim", "experiment", "logger")
 HIDDEN_GROUPS = ("method_optim",)
+# The groups every run needs one option of (``method=null`` or ``~method`` is refused).
+REQUIRED_GROUPS = ("dataset", "noise", "model", "method", "optim")
 # The groups that name a run directory's path components (dataset/model/noise/method).
 PATH_GROUPS = ("dataset", "model", "noise", "method")
 
@@ -365,7 +367,7 @@ def compose(
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
             cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as exc:
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise UserError(_override_error(exc, overrides)) from None
     _refuse_added_keys(cfg, overrides)
     if not return_hydra_config:
@@ -454,15 +456,21 @@ def validate_choices(argv: Sequence[str]) -> None:
     """
     dirs = search_dirs(argv)
     for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):
             continue
         key, _, value = arg.lstrip("+~").partition("=")
         if key not in GROUPS or "(" in value:  # sweep functions (range/choice/glob): Hydra's
             continue
-        for option in (v.strip() for v in value.strip("[]").split(",")):
+        known = sorted({p.stem for d in dirs for p in (d / key).glob("*.yaml")})
+        options = [v.strip() for v in value.strip("[]").split(",")]
+        if key in REQUIRED_GROUPS and (arg.startswith("~") or "null" in options):
+            raise UserError(
+                f"{arg} leaves the run without a {key}, which every run needs; choose one of: "
+                f"{', '.join(known)}"
+            )
+        for option in options:
             if option in ("", "null") or any((d / key / f"{option}.yaml").is_file() for d in dirs):
                 continue
-            known = sorted({p.stem for d in dirs for p in (d / key).glob("*.yaml")})
             raise UserError(
                 f"unknown {key} '{option}'; choose one of: {', '.join(known)} "
                 f"(or add {key}/{option}.yaml to conf/ or a hydra.searchpath directory)"
@@ -472,6 +480,26 @@ def validate_choices(argv: Sequence[str]) -> None:
 # ------------------------------------------------------------------------------ validation
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _floats(cfg: DictConfig) -> list[tuple[str, float]]:
+    """Every float value of the experiment (dotted key, value), Hydra's own node left out."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    out: list[tuple[str, float]] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if prefix or k != "hydra":
+                    walk(v, f"{prefix}{k}.")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{prefix}{i}.")
+        elif isinstance(node, float):
+            out.append((prefix[:-1], node))
+
+    walk(container, "")
+    return out
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -488,6 +516,13 @@ def check_config(cfg: DictConfig) -> None:
             raise UserError(
                 f"{group}={cfg.get(group)} is not a {group} config; choose one, e.g. "
                 f"{group}=<name> (noisybench --help lists them)"
+            )
+
+    for key, value in _floats(cfg):
+        if math.isnan(value):
+            raise UserError(
+                f"{key}=nan is not a number; give {key} a numeric value (noisybench --cfg job "
+                "shows the defaults)"
             )
 
     def positive(key: str, example: str) -> None:
@@ -538,6 +573,11 @@ def check_config(cfg: DictConfig) -> None:
         known = ", ".join(sorted(NOISE_VARIANTS))
         raise UserError(f"noise.variant={noise.variant} is unknown; use one of {known}")
     label_file = noise.get("label_file")
+    if label_file is not None and Path(str(label_file)).expanduser().is_dir():
+        raise UserError(
+            f"noise.label_file={label_file} is a directory, not a file; give the path of a "
+            "saved noisy_labels.npy, or set noise.label_file=null to generate the noise"
+        )
     if label_file is not None and not Path(str(label_file)).expanduser().is_file():
         raise UserError(
             f"noise.label_file={label_file} does not exist; give the path of a saved "

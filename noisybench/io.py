@@ -16,11 +16,14 @@ cannot split them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import signal
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +38,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_json",
     "atomic_write_text",
+    "disk_full",
     "load_checkpoint",
     "read_json",
     "remove_stale_temporaries",
@@ -104,6 +108,8 @@ def _atomic_replace(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 & ~umask)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -118,6 +124,27 @@ def _atomic_replace(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def disk_full(exc: BaseException | None) -> OSError | None:
+    """The "no space left on device" or "disk quota exceeded" error behind ``exc`` (itself,
+    or one it was raised from or while handling: ``torch.save`` turns it into a
+    RuntimeError), or None."""
+    codes = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in codes:
+            return exc
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return None
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], Any]) -> None:
@@ -192,6 +219,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     import torch
 
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise UserError(
+            f"checkpoint {path} is not a regular file (a directory or a special file); move it "
+            "away, or pass restart=true to start over (old files are moved to previous/)"
+        )
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; check the run directory")
     prev = path.with_name(path.name + ".prev")
@@ -202,11 +234,29 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         else "pass restart=true to start over (old files are moved to previous/)"
     )
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns, e.g. "looks like TorchScript"
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, foreign objects, ...
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
-        reason = reason or type(exc).__name__
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({reason}); {hint}") from exc
+        raise UserError(f"checkpoint {path} {_load_failure(exc)}; {hint}") from exc
     if not isinstance(obj, dict) or "model" not in obj:
         raise UserError(f"{path} is not a noisybench checkpoint (no 'model' entry); {hint}")
     return obj
+
+
+def _load_failure(exc: BaseException) -> str:
+    """What went wrong in ``torch.load(..., weights_only=True)``, in a few words, without
+    torch's advice to load the file unsafely (noisybench never does)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    unpickler = re.search(r"WeightsUnpickler error: (.*?)(?: Please use |$)", text, re.M)
+    if unpickler:
+        detail = unpickler.group(1).strip().rstrip(".")[:120]
+        return (
+            f"holds objects that are not tensors or plain data ({detail}), so it is not a "
+            "noisybench checkpoint (checkpoints are read without running code from them)"
+        )
+    if "TorchScript" in text:
+        return "is a TorchScript model, not a noisybench checkpoint"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    first = first.split(" This is an internal miniz error")[0][:120]
+    return f"is corrupt or truncated ({first})"

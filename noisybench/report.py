@@ -195,8 +195,12 @@ def load_results(roots: Iterable[str | Path]) -> list[dict[str, Any]]:
             except (OSError, ValueError):
                 print(f"noisybench.report: skipping unreadable {path}", file=sys.stderr)
                 continue
-            if not isinstance(result, dict):
-                print(f"noisybench.report: skipping {path} (not a result file)", file=sys.stderr)
+            problem = _shape_problem(result)
+            if problem is not None:
+                print(
+                    f"noisybench.report: skipping {path}: not a noisybench result ({problem})",
+                    file=sys.stderr,
+                )
                 continue
             result.setdefault("run_dir", str(path.parent))
             evaluation = path.parent / EVALUATION_FILE
@@ -215,6 +219,34 @@ def load_paper_tables() -> dict[str, Any]:
 
     text = (importlib.resources.files("noisybench") / "paper_tables.yaml").read_text("utf-8")
     return yaml.safe_load(text)["tables"]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float)
+
+
+def _shape_problem(result: Any) -> str | None:
+    """Why ``result`` (parsed JSON) does not have the shape of a result file, or None."""
+    if not isinstance(result, dict):
+        return f"a JSON {type(result).__name__}, not an object"
+    for key in ("config", "seeds", "noise"):
+        if not isinstance(result.get(key, {}), dict):
+            return f"'{key}' is not an object"
+    for group in ("dataset", "model", "noise", "method"):
+        if not isinstance(result.get("config", {}).get(group, {}), dict):
+            return f"'config.{group}' is not an object"
+    history = result.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        return "'history' is not a list of objects"
+    for key in ("last", "best"):
+        if result.get(key) is not None and not isinstance(result.get(key), dict):
+            return f"'{key}' is not an object"
+    for entry in [*history, result.get("last") or {}, result.get("best") or {}]:
+        for name in {key for metric in METRICS.values() for key in metric.history}:
+            value = entry.get(name)
+            if value is not None and (isinstance(value, bool) or not _is_number(value)):
+                return f"'{name}' is not a number"
+    return None
 
 
 # ------------------------------------------------------------------------------ grouping

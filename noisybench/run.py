@@ -9,8 +9,12 @@ input never touches an earlier run.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ from noisybench.callbacks import (
 from noisybench.config import check_config, instantiate, resolved
 from noisybench.engine import Interrupted, TrainingDiverged
 from noisybench.errors import UserError
+from noisybench.io import disk_full
 from noisybench.rundir import RunDir, run_dir_for
 
 __all__ = ["RunFailed", "run_experiment"]
@@ -101,9 +106,32 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[s
     config = resolved(cfg)
     rd = RunDir(run_dir if run_dir is not None else run_dir_for(cfg.out_dir, str(cfg.run_name)))
     rd.probe_writable()
-    rd.prepare()
-    with rd.lock():
-        return _run_locked(cfg, config, rd)
+    try:
+        rd.prepare()
+        with rd.lock():
+            return _run_locked(cfg, config, rd)
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        raise UserError(_disk_full_message(rd, full, None)) from None
+
+
+def _disk_full_message(rd: RunDir, error: OSError | None, epochs_kept: int | None) -> str:
+    """One line for a write that failed because the disk (or the quota) is full."""
+    error = error or OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    where = f" writing {Path(error.filename).name}" if error.filename else ""
+    if epochs_kept:
+        kept = (
+            f"the checkpoint of epoch {epochs_kept} and a result file with the same epochs are kept"
+        )
+    else:
+        kept = "nothing earlier was lost"
+    return (
+        f"the disk holding {rd} is full ({error.strerror or 'no space left'}{where}); {kept}: "
+        f"free some space there (df -h {rd}) and run the same command again to resume, or "
+        "choose an out_dir=... on a disk with room"
+    )
 
 
 def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str, Any]:
@@ -176,7 +204,7 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
                 f"({type(exc).__name__}: {reason}); pass restart=true to start over (old files "
                 "go to previous/), or resume with the noisybench version that wrote it"
             ) from None
-        result_writer.history = trainer.history
+        result_writer.history = list(trainer.history)
 
     # ---- from here on the run directory changes
     if ckpt is None:
@@ -208,13 +236,17 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         result_writer.write("failed", error=message)
         raise RunFailed(message) from None
     except Exception as exc:
-        result_writer.write("failed", error=f"{type(exc).__name__}: {exc}")
-        raise
+        if disk_full(exc) is None:
+            result_writer.write("failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        # The result file keeps the epochs the checkpoint holds (the ResultWriter's history
+        # stops at the last epoch whose checkpoint was written); it may not fit on the disk.
+        message = _disk_full_message(rd, disk_full(exc), len(result_writer.history))
+        with contextlib.suppress(OSError):
+            result_writer.write("failed", error=message)
+        raise UserError(message) from None
     finally:
-        for callback in callbacks:
-            close = getattr(callback, "close", None)
-            if close is not None:
-                close()
+        _close_all(callbacks)
     result = result_writer.write("finished")
     best, last = result["best"] or {}, result["last"] or {}
     log.info(
@@ -225,6 +257,22 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         best.get("epoch"),
     )
     return result
+
+
+def _close_all(callbacks: list[Any]) -> None:
+    """Close every callback that has ``close`` (all of them, even when one fails on a full
+    disk: then the first error is raised once all are closed)."""
+    first: BaseException | None = None
+    for callback in callbacks:
+        close = getattr(callback, "close", None)
+        if close is None:
+            continue
+        try:
+            close()
+        except Exception as exc:
+            first = first or exc
+    if first is not None and sys.exc_info()[1] is None:
+        raise first
 
 
 def selection_metric(result: dict[str, Any]) -> float:

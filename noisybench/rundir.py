@@ -255,9 +255,25 @@ class RunDir:
             return f"{value:.4f}" if isinstance(value, int | float) else "n/a"
 
         epoch = best.get("epoch") if isinstance(best, Mapping) else None
-        return (
+        message = (
             f"{self.path} already finished: last-epoch test acc {acc(last)}, best {acc(best)} "
             f"at epoch {epoch} (selected on the test set); pass restart=true to run it again"
+        )
+        problem = self.label_problem(result)
+        return message if problem is None else f"{message}; warning: {problem}"
+
+    def label_problem(self, result: Mapping[str, Any]) -> str | None:
+        """What is wrong with the label file of the finished run ``result`` (missing,
+        unreadable, or labels whose hash differs from the result's noise record), or None."""
+        noise = result.get("noise")
+        sha = noise.get("sha256") if isinstance(noise, Mapping) else None
+        if not isinstance(sha, str) or self.labels_match(sha):
+            return None
+        state = "is missing" if not self.label_file.exists() else "is damaged"
+        return (
+            f"{self.label_file.name} {state} (unreadable, or its labels' sha256 is not "
+            f"{sha[:12]}... as result.json records); the results stand, but to get the noisy "
+            "labels back run again with restart=true (old files go to previous/)"
         )
 
     # ------------------------------------------------------------------ writing
@@ -336,9 +352,13 @@ class RunDir:
 
         try:
             labels = np.load(self.label_file, allow_pickle=False)
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):
             return False
-        return labels.dtype.kind in "iu" and label_hash(labels) == sha256
+        return (
+            isinstance(labels, np.ndarray)
+            and labels.dtype.kind in "iu"
+            and label_hash(labels) == sha256
+        )
 
     def write_result(self, result: Mapping[str, Any]) -> None:
         """Write ``result.json`` atomically."""

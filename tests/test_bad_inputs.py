@@ -111,7 +111,36 @@ CASES = [
         ("out_dir={a_file}/runs",),
         ("cannot create the run directory", "is a file", "choose another out_dir"),
     ),
+    Case(
+        "sweep-out-dir-is-a-file",
+        ("-m", "out_dir={a_file}"),
+        ("job 0 of the sweep", "is a file", "choose another out_dir"),
+    ),
+    Case("out-dir-empty", ("out_dir=",), ("out_dir is empty", "out_dir=./runs")),
+    Case("run-name-empty", ("run_name=",), ("run_name is empty", "run_name=my_run")),
+    Case(
+        "run-name-escapes",
+        ("run_name=../../x",),
+        ("run_name=../../x would write outside out_dir", "without '..'"),
+    ),
+    Case("run-name-absolute", ("run_name=/tmp/x",), ("would write outside out_dir",)),
+    Case(
+        "run-name-escapes-in-sweep",
+        ("-m", "run_name=ok,../x"),
+        ("job 1 of the sweep", "run_name=../x would write outside out_dir"),
+    ),
+    Case(
+        "run-name-too-long",
+        ("run_name=" + "a" * 300,),
+        ("component of 300 bytes", "longer than the file system's 255", "shorter run_name"),
+    ),
+    # a required config group left empty
+    Case("method-null", ("method=null",), ("method=null leaves the run without a method", "bsd")),
+    Case("dataset-null", ("dataset=null",), ("without a dataset", "cifar10")),
+    Case("method-deleted", ("~method",), ("~method leaves the run without a method",)),
     # numbers of epochs, batch sizes, seeds, threads
+    Case("seed-2-to-the-64", ("seed=18446744073709551616",), ("below 2**63",)),
+    Case("seed-2-to-the-63", ("seed=9223372036854775808",), ("below 2**63",)),
     Case("epochs-negative", ("epochs=-1",), ("epochs=-1 is invalid", "positive integer")),
     Case("epochs-zero", ("epochs=0",), ("epochs=0 is invalid", "positive integer")),
     Case("epochs-not-a-number", ("epochs=abc",), ("epochs=abc is invalid",)),
@@ -129,6 +158,14 @@ CASES = [
     Case("amp-unknown", ("amp=fp8",), ("amp=fp8", "amp=auto, off, bf16 or fp16")),
     Case("restart-not-boolean", ("restart=flase",), ("restart=flase is not a boolean",)),
     Case("device-unknown", ("device=tpu",), ("device=tpu is not a device", "device=auto")),
+    Case("device-mps-absent", ("device=mps",), ("device=mps is not available", "device=cpu")),
+    Case("device-meta", ("device=meta",), ("device=meta is not available", "device=cpu")),
+    Case(
+        "amp-bf16-on-cpu",
+        ("device=cpu", "amp=bf16"),
+        ("amp=bf16 needs a CUDA device", "amp=auto", "amp=off"),
+    ),
+    Case("amp-fp16-on-cpu", ("device=cpu", "amp=fp16"), ("amp=fp16 needs a CUDA device",)),
     # values a constructor rejects
     Case(
         "learning-rate-negative",
@@ -139,6 +176,29 @@ CASES = [
         "method-parameter-out-of-range",
         ("method=bsd", "method.gamma=1.5"),
         ("BSD gamma must be in [0, 1], got 1.5",),
+    ),
+    Case(
+        "ensemble-members-fractional",
+        ("method=ensemble", "method.members=1.5"),
+        ("method.members=1.5 must be a whole number",),
+    ),
+    Case("dlb-temperature-nan", ("method=dlb", "method.T=nan"), ("method.T=nan is not a number",)),
+    Case(
+        "dlb-temperature-inf",
+        ("method=dlb", "method.T=inf"),
+        ("method.T=inf must be a positive finite number",),
+    ),
+    Case("learning-rate-nan", ("optim.optimizer.lr=nan",), ("optim.optimizer.lr=nan",)),
+    # label files that are not label files
+    Case(
+        "label-file-is-text",
+        ("noise.label_file={text_labels}",),
+        ("is a text file (no .npy header)", "numpy.save"),
+    ),
+    Case(
+        "label-file-is-a-directory",
+        ("noise.label_file={empty_dir}",),
+        ("is a directory, not a file", "noise.label_file"),
     ),
 ]
 
@@ -155,6 +215,8 @@ def _inputs(root: Path) -> dict[str, Path]:
     paths["corrupt_npy"] = root / "corrupt.npy"
     paths["corrupt_npy"].write_bytes(b"\x93NUMPY\x01\x00garbage")
     paths["missing"] = root / "no_such_labels.npy"
+    paths["text_labels"] = root / "labels.txt"
+    paths["text_labels"].write_text("".join(f"{i % 10}\n" for i in range(TRAIN_SIZE)))
     paths["empty_dir"] = root / "empty"
     paths["empty_dir"].mkdir()
     paths["bad_cifar"] = root / "cifar"
@@ -213,6 +275,21 @@ def test_the_matrix_covers_the_issue() -> None:
         "out-dir-under-a-file",
         "epochs-negative",
         "batch-larger-than-dataset",
+        # issue 14
+        "run-name-escapes",
+        "out-dir-empty",
+        "run-name-empty",
+        "run-name-too-long",
+        "method-null",
+        "dataset-null",
+        "seed-2-to-the-64",
+        "device-mps-absent",
+        "device-meta",
+        "sweep-out-dir-is-a-file",
+        "amp-bf16-on-cpu",
+        "ensemble-members-fractional",
+        "dlb-temperature-nan",
+        "label-file-is-text",
     }
     assert listed <= set(ids), listed - set(ids)
 

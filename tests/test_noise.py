@@ -512,7 +512,9 @@ def test_errors_load(tmp_path):
     _raises(r"does not exist", load_labels, tmp_path / "missing.npy", 10, 10)
     bad = tmp_path / "corrupt.npy"
     bad.write_bytes(b"not a numpy file at all")
-    _raises(r"not a readable \.npy", load_labels, bad, 10, 10)
+    _raises(r"is a text file \(no \.npy header\)", load_labels, bad, 10, 10)
+    bad.write_bytes(b"\x00\xff\x10 binary junk")
+    _raises(r"is not a \.npy file \(no \.npy header\)", load_labels, bad, 10, 10)
     obj = tmp_path / "obj.npy"
     np.save(obj, np.array([1, "a", None], dtype=object), allow_pickle=True)
     _raises(r"not a readable \.npy", load_labels, obj, 3, 10)

@@ -582,14 +582,45 @@ def save_labels(path: str | os.PathLike[str], labels: np.ndarray) -> Path:
     return path
 
 
+def _looks_like_text(path: Path) -> bool:
+    """Whether the first KiB of ``path`` decodes as UTF-8 text without NUL bytes."""
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in head
+
+
 def load_labels(path: str | os.PathLike[str], num_samples: int, num_classes: int) -> np.ndarray:
     """Read a label file written by :func:`save_labels` (config key ``noise.label_file``) and
     check it fits the training set: N entries, integers in [0, K)."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise UserError(
+            f"noise label file {str(path)!r} is a directory, not a file; point noise.label_file "
+            "at the .npy file or set it to null to generate noise"
+        )
     if not path.is_file():
         raise UserError(
             f"noise label file {str(path)!r} does not exist; fix noise.label_file or set it to "
             "null to generate noise"
+        )
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise UserError(
+            f"noise label file {str(path)!r} cannot be read ({exc.strerror}); fix its "
+            "permissions or set noise.label_file to null"
+        ) from None
+    if not magic.startswith((b"\x93NUMPY", b"PK\x03\x04")):  # .npy, or .npz (refused below)
+        kind = "a text file" if _looks_like_text(path) else "not a .npy file"
+        raise UserError(
+            f"noise label file {str(path)!r} is {kind} (no .npy header); save the labels with "
+            "numpy.save (int64 vector, one class index per training image) or set "
+            "noise.label_file to null"
         )
     try:
         arr = np.load(path, allow_pickle=False)
