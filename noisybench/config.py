@@ -85,6 +85,8 @@ NON_IDENTITY_KEYS = (
     "dataset.reader.download",
     "dataset.reader.verify",
     "eval.batch_size",
+    "distributed.backend",
+    "distributed.timeout_s",
     "hydra",
 )
 # Kept for code written against the first release.
