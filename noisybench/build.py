@@ -191,7 +191,8 @@ def build(
             build), with one actionable line.
     """
     if device is None:
-        device = dist.device_for(str(cfg.device)) or resolve_device(str(cfg.device))
+        own = dist.device_for(str(cfg.device))  # cuda:LOCAL_RANK with several processes
+        device = own if own is not None else resolve_device(str(cfg.device))
     world, rank = dist.world_size(), dist.rank()
     dist_cfg = cfg.get("distributed") or {}
     sync_bn = bool(dist_cfg.get("sync_batchnorm", False)) and world > 1

@@ -10,9 +10,10 @@ Launchers:
 
 * ``torchrun --nproc_per_node=N -m noisybench ...`` sets ``RANK``, ``WORLD_SIZE``,
   ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
-* SLURM (``srun`` with ``--ntasks-per-node=N``) sets ``SLURM_PROCID``, ``SLURM_NTASKS`` and
-  ``SLURM_LOCALID``; the rendezvous address is ``MASTER_ADDR``/``MASTER_PORT`` when set, else
-  the node that ran ``srun`` (``SLURM_LAUNCH_NODE_IPADDR``) and a port derived from the job id.
+* SLURM (``srun`` with ``--ntasks-per-node=N``) sets ``SLURM_PROCID``,
+  ``SLURM_STEP_NUM_TASKS`` and ``SLURM_LOCALID``; the rendezvous address is
+  ``MASTER_ADDR``/``MASTER_PORT`` when set, else the node that ran ``srun``
+  (``SLURM_LAUNCH_NODE_IPADDR``) and a port derived from the job id.
 
 Backend: ``nccl`` on CUDA, ``gloo`` on the CPU (``distributed.backend`` may name one). Each
 process trains on its own device, ``cuda:LOCAL_RANK``. Control messages that the host needs
@@ -71,8 +72,11 @@ def env_world() -> tuple[int, int, int]:
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    # SLURM_STEP_NUM_TASKS is set by srun only: a batch script's own shell (SLURM_NTASKS of
+    # the allocation, no srun) stays a single process.
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1"))
+    if "SLURM_PROCID" in env and tasks > 1:
+        return int(env["SLURM_PROCID"]), tasks, int(env.get("SLURM_LOCALID", 0))
     return 0, 1, 0
 
 
