@@ -187,12 +187,18 @@ def init(backend: str = "auto", timeout_s: float = 600.0) -> bool:
 
 
 def shutdown() -> None:
-    """Leave the process group (at exit; harmless when none)."""
+    """Leave the process group (at the end of a run; harmless when there is none). All
+    processes first meet at a barrier, so that none tears down its connections while another
+    is still using them."""
     import torch.distributed as dist
 
     global _CONTROL
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if dist.get_world_size() > 1:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
     _CONTROL = None
 
 

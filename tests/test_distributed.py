@@ -11,7 +11,8 @@ Two processes on the gloo backend on the CPU, started with ``torch.distributed.r
   1e-5 relative (1e-6 absolute) on every float; accuracies (counts / N) exactly equal.
   The model is the BatchNorm-free ``small_mlp`` and random cropping is off, so nothing else
   differs between one and two processes;
-* per-sample method state (BSD's targets and counts, DLB's carried logits, TE's stores) is
+* per-sample method state (BSD's targets and counts, DLB's carried logits, TE's and PS-KD's
+  stores; the ensemble's second member, trained through the engine's gradient all-reduce) is
   bit-identical on the two processes and equal to the single-process state within the same
   tolerance;
 * the command line under ``torch.distributed.run``: rank 0 alone writes the run directory;
@@ -123,6 +124,9 @@ EXPERIMENTS = {
     "bsd": "method=bsd batch_size=99 epochs=3",
     "dlb": "method=dlb batch_size=100 epochs=2",
     "te": "method=te batch_size=130 epochs=3 method.rampup_epochs=1",
+    "pskd": "method=pskd batch_size=130 epochs=2",
+    # extra trainable modules (the second member): gradients all-reduced by the engine
+    "ensemble": "method=ensemble method.members=2 batch_size=130 epochs=2",
 }
 COMMON = "experiment=quickstart model=small_mlp dataset.augment.crop_padding=0 progress=false"
 
