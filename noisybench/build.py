@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from noisybench import distributed as dist
 from noisybench.config import instantiate, without_name
 from noisybench.data.base import ImageData
 from noisybench.data.loader import DeviceLoader
@@ -55,6 +57,7 @@ class Experiment:
     build_model: Callable[[], torch.nn.Module]
     evaluators: list[Callable[..., Any]]
     validation: dict[str, Any] | None = None
+    train_model: torch.nn.Module | None = None  # the DDP wrapper in a multi-process run
 
     def trainer(self, callbacks: list[Any] | tuple[Any, ...] = ()) -> Trainer:
         """A :class:`Trainer` over these objects with the config's engine settings."""
@@ -75,6 +78,7 @@ class Experiment:
             train_diagnostics_every=int(cfg.eval.get("train_diagnostics_every") or 1),
             evaluators=self.evaluators,
             callbacks=list(callbacks),
+            train_model=self.train_model,
         )
 
 
@@ -179,11 +183,29 @@ def build(
     Sets the process's torch seed, thread count and determinism as the config says.
     ``noisy_labels`` (tests, benchmarks) replaces the config's noise with given labels.
 
+    In a multi-process run (an initialised process group, :mod:`noisybench.distributed`) the
+    device is ``cuda:LOCAL_RANK`` (or the CPU), the loader yields this process's share of
+    every global batch, the model is optionally converted to SyncBatchNorm
+    (``distributed.sync_batchnorm``) and wrapped in ``DistributedDataParallel``
+    (``Experiment.train_model``), and, once everything is built identically on every process
+    (same seed), processes other than rank 0 reseed their global generators with
+    :func:`noisybench.distributed.rank_seed` so that their augmentations differ.
+
     Raises:
         UserError: bad input (missing or corrupt data, impossible sizes, a config that does not
             build), with one actionable line.
     """
-    device = resolve_device(str(cfg.device)) if device is None else device
+    if device is None:
+        own = dist.device_for(str(cfg.device))  # cuda:LOCAL_RANK with several processes
+        device = own if own is not None else resolve_device(str(cfg.device))
+    world, rank = dist.world_size(), dist.rank()
+    dist_cfg = cfg.get("distributed") or {}
+    sync_bn = bool(dist_cfg.get("sync_batchnorm", False)) and world > 1
+    if sync_bn and device.type == "cpu":
+        raise UserError(
+            "distributed.sync_batchnorm=true needs GPUs (SyncBatchNorm has no CPU kernel); "
+            "set distributed.sync_batchnorm=false on the CPU"
+        )
     amp = amp_dtype(str(cfg.amp), device)
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
@@ -220,6 +242,8 @@ def build(
         model = instantiate(
             model_kwargs, f"model {cfg.model.name}", num_classes=k, in_channels=channels
         )
+        if sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model.to(device)
 
     model = build_model()
@@ -241,6 +265,8 @@ def build(
         views,
         seed=int(cfg.seed),
         carry_previous=float(type(method).carry_previous),
+        rank=rank,
+        world_size=world,
     )
     method.setup(
         MethodContext(
@@ -254,6 +280,17 @@ def build(
         )
     )
     method.to(device)
+    train_model = None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # DDP broadcasts rank 0's parameters and buffers; do the same for extra modules.
+        extra = [t for m in method.extra_modules() for t in (*m.parameters(), *m.buffers())]
+        with torch.no_grad():
+            dist.broadcast_tensors([t.data for t in extra])
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     params = [p for m in (model, *method.extra_modules()) for p in m.parameters()]
     optimizer = instantiate(
         cfg.optim.optimizer, f"optimizer of optim {cfg.optim.name}", params=params
@@ -272,6 +309,11 @@ def build(
         rampdown_epochs=int(cfg.optim.get("beta1_rampdown_epochs", 0)),
         final_beta1=float(cfg.optim.get("beta1_final", 0.0)),
     )
+    if rank > 0:  # rank 0 keeps a single-process run's stream (see the docstring)
+        seed = dist.rank_seed(int(cfg.seed), rank)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
     plain = build_views(("plain",), cfg.dataset.augment, data.mean, data.std, size)["plain"]
     if isinstance(plain, torch.nn.Module):
         plain = plain.to(device)
@@ -304,6 +346,7 @@ def build(
         build_model=build_model,
         evaluators=evaluators,
         validation=validation,
+        train_model=train_model,
     )
 
 

@@ -51,6 +51,7 @@ __all__ = [
 log = logging.getLogger("noisybench")
 
 TEST_KILL_ENV = "NOISYBENCH_TEST_KILL_AT"
+TEST_KILL_RANK_ENV = "NOISYBENCH_TEST_KILL_RANK"  # only this process of a multi-process run
 _HOOK_POINTS = ("end", "checkpoint", "result")
 
 
@@ -127,14 +128,19 @@ class FaultInjection(Callback):
     ``checkpoint`` (while that epoch's checkpoint is written: the new file is complete but not
     yet renamed into place) or ``result`` (after the epoch's checkpoint, before the result
     file is updated). Put it after the :class:`Checkpointer` and before the result writer.
+    In a multi-process run, :data:`TEST_KILL_RANK_ENV` (a rank) limits the kill points to that
+    process (default: every process).
     """
 
     def __init__(self, spec: str | None) -> None:
         self.points = parse_kill_points(spec)
 
     @classmethod
-    def from_env(cls) -> FaultInjection | None:
+    def from_env(cls, rank: int = 0) -> FaultInjection | None:
         spec = os.environ.get(TEST_KILL_ENV)
+        only = os.environ.get(TEST_KILL_RANK_ENV)
+        if only is not None and only.strip() and int(only) != int(rank):
+            return None
         return cls(spec) if spec else None
 
     def fire(self, epoch: int, point: str) -> None:
@@ -221,8 +227,9 @@ class ResultWriter(Callback):
     :meth:`write` sets the final status ("finished", "interrupted", "failed"). Its history is
     the epochs the checkpoint holds (it must come after the :class:`Checkpointer`)."""
 
-    def __init__(self, run_dir: RunDir, header: Mapping[str, Any]) -> None:
+    def __init__(self, run_dir: RunDir, header: Mapping[str, Any], write_file: bool = True) -> None:
         self.run_dir = run_dir
+        self.write_file = bool(write_file)  # False: other processes of a multi-process run
         self.header = dict(header)
         self.history: list[dict[str, Any]] = []
         self.started = time.time()
@@ -237,7 +244,8 @@ class ResultWriter(Callback):
             "wall_time_s": round(time.time() - self.started, 3),
             **extra,
         }
-        self.run_dir.write_result(result)
+        if self.write_file:
+            self.run_dir.write_result(result)
         return result
 
     def on_fit_start(self, trainer: Trainer, start_epoch: int, start_step: int) -> None:

@@ -23,6 +23,11 @@ failed; 2 bad input; 128 + signal number when SIGINT (130) or SIGTERM (143) stop
 after writing a checkpoint. A sweep ends with one summary table on stdout (every job's run
 directory, status and accuracy), whatever the launcher; its exit status is 1 when any run did
 not finish.
+
+Under torchrun or srun every process runs this command line; the processes other than rank 0
+give Hydra no output subdirectory and no log file (``hydra.output_subdir=null``,
+``hydra/job_logging=stdout`` at level WARNING), print errors only when they are their own (a
+divergence or a signal is reported by rank 0), and write nothing into the run directory.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from noisybench.config import (
     search_dirs,
     validate_choices,
 )
+from noisybench.distributed import env_world
 from noisybench.errors import UserError
 from noisybench.io import disk_full
 from noisybench.rundir import RunDir, run_dir_for
@@ -83,14 +89,18 @@ _MULTIRUN = ("-m", "--multirun")
 _MAX_CHECKED_JOBS = 2000
 
 
-def _fail(message: str, status: int) -> None:
+def _fail(message: str, status: int, quiet: bool = False) -> None:
+    """Print the one-line error (unless ``quiet``: another process reports it) and exit."""
     # A Ctrl-C (or SIGTERM) arriving while the process exits would print a traceback from
     # an exit handler: the process is ending anyway, so later ones are ignored.
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError, OSError):  # not the main thread
             signal.signal(sig, signal.SIG_IGN)
-    print(f"noisybench: error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(status)
+    rank, world, _ = env_world()
+    if not quiet:
+        where = f" (process {rank} of {world})" if world > 1 and rank > 0 else ""
+        print(f"noisybench: error{where}: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(status)  # no shutdown of a process group here: its peers may be gone
 
 
 def _flag_name(arg: str) -> str:
@@ -229,23 +239,29 @@ def _hydra_main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from noisybench.distributed import PeerFailed
     from noisybench.engine import Interrupted
     from noisybench.run import RunFailed, run_experiment, selection_metric
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     run_dir = HydraConfig.get().runtime.output_dir
+    other_rank = env_world()[0] > 0
     try:
         return selection_metric(run_experiment(cfg, run_dir=run_dir))
+    except PeerFailed as exc:  # before training: another process failed to start
+        _fail(f"{exc}; see its error above", 1, quiet=other_rank)
     except (UserError, RunFailed) as exc:
         if isinstance(exc, UserError):
             _remove_skeleton(run_dir)
         if not multirun:
-            _fail(str(exc), 2 if isinstance(exc, UserError) else 1)
+            # rank 0 reports a divergence; any process reports its own bad input or a peer's end
+            shared = isinstance(exc, RunFailed) and "another process" not in str(exc)
+            _fail(str(exc), 2 if isinstance(exc, UserError) else 1, quiet=other_rank and shared)
         log.error("run %s failed: %s", run_dir, exc)
         _FAILURES[str(Path(run_dir))] = str(exc)
         return math.nan
     except Interrupted as exc:
-        _fail(str(exc), 128 + exc.signum)
+        _fail(str(exc), 128 + exc.signum, quiet=other_rank)
     return math.nan
 
 
@@ -330,14 +346,24 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 run_dir, finished = _check_job(_overrides(args), dirs)
                 if finished is not None:
-                    print(f"noisybench: {run_dir.finished_message(finished)}")
+                    if env_world()[0] == 0:
+                        print(f"noisybench: {run_dir.finished_message(finished)}")
                     return
         _FAILURES.clear()
         # Hydra's parser wants every override after its flags: accept -m anywhere.
         flags = [a for a in args if a in _MULTIRUN]
-        sys.argv = [sys.argv[0], *flags, *(a for a in args if a not in flags)]
+        quiet = []
+        if env_world()[0] > 0 and not passthrough:  # other processes: no Hydra files, no log
+            quiet = [
+                "hydra.output_subdir=null",
+                "hydra/job_logging=stdout",
+                "hydra.job_logging.root.level=WARNING",
+            ]
+        sys.argv = [sys.argv[0], *flags, *(a for a in args if a not in flags), *quiet]
         logging.raiseExceptions = False  # a log that cannot be written (full disk): no traceback
         _run_hydra(passthrough)
+        if "noisybench.distributed" in sys.modules:  # leave the process group, if any
+            sys.modules["noisybench.distributed"].shutdown()
     except UserError as exc:
         _fail(str(exc), 2)
     except KeyboardInterrupt:

@@ -87,6 +87,8 @@ NON_IDENTITY_KEYS = (
     "dataset.reader.download",
     "dataset.reader.verify",
     "eval",  # evaluation (suites, diagnostics, snapshots) never changes training
+    "distributed.backend",
+    "distributed.timeout_s",
     "hydra",
     # Which paper preset a noise config selects: the values it selects are in the method's
     # config, so they are compared there (and runs made before these keys existed match).

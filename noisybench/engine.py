@@ -23,6 +23,50 @@ batch is drawn, so the saved RNG states are those the next batch's augmentation 
 A non-finite loss is detected without per-step host syncs (the first bad step is kept on the
 device and read once per epoch); in ``nonfinite="stop"`` mode the epoch's checkpoint is then
 never written, so the last good one stays.
+
+Data parallel (several processes, :mod:`noisybench.distributed`; a single process is
+unchanged). Each process trains on its own share of every global batch (see
+:class:`noisybench.data.loader.DeviceLoader`) with the model wrapped in
+``DistributedDataParallel``; the gradients of a method's extra trainable modules are
+all-reduced the same way (sum / number of processes) after ``backward``. Design and why it
+equals the single-process run with the same global batch:
+
+* **Gradients.** Process ``r`` back-propagates ``w_r * L_r`` with ``L_r`` the method's loss
+  on its ``n_r`` samples and ``w_r = P * n_r / n`` (``P`` processes, ``n = sum n_r``; ``w_r``
+  is exactly 1 when the shares are equal, then nothing is multiplied). DDP averages the
+  gradients, ``(1/P) sum_r w_r grad L_r = sum_r (n_r / n) grad L_r``, which for a loss that
+  is a batch mean of per-sample terms is the gradient of the global batch's mean: the
+  single-process gradient. Only the summation order differs, so floats agree to rounding.
+  (Operations that couple the samples of a batch, BatchNorm without SyncBatchNorm, MixUp /
+  CutMix pairs, BSD's mix-half split, see the process's own share, as in torchvision's
+  reference scripts.)
+* **Per-sample method state** (BSD's ``y``, ``A``; PS-KD's and TE's stores; DLB's carried
+  logits). After the optimizer step every process all-gathers the batch's ``idx`` and
+  ``target``, the detached ``logits`` and every ``StepOutput.state`` tensor with a leading
+  dimension, and calls ``method.after_step`` with the GLOBAL batch: the rank-order
+  concatenation of the shares, with carried samples first (a state tensor with one row per
+  sample of the share is reordered the same way; other state tensors are concatenated in
+  rank order; 0-dim entries stay the process's own). Because the shares are contiguous
+  chunks of the single-process batch, the gathered batch and predictions are the
+  single-process ones (up to the rounding of the forward passes), so every process applies
+  the same update as the single process would, and every process's state stays identical
+  to every other's (the same function of the same gathered tensors; by induction over steps,
+  starting from the identical ``setup``). Nothing of the state is sharded.
+* **Metrics.** Loss and accuracy sums, sample counts and the extras are all-reduced once per
+  epoch (extras, being per-step means of each share, are averaged over processes); the first
+  non-finite step is the earliest over processes. Evaluation runs on every process on the
+  whole evaluation sets with the model's buffers broadcast from rank 0 first, so every
+  process computes the same record; rank 0's callbacks write it.
+* **Stopping.** The SIGTERM/SIGINT flag is all-reduced (max) over a CPU group at every step
+  boundary and after every epoch, so a signal to any process stops all of them at the same
+  boundary. A process that dies (error, SIGKILL) makes the others' next collective fail;
+  they end with :class:`noisybench.distributed.PeerFailed` without writing a checkpoint
+  (the last one stays).
+* **Exact resume.** Rank 0 writes one checkpoint with the model, optimizer, method state (all
+  identical on every process) plus every process's RNG states (``rng_ranks``) and, mid-epoch,
+  every process's running sums (``epoch_sums_ranks``), gathered at the checkpoint's boundary;
+  every process loads the same file and restores its own entries. A checkpoint resumes only
+  with the number of processes that wrote it.
 """
 
 from __future__ import annotations
@@ -37,8 +81,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from noisybench import distributed as dist
 from noisybench import metrics
-from noisybench.method import Method
+from noisybench.errors import UserError
+from noisybench.method import Batch, Method, StepOutput
 from noisybench.rng import rng_state, set_rng_state
 
 __all__ = [
@@ -222,6 +268,9 @@ class Trainer:
             record as ``eval/<name>``, other values (lists) are left for the callbacks in
             ``trainer.eval_details`` until the next epoch.
         callbacks: observers (checkpoints, result file, loggers, progress, fault injection).
+        train_model: what ``method.training_step`` gets in place of ``model`` (the
+            ``DistributedDataParallel`` wrapper of ``model`` in a multi-process run; default
+            ``model``). Evaluation and checkpoints use ``model``.
     """
 
     def __init__(
@@ -242,8 +291,15 @@ class Trainer:
         train_diagnostics_every: int = 1,
         evaluators: Sequence[Callable[[int, Callable[[Tensor], Tensor]], Mapping[str, float]]] = (),
         callbacks: Sequence[Callback] = (),
+        train_model: nn.Module | None = None,
     ) -> None:
         self.model = model
+        self.train_model = model if train_model is None else train_model
+        self.world = dist.world_size()
+        self.rank = dist.rank()
+        self._extra_params = [p for m in method.extra_modules() for p in m.parameters()]
+        self._gathers_state = type(method).after_step is not Method.after_step
+        self._ranked: dict[str, Any] = {}
         self.method = method
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -285,7 +341,25 @@ class Trainer:
             "step": step,
             "epoch_sums": None if sums is None else sums.state(),
             "history": list(self.history),
+            "world_size": self.world,
+            **self._ranked,
         }
+
+    def _gather_ranked(self, sums: _EpochSums | None) -> None:
+        """Collect every process's RNG states (and running sums) for the next checkpoint;
+        a collective: every process calls it at the same boundary."""
+        if self.world == 1:
+            return
+        mine: dict[str, Any] = {"rng": rng_state()}
+        if sums is not None:
+            mine["sums"] = {
+                k: v.cpu() if isinstance(v, Tensor) else v for k, v in sums.state().items()
+            }
+            mine["sums"]["extras"] = {k: v.cpu() for k, v in sums.extras.items()}
+        gathered = dist.all_gather_object(mine)
+        self._ranked = {"rng_ranks": [g["rng"] for g in gathered]}
+        if sums is not None:
+            self._ranked["epoch_sums_ranks"] = [g["sums"] for g in gathered]
 
     def load_state_dict(self, ckpt: Mapping[str, Any]) -> tuple[int, int, _EpochSums | None]:
         """Restore from a checkpoint; returns ``(epoch, step, epoch sums)`` to resume at."""
@@ -294,10 +368,19 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        written_by = int(ckpt.get("world_size", 1))
+        if written_by != self.world:
+            raise UserError(
+                f"the checkpoint was written by {written_by} process(es) but this run has "
+                f"{self.world}; resume with the same number (torchrun --nproc_per_node="
+                f"{written_by}), or pass restart=true to start over"
+            )
+        set_rng_state(ckpt["rng_ranks"][self.rank] if self.world > 1 else ckpt["rng"])
         self.history = list(ckpt.get("history") or [])
         self.resumed = True
         sums = ckpt.get("epoch_sums")
+        if self.world > 1 and sums is not None:
+            sums = ckpt["epoch_sums_ranks"][self.rank]
         return (
             int(ckpt["epoch"]),
             int(ckpt["step"]),
@@ -323,9 +406,10 @@ class Trainer:
         (unless the epoch already had a non-finite loss: then the last good checkpoint stays)
         and stop."""
         signum = int(self.stop.signal or signal.SIGINT)
-        first_bad = int(sums.first_bad) if sums.first_bad is not None else -1  # one sync
+        first_bad = self._first_bad(sums)  # one sync
         if first_bad >= 0:
             raise TrainingDiverged(epoch + 1, first_bad, self._checkpoint_kept(epoch))
+        self._gather_ranked(sums)
         self._emit("on_interrupt", self.state_dict(epoch, step, sums))
         name = signal.Signals(signum).name
         return Interrupted(
@@ -337,6 +421,27 @@ class Trainer:
     def _checkpoint_kept(self, epoch: int) -> bool:
         return epoch > 0 or self.resumed
 
+    def _first_bad(self, sums: _EpochSums) -> int:
+        """The first step (0-based) of the epoch with a non-finite loss on any process, or
+        -1 (one host sync)."""
+        if sums.first_bad is None:
+            return -1
+        if self.world == 1:
+            return int(sums.first_bad)
+        big = torch.full_like(sums.first_bad, 2**62)
+        v = dist.all_reduce(torch.where(sums.first_bad < 0, big, sums.first_bad), "min")
+        return -1 if int(v) == 2**62 else int(v)
+
+    def _stop_agreed(self) -> bool:
+        """Whether any process got SIGTERM/SIGINT (all-reduced over the processes, so all
+        of them stop at the same boundary); adopts that signal locally."""
+        if self.world == 1:
+            return self.stop.signal is not None
+        signum = dist.control_max(self.stop.signal or 0)
+        if signum and self.stop.signal is None:
+            self.stop.signal = signum
+        return bool(signum)
+
     def train_epoch(
         self, epoch: int, start_step: int = 0, sums: _EpochSums | None = None
     ) -> _EpochSums:
@@ -347,14 +452,14 @@ class Trainer:
         """
         if start_step == 0:  # the method's per-epoch pass (issue 12); state goes to buffers
             self.method.on_epoch_start(self.model, epoch, self.evaluate_train)
-        self.model.train()
+        self.train_model.train()  # the DDP wrapper, if any, and the model inside it
         self.method.train()
         sums = sums or _EpochSums.zeros(self.device)
         total = len(self.loader)
         batches = iter(self.loader.epoch(epoch, start_step))
         for step in range(start_step, total):
             self._emit("on_step_start", epoch, step)
-            if self.stop.signal is not None:
+            if self._stop_agreed():
                 raise self._interrupt(epoch, step, sums)
             batch = next(batches)
             self._train_step(batch, epoch, step, sums)
@@ -362,13 +467,64 @@ class Trainer:
         self._emit("on_train_epoch_end", epoch)
         return sums
 
+    def _shares(self, batch: Any, out: StepOutput) -> tuple[list[list[int]], list[str]]:
+        """Every process's ``[share size, carried, leading size of each gathered state
+        tensor]`` (host integers, one CPU collective) and the gathered state keys."""
+        keys = [k for k in sorted(out.state) if out.state[k].dim() >= 1]
+        if not self._gathers_state:
+            keys = []
+        dims = [int(out.state[k].shape[0]) for k in keys]
+        rows = dist.control_all_gather([int(batch.idx.shape[0]), int(batch.carried), *dims])
+        if any(len(r) != len(rows[0]) for r in rows):
+            raise RuntimeError(
+                "the method returned different StepOutput.state keys on different processes"
+            )
+        return rows, keys
+
+    def _gathered(
+        self, batch: Any, out: StepOutput, rows: list[list[int]], keys: list[str]
+    ) -> tuple[Batch, StepOutput]:
+        """The global batch and step output (see the module docstring) for ``after_step``."""
+        sizes = [r[0] for r in rows]
+        carried = [r[1] for r in rows]
+
+        def global_order(parts: list[Tensor]) -> Tensor:
+            head = [p[:c] for p, c in zip(parts, carried, strict=True)]
+            tail = [p[c:] for p, c in zip(parts, carried, strict=True)]
+            return torch.cat(head + tail)
+
+        idx = global_order(dist.all_gather_rows(batch.idx, sizes))
+        target = global_order(dist.all_gather_rows(batch.target, sizes))
+        logits = global_order(dist.all_gather_rows(out.logits.detach(), sizes))
+        state: dict[str, Tensor] = dict(out.state)
+        for j, key in enumerate(keys):
+            dims = [r[2 + j] for r in rows]
+            parts = dist.all_gather_rows(out.state[key].detach(), dims)
+            state[key] = global_order(parts) if dims == sizes else torch.cat(parts)
+        g_batch = Batch(idx=idx, target=target, views={}, carried=sum(carried))
+        return g_batch, StepOutput(loss=out.loss, logits=logits, extras=out.extras, state=state)
+
+    def _average_extra_grads(self) -> None:
+        """All-reduce the gradients of the method's extra trainable modules (mean over the
+        processes), as DDP does for the model's."""
+        for p in self._extra_params:
+            if p.grad is not None:
+                dist.all_reduce_sum(p.grad).div_(self.world)
+
     def _train_step(self, batch: Any, epoch: int, step: int, sums: _EpochSums) -> None:
         with self._autocast():
-            out = self.method.training_step(self.model, batch, epoch)
+            out = self.method.training_step(self.train_model, batch, epoch)
         loss = out.loss
+        rows: list[list[int]] = []
+        keys: list[str] = []
+        if self.world > 1:
+            rows, keys = self._shares(batch, out)
+            total = sum(r[0] for r in rows)
+            if total != rows[self.rank][0] * self.world:  # unequal shares: weight by size
+                loss = loss * (self.world * rows[self.rank][0] / total)
         finite = torch.isfinite(loss.detach())
         self.optimizer.zero_grad(set_to_none=True)
-        if self.nonfinite == "skip" and not bool(finite):  # one host sync, skip mode only
+        if self.nonfinite == "skip" and not self._all_finite(finite):  # host sync, skip only
             # Skip the update but keep the schedule on time: the scheduler is a function
             # of the step count, as it is when the AMP scaler skips an overflowing step.
             sums.skipped += 1
@@ -379,20 +535,53 @@ class Trainer:
             torch.full_like(sums.first_bad, step),
             sums.first_bad,
         )
-        self.scaler.scale(loss).backward()
+        with dist.guard_backward():
+            self.scaler.scale(loss).backward()
+        if self.world > 1 and self._extra_params:
+            self._average_extra_grads()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        self.method.after_step(batch, out, epoch)
+        if self.world > 1 and self._gathers_state:
+            self.method.after_step(*self._gathered(batch, out, rows, keys), epoch)
+        else:
+            self.method.after_step(batch, out, epoch)
 
         n = int(out.logits.shape[0])
-        sums.loss += loss.detach().float() * n
+        sums.loss += out.loss.detach().float() * n
         sums.correct += (out.logits.detach().argmax(-1) == batch.target[:n]).sum()
         sums.seen += n
         sums.steps += 1
         for key, value in out.extras.items():
             value = value.detach().float()
             sums.extras[key] = sums.extras[key] + value if key in sums.extras else value
+
+    def _all_finite(self, finite: Tensor) -> bool:
+        if self.world == 1:
+            return bool(finite)
+        return dist.control_max(0 if bool(finite) else 1) == 0
+
+    def _reduced(self, sums: _EpochSums) -> _EpochSums:
+        """The epoch's sums over all processes (a copy; extras averaged over processes)."""
+        if self.world == 1:
+            return sums
+        vec = torch.stack(
+            [sums.loss.float(), sums.correct.float(), torch.tensor(float(sums.seen)).to(sums.loss)]
+        )
+        vec = dist.all_reduce_sum(vec.to(torch.float64))
+        extras = {
+            k: dist.all_reduce_sum(v.detach().clone().float()) / self.world
+            for k, v in sorted(sums.extras.items())
+        }
+        return _EpochSums(
+            loss=vec[0],
+            correct=vec[1],
+            seen=round(float(vec[2])),
+            steps=sums.steps,
+            skipped=sums.skipped,
+            first_bad=sums.first_bad,
+            extras=extras,
+        )
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -435,6 +624,9 @@ class Trainer:
 
     def epoch_record(self, epoch: int, sums: _EpochSums, epoch_time: float) -> dict[str, Any]:
         """Evaluate and assemble one epoch's numbers (the only host syncs of an epoch)."""
+        if self.world > 1:
+            sums = self._reduced(sums)
+            dist.broadcast_tensors(list(self.model.buffers()))
         values: dict[str, Tensor | float | int] = {}
         test = metrics.classification_metrics(
             self.predict(self.data.test_images), self.data.test_labels
@@ -490,7 +682,7 @@ class Trainer:
             for epoch in range(start_epoch, self.epochs):
                 self._fit_epoch(epoch, start_step, sums)
                 start_step, sums = 0, None
-                if self.stop.signal is not None and epoch + 1 < self.epochs:
+                if self._stop_agreed() and epoch + 1 < self.epochs:
                     name = signal.Signals(self.stop.signal).name
                     raise Interrupted(
                         f"stopped by {name} after epoch {epoch + 1}; its checkpoint was "
@@ -503,12 +695,13 @@ class Trainer:
     def _fit_epoch(self, epoch: int, start_step: int, sums: _EpochSums | None) -> dict[str, Any]:
         begin = time.perf_counter()
         sums = self.train_epoch(epoch, start_step, sums)
-        first_bad = int(sums.first_bad) if sums.first_bad is not None else -1
+        first_bad = self._first_bad(sums)
         if first_bad >= 0:
             raise TrainingDiverged(epoch + 1, first_bad, self._checkpoint_kept(epoch))
         if sums.steps == 0:
             raise TrainingDiverged(epoch + 1, None, self._checkpoint_kept(epoch))
         record = self.epoch_record(epoch, sums, time.perf_counter() - begin)
         self.history.append(record)
+        self._gather_ranked(None)
         self._emit("on_epoch_end", epoch, record)
         return record

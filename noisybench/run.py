@@ -5,6 +5,11 @@ The run directory (:class:`noisybench.rundir.RunDir`) decides first, reading onl
 the run is new, resumes, or is already finished (then it is reported, not rerun); everything
 is then built from the config; only after that does anything in the directory change. So bad
 input never touches an earlier run.
+
+Several processes (torchrun, srun; :mod:`noisybench.distributed`): every process reads the run
+directory and the same checkpoint and trains; only rank 0 takes the lock, writes (labels,
+checkpoint, result, loggers, console lines) and moves earlier files aside, after a barrier
+that every process reaches once it has read the directory and built everything.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from noisybench import distributed
 from noisybench.build import Experiment, build
 from noisybench.callbacks import (
     Checkpointer,
@@ -41,7 +47,8 @@ log = logging.getLogger("noisybench")
 
 
 class RunFailed(RuntimeError):
-    """Training diverged (the message names the method, epoch and step, and what to do)."""
+    """Training diverged (the message names the method, epoch and step, and what to do), or
+    another process of a multi-process run ended."""
 
 
 def _noise_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -104,11 +111,15 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[s
     """
     check_config(cfg)
     config = resolved(cfg)
+    dist_cfg = cfg.get("distributed") or {}
+    distributed.init(str(dist_cfg.get("backend", "auto")), float(dist_cfg.get("timeout_s", 600.0)))
     rd = RunDir(run_dir if run_dir is not None else run_dir_for(cfg.out_dir, str(cfg.run_name)))
     rd.probe_writable()
+    main = distributed.is_main()
     try:
-        rd.prepare()
-        with rd.lock():
+        if main:
+            rd.prepare()
+        with rd.lock() if main else contextlib.nullcontext():
             return _run_locked(cfg, config, rd)
     except Exception as exc:
         full = disk_full(exc)
@@ -155,7 +166,8 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
     ckpt = state.checkpoint
     if ckpt is not None:
         _check_noise(rd, ckpt, exp)
-    faults = FaultInjection.from_env()
+    main = distributed.is_main()
+    faults = FaultInjection.from_env(distributed.rank())
     header = {
         "run_dir": str(rd),
         "config": config,
@@ -165,33 +177,36 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         "validation": exp.validation,
         "device": str(exp.device),
         "num_parameters": sum(p.numel() for p in exp.model.parameters()),
+        "processes": distributed.world_size(),
     }
-    result_writer = ResultWriter(rd, header)
-    loggers = _loggers(cfg, rd, header)
-    snapshots = cfg.eval.get("snapshots") or {}
-    if int(snapshots.get("size") or 0) > 0:
-        loggers.append(
-            PredictionSnapshotWriter(
-                rd,
-                exp.eval_data.train_images,
-                int(cfg.epochs),
-                size=int(snapshots.size),
-                every=int(snapshots.get("every") or 1),
-                seed=int(snapshots.get("seed") or 0),
+    result_writer = ResultWriter(rd, header, write_file=main)
+    if main:
+        loggers = _loggers(cfg, rd, header)
+        snapshots = cfg.eval.get("snapshots") or {}
+        if int(snapshots.get("size") or 0) > 0:
+            loggers.append(
+                PredictionSnapshotWriter(
+                    rd,
+                    exp.eval_data.train_images,
+                    int(cfg.epochs),
+                    size=int(snapshots.size),
+                    every=int(snapshots.get("every") or 1),
+                    seed=int(snapshots.get("seed") or 0),
+                )
             )
-        )
-    console = ConsoleProgress(bars=bool(cfg.progress))
-    callbacks: list[Any] = [
-        Checkpointer(
-            rd,
-            {"config": config, "noise": noise},
-            before_replace=None if faults is None else faults.before_checkpoint_replace,
-        ),
-        *([faults] if faults is not None else []),
-        result_writer,
-        *loggers,
-        console,
-    ]
+        callbacks: list[Any] = [
+            Checkpointer(
+                rd,
+                {"config": config, "noise": noise},
+                before_replace=None if faults is None else faults.before_checkpoint_replace,
+            ),
+            *([faults] if faults is not None else []),
+            result_writer,
+            *loggers,
+            ConsoleProgress(bars=bool(cfg.progress)),
+        ]
+    else:  # other processes write nothing
+        callbacks = [*([faults] if faults is not None else []), result_writer]
     trainer = exp.trainer(callbacks)
     start_epoch, start_step, sums = 0, 0, None
     if ckpt is not None:
@@ -206,13 +221,15 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
             ) from None
         result_writer.history = list(trainer.history)
 
-    # ---- from here on the run directory changes
-    if ckpt is None:
+    # ---- from here on the run directory changes (rank 0 only, once every process has read it)
+    distributed.barrier()
+    if main and ckpt is None:
         moved = rd.move_aside()
         if moved:
             log.info("earlier files of %s moved to %s", rd, moved)
-    rd.clean_temporaries()
-    if not rd.label_file.exists() or not rd.labels_match(exp.noise.sha256):
+    if main:
+        rd.clean_temporaries()
+    if main and (not rd.label_file.exists() or not rd.labels_match(exp.noise.sha256)):
         if rd.label_file.exists():
             log.warning("%s was damaged or stale; rewritten from the noise record", rd.label_file)
         rd.save_labels(exp.noisy_labels)
@@ -233,6 +250,13 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         raise Interrupted(message, signal.SIGINT) from None
     except TrainingDiverged as exc:
         message = _diverged_message(exc, cfg, rd)
+        result_writer.write("failed", error=message)
+        raise RunFailed(message) from None
+    except distributed.PeerFailed as exc:
+        message = (
+            f"{exc}; the last checkpoint in {rd} is kept: run the same command again (with the "
+            "same number of processes) to resume"
+        )
         result_writer.write("failed", error=message)
         raise RunFailed(message) from None
     except Exception as exc:

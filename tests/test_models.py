@@ -372,10 +372,13 @@ def test_small_cnn_on_larger_inputs() -> None:
 def test_one_channel_input(name: str) -> None:
     """Every small-image model takes grey images (in_channels=1)."""
     model = meta_model(name, 3, cin=1)
-    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert first.in_channels == 1
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear))
+    if isinstance(first, nn.Linear):  # small_mlp: one channel of grid x grid pooled pixels
+        assert first.in_features == model.grid**2
+    else:
+        assert first.in_channels == 1
     if name not in HEAVY:
-        side = 8 if name == "small_cnn" else 32
+        side = 8 if name in ("small_cnn", "small_mlp") else 32
         with torch.device("meta"):
             assert model(torch.randn(2, 1, side, side)).shape == (2, 3)
 

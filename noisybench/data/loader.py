@@ -14,6 +14,16 @@ the carried samples are the ``k`` permutation entries just before the fresh ones
 the contiguous slice ``perm[lo - k : lo + batch_size]``; the first batch of epoch ``e > 0``
 carries the tail of epoch ``e - 1``'s last batch, as DLB's reference code does. Every sample
 is still fresh exactly once per epoch.
+
+Data parallel (``rank``/``world_size``, :mod:`noisybench.distributed`): every process draws
+the same permutation from ``(seed, epoch)`` and builds the same global batch as a single
+process would (``batch_size`` fresh samples, plus the carried ones); process ``r`` then takes
+the ``r``-th of ``world_size`` contiguous, near-equal chunks (``torch.tensor_split``) of the
+carried part and of the fresh part. So ``batch_size`` is the GLOBAL batch, the chunks of all
+processes are disjoint and their union, in rank order (carried chunks first), is exactly the
+single-process batch; ``Batch.carried`` is the number of carried samples in the chunk.
+Every process runs the same number of steps per epoch. A global batch smaller than the
+number of processes would leave a process without samples and is refused.
 """
 
 from __future__ import annotations
@@ -54,6 +64,8 @@ class DeviceLoader:
         seed: base seed of the epoch permutations (>= 0).
         drop_last: drop the last, smaller batch of an epoch.
         carry_previous: DLB's fraction ``f`` in [0, 1] (see the module docstring).
+        rank, world_size: this process's share of every global batch (see the module
+            docstring); ``0, 1`` in a single process.
 
     ``len(loader)`` is the number of steps (optimizer updates) per epoch.
     """
@@ -67,6 +79,8 @@ class DeviceLoader:
         seed: int,
         drop_last: bool = False,
         carry_previous: float = 0.0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if images.dim() != 4 or images.dtype != torch.uint8:
             raise UserError(
@@ -98,12 +112,23 @@ class DeviceLoader:
             raise UserError(f"seed={seed} must be a non-negative integer")
         if not views:
             raise UserError("the loader needs at least one view; the method declares none")
+        if not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        smallest = n % batch_size if (n % batch_size and not drop_last) else batch_size
+        if smallest < int(world_size):
+            raise UserError(
+                f"the last batch of an epoch has {smallest} samples, fewer than the "
+                f"{world_size} processes; choose a batch_size that leaves at least {world_size} "
+                f"samples in it (the {n} training samples split into batches of batch_size)"
+            )
         self.images = images
         self.labels = labels
         self.batch_size = batch_size
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.num_carried = math.floor(float(carry_previous) * batch_size + 0.5)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
         self.views: dict[str, Callable[[Tensor], Tensor]] = {}
         for key, view in views.items():
             if isinstance(view, nn.Module):
@@ -153,6 +178,8 @@ class DeviceLoader:
             else:
                 carried = min(self.num_carried, lo)  # 0 on the first step of epoch 0
                 idx = perm[lo - carried : hi]
+            if self.world_size > 1:
+                idx, carried = self.share(idx, carried)
             images = self.images.index_select(0, idx)
             views = {key: view(images) for key, view in self.views.items()}
             yield Batch(
@@ -161,6 +188,13 @@ class DeviceLoader:
                 views=views,
                 carried=carried,
             )
+
+    def share(self, idx: Tensor, carried: int) -> tuple[Tensor, int]:
+        """This process's chunk of the global batch ``idx`` (whose first ``carried``
+        entries are carried samples) and the number of carried samples in it."""
+        mine_carried = torch.tensor_split(idx[:carried], self.world_size)[self.rank]
+        mine_fresh = torch.tensor_split(idx[carried:], self.world_size)[self.rank]
+        return torch.cat((mine_carried, mine_fresh)), int(mine_carried.shape[0])
 
     def __iter__(self) -> Iterator[Batch]:
         """Epoch 0 (convenience for quick use; the engine calls :meth:`epoch`)."""
