@@ -45,7 +45,7 @@ from noisybench.cli import (
 from noisybench.data.base import ImageData
 from noisybench.data.loader import DeviceLoader
 from noisybench.data.noise import NoiseRecord, apply_noise, save_labels
-from noisybench.data.views import build_views
+from noisybench.data.views import build_views, input_stats
 from noisybench.engine import CHECKPOINT_FILE, EvalData, Interrupted, Trainer, TrainingDiverged
 from noisybench.errors import UserError
 from noisybench.io import load_checkpoint, remove_stale_temporaries
@@ -325,8 +325,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     train_images = data.train_images.to(device)
     given = torch.as_tensor(noisy, dtype=torch.long, device=device)
+    mean, std = input_stats(model, data.mean, data.std)  # ImageNet stats for pretrained ViT
     views = build_views(
-        method.views, cfg.dataset.augment, data.mean, data.std, tuple(data.train_images.shape[-2:])
+        method.views, cfg.dataset.augment, mean, std, tuple(data.train_images.shape[-2:])
     )
     loader = DeviceLoader(
         train_images,
@@ -358,7 +359,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         steps_per_epoch=len(loader),
     )
     plain = build_views(
-        ("plain",), cfg.dataset.augment, data.mean, data.std, tuple(data.train_images.shape[-2:])
+        ("plain",), cfg.dataset.augment, mean, std, tuple(data.train_images.shape[-2:])
     )["plain"]
     if isinstance(plain, torch.nn.Module):
         plain = plain.to(device)

@@ -67,6 +67,8 @@ from noisybench.data.autoaugment import RANGES, BatchedAutoAugment
 from noisybench.errors import UserError
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "VIEW_KINDS",
     "AugmentParams",
     "PlainView",
@@ -74,6 +76,7 @@ __all__ = [
     "StrongView",
     "WeakView",
     "build_views",
+    "input_stats",
     "random_crop",
     "random_hflip",
     "register_view_kind",
@@ -423,3 +426,31 @@ def build_views(
             view = Resized(view, params.resize)
         views[str(key)] = view
     return views
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""ImageNet-1k channel statistics, the normalisation torchvision's pretrained weights expect."""
+
+
+def input_stats(
+    model: nn.Module, mean: Sequence[float], std: Sequence[float]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``(mean, std)`` the views must normalise with for ``model``.
+
+    A model that declares ``input_stats = "imagenet"`` (an ImageNet-pretrained ViT-B/16, see
+    :mod:`noisybench.models.vit`) gets ImageNet's statistics; every other model the dataset's
+    ``mean`` and ``std``. Call it where the views are built:
+    ``build_views(keys, augment, *input_stats(model, data.mean, data.std), size)``.
+    """
+    kind = getattr(model, "input_stats", "dataset")
+    if kind == "imagenet":
+        if len(mean) != 3:
+            raise UserError(
+                f"ImageNet normalisation needs 3-channel images, the dataset has {len(mean)}; "
+                "set model.input_stats=dataset"
+            )
+        return IMAGENET_MEAN, IMAGENET_STD
+    if kind != "dataset":
+        raise UserError(f"model input_stats={kind!r} is unknown; use imagenet or dataset")
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
