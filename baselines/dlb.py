@@ -16,13 +16,19 @@ soft target for it (the paper's objective, as the reference code computes it)::
 How the reference code builds a step, and how noisybench reproduces it:
 
 - The reference loader draws ``B`` fresh images per step (``--batch_size 64``), each with two
-  independent augmentations; step ``s + 1`` forwards the *whole* previous batch (second
-  augmentation) together with its ``B`` fresh images (first augmentation), so a step has
-  ``2B`` images: the "doubled mini-batch size" of the BSD paper (Appendix A.1), which trains
-  DLB for 100 epochs instead of 200 to compensate. In noisybench the loader does the
-  repeating: ``carry_previous = 1.0`` asks it to prepend all ``B`` fresh samples of the
-  previous batch, freshly augmented; ``Batch.carried`` says how many leading samples are
-  repeats. (A fraction below 1 repeats only the last part of the previous batch.)
+  independent augmentations; step ``s + 1`` uses its ``B`` fresh images (first
+  augmentation) and the *whole* previous batch (second augmentation), so a step has ``2B``
+  images: the "doubled mini-batch size" of the BSD paper (Appendix A.1), which trains DLB for
+  100 epochs instead of 200 to compensate. In noisybench the loader does the repeating:
+  ``carry_previous = 1.0`` asks it to prepend all ``B`` fresh samples of the previous batch,
+  freshly augmented; ``Batch.carried`` says how many leading samples are repeats. (A fraction
+  below 1 repeats only the last part of the previous batch.)
+- Forward passes: the reference code runs TWO passes per step, first the fresh batch, then
+  the previous batch, so BatchNorm normalises each half with its own batch statistics and
+  updates its running statistics twice per step. That is the default here
+  (``joint_forward=False``). ``joint_forward=True`` forwards carried + fresh in one pass
+  (one set of batch statistics over ``2B`` images, one running-statistics update; slightly
+  faster); it is not the reference's behaviour. Without BatchNorm both give the same loss.
 - Cross-entropy: mean over all ``carried + fresh`` samples of the step (reference:
   ``cross_entropy(cat(out_pre, out), cat(pre_label, label))``).
 - KL: ``batchmean`` over the carried samples, times ``T^2``; teacher side detached.
@@ -73,12 +79,14 @@ class DLB(Method):
     Args:
         T: distillation temperature (paper: 3).
         alpha: weight of the distillation term (paper: 1.0).
+        joint_forward: one forward over carried + fresh samples instead of the reference
+            code's two passes (fresh, then carried); see the module docstring.
     """
 
     views = ("weak",)
     carry_previous: ClassVar[float] = 1.0
 
-    def __init__(self, T: float = 3.0, alpha: float = 1.0) -> None:
+    def __init__(self, T: float = 3.0, alpha: float = 1.0, joint_forward: bool = False) -> None:
         super().__init__()
         if not 0 < T < math.inf:  # NaN fails this test too
             raise UserError(f"method.T={T} must be a positive finite number; use e.g. 3")
@@ -86,6 +94,7 @@ class DLB(Method):
             raise UserError(f"method.alpha={alpha} must be non-negative; use e.g. 1.0")
         self.T = float(T)
         self.alpha = float(alpha)
+        self.joint_forward = bool(joint_forward)
         self.register_buffer("prev_logits", torch.zeros(0, 0))
         self.register_buffer("prev_idx", torch.zeros(0, dtype=torch.long))
 
@@ -96,10 +105,17 @@ class DLB(Method):
         self.prev_idx = torch.zeros(0, dtype=torch.long, device=ctx.device)
 
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
-        """One forward over carried + fresh samples; CE on all, KL on the carried ones."""
-        logits = model(batch.views["weak"])
-        ce = F.cross_entropy(logits.float(), batch.target)
+        """Forward fresh then carried samples (two passes, or one with ``joint_forward``);
+        CE on all, KL on the carried ones. ``logits`` keep the batch order (carried first)."""
+        x = batch.views["weak"]
         c = int(batch.carried)
+        if self.joint_forward or c == 0 or c == x.shape[0]:
+            logits = model(x)
+        else:
+            fresh_logits = model(x[c:])
+            carried_logits = model(x[:c])
+            logits = torch.cat([carried_logits, fresh_logits])
+        ce = F.cross_entropy(logits.float(), batch.target)
         kl = logits.new_zeros((), dtype=torch.float32)
         unmatched = logits.new_zeros((), dtype=torch.float32)
         if c > 0:

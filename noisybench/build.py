@@ -26,7 +26,7 @@ from noisybench.config import instantiate, without_name
 from noisybench.data.base import ImageData
 from noisybench.data.loader import DeviceLoader
 from noisybench.data.noise import NoiseRecord, apply_noise, make_noise_record
-from noisybench.data.views import build_views
+from noisybench.data.views import build_views, input_stats
 from noisybench.engine import EvalData, Trainer
 from noisybench.errors import UserError
 from noisybench.method import Method, MethodContext
@@ -257,7 +257,8 @@ def build(
     train_images = train_images_cpu.to(device)
     given = torch.as_tensor(train_noisy, dtype=torch.long, device=device)
     size = tuple(data.train_images.shape[-2:])
-    views = build_views(method.views, cfg.dataset.augment, data.mean, data.std, size)
+    mean, std = input_stats(model, data.mean, data.std)  # ImageNet's for pretrained weights
+    views = build_views(method.views, cfg.dataset.augment, mean, std, size)
     loader = DeviceLoader(
         train_images,
         given,
@@ -314,7 +315,7 @@ def build(
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         random.seed(seed)
-    plain = build_views(("plain",), cfg.dataset.augment, data.mean, data.std, size)["plain"]
+    plain = build_views(("plain",), cfg.dataset.augment, mean, std, size)["plain"]
     if isinstance(plain, torch.nn.Module):
         plain = plain.to(device)
     eval_data = EvalData(

@@ -12,6 +12,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
+from noisybench.errors import UserError
+
 __all__ = [
     "Beta1Rampdown",
     "adam_beta1",
@@ -50,18 +52,38 @@ def one_cycle(
     pct_start: float = 0.3,
     div_factor: float = 25.0,
     final_div_factor: float = 1e4,
+    anneal_strategy: str = "cos",
+    cycle_momentum: bool = True,
+    base_momentum: float = 0.85,
+    max_momentum: float = 0.95,
 ) -> LRScheduler:
     """The 1cycle policy (Smith & Topin 2019) with the optimizer's lr as the maximum lr, as the
-    BSD paper's clean CIFAR/TinyImageNet runs use (Appendix A.1: Adam, max lr 0.01)."""
+    BSD paper's clean CIFAR/TinyImageNet runs use (Appendix A.1: Adam, max lr 0.01).
+
+    Every default is PyTorch ``OneCycleLR``'s: the lr rises from ``lr / div_factor`` to ``lr``
+    over the first ``pct_start`` of the steps and falls to ``lr / (div_factor *
+    final_div_factor)`` (``anneal_strategy`` ``"cos"`` or ``"linear"``), while the momentum
+    (Adam's beta1, SGD's momentum) cycles inversely between ``max_momentum`` and
+    ``base_momentum`` when ``cycle_momentum`` is true, as Smith's policy does.
+    """
+    if anneal_strategy not in ("cos", "linear"):
+        raise UserError(
+            f"optim.scheduler.anneal_strategy={anneal_strategy!r} is unknown; use cos or linear"
+        )
+    if not 0.0 < float(pct_start) < 1.0:
+        raise UserError(f"optim.scheduler.pct_start={pct_start} must lie strictly between 0 and 1")
     max_lr = [group["lr"] for group in optimizer.param_groups]
     return OneCycleLR(
         optimizer,
         max_lr=max_lr,
         total_steps=max(1, total_steps),
         pct_start=pct_start,
+        anneal_strategy=anneal_strategy,
         div_factor=div_factor,
         final_div_factor=final_div_factor,
-        cycle_momentum=False,
+        cycle_momentum=bool(cycle_momentum),
+        base_momentum=base_momentum,
+        max_momentum=max_momentum,
     )
 
 
@@ -75,14 +97,16 @@ def adam_beta1(
 ) -> float:
     """Adam's beta1 annealed towards ``final_beta1`` over the last ``rampdown_epochs`` epochs.
 
-    Temporal Ensembling (Laine & Aila 2017) anneals beta1 during the final epochs with the
-    Gaussian ramp ``exp(-12.5 p^2)`` (p: progress through the ramp-down, 0 to 1); the BSD paper
+    Temporal Ensembling (Laine & Aila 2017), as their original code does it: with
+    ``d = epoch - (epochs - rampdown_epochs)`` (0 at the first ramp-down epoch, so beta1 is
+    still ``base_beta1`` there) the ramp weight is ``exp(-(d / 2)^2 / rampdown_epochs)``
+    (for 50 ramp-down epochs this equals ``exp(-12.5 (d / 50)^2)``). The BSD paper
     (Appendix A.1) anneals it "to zero during the final 50 epochs". ``epoch`` is 0-based.
     """
     if rampdown_epochs <= 0 or epoch < epochs - rampdown_epochs:
         return base_beta1
-    progress = (epoch - (epochs - rampdown_epochs) + 1) / rampdown_epochs
-    ramp = math.exp(-12.5 * progress**2)
+    d = epoch - (epochs - rampdown_epochs)
+    ramp = math.exp(-((d * 0.5) ** 2) / rampdown_epochs)
     return final_beta1 + (base_beta1 - final_beta1) * ramp
 
 
@@ -90,10 +114,13 @@ class Beta1Rampdown:
     """A schedule that also anneals Adam's beta1 at epoch boundaries (:func:`adam_beta1`).
 
     Wraps the learning-rate schedule ``inner`` (stepped once per optimizer step, as every
-    schedule here) and sets every param group's beta1 to its value for the epoch the next step
-    belongs to. Its state is ``inner``'s (the step count is ``inner.last_epoch``), so a
-    resumed run continues the ramp exactly. Temporal Ensembling asks for it through
-    ``conf/method_optim/te.yaml``; the engine knows nothing about it.
+    schedule here) and, after each of its steps, sets every param group's beta1 for the epoch
+    the next step belongs to: ``final + (b - final) * ramp(epoch)``, where ``b`` is the
+    optimizer's base beta1, or, when ``inner`` cycles momentum itself (1cycle with
+    ``cycle_momentum``), the beta1 it has just set, so the ramp-down scales the cycled value
+    instead of being overwritten by it. Its state is ``inner``'s (the step count is
+    ``inner.last_epoch``), so a resumed run continues exactly. Temporal Ensembling asks for it
+    through ``conf/method_optim/te.yaml``; the engine knows nothing about it.
     """
 
     def __init__(
@@ -108,14 +135,19 @@ class Beta1Rampdown:
         self.optimizer = inner.optimizer
         self.epochs, self.steps_per_epoch = int(epochs), max(1, int(steps_per_epoch))
         self.rampdown_epochs, self.final_beta1 = int(rampdown_epochs), float(final_beta1)
-        self.groups = [g for g in self.optimizer.param_groups if "betas" in g]
-        self.base_beta1 = [float(g["betas"][0]) for g in self.groups]
+        self.cycles = bool(getattr(inner, "cycle_momentum", False))
+        self.base_beta1 = [float(g["betas"][0]) for g in self._groups()]
         self._apply()
+
+    def _groups(self) -> list[dict]:
+        # Looked up each time: optimizer.load_state_dict replaces the param-group dicts.
+        return [g for g in self.optimizer.param_groups if "betas" in g]
 
     def _apply(self) -> None:
         epoch = min(int(self.inner.last_epoch) // self.steps_per_epoch, self.epochs - 1)
-        for group, base in zip(self.groups, self.base_beta1, strict=True):
-            beta1 = adam_beta1(base, self.final_beta1, epoch, self.epochs, self.rampdown_epochs)
+        for group, base in zip(self._groups(), self.base_beta1, strict=True):
+            start = float(group["betas"][0]) if self.cycles else base
+            beta1 = adam_beta1(start, self.final_beta1, epoch, self.epochs, self.rampdown_epochs)
             group["betas"] = (beta1, group["betas"][1])
 
     def step(self) -> None:
@@ -129,8 +161,11 @@ class Beta1Rampdown:
         return self.inner.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        # The optimizer's own state (loaded beside this one) holds the betas of the step it
+        # was saved at; a cycling inner schedule would be ramped twice by applying again.
         self.inner.load_state_dict(state)
-        self._apply()
+        if not self.cycles:
+            self._apply()
 
 
 def with_beta1_rampdown(

@@ -573,3 +573,50 @@ def test_small_cnn_memorises_half_random_labels_on_digits() -> None:
         pred = model(x).argmax(1)
     # The flipped samples are fitted to their *wrong* labels: memorisation.
     assert (pred[flipped] == noisy[flipped]).float().mean() > 0.9
+
+
+# --------------------------------------------------------------------------------------------
+# DivideMix's PreResNet18
+
+
+def test_preact_resnet18_dividemix_parameter_count() -> None:
+    """DivideMix's PreResNet18 = He's count + stem BN(64) - final BN(512)."""
+    for k in (10, 100):
+        model = meta_model("preact_resnet18_dividemix", k)
+        assert n_params(model) == preact_resnet18_count(k) + bn(64) - bn(512)
+    assert n_params(meta_model("preact_resnet18_dividemix", 10)) == 11_171_274
+
+
+def test_preact_resnet18_dividemix_forward_equals_a_hand_written_preresnet() -> None:
+    """A second implementation of DivideMix's PreResNet.py forward (conv-BN-ReLU stem, the
+    PreActBlocks, avg_pool2d(4), linear, no final BN) on the model's own weights."""
+    torch.manual_seed(0)
+    model = create_model("preact_resnet18_dividemix", num_classes=10).eval()
+    for m in model.modules():  # non-trivial BN statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 32, 32)
+
+    def bn_eval(b: nn.BatchNorm2d, t: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(t, b.running_mean, b.running_var, b.weight, b.bias, False, 0.0, b.eps)
+
+    stem_conv, stem_bn = model.stem[0], model.stem[1]
+    out = F.relu(bn_eval(stem_bn, F.conv2d(x, stem_conv.weight, padding=1)))
+    for block in (b for stage in model.stages for b in stage):
+        pre = F.relu(bn_eval(block.bn1, out))
+        stride = block.conv1.stride
+        short = (
+            out if block.shortcut is None else F.conv2d(pre, block.shortcut.weight, stride=stride)
+        )
+        mid = F.relu(
+            bn_eval(block.bn2, F.conv2d(pre, block.conv1.weight, stride=stride, padding=1))
+        )
+        out = F.conv2d(mid, block.conv2.weight, padding=1) + short
+    pooled = F.avg_pool2d(out, 4).flatten(1)
+    expected = F.linear(pooled, model.head.weight, model.head.bias)
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+    # and He et al.'s variant differs (it adds the final BN-ReLU, no stem BN)
+    he = create_model("preact_resnet18", num_classes=10)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in [getattr(he.stem, "1", None)])
+    assert isinstance(he.final_bn, nn.BatchNorm2d) and isinstance(model.final_bn, nn.Identity)

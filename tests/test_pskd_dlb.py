@@ -334,3 +334,49 @@ def test_dlb_round_trip_equals_not_stopping():
         (batch([3, 4, 5, 2, 0, 1], labels, 62, carried=3), 1, False),  # carried across epochs
     ]
     round_trip(lambda: DLB(T=3.0, alpha=1.0), labels, schedule, resume_at=2)
+
+
+class _BNNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(11)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 64, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.bn(self.conv(x))).flatten(1))
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_dlb_two_passes_update_batchnorm_twice_and_match_a_two_pass_reference(joint):
+    """Reference code: out = net(fresh); out_pre = net(previous batch); CE over both, KL on
+    out_pre. The default two-pass mode reproduces it (two BN running-stat updates per step);
+    joint_forward=True makes one pass (one update, different batch statistics)."""
+    import copy
+
+    labels = torch.randint(0, K, (8,), generator=torch.Generator().manual_seed(4))
+    m = DLB(T=3.0, alpha=1.0, joint_forward=joint)
+    m.setup(make_ctx(labels))
+    model = _BNNet().train()
+    b1 = batch([0, 1, 2, 3], labels, seed=50)
+    m.after_step(b1, m.training_step(model, b1, 0), 0)
+    teacher = m.prev_logits.clone()
+    ref = copy.deepcopy(model)
+    before = int(model.bn.num_batches_tracked)
+    b2 = batch([0, 1, 2, 3, 4, 5, 6, 7], labels, seed=51, carried=4)
+    out = m.training_step(model, b2, 0)
+    passes = int(model.bn.num_batches_tracked) - before
+    # hand-written reference two-pass step
+    x, t = b2.views["weak"], b2.target
+    out_fresh = ref(x[4:])
+    out_pre = ref(x[:4])
+    ce = F.cross_entropy(torch.cat([out_pre, out_fresh]), torch.cat([t[:4], t[4:]]))
+    expected = ce + 9.0 * kl_by_hand(teacher, out_pre, 3.0).mean()
+    if joint:
+        assert passes == 1
+        assert not torch.allclose(out.loss.detach(), expected.detach(), rtol=1e-4)
+    else:
+        assert passes == 2
+        torch.testing.assert_close(out.loss.detach(), expected.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.bn.running_mean, ref.bn.running_mean)

@@ -44,9 +44,107 @@ def test_one_cycle_peaks_at_the_configured_lr() -> None:
 
 
 def test_adam_beta1_rampdown() -> None:
-    # Untouched before the ramp-down; exp(-12.5 p^2) of the way to the final value inside it.
+    # Laine & Aila's code: d = epoch - (E - L), weight exp(-(d/2)^2 / L); d = 0 at epoch 250.
     assert schedules.adam_beta1(0.9, 0.0, epoch=249, epochs=300, rampdown_epochs=50) == 0.9
-    assert schedules.adam_beta1(0.9, 0.0, 299, 300, 50) == pytest.approx(0.9 * math.exp(-12.5))
-    mid = schedules.adam_beta1(0.9, 0.5, 274, 300, 50)
-    assert mid == pytest.approx(0.5 + 0.4 * math.exp(-12.5 * (25 / 50) ** 2))
+    assert schedules.adam_beta1(0.9, 0.0, epoch=250, epochs=300, rampdown_epochs=50) == 0.9
+    # epoch 260: d = 10, exp(-25 / 50) = 0.60653...; 0.9 * that = 0.54588
+    assert schedules.adam_beta1(0.9, 0.0, 260, 300, 50) == pytest.approx(0.545878, abs=1e-6)
+    # epoch 299: d = 49, exp(-600.25 / 50)
+    assert schedules.adam_beta1(0.9, 0.0, 299, 300, 50) == pytest.approx(0.9 * math.exp(-12.005))
+    # L = 20 of E = 100, final 0.5, epoch 90: d = 10, exp(-25 / 20)
+    mid = schedules.adam_beta1(0.9, 0.5, 90, 100, 20)
+    assert mid == pytest.approx(0.5 + 0.4 * math.exp(-1.25))
     assert schedules.adam_beta1(0.9, 0.0, 299, 300, 0) == 0.9
+
+
+@pytest.mark.parametrize("opt_name", ["adam", "sgd"])
+def test_one_cycle_matches_torch_onecycle_defaults(opt_name: str) -> None:
+    """lr and momentum (Adam beta1 / SGD momentum) equal OneCycleLR with its defaults."""
+
+    def make():
+        p = torch.nn.Parameter(torch.zeros(1))
+        if opt_name == "adam":
+            return torch.optim.Adam([p], lr=0.01)
+        return torch.optim.SGD([p], lr=0.01, momentum=0.9)
+
+    ours, ref = make(), make()
+    s_ours = schedules.one_cycle(ours, total_steps=120, steps_per_epoch=12)
+    s_ref = torch.optim.lr_scheduler.OneCycleLR(ref, max_lr=0.01, total_steps=120)
+    key = "betas" if opt_name == "adam" else "momentum"
+    moms = []
+    for _ in range(120):
+        g, h = ours.param_groups[0], ref.param_groups[0]
+        assert g["lr"] == pytest.approx(h["lr"], rel=1e-12)
+        m = g[key][0] if key == "betas" else g[key]
+        assert m == pytest.approx(h[key][0] if key == "betas" else h[key], rel=1e-12)
+        moms.append(m)
+        ours.step(), ref.step(), s_ours.step(), s_ref.step()
+    # Hand-checked shape: momentum starts at 0.95, bottoms at 0.85 at the lr peak (step 35).
+    assert moms[0] == pytest.approx(0.95)
+    assert min(moms) == pytest.approx(0.85, abs=1e-4)
+    assert moms[-1] == pytest.approx(0.95, abs=1e-4)
+
+
+def test_one_cycle_rejects_a_bad_anneal_strategy() -> None:
+    from noisybench.errors import UserError
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    with pytest.raises(UserError):
+        schedules.one_cycle(opt, 10, 1, anneal_strategy="step")
+
+
+def _adam_with(schedule_factory, steps: int):  # type: ignore[no-untyped-def]
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    return opt, schedule_factory(opt)
+
+
+def test_te_rampdown_scales_the_cycled_beta1_of_1cycle() -> None:
+    """Under 1cycle with momentum cycling (OneCycleLR's default), TE's ramp-down multiplies
+    the beta1 OneCycleLR sets at each step (read off a separate OneCycleLR) instead of being
+    overwritten by it; a resumed schedule continues exactly."""
+    import warnings
+
+    from noisybench.schedules import adam_beta1, one_cycle, with_beta1_rampdown
+
+    warnings.simplefilter("ignore", UserWarning)  # stepping schedules without optimizer steps
+    epochs, per_epoch, ramp = 10, 10, 5
+    ref_opt, ref = _adam_with(lambda o: one_cycle(o, epochs * per_epoch, per_epoch), 0)
+    opt, sched = _adam_with(
+        lambda o: with_beta1_rampdown(
+            one_cycle(o, epochs * per_epoch, per_epoch), epochs, per_epoch, ramp, 0.0
+        ),
+        0,
+    )
+    saved = None
+    for step in range(epochs * per_epoch - 1):
+        sched.step()
+        ref.step()
+        epoch = (step + 1) // per_epoch
+        cycled = ref_opt.param_groups[0]["betas"][0]
+        # by hand: final + (cycled - final) * exp(-(d/2)^2 / L), d = epoch - (E - L)
+        d = epoch - (epochs - ramp)
+        expected = cycled if d < 0 else cycled * math.exp(-((d / 2) ** 2) / ramp)
+        assert opt.param_groups[0]["betas"][0] == pytest.approx(expected, abs=1e-12)
+        assert expected == pytest.approx(adam_beta1(cycled, 0.0, epoch, epochs, ramp))
+        if step == 72:
+            saved = (opt.state_dict(), sched.state_dict())
+    opt2, sched2 = _adam_with(
+        lambda o: with_beta1_rampdown(
+            one_cycle(o, epochs * per_epoch, per_epoch), epochs, per_epoch, ramp, 0.0
+        ),
+        0,
+    )
+    opt2.load_state_dict(saved[0])
+    sched2.load_state_dict(saved[1])
+    opt3, sched3 = _adam_with(
+        lambda o: with_beta1_rampdown(
+            one_cycle(o, epochs * per_epoch, per_epoch), epochs, per_epoch, ramp, 0.0
+        ),
+        0,
+    )
+    for _ in range(73):
+        sched3.step()
+    for _ in range(20):
+        sched2.step()
+        sched3.step()
+        assert opt2.param_groups[0]["betas"] == opt3.param_groups[0]["betas"]

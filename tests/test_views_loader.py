@@ -77,7 +77,7 @@ def test_flip_only_when_enabled():
 @pytest.mark.parametrize("key", ["weak", "strong"])
 def test_views_are_deterministic_under_manual_seed(key):
     x = _images(8, 3, 8, 8)
-    view = build_views([key], {"crop_padding": 2, "hflip": True, "strong_chunk": 2}, *UNIT, 8)[key]
+    view = build_views([key], {"crop_padding": 2, "hflip": True}, *UNIT, 8)[key]
     torch.manual_seed(5)
     a = view(x)
     torch.manual_seed(5)
@@ -90,7 +90,7 @@ def test_views_are_deterministic_under_manual_seed(key):
 
 def test_each_key_is_an_independent_draw():
     x = _images(16, 3, 8, 8)
-    views = build_views(["weak", "strong_1", "strong_2"], {"strong_chunk": 4}, *UNIT, 8)
+    views = build_views(["weak", "strong_1", "strong_2"], {}, *UNIT, 8)
     assert list(views) == ["weak", "strong_1", "strong_2"]
     assert isinstance(views["strong_1"], StrongView) and views["strong_1"] is not views["strong_2"]
     torch.manual_seed(0)
@@ -100,46 +100,44 @@ def test_each_key_is_an_independent_draw():
     assert not torch.equal(s1, s2)
 
 
-def test_strong_view_autoaugment_is_drawn_per_chunk():
-    """Kornia draws one sub-policy per AutoAugment call: one call over 64 identical images
-    uses one sub-policy, chunks of 4 use many (16 independent draws from 25)."""
+def test_strong_view_autoaugment_is_drawn_per_image():
+    """Every image draws its own sub-policy: 64 draws from 25 give about
+    25 * (1 - (24/25)^64) = 23.1 distinct ones (kornia's one draw per call gave 1)."""
     x = _images(1, 3, 16, 16).repeat(64, 1, 1, 1)
     only_aa = {"crop_padding": 0, "hflip": False, "erasing_p": 0.0}
-    one = build_views(["strong"], {**only_aa, "strong_chunk": 64}, *UNIT, 16)["strong"]
-    per4 = build_views(["strong"], {**only_aa, "strong_chunk": 4}, *UNIT, 16)["strong"]
+    view = build_views(["strong"], only_aa, *UNIT, 16)["strong"]
     torch.manual_seed(0)
-    one(x)
-    assert len(one.last_subpolicies) == 1
-    per4(x)
-    assert len(per4.last_subpolicies) == 16
-    assert len(set(per4.last_subpolicies)) >= 8
+    out = view(x)
+    policies = view.autoaugment.last_policy
+    assert policies.shape == (64,)
+    assert len(torch.unique(policies)) >= 18
+    distinct = {tuple(torch.round(r * 1e4).flatten().tolist()) for r in out}
+    assert len(distinct) >= 10
 
 
-def test_chunked_policy_gives_each_chunk_its_own_operation():
-    """With a policy of deterministic single operations (p = 1), the outputs for identical
-    images show directly which operation each image got: one call -> all equal; chunks of one
-    image -> several different operations, each a known function of the input."""
-    policy = [[("invert", 1.0, None)], [("auto_contrast", 1.0, None)], [("equalize", 1.0, None)]]
+def test_strong_view_with_single_deterministic_ops_per_image():
+    """With a policy of deterministic operations (p = 1), identical images show which
+    operation each image got, each a known function of the input."""
+    policy = (
+        (("Invert", 1.0, None), ("Invert", 0.0, None)),
+        (("AutoContrast", 1.0, None), ("Invert", 0.0, None)),
+        (("Equalize", 1.0, None), ("Invert", 0.0, None)),
+    )
     x = _images(1, 3, 8, 8, seed=3).repeat(48, 1, 1, 1)
     unit = x.float() / 255
-
-    def strong(chunk):
-        return StrongView(*UNIT, (8, 8), crop_padding=0, hflip=False, chunk=chunk, erasing_p=0.0,
-                          policy=policy)  # fmt: skip
-
+    view = StrongView(*UNIT, (8, 8), crop_padding=0, hflip=False, erasing_p=0.0, policy=policy)
     torch.manual_seed(0)
-    one = strong(48)(x)
-    assert all(torch.equal(one[i], one[0]) for i in range(48))
-    many = strong(1)(x)
+    many = view(x)
     distinct = {tuple(torch.round(r * 1e4).flatten().tolist()) for r in many}
     assert len(distinct) == 3
     inverted = [torch.allclose(many[i], 1 - unit[i], atol=1e-6) for i in range(48)]
     assert 5 <= sum(inverted) <= 30  # about a third got "invert"
+    assert sum(inverted) == int((view.autoaugment.last_policy == 0).sum())
 
 
 def test_strong_view_on_one_channel_images():
     x = _images(32, 1, 8, 8)
-    view = build_views(["strong"], {"crop_padding": 1, "hflip": False, "strong_chunk": 1},
+    view = build_views(["strong"], {"crop_padding": 1, "hflip": False},
                        (0.3,), (0.4,), 8)["strong"]  # fmt: skip
     torch.manual_seed(0)
     out = view(x)
@@ -152,7 +150,7 @@ def test_strong_view_on_one_channel_images():
 def test_random_erasing_fills_a_box_with_the_mean():
     x = torch.full((16, 3, 16, 16), 200, dtype=torch.uint8)
     view = StrongView((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), (16, 16), crop_padding=0, hflip=False,
-                      chunk=16, erasing_p=1.0, policy=[[("invert", 0.0, None)]])  # fmt: skip
+                      erasing_p=1.0, policy=((("Invert", 0.0, None),) * 2,))  # fmt: skip
     torch.manual_seed(0)
     out = view(x)
     other = (200 / 255 - 0.5) / 0.25
@@ -173,8 +171,10 @@ def test_view_errors():
         build_views(["weak", "weak"], {}, *UNIT, 8)
     with pytest.raises(UserError, match=r"unknown dataset\.augment key"):
         build_views(["weak"], {"crop_pading": 4}, *UNIT, 8)
-    with pytest.raises(UserError, match="strong_chunk=0"):
-        build_views(["strong"], {"strong_chunk": 0}, *UNIT, 8)
+    with pytest.raises(UserError, match="strong_chunk was removed"):
+        build_views(["strong"], {"strong_chunk": 16}, *UNIT, 8)
+    with pytest.raises(UserError, match="autoaugment_ranges='tf'"):
+        build_views(["strong"], {"autoaugment_ranges": "tf"}, *UNIT, 8)
     assert {"plain", "weak", "strong"} <= set(VIEW_KINDS)
 
 
@@ -274,7 +274,7 @@ def test_carry_previous_repeats_the_end_of_the_previous_batch():
 def test_loader_with_real_views_and_errors():
     images = _images(10, 3, 8, 8)
     labels = torch.arange(10) % 3
-    views = build_views(["weak", "strong_a"], {"strong_chunk": 2}, *UNIT, 8)
+    views = build_views(["weak", "strong_a"], {}, *UNIT, 8)
     batch = next(iter(DeviceLoader(images, labels, 4, views, seed=0).epoch(0)))
     assert list(batch.views) == ["weak", "strong_a"]
     assert batch.views["strong_a"].shape == (4, 3, 8, 8)

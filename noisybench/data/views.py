@@ -21,12 +21,11 @@ Design decisions (each is a deliberate departure from a per-image, PIL-based pip
 * Crop and flip are written here as single batched gathers instead of ``kornia``'s
   ``RandomCrop``: kornia's eager crop reads the crop boxes back to the host and crops per
   sample, while a gather is exact (integer shifts, no interpolation) and never syncs.
-* Kornia's ``AutoAugment`` draws ONE sub-policy per call for the whole batch (kornia 0.9.0;
-  ``benchmarks/bench_views.py`` measures it). The strong view therefore calls it on chunks of
-  ``strong_chunk`` images, so that images in different chunks get independently drawn
-  sub-policies (the operations' probabilities and magnitudes are already drawn per image).
-  Batches come from a random permutation, so a chunk is a random group of images. Smaller
-  chunks give more diversity and cost more calls; see the benchmark for numbers.
+* AutoAugment is :class:`noisybench.data.autoaugment.BatchedAutoAugment`: one sub-policy per
+  image, each operation's probability and signed magnitude per image, in one batched pass
+  (kornia 0.9.0's ``AutoAugment`` is not the CIFAR-10 policy: see that module). Its magnitude
+  ranges are torchvision's by default (``autoaugment_ranges: original`` selects the TF code's).
+  The former ``strong_chunk`` setting is gone (every image draws its own sub-policy).
 * AutoAugment's colour operations need 3 channels. A 1-channel image (digits) is repeated to
   3 equal channels, augmented, and averaged back. Every operation of the policy maps an image
   with equal channels to one with equal channels (geometric ops, posterize, solarize,
@@ -62,12 +61,14 @@ from dataclasses import dataclass, fields
 import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
-from kornia.augmentation.auto import AutoAugment
 from torch import Tensor, nn
 
+from noisybench.data.autoaugment import RANGES, BatchedAutoAugment
 from noisybench.errors import UserError
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "VIEW_KINDS",
     "AugmentParams",
     "PlainView",
@@ -75,6 +76,7 @@ __all__ = [
     "StrongView",
     "WeakView",
     "build_views",
+    "input_stats",
     "random_crop",
     "random_hflip",
     "register_view_kind",
@@ -90,7 +92,8 @@ class AugmentParams:
         crop_padding: zero padding (pixels per side) before the random crop; 0 disables it.
         hflip: random horizontal flip with probability 1/2 (off for digits, where a flip
             changes the meaning of the image).
-        strong_chunk: images per AutoAugment call in the strong view (see module docstring).
+        autoaugment_ranges: ``"torchvision"`` or ``"original"`` magnitude ranges of the strong
+            view's AutoAugment (see :mod:`noisybench.data.autoaugment`).
         erasing_p: probability of Random Erasing per image in the strong view.
         resize: ``None`` (keep the dataset's size) or the side in pixels that every view's
             output is resized to (bilinear, after augmentation and normalisation), e.g. 224
@@ -99,7 +102,7 @@ class AugmentParams:
 
     crop_padding: int = 4
     hflip: bool = True
-    strong_chunk: int = 16
+    autoaugment_ranges: str = "torchvision"
     erasing_p: float = 0.5
     resize: int | None = None
 
@@ -108,6 +111,11 @@ class AugmentParams:
         """Validate a config mapping (unknown keys are an error, missing keys take defaults)."""
         augment = dict(augment or {})
         known = {f.name for f in fields(cls)}
+        if "strong_chunk" in augment:
+            raise UserError(
+                "dataset.augment.strong_chunk was removed (AutoAugment now draws a sub-policy per "
+                "image); delete the key"
+            )
         unknown = sorted(set(augment) - known)
         if unknown:
             raise UserError(
@@ -118,10 +126,10 @@ class AugmentParams:
             raise UserError(
                 f"dataset.augment.crop_padding={params.crop_padding} is negative; use 0 or more"
             )
-        if int(params.strong_chunk) < 1:
+        if params.autoaugment_ranges not in RANGES:
             raise UserError(
-                f"dataset.augment.strong_chunk={params.strong_chunk} must be at least 1 "
-                "(images per AutoAugment call)"
+                f"dataset.augment.autoaugment_ranges={params.autoaugment_ranges!r} is unknown; "
+                f"use one of {list(RANGES)}"
             )
         if not 0.0 <= float(params.erasing_p) <= 1.0:
             raise UserError(
@@ -250,11 +258,11 @@ class WeakView(nn.Module):
 
 
 class StrongView(WeakView):
-    """Weak augmentation + AutoAugment (CIFAR-10 policy, per chunk) + Random Erasing.
+    """Weak augmentation + AutoAugment (CIFAR-10 policy, per image) + Random Erasing.
 
     BSD+'s strong set (Appendix A.1, Eq. 11) without CutMix, which the method applies.
-    After each call, :attr:`last_subpolicies` names the sub-policy drawn for each chunk
-    (a diagnostic used by the tests and the benchmark).
+    After each call, ``self.autoaugment.last_policy`` holds the sub-policy index drawn for
+    each image (a device tensor; a diagnostic for the tests and the benchmark).
     """
 
     def __init__(
@@ -264,9 +272,9 @@ class StrongView(WeakView):
         image_size: tuple[int, int],
         crop_padding: int,
         hflip: bool,
-        chunk: int,
         erasing_p: float,
-        policy: str | list = "cifar10",
+        autoaugment_ranges: str = "torchvision",
+        policy: tuple | None = None,
     ) -> None:
         super().__init__(mean, std, image_size, crop_padding, hflip)
         channels = len(mean)
@@ -275,27 +283,21 @@ class StrongView(WeakView):
                 f"the strong view supports 1- or 3-channel images, got {channels} channels; "
                 "use the weak or plain view for this dataset"
             )
-        self.chunk = int(chunk)
-        self.autoaugment = AutoAugment(policy)
-        self.autoaugment.requires_grad_(False)
+        self.autoaugment = (
+            BatchedAutoAugment(autoaugment_ranges)
+            if policy is None
+            else BatchedAutoAugment(autoaugment_ranges, policy)
+        )
         self.erasing = K.RandomErasing(
             scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0, p=float(erasing_p)
         )
-        self.last_subpolicies: list[str] = []
 
     def _autoaugment(self, x: Tensor) -> Tensor:
-        """AutoAugment on a [0, 1] float batch, one independent sub-policy draw per chunk."""
+        """AutoAugment on a 0..255 batch, returned in [0, 1]."""
         grey = x.shape[1] == 1
         if grey:
-            x = x.expand(-1, 3, -1, -1).contiguous()
-        outs = []
-        names = []
-        for part in x.split(self.chunk):
-            params = self.autoaugment.forward_parameters(part.shape)
-            names.append(params[0].name if params else "")
-            outs.append(self.autoaugment(part, params=params))
-        self.last_subpolicies = names
-        out = torch.cat(outs)
+            x = x.expand(-1, 3, -1, -1)
+        out = self.autoaugment(x.float()).div_(255.0)
         if grey:
             out = out.mean(dim=1, keepdim=True)
         return out
@@ -303,7 +305,8 @@ class StrongView(WeakView):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         x = self.augment_uint8(x)
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        # AutoAugment works on 0..255 values (uint8 arithmetic); a float input is in [0, 1]
+        x = x.float() if x.dtype == torch.uint8 else (x.float() * 255.0).round_()
         x = self._autoaugment(x).clamp_(0.0, 1.0)
         return self.erasing(self.normalize(x))
 
@@ -370,8 +373,8 @@ def _strong(params: AugmentParams, mean, std, image_size) -> nn.Module:
         image_size,
         params.crop_padding,
         params.hflip,
-        params.strong_chunk,
         params.erasing_p,
+        params.autoaugment_ranges,
     )
 
 
@@ -423,3 +426,31 @@ def build_views(
             view = Resized(view, params.resize)
         views[str(key)] = view
     return views
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""ImageNet-1k channel statistics, the normalisation torchvision's pretrained weights expect."""
+
+
+def input_stats(
+    model: nn.Module, mean: Sequence[float], std: Sequence[float]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``(mean, std)`` the views must normalise with for ``model``.
+
+    A model that declares ``input_stats = "imagenet"`` (an ImageNet-pretrained ViT-B/16, see
+    :mod:`noisybench.models.vit`) gets ImageNet's statistics; every other model the dataset's
+    ``mean`` and ``std``. Call it where the views are built:
+    ``build_views(keys, augment, *input_stats(model, data.mean, data.std), size)``.
+    """
+    kind = getattr(model, "input_stats", "dataset")
+    if kind == "imagenet":
+        if len(mean) != 3:
+            raise UserError(
+                f"ImageNet normalisation needs 3-channel images, the dataset has {len(mean)}; "
+                "set model.input_stats=dataset"
+            )
+        return IMAGENET_MEAN, IMAGENET_STD
+    if kind != "dataset":
+        raise UserError(f"model input_stats={kind!r} is unknown; use imagenet or dataset")
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)

@@ -15,6 +15,20 @@ BatchNorm) takes the *pre-activated* input ``ReLU(BN(x))``, as in the authors' T
 the label-noise reference implementations.
 
 Initialisation: PyTorch's defaults, as in the reference code of DivideMix/CSOT.
+
+Two variants, by name:
+
+``preact_resnet18``
+    He et al. 2016b's network as described above: bare stem convolution, final BN-ReLU.
+``preact_resnet18_dividemix``
+    DivideMix's ``PreResNet18`` (``PreResNet.py`` of Li et al.'s DivideMix code, also used
+    unchanged by CSOT and most of the BSD paper's Table 4 comparisons). Exactly two
+    differences: the stem is conv3x3 -> BatchNorm -> ReLU (so the first block's BN-ReLU sees
+    an already activated input), and there is NO final BatchNorm-ReLU: the last block's
+    un-activated sum is average-pooled and fed to the linear layer. Blocks, shortcuts (1x1
+    convolution on the pre-activated input, no BN) and widths are the same. For 10 classes it
+    has 11,171,274 parameters (He's: 11,172,170; +128 stem BN, -1,024 final BN). DivideMix
+    pools with ``avg_pool2d(4)``, which equals the global average used here on 32x32 input.
 """
 
 from __future__ import annotations
@@ -23,7 +37,7 @@ from torch import Tensor, nn
 
 from noisybench.models._common import check_sizes
 
-__all__ = ["PreActBlock", "PreActResNet", "preact_resnet18"]
+__all__ = ["PreActBlock", "PreActResNet", "preact_resnet18", "preact_resnet18_dividemix"]
 
 
 class PreActBlock(nn.Module):
@@ -57,13 +71,23 @@ class PreActResNet(nn.Module):
         blocks: number of blocks in each of the four stages (``(2, 2, 2, 2)`` for depth 18).
         num_classes: number of logits.
         in_channels: input image channels.
+        stem_bn: BatchNorm-ReLU after the stem convolution (DivideMix's ``PreResNet18``).
+        final_bn: BatchNorm-ReLU after the last stage (He et al. 2016b).
     """
 
     def __init__(
-        self, blocks: tuple[int, int, int, int], num_classes: int, in_channels: int = 3
+        self,
+        blocks: tuple[int, int, int, int],
+        num_classes: int,
+        in_channels: int = 3,
+        stem_bn: bool = False,
+        final_bn: bool = True,
     ) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        conv = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        self.stem: nn.Module = (
+            nn.Sequential(conv, nn.BatchNorm2d(64), nn.ReLU(inplace=True)) if stem_bn else conv
+        )
         stages: list[nn.Module] = []
         in_planes = 64
         for planes, stride, n in zip((64, 128, 256, 512), (1, 2, 2, 2), blocks, strict=True):
@@ -73,8 +97,8 @@ class PreActResNet(nn.Module):
                 in_planes = planes
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
-        self.final_bn = nn.BatchNorm2d(in_planes)
-        self.final_relu = nn.ReLU(inplace=True)
+        self.final_bn: nn.Module = nn.BatchNorm2d(in_planes) if final_bn else nn.Identity()
+        self.final_relu: nn.Module = nn.ReLU(inplace=True) if final_bn else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = in_planes
         self.head = nn.Linear(in_planes, num_classes)
@@ -96,3 +120,13 @@ def preact_resnet18(num_classes: int, in_channels: int = 3) -> PreActResNet:
     """
     check_sizes("preact_resnet18", num_classes, in_channels)
     return PreActResNet((2, 2, 2, 2), num_classes, in_channels)
+
+
+def preact_resnet18_dividemix(num_classes: int, in_channels: int = 3) -> PreActResNet:
+    """DivideMix's ``PreResNet18`` (Li et al. 2020): stem BN-ReLU, no final BN-ReLU (see the
+    module docstring); the network of the BSD paper's Table 4 (lower) comparisons.
+
+    11.17M parameters (11,171,274) for 10 classes.
+    """
+    check_sizes("preact_resnet18_dividemix", num_classes, in_channels)
+    return PreActResNet((2, 2, 2, 2), num_classes, in_channels, stem_bn=True, final_bn=False)

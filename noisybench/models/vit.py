@@ -14,6 +14,17 @@ model; this module does not resize. A different ``image_size`` (a multiple of 16
 the pretrained position embeddings are then interpolated to the new patch grid (bicubic, with
 torchvision's ``interpolate_embeddings``).
 
+Offline weights: ``weights=PATH`` (config ``model.weights``) loads the backbone from a local
+file (a torchvision ``vit_b_16`` state dict, e.g. the ``vit_b_16-c867db91.pth`` file, or a
+``{"state_dict": ...}`` checkpoint) instead of the torch hub download; a missing file or one
+that does not fit the network is a one-line ``UserError``.
+
+Input normalisation: ImageNet-pretrained weights expect images normalised with ImageNet's
+mean and std, not the dataset's. ``input_stats`` (``"auto"`` by default: ImageNet statistics
+when ``pretrained`` or ``weights`` is set, the dataset's otherwise; or ``"imagenet"`` /
+``"dataset"``) is kept on the model as :attr:`ViTB16.input_stats` and read by the data layer
+(:func:`noisybench.data.views.input_stats`).
+
 Head: the pretrained 1000-way head is dropped and a zero-initialised ``768 -> K`` linear layer
 is attached, as the ViT paper does for fine-tuning (Section 3.2).
 """
@@ -28,7 +39,7 @@ from torch import Tensor, nn
 from torchvision.models import vision_transformer as tv_vit
 
 from noisybench.errors import UserError
-from noisybench.models._common import check_sizes
+from noisybench.models._common import check_input_stats, check_sizes, load_into, load_weights
 
 __all__ = ["ViTB16", "vit_b16"]
 
@@ -67,6 +78,9 @@ class ViTB16(nn.Module):
             is created fresh for the given channel count).
         image_size: side of the (square) input images, a multiple of 16.
         pretrained: load torchvision's ImageNet-1k weights (everything but the head).
+        weights: path of a local weights file to load instead of downloading (implies
+            pretrained weights).
+        input_stats: ``"auto"``, ``"imagenet"`` or ``"dataset"`` normalisation of the input.
     """
 
     def __init__(
@@ -75,6 +89,8 @@ class ViTB16(nn.Module):
         in_channels: int = 3,
         image_size: int = PRETRAINED_SIZE,
         pretrained: bool = False,
+        weights: str | None = None,
+        input_stats: str = "auto",
     ) -> None:
         super().__init__()
         self.backbone = tv_vit.vit_b_16(weights=None, image_size=image_size)
@@ -85,12 +101,24 @@ class ViTB16(nn.Module):
             nn.init.trunc_normal_(proj.weight, std=(1.0 / (in_channels * PATCH * PATCH)) ** 0.5)
             nn.init.zeros_(proj.bias)
             self.backbone.conv_proj = proj
-        if pretrained:
-            state = _fetch_imagenet_state()
+        if pretrained or weights is not None:
+            state = load_weights("vit_b16", weights) if weights else _fetch_imagenet_state()
             state = {k: v for k, v in state.items() if not k.startswith("heads.")}
-            if image_size != PRETRAINED_SIZE:
-                state = dict(tv_vit.interpolate_embeddings(image_size, PATCH, state))
-            self.backbone.load_state_dict(state, strict=True)
+            pos = state.get("encoder.pos_embedding")
+            grid = (image_size // PATCH) ** 2 + 1
+            if isinstance(pos, Tensor) and pos.dim() == 3 and pos.shape[1] != grid:
+                try:
+                    state = dict(tv_vit.interpolate_embeddings(image_size, PATCH, state))
+                except Exception as err:
+                    raise UserError(
+                        f"vit_b16: the position embedding in {weights or WEIGHTS.url} cannot be "
+                        f"resized to image_size={image_size} ({type(err).__name__})"
+                    ) from err
+            load_into("vit_b16", self.backbone, state, str(weights or WEIGHTS.url))
+        pretrained_input = bool(pretrained) or weights is not None
+        if input_stats == "auto":
+            input_stats = "imagenet" if pretrained_input else "dataset"
+        self.input_stats = input_stats
         self.image_size = image_size
         self.num_features = HIDDEN
         self.head = nn.Linear(HIDDEN, num_classes)
@@ -110,6 +138,8 @@ def vit_b16(
     in_channels: int = 3,
     image_size: int = PRETRAINED_SIZE,
     pretrained: bool = False,
+    weights: str | None = None,
+    input_stats: str = "auto",
 ) -> ViTB16:
     """ViT-B/16 with a new K-way head (BSD paper, Section 4; pretrained there).
 
@@ -125,9 +155,10 @@ def vit_b16(
         or image_size % PATCH
     ):
         raise UserError(f"vit_b16: image_size must be a multiple of {PATCH}, got {image_size!r}")
-    if pretrained and in_channels != 3:
+    check_input_stats("vit_b16", input_stats)
+    if (pretrained or weights is not None) and in_channels != 3:
         raise UserError(
             f"vit_b16: the pretrained weights expect 3 input channels, got in_channels="
             f"{in_channels}; use RGB images or set model.pretrained=false"
         )
-    return ViTB16(num_classes, in_channels, image_size, bool(pretrained))
+    return ViTB16(num_classes, in_channels, image_size, bool(pretrained), weights, input_stats)
