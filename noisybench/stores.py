@@ -48,8 +48,12 @@ def label_rows(
     Built in place (one allocation of the store's size, no int64 one-hot and no float32
     copy), e.g. BSD's Eq. 2 prior ``y0`` or PS-KD's one-hot start.
     """
-    rows = torch.full((labels.shape[0], num_classes), off, dtype=dtype, device=labels.device)
-    rows.scatter_(1, labels.long()[:, None], on)
+    n = labels.shape[0]
+    rows = torch.full((n, num_classes), off, dtype=dtype, device=labels.device)
+    # Flat positions i * K + label_i: O(N) temporaries. (``scatter_`` with a scalar value
+    # allocates twice the store on the CPU: 7.3 GB instead of 2.4 GB at ImageNet size.)
+    flat = torch.arange(n, device=labels.device) * num_classes + labels.long()
+    rows.view(-1)[flat] = on
     return rows
 
 
