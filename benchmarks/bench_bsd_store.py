@@ -2,14 +2,14 @@
 and after the store rework (issue 11 item 4), on the CPU.
 
 Every case runs in a fresh subprocess; peak resident memory (``VmHWM``, reset between the
-stages with ``/proc/self/clear_refs``) is reported above the RSS before setup (setup) or above
-the store (later stages). ``old`` is ``noisybench/methods/bsd.py`` (and
-``baselines/pskd.py``) as of git revision ``--old-rev`` (default c16c535, the code before the rework), loaded from ``git show``;
-``new`` is the working tree. The engine's label-recovery path before the rework
-(``metrics.label_recovery(method.soft_targets(), ...)``) and PS-KD's old setup (an int64
-one-hot) would need ~20 GiB at full size, more than this shared machine can spare, so they
-are measured at ``N / 10`` and marked ``"scaled_from_n"``; the memory they need grows
-linearly with N (every temporary is ``(N, K)``).
+stages with ``/proc/self/clear_refs``) is reported above the RSS before setup (setup) or
+above the store (later stages). ``old`` is ``noisybench/methods/bsd.py`` (and
+``baselines/pskd.py``) as of git revision ``--old-rev`` (default c16c535, before the
+rework), loaded with ``git show``; ``new`` is the working tree. The engine's label-recovery
+path before the rework (``label_recovery(method.soft_targets(), ...)``) and PS-KD's old
+setup (an int64 one-hot) would need ~20 GiB at full size, more than this shared machine
+can spare, so they are measured at ``N / 10`` and marked ``"scaled_from_n"``; their memory
+grows linearly with N (every temporary is ``(N, K)``).
 
     PYTHONPATH=$PWD python benchmarks/bench_bsd_store.py   # -> benchmarks/results/bsd_store.json
 """
@@ -190,7 +190,7 @@ def main() -> None:
                 "note": (
                     "MiB; setup_peak: VmHWM minus RSS before setup; *_over_store: the "
                     "stage's VmHWM minus RSS before setup minus the store"
-                ),,
+                ),
                 "results": results,
             },
             indent=2,
