@@ -220,3 +220,36 @@ def test_arrays_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(UserError) as exc:
         load_arrays(str(tmp_path / "absent.npz"))
     assert "not a file" in _one_line(exc)
+
+
+def test_bsd_trains_through_the_streaming_reader(folder: Path) -> None:
+    """One epoch of BSD on the JPEG folder through FolderLoader: every sample's Eq. 5 count
+    moves from A0 to gamma * A0 + 1 exactly once, and the model's parameters change."""
+    from noisybench.method import MethodContext
+    from noisybench.methods.bsd import BSD
+    from noisybench.models.small_cnn import small_cnn
+
+    torch.manual_seed(0)
+    data = load_folder(str(folder), image_size=32, resize=36)
+    loader = FolderLoader(data, data.train_labels, 50, ("weak",), seed=1, workers=2)
+    model = small_cnn(num_classes=CLASSES)
+    method = BSD(gamma=0.9, c=10.0, eps=0.0, store_dtype="float32")
+    ctx = MethodContext(
+        num_samples=200,
+        num_classes=CLASSES,
+        noisy_labels=data.train_labels,
+        epochs=1,
+        steps_per_epoch=len(loader),
+        device=torch.device("cpu"),
+    )
+    method.setup(ctx)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for batch in loader.epoch(0):
+        out = method.training_step(model, batch, 0)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        method.after_step(batch, out, 0)
+    torch.testing.assert_close(method.counts, torch.full((200,), 0.9 * 10.0 + 1.0))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
