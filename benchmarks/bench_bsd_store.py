@@ -149,13 +149,42 @@ def case(impl: str, what: str, n: int, k: int, rev: str) -> dict:
     return res
 
 
+def eq5_only(rev: str, k: int) -> dict:
+    """Median time of ``discounted_update`` alone (no store gather / scatter), unique indices."""
+    import torch
+
+    torch.set_num_threads(1)
+    out: dict = {}
+    for impl in ("old", "new"):
+        mod = _load(impl, rev, "noisybench/methods/bsd.py", f"bsd_eq5_{impl}")
+        for b in (128, 1024):
+            y = torch.softmax(torch.randn(b, k), -1)
+            p = torch.softmax(torch.randn(b, k), -1)
+            a = 100 * torch.rand(b)
+            idx = torch.randperm(1_281_167)[:b]
+            times = []
+            for _ in range(31):
+                t0 = time.perf_counter()
+                mod.discounted_update(y, a, p, idx, 0.99)
+                times.append(time.perf_counter() - t0)
+            out[f"{impl}_b{b}_ms"] = 1000 * sorted(times)[15]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_281_167)
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--old-rev", default="c16c535")
     parser.add_argument("--case", nargs=3, metavar=("IMPL", "WHAT", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--eq5-only", action="store_true", help="only add eq5_update_only_ms")
     args = parser.parse_args()
+    if args.eq5_only:
+        data = json.loads(OUT.read_text())
+        data["eq5_update_only_ms"] = eq5_only(args.old_rev, args.k)
+        OUT.write_text(json.dumps(data, indent=2) + "\n")
+        print(json.dumps(data["eq5_update_only_ms"]))
+        return
     if args.case:
         impl, what, n = args.case
         print(json.dumps(case(impl, what, int(n), args.k, args.old_rev)))
@@ -192,6 +221,7 @@ def main() -> None:
                     "stage's VmHWM minus RSS before setup minus the store"
                 ),
                 "results": results,
+                "eq5_update_only_ms": eq5_only(args.old_rev, args.k),
             },
             indent=2,
         )
