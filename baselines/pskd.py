@@ -44,7 +44,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisybench.errors import UserError
-from noisybench.method import Batch, Method, MethodContext, StepOutput, soft_cross_entropy
+from noisybench.method import (
+    Batch,
+    Method,
+    MethodContext,
+    SampleStore,
+    StepOutput,
+    label_rows,
+    soft_cross_entropy,
+)
 
 __all__ = ["PSKD"]
 
@@ -85,7 +93,9 @@ class PSKD(Method):
         self.epochs = int(ctx.epochs)
         labels = ctx.noisy_labels.to(device=ctx.device, dtype=torch.long)
         self.labels = labels
-        self.predictions = F.one_hot(labels, ctx.num_classes).to(_DTYPES[self.store_dtype])
+        # One-hot start built in place in the store's dtype (no int64 (N, K) one-hot).
+        start = label_rows(labels, ctx.num_classes, 1.0, 0.0, _DTYPES[self.store_dtype])
+        self.store = SampleStore(self, "predictions", start)
         self.last_epoch = torch.full((), -1, dtype=torch.long, device=ctx.device)
 
     def alpha(self, epoch: int) -> float:
@@ -95,7 +105,7 @@ class PSKD(Method):
 
     def _targets(self, idx: Tensor, labels: Tensor, alpha: float) -> Tensor:
         onehot = F.one_hot(labels, self.num_classes).float()
-        return (1.0 - alpha) * onehot + alpha * self.predictions[idx].float()
+        return (1.0 - alpha) * onehot + alpha * self.store.read(idx)
 
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         """Soft cross-entropy of the weak view against the progressive target."""
@@ -114,7 +124,7 @@ class PSKD(Method):
     @torch.no_grad()
     def after_step(self, batch: Batch, out: StepOutput, epoch: int) -> None:
         """Store this step's detached predictions; the next epoch distils from them."""
-        self.predictions[batch.idx] = out.state["probs"].to(self.predictions.dtype)
+        self.store.write(batch.idx, out.state["probs"])
         self.last_epoch.fill_(epoch)
 
     @torch.no_grad()

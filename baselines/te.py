@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisybench.errors import UserError
-from noisybench.method import Batch, Method, MethodContext, StepOutput
+from noisybench.method import Batch, Method, MethodContext, SampleStore, StepOutput
 
 __all__ = ["TemporalEnsembling", "rampup_weight"]
 
@@ -125,8 +125,12 @@ class TemporalEnsembling(Method):
         super().setup(ctx)
         n, k, dev = ctx.num_samples, ctx.num_classes, ctx.device
         dtype = _DTYPES[self.storage_dtype]
-        self.register_buffer("ensemble", torch.zeros(n, k, dtype=dtype, device=dev))
-        self.register_buffer("epoch_pred", torch.zeros(n, k, dtype=dtype, device=dev))
+        self.ensemble_store = SampleStore(
+            self, "ensemble", torch.zeros(n, k, dtype=dtype, device=dev)
+        )
+        self.epoch_store = SampleStore(
+            self, "epoch_pred", torch.zeros(n, k, dtype=dtype, device=dev)
+        )
         self.register_buffer("seen", torch.zeros(n, dtype=torch.bool, device=dev))
         self.register_buffer("updates", torch.zeros(n, dtype=torch.long, device=dev))
 
@@ -162,7 +166,7 @@ class TemporalEnsembling(Method):
     @torch.no_grad()
     def after_step(self, batch: Batch, out: StepOutput, epoch: int) -> None:
         """Gather this epoch's training predictions ``z_i`` (Alg. 2: "accumulate")."""
-        self.epoch_pred[batch.idx] = out.state["prob"].to(self.epoch_pred.dtype)
+        self.epoch_store.write(batch.idx, out.state["prob"])
         self.seen[batch.idx] = True
 
     @torch.no_grad()
@@ -177,7 +181,7 @@ class TemporalEnsembling(Method):
             "seen_fraction": self.seen.float().mean(),
         }
         self.seen.zero_()
-        self.epoch_pred.zero_()
+        self.epoch_store.fill_(0.0)
         return logs
 
     def soft_targets(self) -> Tensor:

@@ -219,6 +219,14 @@ def build(
             f"batch_size={cfg.batch_size} is larger than the {n} training images of "
             f"{cfg.dataset.name}; set batch_size to at most {n}"
         )
+    if noisy_labels is None and getattr(data, "given_labels", None) is not None:
+        # A real-noise dataset brings its own noisy labels (folder / arrays readers).
+        if str(cfg.noise.variant) != "none" or cfg.noise.get("label_file") is not None:
+            raise UserError(
+                f"dataset {cfg.dataset.name} comes with its own noisy labels, so noise="
+                f"{cfg.noise.name} would add noise to noise; use noise=none"
+            )
+        noisy_labels = data.given_labels.numpy()
     if noisy_labels is None:
         noisy, record = make_noise(cfg, data)
     else:
@@ -325,6 +333,7 @@ def build(
         train_clean=train_clean.to(device),
         train_given=given,
         view=plain,
+        clean_known=bool(getattr(data, "clean_known", True)),
         val_images=None if val_idx is None else data.train_images[val_idx].to(device),
         val_labels=None
         if val_idx is None

@@ -131,6 +131,7 @@ class EvalData:
     view: Callable[[Tensor], Tensor]
     val_images: Tensor | None = None
     val_labels: Tensor | None = None
+    clean_known: bool = True  # False: real noise without clean labels (no diagnostics)
 
 
 @dataclass
@@ -640,13 +641,19 @@ class Trainer:
         values["train/acc_given"] = sums.correct / seen
         for key, value in sums.extras.items():
             values[f"train/{key}"] = value / max(sums.steps, 1)
-        if self._diagnostics_due(epoch):
+        if self._diagnostics_due(epoch) and self.data.clean_known:
             pred = self.predict_labels(self.data.train_images)
             mem = metrics.memorisation(pred, self.data.train_given, self.data.train_clean)
             values.update({f"memorisation/{k}": v for k, v in mem.items()})
-        targets = self.method.soft_targets()
-        if targets is not None:
-            rec = metrics.label_recovery(targets, self.data.train_given, self.data.train_clean)
+        # In chunks: no (N, K) float32 temporary at ImageNet size.
+        rec = (
+            metrics.label_recovery_chunked(
+                self.method, self.data.train_given, self.data.train_clean
+            )
+            if self.data.clean_known
+            else None
+        )
+        if rec is not None:
             values.update({f"recovery/{k}": v for k, v in rec.items()})
         for key, value in self.method.on_epoch_end(epoch).items():
             values[f"method/{key}"] = value

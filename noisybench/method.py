@@ -21,14 +21,17 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
     "Batch",
     "Method",
     "MethodContext",
+    "SampleStore",
     "StepOutput",
+    "kl_from_log",
+    "kl_to_target",
+    "label_rows",
     "soft_cross_entropy",
 ]
 
@@ -179,9 +182,8 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         return []
 
 
-def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
-    """Mean over the batch of ``-sum_k target_k * log softmax(logits)_k``.
-
-    Same gradient with respect to the logits as ``KL(target || softmax(logits))``.
-    """
-    return -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+# Part of the public method API (baselines import only noisybench.method): the soft-target
+# losses (noisybench.losses; ``soft_cross_entropy`` used to live here) and the per-sample
+# store (noisybench.stores).
+from noisybench.losses import kl_from_log, kl_to_target, soft_cross_entropy  # noqa: E402
+from noisybench.stores import SampleStore, label_rows  # noqa: E402

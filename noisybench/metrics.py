@@ -98,3 +98,38 @@ def label_recovery(targets: Tensor, given: Tensor, clean: Tensor) -> dict[str, T
         "detect_recall": _share(flagged, noisy),
         "entropy": target_entropy(targets),
     }
+
+
+def label_recovery_chunked(
+    method: object, given: Tensor, clean: Tensor, chunk_rows: int = 65536
+) -> dict[str, Tensor] | None:
+    """:func:`label_recovery` without an ``(N, K)`` float32 temporary (ImageNet size).
+
+    Uses ``method.soft_target_rows(start, stop)`` (float32 rows ``[start, stop)``) when the
+    method has it, else slices ``method.soft_targets()``; returns None when the method has no
+    soft targets. Only the ``(N,)`` arg-max and per-row entropy are kept across chunks; the
+    result equals :func:`label_recovery` on the whole matrix (the entropy up to summation order).
+    """
+    rows_of = getattr(method, "soft_target_rows", None)
+    whole = None
+    if rows_of is None:
+        whole = method.soft_targets()  # type: ignore[attr-defined]
+        if whole is None:
+            return None
+    n = int(given.shape[0])
+    top = torch.empty(n, dtype=torch.long, device=given.device)
+    entropy = torch.zeros((), dtype=torch.float32, device=given.device)
+    for start in range(0, n, chunk_rows):
+        stop = min(start + chunk_rows, n)
+        t = (rows_of(start, stop) if whole is None else whole[start:stop]).float()
+        top[start:stop] = t.argmax(dim=-1).to(given.device)
+        entropy += -(t * torch.log(t.clamp(min=1e-12))).sum().to(given.device)
+    noisy = given != clean
+    flagged = top != given
+    return {
+        "recovered": _share(top == clean, noisy),
+        "still_given": _share(top == given, noisy),
+        "detect_precision": _share(noisy, flagged),
+        "detect_recall": _share(flagged, noisy),
+        "entropy": entropy / max(n, 1),
+    }

@@ -27,6 +27,8 @@ LAYERS: dict[str, int] = {
     "noisybench.augment": 0,
     "noisybench.schedules": 0,
     "noisybench.rng": 0,
+    "noisybench.stores": 0,
+    "noisybench.losses": 0,
     "noisybench.distributed": 0,
     # 1: data, models, methods, and the configuration
     "noisybench.config": 1,

@@ -92,3 +92,29 @@ def test_label_recovery_detector() -> None:
     rows = [[0.7, 0.3], [0.1, 0.9], [0.6, 0.4], [0.2, 0.5, 0.3]]
     entropy = sum(-sum(p * math.log(p) for p in row) for row in rows) / 4
     assert float(out["entropy"]) == pytest.approx(entropy, rel=1e-5)
+
+
+def test_label_recovery_chunked_equals_whole_matrix() -> None:
+    """Chunked recovery (ImageNet size) equals label_recovery on the whole (N, K) matrix,
+    for a method with soft_target_rows and one with only soft_targets."""
+    from noisybench.metrics import label_recovery, label_recovery_chunked
+
+    gen = torch.Generator().manual_seed(3)
+    targets = torch.softmax(3 * torch.randn(37, 6, generator=gen), dim=-1)
+    clean = torch.randint(0, 6, (37,), generator=gen)
+    given = torch.where(torch.rand(37, generator=gen) < 0.4, (clean + 1) % 6, clean)
+
+    class Rows:
+        def soft_target_rows(self, a: int, b: int) -> torch.Tensor:
+            return targets[a:b]
+
+    class Whole:
+        def soft_targets(self) -> torch.Tensor:
+            return targets
+
+    want = label_recovery(targets, given, clean)
+    for method in (Rows(), Whole()):
+        got = label_recovery_chunked(method, given, clean, chunk_rows=5)
+        assert got is not None and got.keys() == want.keys()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], equal_nan=True)

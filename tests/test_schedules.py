@@ -148,3 +148,42 @@ def test_te_rampdown_scales_the_cycled_beta1_of_1cycle() -> None:
         sched2.step()
         sched3.step()
         assert opt2.param_groups[0]["betas"] == opt3.param_groups[0]["betas"]
+
+
+def test_imagenet_schedule_values_by_hand() -> None:
+    """The paper's ImageNet schedule (lr 0.5, 5 warm-up epochs, cosine over 90 epochs), with
+    10 steps per epoch: 50 linear warm-up steps reaching 0.5, then a half cosine over 850."""
+    lrs = _lrs(schedules.cosine, 900, lr=0.5, warmup_epochs=5)
+    assert lrs[0] == pytest.approx(0.5 / 50)
+    assert lrs[24] == pytest.approx(0.5 * 25 / 50)
+    assert lrs[49] == pytest.approx(0.5)
+    assert lrs[50] == pytest.approx(0.5)
+    assert lrs[475] == pytest.approx(0.25)  # half-way through the cosine: 0.5 * (1 + cos(pi/2))/2
+    assert lrs[899] == pytest.approx(0.25 * (1 + math.cos(math.pi * 849 / 850)))
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "values"),
+    [
+        ("table1_imagenet_bsd", "bsd", {"gamma": 0.99, "c": 400.0, "eps": 0.05}),
+        ("table1_imagenet_pskd", "pskd", {"alpha_T": 0.3}),
+        ("table1_imagenet_te", "te", {"rampup_epochs": 45}),
+        ("table1_imagenet", "ce", {}),
+    ],
+)
+def test_imagenet_presets_compose(name: str, method: str, values: dict) -> None:
+    """The paper's ImageNet setting (Appendix A.1) in experiment=table1_imagenet[_<method>]."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        cfg = compose("config", overrides=[f"experiment={name}"])
+    assert cfg.method.name == method and cfg.model.name == "resnet152" and cfg.model.imagenet_stem
+    assert cfg.epochs == 90 and cfg.batch_size == 1024 and cfg.dataset.name == "imagenet"
+    assert cfg.optim.optimizer.lr == 0.5 and cfg.optim.optimizer.weight_decay == 1e-4
+    assert cfg.optim.scheduler.warmup_epochs == 5
+    assert cfg.optim.scheduler._target_ == "noisybench.schedules.cosine"
+    for key, value in values.items():
+        assert cfg.method[key] == value

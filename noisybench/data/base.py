@@ -29,6 +29,12 @@ class ImageData:
         class_names: K names, index order.
         mean, std: per-channel normalisation constants in [0, 1] units.
         superclass: int64 ``(K,)`` mapping each class to its coarse class (CIFAR-100), else None.
+        given_labels: int64 ``(N,)`` noisy labels that come with the dataset (real-noise
+            datasets, e.g. from a label file); None means noise is applied synthetically.
+            When set, training uses them instead of the configured noise model.
+        clean_known: False when the clean training labels are unknown (real noise without a
+            clean label file); ``train_labels`` then repeats ``given_labels`` and label
+            recovery / memorisation diagnostics are meaningless and should be skipped.
     """
 
     name: str
@@ -41,6 +47,8 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     superclass: Tensor | None = None
+    given_labels: Tensor | None = None
+    clean_known: bool = True
 
 
 def download_archive(

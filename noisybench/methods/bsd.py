@@ -41,7 +41,14 @@ Decisions the paper leaves open (each one is tested in ``tests/test_bsd.py``):
   replacement, or a method that appends earlier samples): the result equals applying
   Eq. 5 once per occurrence, in batch order, i.e. ``alpha <- gamma^m alpha +
   sum_r gamma^(m-1-r) yhat_r``. It is computed without host synchronisation and every
-  duplicate writes a bit-identical row, so the write is deterministic.
+  duplicate writes a bit-identical row, so the write is deterministic. The cost is
+  O(B log B + B K) (a stable sort of the batch's indices groups the occurrences of a sample;
+  no B x B matrix), so the exact path is also the fast one for the loader's unique indices.
+
+**ImageNet size** (N = 1.28M, K = 1000): the store is one float16 ``(N, K)`` tensor (2.4 GiB)
+plus ``A``, built in place (:func:`noisybench.stores.label_rows`); the epoch-end
+diagnostics and :meth:`BSD.soft_target_rows` work in row chunks, so no ``(N, K)`` float32
+temporary is made (``benchmarks/bench_bsd_store.py`` measures it).
 
 **CutOut / CutMix on half the batch** (Section 4.2.4, Table 5; ``mix_half``, tested in
 ``tests/test_bsd_mixhalf.py``): "the augmentations are applied to half of the images in
@@ -78,19 +85,20 @@ returned in ``StepOutput.state`` (CutMix: ``mix_perm`` as batch positions, ``mix
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisybench.augment import cutmix, cutout, mix_targets
 from noisybench.errors import UserError
+from noisybench.losses import soft_cross_entropy_per_sample
 from noisybench.method import Batch, Method, MethodContext, StepOutput
+from noisybench.stores import DEFAULT_CHUNK_ROWS, SampleStore, label_rows
 
 __all__ = ["BSD", "dirichlet_prior", "discounted_update", "sharpen"]
 
 STORE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": torch.float32}
 LOSS_SCALES = ("mean", "paper")
 MIX_HALF = (None, "cutmix", "cutout")
-_ENTROPY_CHUNK_ROWS = 65536
+_ENTROPY_CHUNK_ROWS = DEFAULT_CHUNK_ROWS
 
 
 def dirichlet_prior(
@@ -101,10 +109,7 @@ def dirichlet_prior(
     Returns ``(targets (N, K) in dtype, counts (N,) float32)`` on ``labels.device``.
     """
     count0 = c + (num_classes - 1) * eps
-    targets = torch.full(
-        (labels.shape[0], num_classes), eps / count0, dtype=dtype, device=labels.device
-    )
-    targets.scatter_(1, labels.long()[:, None], c / count0)
+    targets = label_rows(labels, num_classes, c / count0, eps / count0, dtype)
     counts = torch.full((labels.shape[0],), count0, dtype=torch.float32, device=labels.device)
     return targets, counts
 
@@ -145,24 +150,34 @@ def discounted_update(
     a = counts.float()
     p = probs.float()
     batch = idx.shape[0]
-    same = idx[:, None] == idx[None, :]  # (B, B)
-    earlier = torch.tril(same, diagonal=-1).sum(dim=1)  # occurrences before this row
-    mult = same.sum(dim=1)  # occurrences of this row's sample
+    dev = y.device
+    positions = torch.arange(batch, device=dev)
+    # Group the occurrences of each sample: a stable sort keeps batch order inside a group.
+    order = torch.sort(idx, stable=True).indices
+    sorted_idx = idx[order]
+    starts = torch.ones(batch, dtype=torch.bool, device=dev)
+    starts[1:] = sorted_idx[1:] != sorted_idx[:-1]
+    group_sorted = torch.cumsum(starts.long(), dim=0) - 1  # group id, < batch
+    group = torch.empty_like(group_sorted).scatter_(0, order, group_sorted)  # per batch row
+    first_pos = torch.full((batch,), batch, dtype=torch.long, device=dev)
+    first_pos.scatter_reduce_(0, group_sorted, positions, reduce="amin")
+    mult = torch.zeros(batch, dtype=torch.long, device=dev).index_add_(
+        0, group, torch.ones_like(group)
+    )[group]  # occurrences of this row's sample
+    # Rank of this row among its sample's occurrences, in batch order.
+    rank_sorted = positions - first_pos[group_sorted]
+    earlier = torch.empty_like(rank_sorted).scatter_(0, order, rank_sorted)
     # Weight of observation b in its sample's final evidence: gamma^(m-1-rank) (0^0 = 1).
     obs_weight = torch.pow(float(gamma), (mult - 1 - earlier).float())
-    off_diag = same & ~torch.eye(batch, dtype=torch.bool, device=y.device)
-    weights_off = off_diag.float() * obs_weight[None, :]
-    # Diagonal term in full precision; the (all-zero without duplicates) rest by a matmul.
-    evidence = obs_weight[:, None] * p + weights_off @ p
+    evidence = torch.zeros_like(p).index_add_(0, group, obs_weight[:, None] * p)[group]
+    weight_sum = torch.zeros_like(obs_weight).index_add_(0, group, obs_weight)[group]
     decay = torch.pow(float(gamma), mult.float())
-    new_a = decay * a + (obs_weight + weights_off.sum(dim=1))
+    new_a = decay * a + weight_sum
     keep = decay * a / new_a  # w of Eq. 5
     new_y = keep[:, None] * y + evidence / new_a[:, None]
-    # Rows of a repeated sample: all take the row of its last occurrence (whose rank
-    # makes its own weight 1), so duplicates are bit-identical.
-    positions = torch.arange(batch, device=y.device)
-    last = torch.where(same, positions[None, :], -1).amax(dim=1)
-    return new_y[last], new_a[last]
+    # Every occurrence of a sample read the same old (y, A) and gets the same group sums,
+    # so duplicates are bit-identical.
+    return new_y, new_a
 
 
 class BSD(Method):
@@ -256,18 +271,26 @@ class BSD(Method):
         targets, counts = dirichlet_prior(
             labels, ctx.num_classes, self.c, self.eps, STORE_DTYPES[self.store_dtype]
         )
-        self.register_buffer("targets", targets)
-        self.register_buffer("counts", counts)
+        self.target_store = SampleStore(self, "targets", targets, renormalise=True)
+        self.count_store = SampleStore(self, "counts", counts)
 
     def soft_targets(self) -> Tensor:
-        """The current targets ``y`` (N, K), float32, rows renormalised (not sharpened)."""
-        y = self.targets.float()
+        """The current targets ``y`` (N, K), float32, rows renormalised (not sharpened).
+
+        ``(N, K)`` float32: at ImageNet size use :meth:`soft_target_rows` in chunks
+        (:func:`noisybench.metrics.label_recovery_chunked` does).
+        """
+        return self.target_store.read()
+
+    def soft_target_rows(self, start: int, stop: int) -> Tensor:
+        """Rows ``[start, stop)`` of :meth:`soft_targets`, float32."""
+        y = self.targets[start:stop].float()
         return y / y.sum(dim=-1, keepdim=True)
 
     # ------------------------------------------------------------------ loss
     def batch_targets(self, idx: Tensor) -> Tensor:
         """Sharpened previous targets ``y^{t-1}`` of the batch (Eq. 12), float32 ``(B, K)``."""
-        return sharpen(self.targets[idx], self.tau)
+        return sharpen(self.target_store.read(idx), self.tau)
 
     def scale(self, num_classes: int) -> float:
         """Constant factor on the loss: 1 for ``"mean"``, ``1 / k`` for ``"paper"``."""
@@ -275,7 +298,7 @@ class BSD(Method):
 
     def bsd_loss(self, logits: Tensor, target: Tensor) -> Tensor:
         """Soft cross-entropy between ``target`` and ``softmax(logits)`` (Eq. 12), scaled."""
-        per_sample = -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
+        per_sample = soft_cross_entropy_per_sample(logits, target)
         return per_sample.mean() * self.scale(logits.shape[-1])
 
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
@@ -335,11 +358,10 @@ class BSD(Method):
         """Eq. 5 for the batch's samples with the prediction of this step's forward pass
         (with ``mix_half``: only the distillation half, ``out.state["update_idx"]``)."""
         idx = out.state.get("update_idx", batch.idx)
-        y = self.targets[idx].float()
-        y = y / y.sum(dim=-1, keepdim=True)
+        y = self.target_store.read(idx)
         new_y, new_a = discounted_update(y, self.counts[idx], out.state["probs"], idx, self.gamma)
-        self.targets[idx] = new_y.to(self.targets.dtype)
-        self.counts[idx] = new_a
+        self.target_store.write(idx, new_y)
+        self.count_store.write(idx, new_a)
 
     @torch.no_grad()
     def on_epoch_end(self, epoch: int) -> dict[str, Tensor]:
@@ -348,9 +370,7 @@ class BSD(Method):
         n = self.targets.shape[0]
         entropy = torch.zeros((), device=self.targets.device)
         top = torch.zeros((), device=self.targets.device)
-        for start in range(0, n, _ENTROPY_CHUNK_ROWS):
-            y = self.targets[start : start + _ENTROPY_CHUNK_ROWS].float()
-            y = y / y.sum(dim=-1, keepdim=True)
+        for _, y in self.target_store.chunks(_ENTROPY_CHUNK_ROWS):
             entropy += -torch.xlogy(y, y).sum()
             top += y.amax(dim=-1).sum()
         nbytes = (

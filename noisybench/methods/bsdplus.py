@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from noisybench.augment import CutMixOutput, cutmix, mix_log_targets
 from noisybench.errors import UserError
+from noisybench.losses import kl_from_log
 from noisybench.method import Batch, StepOutput
 from noisybench.methods.bsd import BSD
 
@@ -85,9 +86,9 @@ def consistency_kl(
         log_t = mix_log_targets(log_weak, perm, lam)
         log_q = F.log_softmax(logits.float(), dim=-1)
         if kl_direction == "target_to_strong":
-            kl = (log_t.exp() * (log_t - log_q)).sum(dim=-1)
+            kl = kl_from_log(log_t, log_q)
         else:
-            kl = (log_q.exp() * (log_q - log_t)).sum(dim=-1)
+            kl = kl_from_log(log_q, log_t)
         total = total + kl.mean()
     return total / len(strong_logits)
 

@@ -1,0 +1,549 @@
+"""Streaming image-folder data (ImageNet and any user's dataset in the ImageFolder layout).
+
+Layout: ``root/train/<class>/<image>`` and ``root/val/<class>/<image>`` (``.jpeg``, ``.jpg``,
+``.png``, any case). Sample indices are stable: classes are the sorted sub-folder names of
+``train`` (index = position), samples are the class's files in sorted order, classes in
+class order, so sample ``i`` is the same file in every run and per-sample method state
+(BSD's targets, PS-KD, TE) stays attached to it. ``val`` must use the same class names.
+
+Unlike the CIFAR-style readers, images are not held in memory: they are decoded and
+augmented in :class:`torch.utils.data.DataLoader` worker processes on the CPU (standard
+ImageNet recipe: ``RandomResizedCrop(224)`` + horizontal flip for training, ``Resize(256)`` +
+``CenterCrop(224)`` for evaluation, on uint8 tensors), and only the uint8 ``(B, 3, 224, 224)``
+batch is sent to the device, where it is converted to float and normalised.
+
+:class:`FolderLoader` yields the same :class:`noisybench.method.Batch` objects as
+:class:`noisybench.data.loader.DeviceLoader`, with the same ``epoch(epoch, start_step)`` and
+``len()``: the epoch's order is ``randperm`` from ``(seed, epoch)`` only, and each sample's
+augmentation draws from a generator seeded by ``(seed, epoch, index)``, so a resumed run sees
+exactly the same pixels whatever the number of workers. ``rank`` / ``world_size`` split every
+global batch into disjoint contiguous shares (one per process), so data-parallel training
+later needs no other change. Methods with views other than ``"weak"`` (BSD+'s strong views)
+and DLB's carried batches are refused with a one-line error (not streamed yet).
+
+Decoding: ``decoder="torchvision"`` (default; ``torchvision.io.decode_image``) or ``"pil"``
+(PIL, then a uint8 tensor); ``benchmarks/bench_folder.py`` measures both (torchvision: 122
+images/s, PIL: 109, torchvision's standard ImageFolder + PIL pipeline: 105, 2 workers here).
+``decode_device="cuda"`` decodes JPEGs on the GPU in the main process
+(``torchvision.io.decode_jpeg(device="cuda")``; workers only read the bytes); it is
+optional and untested here (no GPU).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from noisybench.data.labels_file import read_label_file
+from noisybench.data.loader import epoch_generator_seed
+from noisybench.errors import UserError
+from noisybench.method import Batch
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "FolderData",
+    "FolderLoader",
+    "eval_batches",
+    "load_folder",
+    "scan_split",
+]
+
+# torchvision 0.29 deprecates its image decoders in favour of TorchCodec (not installed here);
+# they still work and are the faster CPU decoder (benchmarks/results/folder_reader.json).
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision"
+)
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DECODERS = ("pil", "torchvision")
+STREAMED_VIEWS = ("weak", "plain")
+
+
+@dataclass
+class FolderData:
+    """A streamed image-folder dataset: file lists and labels, no pixels.
+
+    Attributes:
+        name: dataset name.
+        train_files / test_files: image paths in stable sample order.
+        train_labels: int64 ``(N,)`` clean labels (the folder's class unless told otherwise).
+        test_labels: int64 ``(M,)``.
+        num_classes, class_names: K and the sorted class folder names.
+        mean, std: normalisation constants in [0, 1] units.
+        given_labels, clean_known: as in :class:`noisybench.data.base.ImageData`.
+        image_size, resize: training/eval crop side (224) and eval resize side (256).
+    """
+
+    name: str
+    train_files: list[str]
+    train_labels: Tensor
+    test_files: list[str]
+    test_labels: Tensor
+    num_classes: int
+    class_names: list[str]
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    given_labels: Tensor | None = None
+    clean_known: bool = True
+    image_size: int = 224
+    resize: int = 256
+    superclass: Tensor | None = None
+    streaming: bool = True
+
+
+def scan_split(
+    split_dir: Path, classes: Sequence[str] | None = None
+) -> tuple[list[str], list[int], list[str]]:
+    """``(files, labels, class_names)`` of one split folder, in stable order.
+
+    With ``classes`` given (the training classes), every sub-folder must be one of them.
+    """
+    if not split_dir.is_dir():
+        raise UserError(
+            f"image folder {split_dir} does not exist; lay the data out as "
+            "root/train/<class>/<image> and root/val/<class>/<image>"
+        )
+    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if not found:
+        raise UserError(
+            f"image folder {split_dir} has no class sub-folders; put each class's images in "
+            f"{split_dir}/<class>/"
+        )
+    if classes is None:
+        classes = found
+    else:
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise UserError(
+                f"{split_dir} has class folders not in train/: {unknown[:3]}; use the same "
+                "class folder names in train/ and val/"
+            )
+    index = {name: i for i, name in enumerate(classes)}
+    files: list[str] = []
+    labels: list[int] = []
+    for name in found:
+        images = sorted(
+            str(p) for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not images:
+            raise UserError(
+                f"class folder {split_dir / name} has no images ({'/'.join(IMAGE_SUFFIXES)}); "
+                "remove the empty folder or add its images"
+            )
+        files += images
+        labels += [index[name]] * len(images)
+    return files, labels, list(classes)
+
+
+def load_folder(
+    root: str,
+    train: str = "train",
+    val: str = "val",
+    name: str = "folder",
+    folder_labels: str = "clean",
+    noisy_labels: str | None = None,
+    clean_labels: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    image_size: int = 224,
+    resize: int = 256,
+) -> FolderData:
+    """Scan ``root/train`` and ``root/val`` (see the module docstring).
+
+    Args:
+        folder_labels: ``"clean"``: the class folders are the clean labels (synthetic noise
+            is applied, or ``noisy_labels`` gives the real noisy ones); ``"noisy"``: the
+            class folders are the given noisy labels (real-noise data such as web images),
+            with ``clean_labels`` the clean ones when known.
+        noisy_labels / clean_labels: label files (``.npy`` or one integer per line) in the
+            training samples' stable order.
+        mean, std: normalisation (default ImageNet's).
+    """
+    if folder_labels not in ("clean", "noisy"):
+        raise UserError(
+            f"dataset.reader.folder_labels={folder_labels!r} must be 'clean' or 'noisy'"
+        )
+    base = Path(str(root)).expanduser()
+    if not base.is_dir():
+        raise UserError(
+            f"dataset.reader.root={root} is not a folder; point it at the folder that holds "
+            f"{train}/ and {val}/"
+        )
+    train_files, train_y, classes = scan_split(base / train)
+    test_files, test_y, _ = scan_split(base / val, classes)
+    k = len(classes)
+    folder = torch.tensor(train_y, dtype=torch.long)
+    given: Tensor | None = None
+    clean_known = True
+    if folder_labels == "clean":
+        clean = folder
+        if clean_labels is not None:
+            raise UserError(
+                "dataset.reader.clean_labels is only for folder_labels=noisy (the folders are "
+                "the clean labels here); drop it"
+            )
+        if noisy_labels is not None:
+            given = read_label_file(
+                noisy_labels, len(train_files), k, "dataset.reader.noisy_labels"
+            )
+    else:
+        if noisy_labels is not None:
+            raise UserError(
+                "dataset.reader.noisy_labels is only for folder_labels=clean (the folders are "
+                "the noisy labels here); drop it"
+            )
+        given = folder
+        if clean_labels is not None:
+            clean = read_label_file(
+                clean_labels, len(train_files), k, "dataset.reader.clean_labels"
+            )
+        else:
+            clean, clean_known = folder.clone(), False
+    if int(image_size) < 1 or int(resize) < int(image_size):
+        raise UserError(
+            f"dataset image_size={image_size} / resize={resize}: need 1 <= image_size <= resize"
+        )
+    return FolderData(
+        name=name,
+        train_files=train_files,
+        train_labels=clean,
+        test_files=test_files,
+        test_labels=torch.tensor(test_y, dtype=torch.long),
+        num_classes=k,
+        class_names=classes,
+        mean=tuple(float(v) for v in (mean or IMAGENET_MEAN)),
+        std=tuple(float(v) for v in (std or IMAGENET_STD)),
+        given_labels=given,
+        clean_known=clean_known,
+        image_size=int(image_size),
+        resize=int(resize),
+    )
+
+
+# ----------------------------------------------------------------------------- decoding
+def decode_file(path: str, decoder: str) -> Tensor:
+    """uint8 ``(3, H, W)`` RGB image from ``path`` with PIL or torchvision.io."""
+    if decoder == "pil":
+        from PIL import Image
+
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("RGB"))
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    return decode_image(read_file(path), mode=ImageReadMode.RGB)
+
+
+def _train_transform(size: int):
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
+
+
+def _eval_transform(size: int, resize: int):
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size)])
+
+
+class _Images(Dataset):
+    """Items are ``(epoch, index)``; returns ``(uint8 image, index)``.
+
+    Training items re-seed torch's generator of the worker from ``(seed, epoch, index)``
+    before the random transform, so the pixels do not depend on the worker or its history.
+    With ``raw_bytes`` the item is the file's bytes (GPU decoding in the main process).
+    """
+
+    def __init__(
+        self, files: Sequence[str], transform, decoder: str, seed: int | None, raw_bytes: bool
+    ) -> None:
+        self.files = list(files)
+        self.transform = transform
+        self.decoder = decoder
+        self.seed = seed
+        self.raw_bytes = raw_bytes
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, int]:
+        epoch, index = item
+        if self.raw_bytes:
+            from torchvision.io import read_file
+
+            return read_file(self.files[index]), index
+        image = decode_file(self.files[index], self.decoder)
+        if self.seed is None:
+            return self.transform(image), index
+        # A private RNG state: with workers=0 this runs in the training process, whose global
+        # generator (checkpointed for exact resume) must not be disturbed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.transform(image), index
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Augmentation seed of one sample in one epoch (a hash of the three numbers)."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(2)
+    return ((int(state[0]) << 32) | int(state[1])) & ((1 << 63) - 1)
+
+
+def _collate(items: list[tuple[Tensor, int]]) -> tuple[object, Tensor]:
+    images = [img for img, _ in items]
+    idx = torch.tensor([i for _, i in items], dtype=torch.long)
+    if images and images[0].dim() == 1:  # raw bytes for GPU decoding
+        return images, idx
+    return torch.stack(images), idx
+
+
+def _normaliser(mean: Sequence[float], std: Sequence[float], device: torch.device):
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+
+    def normalise(images: Tensor) -> Tensor:
+        return (images.to(device, non_blocking=True).float() - m) / s
+
+    return normalise
+
+
+def _gpu_decode(raw: list[Tensor], transform, device: torch.device, seeds: list[int]) -> Tensor:
+    """Decode a list of JPEG byte tensors on the GPU and transform them one by one there."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        for image, seed in zip(decoded, seeds, strict=True):
+            if seed >= 0:
+                torch.manual_seed(seed)
+            out.append(transform(image))
+    return torch.stack(out)
+
+
+def _check_common(decoder: str, decode_device: str | None, workers: int) -> None:
+    if decoder not in DECODERS:
+        raise UserError(f"dataset decoder={decoder!r} is unknown; use one of {list(DECODERS)}")
+    if decode_device not in (None, "cpu", "cuda"):
+        raise UserError(f"dataset decode_device={decode_device!r} must be null, 'cpu' or 'cuda'")
+    if decode_device == "cuda" and not torch.cuda.is_available():
+        raise UserError("dataset decode_device=cuda needs a CUDA GPU; use decode_device=null")
+    if int(workers) < 0:
+        raise UserError(f"dataset workers={workers} must be >= 0 (0 decodes in the main process)")
+
+
+class FolderLoader:
+    """Mini-batches of a streamed image folder (same interface as ``DeviceLoader``).
+
+    Args:
+        data: :class:`FolderData`.
+        labels: int64 ``(N,)`` given (noisy) labels, on the training device.
+        batch_size: GLOBAL batch size (all processes together); each of the ``world_size``
+            processes gets a contiguous share of every global batch (sizes differ by at most 1).
+        views: the method's view names; only ``"weak"`` (RandomResizedCrop + flip) and
+            ``"plain"`` (resize + centre crop) are streamed.
+        seed: base seed of the epoch permutations and augmentations (>= 0).
+        device: where batches are delivered (normalised float32).
+        workers: DataLoader worker processes (0 = main process).
+        drop_last, carry_previous: as in ``DeviceLoader`` (``carry_previous`` must be 0).
+        rank, world_size: this process's share (``0 <= rank < world_size``).
+        decoder: ``"pil"`` or ``"torchvision"``; decode_device: ``"cuda"`` for GPU decoding.
+        prefetch_factor: batches each worker prepares ahead.
+    """
+
+    def __init__(
+        self,
+        data: FolderData,
+        labels: Tensor,
+        batch_size: int,
+        views: Sequence[str],
+        seed: int,
+        device: torch.device | str = "cpu",
+        workers: int = 4,
+        drop_last: bool = False,
+        carry_previous: float = 0.0,
+        rank: int = 0,
+        world_size: int = 1,
+        decoder: str = "torchvision",
+        decode_device: str | None = None,
+        prefetch_factor: int = 2,
+    ) -> None:
+        n = len(data.train_files)
+        _check_common(decoder, decode_device, workers)
+        if labels.shape != (n,):
+            raise UserError(
+                f"labels of shape {tuple(labels.shape)} do not match {n} images; pass one "
+                "label per training image"
+            )
+        unknown = sorted(set(views) - set(STREAMED_VIEWS))
+        if unknown or not views:
+            raise UserError(
+                f"the streaming image reader provides the views {list(STREAMED_VIEWS)}, not "
+                f"{unknown or 'none'}; use a method with a weak view only (e.g. ce, bsd, pskd, te)"
+            )
+        if float(carry_previous) != 0.0:
+            raise UserError(
+                "DLB's carried batches are not streamed yet; use method=dlb with an in-memory "
+                "dataset (cifar10, arrays, ...)"
+            )
+        if not 0 <= int(rank) < int(world_size):
+            raise UserError(f"rank={rank} must be in [0, world_size={world_size})")
+        batch_size = int(batch_size)
+        if batch_size < int(world_size) or batch_size > n:
+            raise UserError(
+                f"batch_size={batch_size} must be between world_size={world_size} and the "
+                f"training-set size {n}"
+            )
+        if int(seed) < 0:
+            raise UserError(f"seed={seed} must be a non-negative integer")
+        self.data = data
+        self.device = torch.device(device)
+        self.labels = labels
+        self.batch_size = batch_size
+        self.views = tuple(views)
+        self.seed = int(seed)
+        self.workers = int(workers)
+        self.drop_last = bool(drop_last)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.decoder = decoder
+        self.gpu_decode = decode_device == "cuda"
+        self.prefetch_factor = int(prefetch_factor)
+        self.num_carried = 0
+        self.normalise = _normaliser(data.mean, data.std, self.device)
+        self.train_transform = _train_transform(data.image_size)
+        self.plain_transform = _eval_transform(data.image_size, data.resize)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.data.train_files)
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def permutation(self, epoch: int) -> Tensor:
+        """The epoch's global sample order, from ``(seed, epoch)`` only (on the CPU)."""
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(epoch_generator_seed(self.seed, epoch))
+        return torch.randperm(self.num_samples, generator=gen)
+
+    def shard(self, global_idx: Tensor) -> Tensor:
+        """This process's contiguous share of one global batch."""
+        size = global_idx.shape[0]
+        lo = self.rank * size // self.world_size
+        hi = (self.rank + 1) * size // self.world_size
+        return global_idx[lo:hi]
+
+    def _loader(self, batches: list[list[tuple[int, int]]], view: str) -> DataLoader:
+        transform = self.train_transform if view == "weak" else self.plain_transform
+        seed = self.seed if view == "weak" else None
+        dataset = _Images(self.data.train_files, transform, self.decoder, seed, self.gpu_decode)
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=self.workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=self.prefetch_factor if self.workers else None,
+            persistent_workers=False,
+        )
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Yield this process's batches of ``epoch`` from step ``start_step`` on."""
+        steps = len(self)
+        if not 0 <= int(start_step) <= steps:
+            raise UserError(
+                f"start_step={start_step} is outside the epoch's {steps} steps; resume from a "
+                "checkpoint written with the same dataset and batch size"
+            )
+        perm = self.permutation(epoch)
+        n, b = self.num_samples, self.batch_size
+        plan = []
+        for step in range(int(start_step), steps):
+            share = self.shard(perm[step * b : min(step * b + b, n)])
+            plan.append([(epoch, int(i)) for i in share])
+        if not plan:
+            return
+        iterators = {view: iter(self._loader(plan, view)) for view in self.views}
+        transforms = {"weak": self.train_transform, "plain": self.plain_transform}
+        for _ in plan:
+            views: dict[str, Tensor] = {}
+            idx = None
+            for view, it in iterators.items():
+                images, idx = next(it)
+                if self.gpu_decode:
+                    seeds = [
+                        sample_seed(self.seed, epoch, int(i)) if view == "weak" else -1 for i in idx
+                    ]
+                    images = _gpu_decode(images, transforms[view], self.device, seeds)
+                views[view] = self.normalise(images)
+            assert idx is not None
+            idx = idx.to(self.labels.device, non_blocking=True)
+            yield Batch(idx=idx, target=self.labels.index_select(0, idx), views=views, carried=0)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.epoch(0)
+
+
+def eval_batches(
+    data: FolderData,
+    split: str,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    workers: int = 4,
+    decoder: str = "torchvision",
+    decode_device: str | None = None,
+    subset: Sequence[int] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Evaluation batches of ``split`` (``"test"`` or ``"train"``): ``(normalised float
+    images (B, 3, S, S) on device, labels (B,) on device, sample indices (B,))``, resize +
+    centre crop, in sample order (``subset``: only these indices, e.g. a fixed subset of the
+    training set for memorisation diagnostics). With ``world_size > 1`` each process gets
+    a contiguous block of the samples (gather the outputs across processes).
+    """
+    _check_common(decoder, decode_device, workers)
+    if split not in ("test", "train"):
+        raise UserError(f"eval split={split!r} must be 'test' or 'train'")
+    files = data.test_files if split == "test" else data.train_files
+    labels = data.test_labels if split == "test" else data.train_labels
+    order = list(range(len(files))) if subset is None else [int(i) for i in subset]
+    lo = rank * len(order) // world_size
+    hi = (rank + 1) * len(order) // world_size
+    order = order[lo:hi]
+    dev = torch.device(device)
+    gpu = decode_device == "cuda"
+    transform = _eval_transform(data.image_size, data.resize)
+    dataset = _Images(files, transform, decoder, None, gpu)
+    batches = [
+        [(0, i) for i in order[s : s + int(batch_size)]]
+        for s in range(0, len(order), int(batch_size))
+    ]
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=int(workers),
+        collate_fn=_collate,
+        pin_memory=dev.type == "cuda",
+    )
+    normalise = _normaliser(data.mean, data.std, dev)
+    for images, idx in loader:
+        if gpu:
+            images = _gpu_decode(images, transform, dev, [-1] * len(images))
+        yield normalise(images), labels[idx].to(dev), idx
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, drop_last: bool) -> int:
+    """Optimizer steps per epoch for a global batch (same rule as the loaders)."""
+    return num_samples // batch_size if drop_last else math.ceil(num_samples / batch_size)
