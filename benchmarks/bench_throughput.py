@@ -387,7 +387,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"| evaluation / epoch, diagnostics every epoch (before) | | "
         f"{ratios['eval_share_every_epoch']:.3f} | | |",
         f"| peers' pipeline / engine CE | | {ratios['peers_over_engine_ce']:.3f} | | |",
-        f"| peers' loading (one process) / peers' step | | {ratios['peers_loader_share']:.3f} | |",
+        f"| peers' loading (one process) / peers' step | | "
+        f"{ratios['peers_loader_share']:.3f} | | |",
     ]
     return "\n".join(lines)
 
