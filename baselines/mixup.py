@@ -61,13 +61,20 @@ class MixUp(Method):
         self.lam = lam
 
     def sample_lam(self, device: torch.device) -> Tensor:
-        """One mixing coefficient for the batch, a 0-d float tensor on ``device`` (no host sync)."""
+        """One mixing coefficient for the batch, a 0-d float tensor on ``device`` (no host sync).
+
+        The constants are filled on the device (``torch.full``, a kernel, instead of
+        ``torch.tensor``, a blocking host-to-device copy) and the Beta distribution skips its
+        argument validation (``alpha > 0`` is checked once in ``__init__``; validating on
+        every step reads the concentrations back to the host), as CutMix in
+        :mod:`noisybench.augment` does.
+        """
         if self.lam is not None:
-            return torch.tensor(self.lam, device=device)
+            return torch.full((), self.lam, device=device)
         if self.alpha == 0:
-            return torch.tensor(1.0, device=device)
-        conc = torch.tensor(self.alpha, device=device)
-        return torch.distributions.Beta(conc, conc).sample()
+            return torch.ones((), device=device)
+        conc = torch.full((2,), self.alpha, device=device)
+        return torch.distributions.Beta(conc[0], conc[1], validate_args=False).sample()
 
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
         x = batch.views["weak"]

@@ -32,7 +32,16 @@ from noisybench.errors import UserError
 from noisybench.method import Method, MethodContext
 from noisybench.schedules import with_beta1_rampdown
 
-__all__ = ["Experiment", "build", "resolve_device", "set_determinism"]
+__all__ = [
+    "ChannelsLast",
+    "Experiment",
+    "build",
+    "deterministic_for",
+    "optimizer_impl_kwargs",
+    "resolve_auto",
+    "resolve_device",
+    "set_determinism",
+]
 
 log = logging.getLogger("noisybench")
 
@@ -138,22 +147,103 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def set_determinism(deterministic: bool) -> None:
-    """Deterministic algorithms (bit-identical reruns on the CPU) or fast kernels."""
+def resolve_auto(setting: Any, device: torch.device, key: str) -> bool:
+    """``true``/``false``, or ``auto``: true on CUDA, false elsewhere (the speed settings
+    ``channels_last``; ``deterministic`` is the opposite, see :func:`deterministic_for`).
+
+    Raises:
+        UserError: neither a boolean nor ``auto``.
+    """
+    if isinstance(setting, bool):
+        return setting
+    if setting == "auto":
+        return device.type == "cuda"
+    raise UserError(f"{key}={setting} is invalid; set {key}=auto, true or false")
+
+
+def deterministic_for(setting: Any, device: torch.device) -> bool:
+    """``deterministic=auto``: deterministic algorithms on the CPU (bit-identical reruns and
+    exact resume, at no cost there) and fast kernels on a GPU (cudnn.benchmark, TF32)."""
+    if setting == "auto":
+        return device.type != "cuda"
+    return resolve_auto(setting, device, "deterministic")
+
+
+def set_determinism(deterministic: bool, compiled: bool = False) -> None:
+    """Deterministic algorithms (bit-identical reruns on the CPU) or fast kernels
+    (cudnn.benchmark's autotuned convolutions, TF32 matmuls on Ampere and later GPUs)."""
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        if "torch._inductor.config" in sys.modules or not hasattr(
-            torch._C, "_set_deterministic_algorithms"
+        if (
+            compiled
+            or "torch._inductor.config" in sys.modules
+            or not hasattr(torch._C, "_set_deterministic_algorithms")
         ):
             torch.use_deterministic_algorithms(True, warn_only=True)
         else:
             # What torch.use_deterministic_algorithms does, minus importing the inductor
             # compiler's config to set its flag too (about a second per run): nothing here is
-            # compiled with inductor. (Were torch.compile ever used, the public call must be.)
+            # compiled with inductor unless compile=true, which takes the public call above.
             torch._C._set_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     else:
+        if torch.are_deterministic_algorithms_enabled():  # an earlier build in this process
+            if compiled or not hasattr(torch._C, "_set_deterministic_algorithms"):
+                torch.use_deterministic_algorithms(False)
+            else:
+                torch._C._set_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def optimizer_impl_kwargs(impl: str, optimizer_target: str, device: torch.device) -> dict[str, Any]:
+    """Keyword arguments choosing the optimizer's implementation (``optimizer_impl``).
+
+    ``fused`` (one kernel for all parameters) and ``foreach`` (a few multi-tensor kernels) are
+    passed only to optimizers whose constructor takes them; ``auto`` is fused on CUDA where
+    the optimizer has a fused kernel, and torch's own default elsewhere (on the CPU torch then
+    uses its per-parameter loop, which keeps the tests' numbers unchanged); ``default`` never
+    passes anything.
+
+    Raises:
+        UserError: an unknown ``impl``, or ``fused``/``foreach`` for an optimizer without it.
+    """
+    if impl not in ("auto", "default", "fused", "foreach"):
+        raise UserError(
+            f"optimizer_impl={impl} is unknown; use optimizer_impl=auto, default, fused or foreach"
+        )
+    if impl == "default":
+        return {}
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        params = inspect.signature(get_class(optimizer_target)).parameters
+    except Exception:  # not importable here: instantiate() reports it with its own message
+        return {}
+    if impl == "auto":
+        return {"fused": True} if device.type == "cuda" and "fused" in params else {}
+    if impl not in params:
+        raise UserError(
+            f"optimizer_impl={impl}: {optimizer_target} has no {impl} implementation; use "
+            "optimizer_impl=auto or default"
+        )
+    return {impl: True}
+
+
+class ChannelsLast(torch.nn.Module):
+    """A view whose output batch is laid out channels-last (NHWC), the memory format GPU
+    convolution kernels (cuDNN, with AMP) run fastest on; values are unchanged."""
+
+    def __init__(self, view: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.view = view
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.view(x)
+        return out.contiguous(memory_format=torch.channels_last) if out.dim() == 4 else out
 
 
 def make_noise(cfg: DictConfig, data: ImageData) -> tuple[np.ndarray, NoiseRecord]:
@@ -209,7 +299,9 @@ def build(
     amp = amp_dtype(str(cfg.amp), device)
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
-    set_determinism(bool(cfg.deterministic))
+    compiled = bool(cfg.get("compile", False))
+    channels_last = resolve_auto(cfg.get("channels_last", False), device, "channels_last")
+    set_determinism(deterministic_for(cfg.deterministic, device), compiled)
     torch.manual_seed(int(cfg.seed) % 2**63)
 
     data: ImageData = instantiate(cfg.dataset.reader, f"dataset {cfg.dataset.name}")
@@ -249,10 +341,16 @@ def build(
     def build_model() -> torch.nn.Module:
         model = instantiate(
             model_kwargs, f"model {cfg.model.name}", num_classes=k, in_channels=channels
-        )
+        ).to(device)
         if sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return model.to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if compiled:
+            # In place: the module's forward is compiled on first call, its state_dict keys
+            # stay those of the plain module (checkpoints load either way).
+            model.compile()
+        return model
 
     model = build_model()
     method = instantiate(without_name(cfg.method), f"method {cfg.method.name}")
@@ -267,6 +365,8 @@ def build(
     size = tuple(data.train_images.shape[-2:])
     mean, std = input_stats(model, data.mean, data.std)  # ImageNet's for pretrained weights
     views = build_views(method.views, cfg.dataset.augment, mean, std, size)
+    if channels_last:
+        views = {key: ChannelsLast(view) for key, view in views.items()}
     loader = DeviceLoader(
         train_images,
         given,
@@ -301,8 +401,11 @@ def build(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     params = [p for m in (model, *method.extra_modules()) for p in m.parameters()]
+    impl = optimizer_impl_kwargs(
+        str(cfg.get("optimizer_impl", "default")), str(cfg.optim.optimizer._target_), device
+    )
     optimizer = instantiate(
-        cfg.optim.optimizer, f"optimizer of optim {cfg.optim.name}", params=params
+        cfg.optim.optimizer, f"optimizer of optim {cfg.optim.name}", params=params, **impl
     )
     scheduler = instantiate(
         cfg.optim.scheduler,
@@ -326,6 +429,8 @@ def build(
     plain = build_views(("plain",), cfg.dataset.augment, mean, std, size)["plain"]
     if isinstance(plain, torch.nn.Module):
         plain = plain.to(device)
+    if channels_last:
+        plain = ChannelsLast(plain)
     eval_data = EvalData(
         test_images=data.test_images.to(device),
         test_labels=data.test_labels.to(device),

@@ -89,6 +89,11 @@ NON_IDENTITY_KEYS = (
     "eval",  # evaluation (suites, diagnostics, snapshots) never changes training
     "distributed.backend",
     "distributed.timeout_s",
+    "deterministic",
+    "channels_last",
+    "compile",
+    "optimizer_impl",
+    "result_interval_s",
     "hydra",
     # Which paper preset a noise config selects: the values it selects are in the method's
     # config, so they are compared there (and runs made before these keys existed match).
@@ -546,10 +551,24 @@ def check_config(cfg: DictConfig) -> None:
             f"cpu_threads={cfg.cpu_threads} is invalid; set a positive integer or null (torch's "
             "default)"
         )
-    for key in ("restart", "progress", "deterministic", "eval.train_diagnostics"):
-        value = OmegaConf.select(cfg, key)
+    for key in ("restart", "progress", "eval.train_diagnostics", "compile"):
+        value = OmegaConf.select(cfg, key, default=False)
         if not isinstance(value, bool):
             raise UserError(f"{key}={value} is not a boolean; set {key}=true or {key}=false")
+    for key in ("deterministic", "channels_last"):
+        value = OmegaConf.select(cfg, key, default="auto")
+        if not (isinstance(value, bool) or value == "auto"):
+            raise UserError(f"{key}={value} is invalid; set {key}=auto, true or false")
+    impl = OmegaConf.select(cfg, "optimizer_impl", default="auto")
+    if impl not in ("auto", "default", "fused", "foreach"):
+        raise UserError(
+            f"optimizer_impl={impl} is unknown; use optimizer_impl=auto, default, fused or foreach"
+        )
+    interval = OmegaConf.select(cfg, "result_interval_s", default=0)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or not interval >= 0:
+        raise UserError(
+            f"result_interval_s={interval} is invalid; set seconds >= 0 (0: every epoch)"
+        )
     if cfg.nonfinite not in ("stop", "skip"):
         raise UserError(f"nonfinite={cfg.nonfinite} is unknown; use nonfinite=stop or skip")
     if cfg.amp not in ("auto", "off", "bf16", "fp16"):

@@ -179,7 +179,9 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         "num_parameters": sum(p.numel() for p in exp.model.parameters()),
         "processes": distributed.world_size(),
     }
-    result_writer = ResultWriter(rd, header, write_file=main)
+    result_writer = ResultWriter(
+        rd, header, write_file=main, min_interval_s=float(cfg.get("result_interval_s") or 0)
+    )
     if main:
         loggers = _loggers(cfg, rd, header)
         snapshots = cfg.eval.get("snapshots") or {}

@@ -61,8 +61,10 @@ def _method(*overrides: str) -> dict:
 def test_every_experiment_composes_and_its_objects_build(experiment: str) -> None:
     """Each experiment file composes with the method it is meant for, and its model, method
     and optimizer instantiate (models on their real input size, no weights downloaded)."""
-    method = {"table1_vit_bsd": "bsd", "table4_bsdplus": "bsdplus", "table5_cutmix": "bsd"}
-    cfg = compose([f"experiment={experiment}", f"method={method.get(experiment, 'bsd')}"])
+    # an experiment file named ..._<method> is meant for that method
+    suffix = experiment.rsplit("_", 1)[-1]
+    method = suffix if (CONF_DIR / "method" / f"{suffix}.yaml").is_file() else "bsd"
+    cfg = compose([f"experiment={experiment}", f"method={method}"])
     config = resolved(cfg)
     model_kwargs = without_name(cfg.model)
     model_kwargs.pop("pretrained", None)  # no download in tests
