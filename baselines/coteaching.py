@@ -112,19 +112,7 @@ class CoTeaching(Method):
     def setup(self, ctx: MethodContext) -> None:
         """Build the second network with ``ctx.build_model`` under its own seed."""
         super().setup(ctx)
-        if ctx.build_model is None:
-            raise RuntimeError("CoTeaching needs MethodContext.build_model for its second network")
-        devices = []
-        if ctx.device.type == "cuda":
-            devices = [
-                torch.cuda.current_device() if ctx.device.index is None else ctx.device.index
-            ]
-        with torch.random.fork_rng(devices=devices):
-            base = self.seed
-            if base is None:
-                base = int(torch.randint(0, 2**31 - 1, ()).item())
-            torch.manual_seed(base + 1)
-            self.peer = nn.ModuleList([ctx.build_model()])
+        self.peer = nn.ModuleList(ctx.build_models(1, self.seed, "CoTeaching"))
 
     def extra_modules(self) -> list[nn.Module]:
         return list(self.peer)

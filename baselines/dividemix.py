@@ -187,19 +187,7 @@ class DivideMix(Method):
     def setup(self, ctx: MethodContext) -> None:
         """Second network, division buffers (all samples labelled until the first division)."""
         super().setup(ctx)
-        if ctx.build_model is None:
-            raise RuntimeError("DivideMix needs MethodContext.build_model for its second network")
-        devices = []
-        if ctx.device.type == "cuda":
-            devices = [
-                torch.cuda.current_device() if ctx.device.index is None else ctx.device.index
-            ]
-        with torch.random.fork_rng(devices=devices):
-            base = self.seed
-            if base is None:
-                base = int(torch.randint(0, 2**31 - 1, ()).item())
-            torch.manual_seed(base + 1)
-            self.peer = nn.ModuleList([ctx.build_model()])
+        self.peer = nn.ModuleList(ctx.build_models(1, self.seed, "DivideMix"))
         n, dev = ctx.num_samples, ctx.device
         self.steps_per_epoch = max(int(ctx.steps_per_epoch), 1)
         self.register_buffer("noisy", ctx.noisy_labels.clone(), persistent=False)

@@ -89,20 +89,7 @@ class Ensemble(Method):
     def setup(self, ctx: MethodContext) -> None:
         """Build members ``1 .. M-1`` with ``ctx.build_model`` under seeds ``base + j``."""
         super().setup(ctx)
-        if self.size > 1 and ctx.build_model is None:
-            raise RuntimeError("Ensemble needs MethodContext.build_model to build its members")
-        devices = []
-        if ctx.device.type == "cuda":
-            index = ctx.device.index
-            devices = [torch.cuda.current_device() if index is None else index]
-        with torch.random.fork_rng(devices=devices):
-            base = self.seed
-            if base is None:
-                base = int(torch.randint(0, 2**31 - 1, ()).item())
-            members = []
-            for j in range(1, self.size):
-                torch.manual_seed(base + j)
-                members.append(ctx.build_model())
+        members = ctx.build_models(self.size - 1, self.seed, "Ensemble") if self.size > 1 else []
         self.members = nn.ModuleList(members)
 
     def extra_modules(self) -> list[nn.Module]:

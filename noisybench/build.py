@@ -304,6 +304,14 @@ def build(
     set_determinism(deterministic_for(cfg.deterministic, device), compiled)
     torch.manual_seed(int(cfg.seed) % 2**63)
 
+    if cfg.dataset.get("streaming", False):
+        # The streaming reader (noisybench.data.folder: FolderLoader, eval_batches) is built
+        # and tested, but the engine still evaluates from device-resident tensors.
+        raise UserError(
+            f"dataset {cfg.dataset.name} streams images from disk, and training from a "
+            "streaming reader is not wired into the engine yet; for a dataset that fits in "
+            "memory, pack it into an .npz and use dataset=arrays dataset.reader.path=FILE"
+        )
     data: ImageData = instantiate(cfg.dataset.reader, f"dataset {cfg.dataset.name}")
     n, k = data.train_labels.shape[0], data.num_classes
     if int(cfg.batch_size) > n:

@@ -105,6 +105,29 @@ class MethodContext:
     device: torch.device
     build_model: Callable[[], nn.Module] | None = None
 
+    def build_models(self, count: int, seed: int | None, owner: str) -> list[nn.Module]:
+        """``count`` fresh models of the run's architecture, model ``j`` (1-based) initialised
+        from seed ``seed + j`` (``seed`` None: drawn from torch's RNG), without disturbing
+        the global RNG streams the run draws from afterwards (an ensemble's members,
+        Co-teaching's and DivideMix's second network).
+
+        Raises:
+            RuntimeError: the context has no ``build_model`` (``owner`` names the method).
+        """
+        if self.build_model is None:
+            raise RuntimeError(f"{owner} needs MethodContext.build_model for its extra networks")
+        devices = []
+        if self.device.type == "cuda":
+            index = self.device.index
+            devices = [torch.cuda.current_device() if index is None else index]
+        with torch.random.fork_rng(devices=devices):
+            base = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+            models = []
+            for j in range(1, count + 1):
+                torch.manual_seed(base + j)
+                models.append(self.build_model())
+        return models
+
 
 class Method(nn.Module, metaclass=abc.ABCMeta):
     """Base class of every training objective (Cross-entropy, BSD, BSD+, baselines).

@@ -109,3 +109,38 @@ def quick_run_dir(
 
     variant = run_variant(["experiment=quickstart", *overrides])
     return out / "digits" / "small_cnn" / noise / method / variant / f"seed{seed}"
+
+
+@pytest.fixture
+def restore_torch_globals() -> Iterator[None]:
+    """run_experiment and build() set torch's thread count and deterministic mode; undo that."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+# A plug-in method outside the package: cross-entropy whose loss is NaN at call number ``at``
+# (0-based). Its step counter is a buffer, so it is checkpointed and a resumed run meets the
+# NaN again.
+NAN_PLUGIN_MODULE = """
+import torch
+
+from noisybench.methods.ce import CrossEntropy
+
+
+class NaNAt(CrossEntropy):
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = int(at)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def training_step(self, model, batch, epoch):
+        out = super().training_step(model, batch, epoch)
+        bad = self.calls == self.at
+        self.calls += 1
+        out.loss = torch.where(bad, torch.full_like(out.loss, float("nan")), out.loss)
+        return out
+"""

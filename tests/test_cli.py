@@ -20,6 +20,7 @@ import torch
 from conftest import (
     CLI,
     KILL_ENV,
+    NAN_PLUGIN_MODULE,
     epoch_metrics,
     error_line,
     quick_run_dir,
@@ -33,28 +34,7 @@ from noisybench.errors import UserError
 STEPS_PER_EPOCH = 11  # ceil(1300 training digits / batch 128)
 NAN_AT = 2 * STEPS_PER_EPOCH + 4  # the plug-in's loss is NaN at its 27th step: epoch 3, step 4
 
-# A plug-in method outside the package: cross-entropy whose loss is NaN at one chosen step.
-# Its step counter is a buffer, so it is checkpointed and a resumed run meets the NaN again.
-PLUGIN_MODULE = '''
-"""Test plug-in: cross-entropy with a NaN loss at call number ``at`` (0-based)."""
-import torch
-
-from noisybench.methods.ce import CrossEntropy
-
-
-class NaNAt(CrossEntropy):
-    def __init__(self, at: int) -> None:
-        super().__init__()
-        self.at = int(at)
-        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
-
-    def training_step(self, model, batch, epoch):
-        out = super().training_step(model, batch, epoch)
-        bad = self.calls == self.at
-        self.calls += 1
-        out.loss = torch.where(bad, torch.full_like(out.loss, float("nan")), out.loss)
-        return out
-'''
+PLUGIN_MODULE = NAN_PLUGIN_MODULE
 
 
 def _run_dir(out: Path, method: str = "ce", seed: int = 0) -> Path:

@@ -272,3 +272,13 @@ def test_configs_saved_by_version_0_1_are_the_same_experiment() -> None:
     assert config_differences(old, now) == []
     old["method"]["smoothing"] = 0.2
     assert config_differences(old, now) == ["method.smoothing"]
+
+
+@pytest.mark.parametrize("dataset", sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml")))
+def test_every_dataset_config_builds_its_strong_view(dataset: str) -> None:
+    """Every dataset's augmentation settings are ones the views accept (BSD+'s strong view)."""
+    from noisybench.data.views import build_views
+
+    augment = resolved(compose([f"dataset={dataset}"]))["dataset"]["augment"]
+    views = build_views(["weak", "strong"], augment, (0.5,) * 3, (0.25,) * 3, (32, 32))
+    assert set(views) == {"weak", "strong"}

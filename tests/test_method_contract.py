@@ -101,14 +101,8 @@ def method_cfg(path: Path, request: pytest.FixtureRequest) -> DictConfig:
 
 
 @pytest.fixture(autouse=True)
-def _restore_torch_globals() -> Iterator[None]:
-    """run_experiment sets torch's thread count and deterministic mode; undo that."""
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+def _restore_torch_globals(restore_torch_globals: None) -> None:
+    """run_experiment / build() set torch's thread count and determinism (conftest)."""
 
 
 @pytest.fixture(scope="module")

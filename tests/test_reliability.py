@@ -26,7 +26,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import CLI, KILL_ENV, epoch_metrics, error_line, read_result, snapshot
+from conftest import (
+    CLI,
+    KILL_ENV,
+    NAN_PLUGIN_MODULE,
+    epoch_metrics,
+    error_line,
+    read_result,
+    snapshot,
+)
 
 from noisybench.config import compose, resolved, validate_choices
 from noisybench.data.noise import label_hash, load_labels
@@ -75,26 +83,7 @@ if os.environ.get("NB_TEST_SIGINT_AT_EXIT"):  # a Ctrl-C that arrives while the 
     atexit.register(_late_sigint)
 """
 
-# A plug-in method whose loss is NaN at one step (to diverge in the first epoch).
-NAN_PLUGIN = """
-import torch
-
-from noisybench.methods.ce import CrossEntropy
-
-
-class NaNAt(CrossEntropy):
-    def __init__(self, at: int) -> None:
-        super().__init__()
-        self.at = int(at)
-        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
-
-    def training_step(self, model, batch, epoch):
-        out = super().training_step(model, batch, epoch)
-        bad = self.calls == self.at
-        self.calls += 1
-        out.loss = torch.where(bad, torch.full_like(out.loss, float("nan")), out.loss)
-        return out
-"""
+NAN_PLUGIN = NAN_PLUGIN_MODULE  # diverges in the first epoch with a small ``at``
 
 
 def _faults(root: Path) -> Path:

@@ -18,7 +18,6 @@ Offline quickstart (digits, small CNN) on the CPU, built with :func:`noisybench.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +35,8 @@ BASE = [*COMMON, "dataset.reader.test_size=1297"]  # digits: 500 training images
 
 
 @pytest.fixture(autouse=True)
-def _restore_torch_globals() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+def _restore_torch_globals(restore_torch_globals: None) -> None:
+    """run_experiment / build() set torch's thread count and determinism (conftest)."""
 
 
 def one_step(*overrides: str, base: list[str] = BASE) -> tuple[float, dict, object]:
