@@ -170,7 +170,9 @@ def _check_job(overrides: Sequence[str], dirs: Sequence[Path]) -> tuple[RunDir, 
     run_dir.probe_writable()
     if job.restart or not run_dir.path.is_dir():
         return run_dir, None
-    return run_dir, run_dir.inspect(config, restart=False).finished
+    # The result file only: the checkpoint (possibly gigabytes) is read once, by the run,
+    # which compares its config again before resuming.
+    return run_dir, run_dir.check_existing(config)
 
 
 def _sweep_jobs(overrides: list[str]) -> list[list[str]] | None:

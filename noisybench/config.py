@@ -101,8 +101,6 @@ NON_IDENTITY_KEYS = (
     "noise.preset_rate",
     "method.seed_keys",
 )
-# Kept for code written against the first release.
-RESUME_IGNORED = NON_IDENTITY_KEYS
 
 _MAX_NAME = 120  # characters of one run-directory component before it is shortened
 

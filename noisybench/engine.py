@@ -585,30 +585,30 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------- evaluation
-    @torch.no_grad()
+    def _logits(self, images: Tensor, forward: Callable[[Tensor], Tensor]) -> Iterator[Tensor]:
+        """``forward`` over uint8 ``images`` through the evaluation view, batch by batch, under
+        ``no_grad`` and autocast (the caller sets the modules' modes)."""
+        with torch.no_grad():
+            for start in range(0, images.shape[0], self.eval_batch_size):
+                x = self.data.view(images[start : start + self.eval_batch_size])
+                with self._autocast():
+                    yield forward(x).float()
+
     def evaluate_train(self, module: nn.Module) -> Tensor:
         """``(N, K)`` float logits of ``module`` in eval mode over the training images, plain
         view, in batches (for :meth:`Method.on_epoch_start`); the module's mode is restored."""
         was_training = module.training
         module.eval()
-        outs = []
-        images = self.data.train_images
-        for start in range(0, images.shape[0], self.eval_batch_size):
-            x = self.data.view(images[start : start + self.eval_batch_size])
-            with self._autocast():
-                outs.append(module(x).float())
-        module.train(was_training)
-        return torch.cat(outs)
+        try:
+            return torch.cat(list(self._logits(self.data.train_images, module)))
+        finally:
+            module.train(was_training)
 
     def _eval_batches(self, images: Tensor) -> Iterator[Tensor]:
         """Logits of ``method.predict`` over uint8 ``images`` in eval mode, batch by batch."""
         self.model.eval()
         self.method.eval()
-        with torch.no_grad():
-            for start in range(0, images.shape[0], self.eval_batch_size):
-                x = self.data.view(images[start : start + self.eval_batch_size])
-                with self._autocast():
-                    yield self.method.predict(self.model, x).float()
+        yield from self._logits(images, lambda x: self.method.predict(self.model, x))
 
     def predict(self, images: Tensor) -> Tensor:
         """Logits ``(N, K)`` of ``method.predict`` over uint8 ``images`` in eval mode."""

@@ -89,6 +89,11 @@ def label_recovery(targets: Tensor, given: Tensor, clean: Tensor) -> dict[str, T
     ``entropy`` is the mean target entropy over all samples.
     """
     top = targets.float().argmax(dim=-1)
+    return {**_recovery_shares(top, given, clean), "entropy": target_entropy(targets)}
+
+
+def _recovery_shares(top: Tensor, given: Tensor, clean: Tensor) -> dict[str, Tensor]:
+    """The shares of :func:`label_recovery` from the targets' arg-max ``top`` ``(N,)``."""
     noisy = given != clean
     flagged = top != given
     return {
@@ -96,7 +101,6 @@ def label_recovery(targets: Tensor, given: Tensor, clean: Tensor) -> dict[str, T
         "still_given": _share(top == given, noisy),
         "detect_precision": _share(noisy, flagged),
         "detect_recall": _share(flagged, noisy),
-        "entropy": target_entropy(targets),
     }
 
 
@@ -124,12 +128,4 @@ def label_recovery_chunked(
         t = (rows_of(start, stop) if whole is None else whole[start:stop]).float()
         top[start:stop] = t.argmax(dim=-1).to(given.device)
         entropy += -(t * torch.log(t.clamp(min=1e-12))).sum().to(given.device)
-    noisy = given != clean
-    flagged = top != given
-    return {
-        "recovered": _share(top == clean, noisy),
-        "still_given": _share(top == given, noisy),
-        "detect_precision": _share(noisy, flagged),
-        "detect_recall": _share(flagged, noisy),
-        "entropy": entropy / max(n, 1),
-    }
+    return {**_recovery_shares(top, given, clean), "entropy": entropy / max(n, 1)}

@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from noisybench.data.labels_file import read_label_file
-from noisybench.data.loader import epoch_generator_seed
+from noisybench.data.loader import check_start_step, epoch_generator_seed, process_share
 from noisybench.errors import UserError
 from noisybench.method import Batch
 
@@ -438,11 +438,8 @@ class FolderLoader:
         return torch.randperm(self.num_samples, generator=gen)
 
     def shard(self, global_idx: Tensor) -> Tensor:
-        """This process's contiguous share of one global batch."""
-        size = global_idx.shape[0]
-        lo = self.rank * size // self.world_size
-        hi = (self.rank + 1) * size // self.world_size
-        return global_idx[lo:hi]
+        """This process's contiguous share of one global batch (as every loader splits it)."""
+        return process_share(global_idx, self.rank, self.world_size)
 
     def _loader(self, batches: list[list[tuple[int, int]]], view: str) -> DataLoader:
         transform = self.train_transform if view == "weak" else self.plain_transform
@@ -461,11 +458,7 @@ class FolderLoader:
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Yield this process's batches of ``epoch`` from step ``start_step`` on."""
         steps = len(self)
-        if not 0 <= int(start_step) <= steps:
-            raise UserError(
-                f"start_step={start_step} is outside the epoch's {steps} steps; resume from a "
-                "checkpoint written with the same dataset and batch size"
-            )
+        check_start_step(start_step, steps)
         perm = self.permutation(epoch)
         n, b = self.num_samples, self.batch_size
         plan = []

@@ -51,6 +51,23 @@ def epoch_generator_seed(seed: int, epoch: int) -> int:
     return ((int(state[0]) << 32) | int(state[1])) & ((1 << 63) - 1)
 
 
+def process_share(idx: Tensor, rank: int, world_size: int) -> Tensor:
+    """Process ``rank``'s share of a global batch ``idx``: the ``rank``-th of ``world_size``
+    contiguous, near-equal chunks (``torch.tensor_split``: the first ``len % world_size``
+    chunks are one longer). Every loader splits batches this way, which the engine's gathered
+    per-sample updates rely on (:mod:`noisybench.engine`)."""
+    return torch.tensor_split(idx, world_size)[rank]
+
+
+def check_start_step(start_step: int, steps: int) -> None:
+    """Refuse a resume step outside an epoch of ``steps`` steps, in one line."""
+    if not 0 <= int(start_step) <= steps:
+        raise UserError(
+            f"start_step={start_step} is outside the epoch's {steps} steps; resume from a "
+            "checkpoint written with the same dataset and batch size"
+        )
+
+
 class DeviceLoader:
     """Mini-batches of a device-resident training set, with the method's views applied.
 
@@ -156,11 +173,7 @@ class DeviceLoader:
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Yield the batches of ``epoch`` from step ``start_step`` on (for mid-epoch resume)."""
         steps = len(self)
-        if not 0 <= int(start_step) <= steps:
-            raise UserError(
-                f"start_step={start_step} is outside the epoch's {steps} steps; resume from a "
-                "checkpoint written with the same dataset and batch size"
-            )
+        check_start_step(start_step, steps)
         perm = self.permutation(epoch)
         n, b = self.num_samples, self.batch_size
         for step in range(int(start_step), steps):
@@ -192,8 +205,8 @@ class DeviceLoader:
     def share(self, idx: Tensor, carried: int) -> tuple[Tensor, int]:
         """This process's chunk of the global batch ``idx`` (whose first ``carried``
         entries are carried samples) and the number of carried samples in it."""
-        mine_carried = torch.tensor_split(idx[:carried], self.world_size)[self.rank]
-        mine_fresh = torch.tensor_split(idx[carried:], self.world_size)[self.rank]
+        mine_carried = process_share(idx[:carried], self.rank, self.world_size)
+        mine_fresh = process_share(idx[carried:], self.rank, self.world_size)
         return torch.cat((mine_carried, mine_fresh)), int(mine_carried.shape[0])
 
     def __iter__(self) -> Iterator[Batch]:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from noisybench.config import CONF_DIR
+from noisybench.config import CONF_DIR, instantiate
 from noisybench.errors import UserError
 from noisybench.evaluation.base import (
     EvalContext,
@@ -72,22 +72,7 @@ def load_suite(
 
 def build_suite(name: str, node: Mapping[str, Any]) -> EvalSuite:
     """Instantiate one suite config node (``_target_`` plus constructor arguments)."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        suite = instantiate(dict(node))
-    except InstantiationException as exc:
-        cause: BaseException | None = exc.__cause__
-        while cause is not None:
-            if isinstance(cause, UserError):
-                raise cause from None
-            cause = cause.__cause__
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"cannot build eval suite {name} ({first}); check conf/eval/{name}.yaml and the "
-            "values given on the command line"
-        ) from exc
+    suite = instantiate(dict(node), f"eval suite {name}")
     if not isinstance(suite, EvalSuite):
         raise UserError(f"eval suite {name}: its _target_ is not a noisybench EvalSuite")
     return suite
