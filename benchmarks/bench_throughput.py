@@ -141,15 +141,19 @@ def engine_benches(method: str, exp: Experiment) -> tuple[Bench, Bench]:
 
 
 def eval_benches(exp: Experiment, images: int) -> tuple[Bench, Bench]:
-    """Evaluation passes as the engine makes them: the test set (logits kept) and the
-    training-set diagnostics (arg-max only), over ``images`` images each."""
+    """Evaluation passes as the engine makes them (:meth:`Trainer.predict_split`): the test
+    set (logits kept) and the training-set diagnostics (arg-max only), over the first
+    ``images`` images of each."""
     trainer = exp.trainer()
-    test = exp.eval_data.test_images[:images]
-    train = exp.eval_data.train_images[:images]
-    return (
-        Bench("eval test", lambda: trainer.predict(test), int(test.shape[0])),
-        Bench("eval train", lambda: trainer.predict_labels(train), int(train.shape[0])),
-    )
+    first = torch.arange(images, device=exp.device)
+
+    def test() -> None:
+        trainer.predict_split("test", lambda z: z.float(), first)
+
+    def train() -> None:
+        trainer.predict_split("train", lambda z: z.argmax(-1), first)
+
+    return Bench("eval test", test, images), Bench("eval train", train, images)
 
 
 def sgd(model: torch.nn.Module, exp: Experiment) -> torch.optim.Optimizer:
@@ -280,10 +284,12 @@ def summarise(
 ) -> dict[str, Any]:
     n_train = int(exp.data.train_images.shape[0])
     n_test = int(exp.data.test_images.shape[0])
+    subset = exp.cfg.eval.get("train_diagnostics_subset")
+    n_diag = n_train if subset is None else min(int(subset), n_train)
     s = {name: b.step_s for name, b in benches.items()}
     ips = {name: b.images_per_s for name, b in benches.items()}
     test_s = n_test / ips["eval test"]
-    train_pass_s = n_train / ips["eval train"]
+    train_pass_s = n_diag / ips["eval train"]
 
     def eval_epoch_s(k: int) -> float:
         return test_s + train_pass_s * diagnostics_epochs(epochs, k) / epochs

@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,12 +53,12 @@ class Experiment:
 
     cfg: DictConfig
     device: torch.device
-    data: ImageData
+    data: Any  # ImageData, or FolderData for a streamed dataset
     noisy_labels: np.ndarray
     noise: NoiseRecord
     model: torch.nn.Module
     method: Method
-    loader: DeviceLoader
+    loader: Any  # DeviceLoader, or FolderLoader for a streamed dataset
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     eval_data: EvalData
@@ -257,7 +257,7 @@ def make_noise(cfg: DictConfig, data: ImageData) -> tuple[np.ndarray, NoiseRecor
         asym_map=cfg.noise.asym_map or cfg.dataset.get("asym_map"),
         label_file=cfg.noise.label_file,
         superclass=None if data.superclass is None else data.superclass.numpy(),
-        features=data.train_images.numpy(),
+        features=None if _is_streamed(data) else data.train_images.numpy(),
         file=cfg.noise.get("file"),  # CIFAR-N's official label file
         download=bool(cfg.noise.get("download", False)),
     )
@@ -304,15 +304,10 @@ def build(
     set_determinism(deterministic_for(cfg.deterministic, device), compiled)
     torch.manual_seed(int(cfg.seed) % 2**63)
 
-    if cfg.dataset.get("streaming", False):
-        # The streaming reader (noisybench.data.folder: FolderLoader, eval_batches) is built
-        # and tested, but the engine still evaluates from device-resident tensors.
-        raise UserError(
-            f"dataset {cfg.dataset.name} streams images from disk, and training from a "
-            "streaming reader is not wired into the engine yet; for a dataset that fits in "
-            "memory, pack it into an .npz and use dataset=arrays dataset.reader.path=FILE"
-        )
-    data: ImageData = instantiate(cfg.dataset.reader, f"dataset {cfg.dataset.name}")
+    streaming = bool(cfg.dataset.get("streaming", False))
+    if streaming:
+        _check_streaming(cfg)
+    data: Any = instantiate(cfg.dataset.reader, f"dataset {cfg.dataset.name}")
     n, k = data.train_labels.shape[0], data.num_classes
     if int(cfg.batch_size) > n:
         raise UserError(
@@ -338,12 +333,13 @@ def build(
     # The noisy validation split (model selection under noise): held out of the noisy
     # training set after the noise is drawn, so the noise record covers all N labels.
     train_idx, val_idx, validation = _holdout(cfg, noisy)
-    train_images_cpu = data.train_images[train_idx] if val_idx is not None else data.train_images
     train_clean = data.train_labels[train_idx] if val_idx is not None else data.train_labels
     train_noisy = noisy[train_idx] if val_idx is not None else noisy
     n = int(train_clean.shape[0])
-
-    channels = int(data.train_images.shape[1])
+    if streaming:
+        channels, size = 3, (int(data.image_size), int(data.image_size))
+    else:
+        channels, size = int(data.train_images.shape[1]), tuple(data.train_images.shape[-2:])
     model_kwargs = without_name(cfg.model)
 
     def build_model() -> torch.nn.Module:
@@ -368,23 +364,64 @@ def build(
             "point _target_ at a subclass of it"
         )
 
-    train_images = train_images_cpu.to(device)
     given = torch.as_tensor(train_noisy, dtype=torch.long, device=device)
-    size = tuple(data.train_images.shape[-2:])
     mean, std = input_stats(model, data.mean, data.std)  # ImageNet's for pretrained weights
-    views = build_views(method.views, cfg.dataset.augment, mean, std, size)
-    if channels_last:
-        views = {key: ChannelsLast(view) for key, view in views.items()}
-    loader = DeviceLoader(
-        train_images,
-        given,
-        int(cfg.batch_size),
-        views,
-        seed=int(cfg.seed),
-        carry_previous=float(type(method).carry_previous),
-        rank=rank,
-        world_size=world,
+    val_labels = (
+        None
+        if val_idx is None
+        else torch.as_tensor(noisy[val_idx], dtype=torch.long, device=device)
     )
+    diagnostic_subset = _diagnostic_subset(cfg, n, device)
+    if streaming:
+        loader, eval_data = _streaming_data(
+            cfg,
+            data,
+            device,
+            method,
+            given,
+            train_clean,
+            train_idx,
+            val_idx,
+            val_labels,
+            (mean, std),
+            channels_last,
+            rank,
+            world,
+        )
+        eval_data.train_subset = diagnostic_subset
+    else:
+        train_images = data.train_images[train_idx] if val_idx is not None else data.train_images
+        train_images = train_images.to(device)
+        views = build_views(method.views, cfg.dataset.augment, mean, std, size)
+        if channels_last:
+            views = {key: ChannelsLast(view) for key, view in views.items()}
+        loader = DeviceLoader(
+            train_images,
+            given,
+            int(cfg.batch_size),
+            views,
+            seed=int(cfg.seed),
+            carry_previous=float(type(method).carry_previous),
+            rank=rank,
+            world_size=world,
+        )
+        plain = build_views(("plain",), cfg.dataset.augment, mean, std, size)["plain"]
+        if isinstance(plain, torch.nn.Module):
+            plain = plain.to(device)
+        if channels_last:
+            plain = ChannelsLast(plain)
+        eval_data = EvalData(
+            test_labels=data.test_labels.to(device),
+            train_clean=train_clean.to(device),
+            train_given=given,
+            view=plain,
+            test_images=data.test_images.to(device),
+            train_images=train_images,
+            val_images=None if val_idx is None else data.train_images[val_idx].to(device),
+            val_labels=val_labels,
+            clean_known=bool(getattr(data, "clean_known", True)),
+            train_subset=diagnostic_subset,
+        )
     method.setup(
         MethodContext(
             num_samples=n,
@@ -434,24 +471,6 @@ def build(
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         random.seed(seed)
-    plain = build_views(("plain",), cfg.dataset.augment, mean, std, size)["plain"]
-    if isinstance(plain, torch.nn.Module):
-        plain = plain.to(device)
-    if channels_last:
-        plain = ChannelsLast(plain)
-    eval_data = EvalData(
-        test_images=data.test_images.to(device),
-        test_labels=data.test_labels.to(device),
-        train_images=train_images,
-        train_clean=train_clean.to(device),
-        train_given=given,
-        view=plain,
-        clean_known=bool(getattr(data, "clean_known", True)),
-        val_images=None if val_idx is None else data.train_images[val_idx].to(device),
-        val_labels=None
-        if val_idx is None
-        else torch.as_tensor(noisy[val_idx], dtype=torch.long, device=device),
-    )
     evaluators = _evaluators(cfg, data, eval_data, device)
     return Experiment(
         cfg=cfg,
@@ -471,6 +490,126 @@ def build(
         validation=validation,
         train_model=train_model,
     )
+
+
+def _is_streamed(data: Any) -> bool:
+    return bool(getattr(data, "streaming", False))
+
+
+def _check_streaming(cfg: DictConfig) -> None:
+    """Refuse, in one line, what a streamed dataset cannot do (before any file is read)."""
+    if str(cfg.noise.variant) == "idn":
+        raise UserError(
+            f"noise variant idn draws instance-dependent noise from the images in memory, but "
+            f"dataset {cfg.dataset.name} is streamed; use another noise variant or dataset=arrays"
+        )
+    suites = [name for name, node in (cfg.eval.get("suites") or {}).items() if node.get("every")]
+    if suites:
+        raise UserError(
+            f"evaluation suites {sorted(suites)} need the test images in memory, but dataset "
+            f"{cfg.dataset.name} is streamed; drop eval=... (or set their every=0)"
+        )
+    if int((cfg.eval.get("snapshots") or {}).get("size") or 0) > 0:
+        raise UserError(
+            f"prediction snapshots need the training images in memory, but dataset "
+            f"{cfg.dataset.name} is streamed; set eval.snapshots.size=0"
+        )
+
+
+def _diagnostic_subset(cfg: DictConfig, n: int, device: torch.device) -> torch.Tensor | None:
+    """The fixed training indices of the memorisation diagnostics
+    (``eval.train_diagnostics_subset``; None: the whole training set). The same ``size``
+    indices (sorted) for every run with the same ``n``, seed, method and noise: drawn from
+    a generator seeded with 0, so curves of different runs are on the same samples."""
+    size = cfg.eval.get("train_diagnostics_subset")
+    if size is None or int(size) >= n:
+        return None
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(0)
+    idx = torch.randperm(n, generator=gen)[: int(size)]
+    return idx.sort().values.to(device)
+
+
+def _streaming_data(
+    cfg: DictConfig,
+    data: Any,
+    device: torch.device,
+    method: Method,
+    given: torch.Tensor,
+    train_clean: torch.Tensor,
+    train_idx: np.ndarray | None,
+    val_idx: np.ndarray | None,
+    val_labels: torch.Tensor | None,
+    stats: tuple[tuple[float, ...], tuple[float, ...]],
+    channels_last: bool,
+    rank: int,
+    world: int,
+) -> tuple[Any, EvalData]:
+    """The loader and evaluation data of a streamed image folder
+    (:mod:`noisybench.data.folder`): files are decoded and augmented in DataLoader workers,
+    evaluation reads resize + centre-crop batches of the requested samples."""
+    import dataclasses
+
+    from noisybench.data.folder import FolderLoader, eval_batches
+
+    files = list(data.train_files)
+    mean, std = stats
+    train = dataclasses.replace(data, mean=mean, std=std)
+    if train_idx is not None:
+        train = dataclasses.replace(
+            train,
+            train_files=[files[i] for i in train_idx],
+            train_labels=data.train_labels[torch.as_tensor(train_idx)],
+        )
+    held_out = None
+    if val_idx is not None and val_labels is not None:
+        held_out = dataclasses.replace(
+            train, test_files=[files[i] for i in val_idx], test_labels=val_labels.cpu()
+        )
+    opts = cfg.dataset.get("loader") or {}
+    workers = int(opts.get("workers", 4))
+    decoder = str(opts.get("decoder", "torchvision"))
+    decode_device = opts.get("decode_device")
+    loader = FolderLoader(
+        train,
+        given,
+        int(cfg.batch_size),
+        tuple(method.views),
+        seed=int(cfg.seed),
+        device=device,
+        workers=workers,
+        carry_previous=float(type(method).carry_previous),
+        rank=rank,
+        world_size=world,
+        decoder=decoder,
+        decode_device=decode_device,
+        prefetch_factor=int(opts.get("prefetch_factor", 2)),
+    )
+
+    def stream(split: str, order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+        source = held_out if split == "val" else train
+        batches = eval_batches(
+            source,
+            "train" if split == "train" else "test",
+            batch_size,
+            device=device,
+            workers=workers,
+            decoder=decoder,
+            decode_device=decode_device,
+            subset=order.tolist(),
+        )
+        for x, _, _ in batches:
+            yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    eval_data = EvalData(
+        test_labels=data.test_labels.to(device),
+        train_clean=train_clean.to(device),
+        train_given=given,
+        val_labels=val_labels,
+        clean_known=bool(getattr(data, "clean_known", True)),
+        stream=stream,
+    )
+    return loader, eval_data
 
 
 def _holdout(

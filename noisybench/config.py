@@ -86,6 +86,7 @@ NON_IDENTITY_KEYS = (
     "dataset.reader.root",
     "dataset.reader.download",
     "dataset.reader.verify",
+    "dataset.loader",  # a streamed dataset's workers / decoder: same pixels (per-sample seeds)
     "eval",  # evaluation (suites, diagnostics, snapshots) never changes training
     "distributed.backend",
     "distributed.timeout_s",
@@ -575,6 +576,12 @@ def check_config(cfg: DictConfig) -> None:
     if every is not None and (not _is_int(every) or every < 1):
         raise UserError(
             f"eval.train_diagnostics_every={every} is invalid; set a positive number of epochs"
+        )
+    subset = OmegaConf.select(cfg, "eval.train_diagnostics_subset")
+    if subset is not None and (not _is_int(subset) or subset < 1):
+        raise UserError(
+            f"eval.train_diagnostics_subset={subset} is invalid; set a positive number of "
+            "training samples, or null for all of them"
         )
 
     noise = cfg.noise

@@ -98,6 +98,10 @@ __all__ = [
 ]
 
 
+def _argmax(logits: Tensor) -> Tensor:
+    return logits.argmax(-1)
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became non-finite at ``epoch`` (1-based), ``step`` (0-based); the checkpoint
     of the last good epoch is kept when ``checkpoint_kept`` (none exists before the first
@@ -119,19 +123,43 @@ class Interrupted(RuntimeError):
         self.signum = int(signum)
 
 
+#: ``stream(split, indices, batch_size)``: normalised evaluation-view float batches of the
+#: samples ``indices`` (in that order) of ``split`` (``"test"``, ``"train"`` or ``"val"``),
+#: on the training device (a streaming reader: :func:`noisybench.data.folder.eval_batches`).
+Stream = Callable[[str, Tensor, int], Iterator[Tensor]]
+
+
 @dataclass
 class EvalData:
-    """Device-resident tensors the engine evaluates on (uint8 images, int64 labels)."""
+    """What the engine evaluates on: the labels (int64, on the device) and the images, either
+    device-resident (uint8 tensors, mapped through ``view``) or streamed (``stream``).
 
-    test_images: Tensor
+    ``train_subset``: the fixed training indices the memorisation diagnostics use (None: all).
+    """
+
     test_labels: Tensor
-    train_images: Tensor
     train_clean: Tensor
     train_given: Tensor
-    view: Callable[[Tensor], Tensor]
+    view: Callable[[Tensor], Tensor] | None = None
+    test_images: Tensor | None = None
+    train_images: Tensor | None = None
     val_images: Tensor | None = None
     val_labels: Tensor | None = None
     clean_known: bool = True  # False: real noise without clean labels (no diagnostics)
+    stream: Stream | None = None
+    train_subset: Tensor | None = None
+
+    @property
+    def streaming(self) -> bool:
+        return self.stream is not None
+
+    def images(self, split: str) -> Tensor | None:
+        """The device-resident uint8 images of ``split`` (None when streamed)."""
+        return {"test": self.test_images, "train": self.train_images, "val": self.val_images}[split]
+
+    def size(self, split: str) -> int:
+        labels = {"test": self.test_labels, "train": self.train_given, "val": self.val_labels}
+        return 0 if labels[split] is None else int(labels[split].shape[0])
 
 
 @dataclass
@@ -588,11 +616,66 @@ class Trainer:
     def _logits(self, images: Tensor, forward: Callable[[Tensor], Tensor]) -> Iterator[Tensor]:
         """``forward`` over uint8 ``images`` through the evaluation view, batch by batch, under
         ``no_grad`` and autocast (the caller sets the modules' modes)."""
+        if self.data.view is None:
+            raise UserError(
+                "this dataset is streamed, so evaluation suites that need its images in memory "
+                "cannot run; use an in-memory dataset (dataset=arrays) for them"
+            )
         with torch.no_grad():
             for start in range(0, images.shape[0], self.eval_batch_size):
                 x = self.data.view(images[start : start + self.eval_batch_size])
                 with self._autocast():
                     yield forward(x).float()
+
+    def _inputs(self, split: str, lo: int, hi: int, subset: Tensor | None) -> Iterator[Tensor]:
+        """Evaluation-view float batches of samples ``lo:hi`` of ``split`` (positions in
+        ``subset`` when given), from device memory or from the streaming reader."""
+        bs = self.eval_batch_size
+        if self.data.stream is not None:
+            order = torch.arange(lo, hi) if subset is None else subset[lo:hi].cpu()
+            yield from self.data.stream(split, order, bs)
+            return
+        images = self.data.images(split)
+        assert images is not None and self.data.view is not None
+        for start in range(lo, hi, bs):
+            stop = min(start + bs, hi)
+            if subset is None:
+                chunk = images[start:stop]
+            else:
+                chunk = images.index_select(0, subset[start:stop].to(images.device))
+            yield self.data.view(chunk)
+
+    def split_outputs(
+        self,
+        split: str,
+        forward: Callable[[Tensor], Tensor],
+        reduce: Callable[[Tensor], Tensor],
+        subset: Tensor | None = None,
+    ) -> Tensor:
+        """``reduce(forward(x))`` over the samples of ``split`` (``"test"``, ``"train"``,
+        ``"val"``; all of them, or the indices ``subset`` in that order), concatenated in
+        sample order, under ``no_grad`` and autocast (the caller sets the modules' modes).
+
+        With several processes each evaluates a contiguous block of the samples and the
+        blocks are all-gathered in rank order, so every process returns the whole result
+        (the same numbers as one process, up to the rounding of other batch compositions).
+        """
+        n = self.data.size(split) if subset is None else int(subset.shape[0])
+        lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
+        empty = lo == hi
+        if empty:  # fewer samples than processes: one sample gives the output's shape
+            lo, hi = 0, min(1, n)
+        parts: list[Tensor] = []
+        with torch.no_grad():
+            for x in self._inputs(split, lo, hi, subset):
+                with self._autocast():
+                    parts.append(reduce(forward(x)))
+        out = torch.cat(parts)[:0] if empty else torch.cat(parts)
+        if self.world > 1:
+            bounds = [r * n // self.world for r in range(self.world + 1)]
+            sizes = [bounds[r + 1] - bounds[r] for r in range(self.world)]
+            out = torch.cat(dist.all_gather_rows(out, sizes))
+        return out
 
     def evaluate_train(self, module: nn.Module) -> Tensor:
         """``(N, K)`` float logits of ``module`` in eval mode over the training images, plain
@@ -600,23 +683,29 @@ class Trainer:
         was_training = module.training
         module.eval()
         try:
-            return torch.cat(list(self._logits(self.data.train_images, module)))
+            return self.split_outputs("train", module, lambda z: z.float())
         finally:
             module.train(was_training)
 
-    def _eval_batches(self, images: Tensor) -> Iterator[Tensor]:
-        """Logits of ``method.predict`` over uint8 ``images`` in eval mode, batch by batch."""
+    def predict_split(
+        self, split: str, reduce: Callable[[Tensor], Tensor], subset: Tensor | None = None
+    ) -> Tensor:
+        """``reduce`` of ``method.predict``'s logits in eval mode over ``split`` (see
+        :meth:`split_outputs`): e.g. ``lambda z: z.float()`` keeps the logits (test metrics),
+        ``lambda z: z.argmax(-1)`` only the classes (diagnostics, no N x K tensor)."""
         self.model.eval()
         self.method.eval()
-        yield from self._logits(images, lambda x: self.method.predict(self.model, x))
+        return self.split_outputs(
+            split, lambda x: self.method.predict(self.model, x), reduce, subset
+        )
 
     def predict(self, images: Tensor) -> Tensor:
-        """Logits ``(N, K)`` of ``method.predict`` over uint8 ``images`` in eval mode."""
-        return torch.cat(list(self._eval_batches(images)))
-
-    def predict_labels(self, images: Tensor) -> Tensor:
-        """Arg-max class ``(N,)`` over uint8 ``images``, without keeping all N x K logits."""
-        return torch.cat([logits.argmax(-1) for logits in self._eval_batches(images)])
+        """Logits ``(N, K)`` of ``method.predict`` over uint8 ``images`` in eval mode (the
+        evaluation suites' entry point; device-resident images only)."""
+        self.model.eval()
+        self.method.eval()
+        forward = lambda x: self.method.predict(self.model, x)  # noqa: E731
+        return torch.cat(list(self._logits(images, forward)))
 
     def _diagnostics_due(self, epoch: int) -> bool:
         if not self.train_diagnostics:
@@ -630,11 +719,11 @@ class Trainer:
             dist.broadcast_tensors(list(self.model.buffers()))
         values: dict[str, Tensor | float | int] = {}
         test = metrics.classification_metrics(
-            self.predict(self.data.test_images), self.data.test_labels
+            self.predict_split("test", lambda z: z.float()), self.data.test_labels
         )
         values.update({f"test/{k}": v for k, v in test.items()})
-        if self.data.val_images is not None and self.data.val_labels is not None:
-            val_pred = self.predict_labels(self.data.val_images)
+        if self.data.val_labels is not None:
+            val_pred = self.predict_split("val", _argmax)
             values["val/acc"] = (val_pred == self.data.val_labels).float().mean()
         seen = max(sums.seen, 1)
         values["train/loss"] = sums.loss / seen
@@ -642,8 +731,13 @@ class Trainer:
         for key, value in sums.extras.items():
             values[f"train/{key}"] = value / max(sums.steps, 1)
         if self._diagnostics_due(epoch) and self.data.clean_known:
-            pred = self.predict_labels(self.data.train_images)
-            mem = metrics.memorisation(pred, self.data.train_given, self.data.train_clean)
+            # On the whole training set or on a fixed subset of it (eval.train_diagnostics_subset).
+            subset = self.data.train_subset
+            pred = self.predict_split("train", _argmax, subset)
+            given, clean = self.data.train_given, self.data.train_clean
+            if subset is not None:
+                given, clean = given[subset], clean[subset]
+            mem = metrics.memorisation(pred, given, clean)
             values.update({f"memorisation/{k}": v for k, v in mem.items()})
         # In chunks: no (N, K) float32 temporary at ImageNet size.
         rec = (

@@ -96,6 +96,11 @@ def evaluate_run(
     built = [load_suite(name, (overrides or {}).get(name)) for name in suites]
     ckpt = load_checkpoint(rd.checkpoint_file, map_location=dev)
 
+    if config["dataset"].get("streaming"):
+        raise UserError(
+            f"{run_dir} trained on the streamed dataset {config['dataset'].get('name')}; the "
+            "evaluation suites need its images in memory, so they run on in-memory datasets only"
+        )
     reader = dict(config["dataset"]["reader"])
     if data_dir and reader.get("root") == config.get("data_dir"):
         reader["root"] = data_dir  # the dataset moved with data_dir=

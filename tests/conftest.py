@@ -71,6 +71,31 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CLI]:
         yield CLI(tmp_path_factory.mktemp("cwd"), pool)
 
 
+def write_image_folder(
+    root: Path,
+    classes: int = 20,
+    per_class: int = 10,
+    val_per_class: int = 2,
+    sides: tuple[int, int] = (40, 90),
+    seed: int = 0,
+) -> None:
+    """Real JPEG files in the ImageFolder layout (``root/{train,val}/n<class>/img<j>.JPEG``,
+    random pixels, random sizes within ``sides``). File names sort differently as strings and
+    as numbers (img10 < img2), which the stable sample order must follow."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = root / split / f"n{c:03d}"
+            folder.mkdir(parents=True)
+            for j in range(count):
+                h, w = (int(rng.integers(*sides)) for _ in range(2))
+                pix = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(pix).save(folder / f"img{j}.JPEG", quality=90)
+
+
 def read_result(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "result.json").read_text())
 

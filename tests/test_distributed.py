@@ -150,15 +150,38 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path: Path) -> None:
+    specs = [f"{COMMON} {spec}" for spec in EXPERIMENTS.values()]
+    _compare_with_one_process(tmp_path, list(EXPERIMENTS), specs)
+
+
+@pytest.mark.slow
+def test_two_processes_stream_an_image_folder_like_one(tmp_path: Path) -> None:
+    """The streaming reader under two processes: each decodes its own share of every batch
+    (per-sample augmentation seeds, so the pixels are those of one process) and evaluates its
+    own block of the test and training files (gathered); BSD's store and every metric equal
+    the single-process run's."""
+    from conftest import write_image_folder
+
+    write_image_folder(tmp_path / "jpegs", classes=10, per_class=10, val_per_class=3)
+    spec = (
+        f"dataset=folder dataset.reader.root={tmp_path / 'jpegs'} dataset.reader.image_size=16 "
+        "dataset.reader.resize=20 dataset.loader.workers=0 model=small_mlp noise=sym50 "
+        "method=bsd epochs=2 batch_size=30 progress=false logger=[] eval.batch_size=16"
+    )
+    _compare_with_one_process(tmp_path, ["bsd folder"], [spec])
+
+
+def _compare_with_one_process(tmp_path: Path, names: list[str], specs: list[str]) -> None:
+    """Train ``specs`` under two gloo processes and in this process; compare (see the
+    module docstring for the tolerances)."""
     from noisybench.build import build
     from noisybench.config import compose
 
-    specs = [f"{COMMON} {spec}" for spec in EXPERIMENTS.values()]
     done = _torchrun([str(ROOT / "tests" / "_ddp_worker.py"), str(tmp_path), ";".join(specs)],
                      cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     worst: dict[str, tuple[float, str]] = {}
-    for number, (name, spec) in enumerate(zip(EXPERIMENTS, specs, strict=True)):
+    for number, (name, spec) in enumerate(zip(names, specs, strict=True)):
         r0 = torch.load(tmp_path / f"{number}.rank0.pt", weights_only=False)
         r1 = torch.load(tmp_path / f"{number}.rank1.pt", weights_only=False)
         assert r0["world"] == r1["world"] == 2

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_image_folder
 from PIL import Image
 
 from noisybench.data.arrays import load_arrays
@@ -17,18 +18,8 @@ CLASSES = 20
 PER_CLASS = 10
 
 
-def _write_folder(root: Path, classes: int = CLASSES, per_class: int = PER_CLASS) -> None:
-    """Real JPEG files of varied sizes; each image's red channel encodes (class, file)."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("val", 2)):
-        for c in range(classes):
-            folder = root / split / f"n{c:03d}"
-            folder.mkdir(parents=True)
-            for j in range(count):
-                h, w = int(rng.integers(40, 90)), int(rng.integers(40, 90))
-                pix = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-                # names sort differently as strings and as numbers: f"img{j}" (img10 < img2)
-                Image.fromarray(pix).save(folder / f"img{j}.JPEG", quality=90)
+def _write_folder(root: Path) -> None:
+    write_image_folder(root, CLASSES, PER_CLASS)
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +244,20 @@ def test_bsd_trains_through_the_streaming_reader(folder: Path) -> None:
         method.after_step(batch, out, 0)
     torch.testing.assert_close(method.counts, torch.full((200,), 0.9 * 10.0 + 1.0))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_second_weak_view_is_an_independent_draw(folder: Path) -> None:
+    """``weak_1`` (DivideMix, the ensemble) crops independently of ``weak``; ``weak`` is the
+    same with or without it, and both are reproducible."""
+    data = load_folder(str(folder), image_size=24, resize=28)
+    two = FolderLoader(data, data.train_labels, 50, ("weak", "weak_1"), seed=5, workers=0)
+    one = FolderLoader(data, data.train_labels, 50, ("weak",), seed=5, workers=0)
+    a, b = next(iter(two.epoch(0))), next(iter(one.epoch(0)))
+    assert torch.equal(a.views["weak"], b.views["weak"])
+    assert a.views["weak_1"].shape == a.views["weak"].shape
+    differ = (a.views["weak_1"] - a.views["weak"]).flatten(1).abs().amax(1) > 0
+    assert int(differ.sum()) >= 45  # a crop of 50 images coincides for almost none
+    again = next(iter(two.epoch(0)))
+    assert torch.equal(again.views["weak_1"], a.views["weak_1"])
+    with pytest.raises(UserError, match="provides the views"):
+        FolderLoader(data, data.train_labels, 50, ("weak", "strong_0"), seed=5, workers=0)

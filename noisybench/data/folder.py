@@ -18,8 +18,9 @@ batch is sent to the device, where it is converted to float and normalised.
 augmentation draws from a generator seeded by ``(seed, epoch, index)``, so a resumed run sees
 exactly the same pixels whatever the number of workers. ``rank`` / ``world_size`` split every
 global batch into disjoint contiguous shares (one per process), so data-parallel training
-later needs no other change. Methods with views other than ``"weak"`` (BSD+'s strong views)
-and DLB's carried batches are refused with a one-line error (not streamed yet).
+later needs no other change. The views streamed are ``"weak"`` (and ``"weak_<j>"``, further
+independent draws: the ensemble's members, DivideMix's two views) and ``"plain"``; BSD+'s
+strong views and DLB's carried batches are refused with a one-line error (not streamed).
 
 Decoding: ``decoder="torchvision"`` (default; ``torchvision.io.decode_image``) or ``"pil"``
 (PIL, then a uint8 tensor); ``benchmarks/bench_folder.py`` measures both (torchvision: 122
@@ -67,7 +68,18 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DECODERS = ("pil", "torchvision")
-STREAMED_VIEWS = ("weak", "plain")
+STREAMED_VIEWS = ("weak", "plain")  # and "weak_<j>": another independent weak draw
+
+
+def _view_number(view: str) -> int | None:
+    """0 for ``weak``, ``j`` for ``weak_<j>`` (j >= 1; the ensemble's and DivideMix's extra
+    draws), None for ``plain`` or anything else."""
+    if view == "weak":
+        return 0
+    head, _, tail = view.partition("_")
+    if head == "weak" and tail.isdigit() and int(tail) >= 1:
+        return int(tail)
+    return None
 
 
 @dataclass
@@ -266,13 +278,20 @@ class _Images(Dataset):
     """
 
     def __init__(
-        self, files: Sequence[str], transform, decoder: str, seed: int | None, raw_bytes: bool
+        self,
+        files: Sequence[str],
+        transform,
+        decoder: str,
+        seed: int | None,
+        raw_bytes: bool,
+        view_number: int = 0,
     ) -> None:
         self.files = list(files)
         self.transform = transform
         self.decoder = decoder
         self.seed = seed
         self.raw_bytes = raw_bytes
+        self.view_number = view_number
 
     def __len__(self) -> int:
         return len(self.files)
@@ -289,13 +308,15 @@ class _Images(Dataset):
         # A private RNG state: with workers=0 this runs in the training process, whose global
         # generator (checkpointed for exact resume) must not be disturbed.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            torch.manual_seed(sample_seed(self.seed, epoch, index, self.view_number))
             return self.transform(image), index
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """Augmentation seed of one sample in one epoch (a hash of the three numbers)."""
-    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(2)
+def sample_seed(seed: int, epoch: int, index: int, view_number: int = 0) -> int:
+    """Augmentation seed of one sample in one epoch (a hash of the numbers; view ``weak_<j>``
+    mixes in ``j``, so a method's second weak view is an independent draw)."""
+    entropy = [int(seed), int(epoch), int(index)] + ([int(view_number)] if view_number else [])
+    state = np.random.SeedSequence(entropy).generate_state(2)
     return ((int(state[0]) << 32) | int(state[1])) & ((1 << 63) - 1)
 
 
@@ -385,7 +406,7 @@ class FolderLoader:
                 f"labels of shape {tuple(labels.shape)} do not match {n} images; pass one "
                 "label per training image"
             )
-        unknown = sorted(set(views) - set(STREAMED_VIEWS))
+        unknown = sorted(v for v in views if v != "plain" and _view_number(v) is None)
         if unknown or not views:
             raise UserError(
                 f"the streaming image reader provides the views {list(STREAMED_VIEWS)}, not "
@@ -442,9 +463,12 @@ class FolderLoader:
         return process_share(global_idx, self.rank, self.world_size)
 
     def _loader(self, batches: list[list[tuple[int, int]]], view: str) -> DataLoader:
-        transform = self.train_transform if view == "weak" else self.plain_transform
-        seed = self.seed if view == "weak" else None
-        dataset = _Images(self.data.train_files, transform, self.decoder, seed, self.gpu_decode)
+        number = _view_number(view)
+        transform = self.plain_transform if number is None else self.train_transform
+        seed = None if number is None else self.seed
+        dataset = _Images(
+            self.data.train_files, transform, self.decoder, seed, self.gpu_decode, number or 0
+        )
         return DataLoader(
             dataset,
             batch_sampler=batches,
@@ -468,7 +492,10 @@ class FolderLoader:
         if not plan:
             return
         iterators = {view: iter(self._loader(plan, view)) for view in self.views}
-        transforms = {"weak": self.train_transform, "plain": self.plain_transform}
+        transforms = {
+            v: self.plain_transform if _view_number(v) is None else self.train_transform
+            for v in self.views
+        }
         for _ in plan:
             views: dict[str, Tensor] = {}
             idx = None
@@ -476,7 +503,10 @@ class FolderLoader:
                 images, idx = next(it)
                 if self.gpu_decode:
                     seeds = [
-                        sample_seed(self.seed, epoch, int(i)) if view == "weak" else -1 for i in idx
+                        -1
+                        if _view_number(view) is None
+                        else sample_seed(self.seed, epoch, int(i), _view_number(view) or 0)
+                        for i in idx
                     ]
                     images = _gpu_decode(images, transforms[view], self.device, seeds)
                 views[view] = self.normalise(images)
