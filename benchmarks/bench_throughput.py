@@ -6,7 +6,8 @@ images per second of training:
 
 * ``bare``: a bare PyTorch loop (zero_grad, forward, cross-entropy, backward, SGD step) on
   pre-made, normalised device batches: the ceiling, with the engine's precision, memory
-  format, compile and optimizer settings;
+  format, compile and optimizer settings; ``bare x3`` the same at batch 384, the compute of
+  a BSD+ step (weak + 2 strong views in one forward pass);
 * ``engine ce|bsd|bsdplus``: :class:`noisybench.engine.Trainer` steps of the method as built
   by :func:`noisybench.build.build`, including drawing and augmenting the batch on the device;
 * ``peers``: the usual pipeline of the peers' code: torchvision's ``CIFAR10`` dataset class over
@@ -18,9 +19,11 @@ images per second of training:
   images, test set of 10k evaluated every epoch, training-set diagnostics every
   ``eval.train_diagnostics_every`` epochs) is extrapolated.
 
-Every measurement is ``--steps`` steps after ``--warmup`` steps; all configurations are timed
-back to back in each of ``--repeats`` rounds and the median round is reported (robust on a
-shared machine). Extra config overrides for the engine go after ``--set``.
+Every configuration trains the same model object (CE's), so they differ only in what the
+harness and the method add. Every measurement is ``--steps`` steps after ``--warmup`` steps;
+all configurations are timed back to back (in alternating order) in each of ``--repeats``
+rounds, and medians are reported (robust on a shared machine). Extra config overrides for
+the engine go after ``--set``.
 
 Usage: ``python benchmarks/bench_throughput.py --device auto``; writes
 ``benchmarks/results/throughput_<device>.json`` and prints a Markdown table.
@@ -29,6 +32,7 @@ Usage: ``python benchmarks/bench_throughput.py --device auto``; writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -43,7 +47,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from noisybench.build import Experiment, build, optimizer_impl_kwargs, resolve_device
+from noisybench.build import (
+    Experiment,
+    build,
+    eval_batch_size,
+    optimizer_impl_kwargs,
+    resolve_device,
+)
 from noisybench.config import compose
 from noisybench.engine import _EpochSums
 
@@ -188,16 +198,18 @@ def memory_format(exp: Experiment) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def bare_bench(exp: Experiment) -> Bench:
-    """A bare loop over 8 pre-made normalised device batches, same model settings."""
+def bare_bench(exp: Experiment, batch: int = BATCH, name: str = "bare") -> Bench:
+    """A bare loop over 8 pre-made normalised device batches of ``batch`` images, same model
+    settings. At ``3 * BATCH`` it is the compute floor of a BSD+ step (weak + 2 strong views
+    in one forward pass), which on a CPU costs more per image than a batch of ``BATCH``."""
     torch.manual_seed(0)
-    model = exp.build_model().train()
+    model = exp.model.train()  # the one network every configuration trains (see main)
     fmt = memory_format(exp)
     xs = [
-        torch.randn(BATCH, 3, 32, 32, device=exp.device).contiguous(memory_format=fmt)
+        torch.randn(batch, 3, 32, 32, device=exp.device).contiguous(memory_format=fmt)
         for _ in range(8)
     ]
-    ys = [torch.randint(0, 10, (BATCH,), device=exp.device) for _ in range(8)]
+    ys = [torch.randint(0, 10, (batch,), device=exp.device) for _ in range(8)]
     step = train_step_fn(model, exp)
     counter = itertools.count()
 
@@ -205,7 +217,7 @@ def bare_bench(exp: Experiment) -> Bench:
         i = next(counter) % len(xs)
         step(xs[i], ys[i])
 
-    return Bench("bare", run, BATCH)
+    return Bench(name, run, batch)
 
 
 def peers_benches(exp: Experiment, workers: int) -> tuple[Bench, Bench]:
@@ -243,8 +255,7 @@ def peers_benches(exp: Experiment, workers: int) -> tuple[Bench, Bench]:
             persistent_workers=workers > 0,
         )
 
-    torch.manual_seed(0)
-    model = exp.build_model().train()
+    model = exp.model.train()  # the one network every configuration trains (see main)
     fmt = memory_format(exp)
     step = train_step_fn(model, exp)
     train_loader = loader()
@@ -303,6 +314,9 @@ def summarise(
         "aug_share_bsdplus": paired_ratio(b["loader bsdplus"], b["engine bsdplus"]),
         "bsd_over_ce": paired_ratio(b["engine bsd"], b["engine ce"]),
         "bsdplus_over_ce": paired_ratio(b["engine bsdplus"], b["engine ce"]),
+        # The compute floor of BSD+ (3 x 128 images per forward/backward) against the engine:
+        "bsdplus_over_bare_x3": paired_ratio(b["engine bsdplus"], b["bare x3"]),
+        "bare_x3_over_bare": paired_ratio(b["bare x3"], b["bare"]),
         "eval_share": eval_epoch_s(every) / (ce_epoch + eval_epoch_s(every)),
         "eval_share_every_epoch": eval_epoch_s(1) / (ce_epoch + eval_epoch_s(1)),
         "peers_over_engine_ce": paired_ratio(b["engine ce"], b["peers"]),
@@ -358,6 +372,8 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---:|---:|---:|",
         f"| bare PyTorch loop (pre-made device batches) | {ips['bare']:.0f} | "
         f"{1000 * result['step_s']['bare']:.0f} | |",
+        f"| bare PyTorch loop, batch {3 * BATCH} (BSD+'s forward size) | "
+        f"{ips['bare x3']:.0f} | {1000 * result['step_s']['bare x3']:.0f} | |",
     ]
     for m in METHODS:
         lines.append(
@@ -392,6 +408,10 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         f"| evaluation / epoch, diagnostics every epoch (before) | | "
         f"{ratios['eval_share_every_epoch']:.3f} | | |",
+        f"| bare loop at batch {3 * BATCH} / bare loop at {BATCH} (BSD+'s floor) | | "
+        f"{ratios['bare_x3_over_bare']:.3f} | | |",
+        f"| BSD+ step / bare loop at batch {3 * BATCH} | | "
+        f"{ratios['bsdplus_over_bare_x3']:.3f} | | |",
         f"| peers' pipeline / engine CE | | {ratios['peers_over_engine_ce']:.3f} | | |",
         f"| peers' loading (one process) / peers' step | | "
         f"{ratios['peers_loader_share']:.3f} | | |",
@@ -420,8 +440,18 @@ def main() -> None:
 
     exps = {m: experiment(m, device, list(args.set)) for m in METHODS}
     ce = exps["ce"]
+    # Every configuration trains the same network object (CE's model, optimizer and
+    # schedule): separately built copies of a model ran up to 6 % apart on the CPU (where
+    # their parameters happen to lie in memory), which hid the methods' own costs.
+    for m in METHODS:
+        exps[m] = dataclasses.replace(
+            exps[m], model=ce.model, optimizer=ce.optimizer, scheduler=ce.scheduler
+        )
     eval_images = args.eval_images or (256 if cpu else int(ce.data.test_images.shape[0]))
-    benches: dict[str, Bench] = {"bare": bare_bench(ce)}
+    benches: dict[str, Bench] = {
+        "bare": bare_bench(ce),
+        "bare x3": bare_bench(ce, 3 * BATCH, "bare x3"),
+    }
     for m, exp in exps.items():
         benches[f"engine {m}"], benches[f"loader {m}"] = engine_benches(m, exp)
     benches["peers"], benches["loader peers"] = peers_benches(ce, args.workers)
@@ -432,12 +462,17 @@ def main() -> None:
             bench.step()
     synchronize(device)
     # Interleaved: one step of every configuration in turn, so that each configuration's
-    # i-th step ran next to the others' i-th step.
+    # i-th step ran next to the others' i-th step; the order is reversed every other turn, so
+    # no configuration always runs after the same one (on the CPU a fixed order biased BSD /
+    # CE by +4 %: tests of the same two steps in alternating order gave 0.97-1.02).
+    turn = 0
     for _ in range(args.repeats):
         for i in range(steps):
-            for bench in benches.values():
+            order = list(benches.values())
+            for bench in order if turn % 2 == 0 else order[::-1]:
                 if i == 0 or not bench.name.startswith("eval"):
                     bench.run_once(device)
+            turn += 1
 
     every = int(ce.cfg.eval.get("train_diagnostics_every") or 1)
     result = summarise(benches, ce, args.epochs, every)
@@ -452,7 +487,7 @@ def main() -> None:
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "optimizer_impl": str(ce.cfg.get("optimizer_impl", "default")),
         "train_diagnostics_every": every,
-        "eval_batch_size": int(ce.cfg.eval.batch_size),
+        "eval_batch_size": eval_batch_size(ce.cfg.eval.batch_size, device),
         "eval_images_timed": eval_images,
         "batch_size": BATCH,
         "steps": steps,

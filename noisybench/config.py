@@ -538,7 +538,8 @@ def check_config(cfg: DictConfig) -> None:
 
     positive("epochs", "e.g. epochs=100")
     positive("batch_size", "e.g. batch_size=128")
-    positive("eval.batch_size", "e.g. eval.batch_size=1024")
+    if OmegaConf.select(cfg, "eval.batch_size") != "auto":
+        positive("eval.batch_size", "or auto, e.g. eval.batch_size=1024")
     for key in ("seed", "noise.seed"):
         value = OmegaConf.select(cfg, key)
         if not _is_int(value) or not 0 <= value < 2**63:
