@@ -23,8 +23,8 @@ independent draws: the ensemble's members, DivideMix's two views) and ``"plain"`
 strong views and DLB's carried batches are refused with a one-line error (not streamed).
 
 Decoding: ``decoder="torchvision"`` (default; ``torchvision.io.decode_image``) or ``"pil"``
-(PIL, then a uint8 tensor); ``benchmarks/bench_folder.py`` measures both (torchvision: 122
-images/s, PIL: 109, torchvision's standard ImageFolder + PIL pipeline: 105, 2 workers here).
+(PIL, then a uint8 tensor); ``benchmarks/bench_folder.py`` measures both (torchvision: 744
+images/s, PIL: 647, torchvision's standard ImageFolder + PIL pipeline: 630, 2 workers, quiet).
 ``decode_device="cuda"`` decodes JPEGs on the GPU in the main process
 (``torchvision.io.decode_jpeg(device="cuda")``; workers only read the bytes); it is
 optional and untested here (no GPU).
