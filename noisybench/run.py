@@ -74,7 +74,16 @@ def _loggers(cfg: DictConfig, run_dir: RunDir, header: dict[str, Any]) -> list[A
     result file's header: config, noise record, seeds, ...)."""
     chosen = cfg.get("logger") or {}
     return [
-        instantiate(node, f"logger {name}", run_dir=run_dir, header=header, _recursive_=False)
+        # _convert_="all": Hydra would otherwise hand ``header`` over as a DictConfig, whose
+        # lists (e.g. KD's teacher_runs) TensorBoard's hparams cannot serialise
+        instantiate(
+            node,
+            f"logger {name}",
+            run_dir=run_dir,
+            header=header,
+            _recursive_=False,
+            _convert_="all",
+        )
         for name, node in chosen.items()
         if node is not None
     ]

@@ -114,3 +114,23 @@ def test_events_are_readable_back_with_tensorboard(tmp_path: Path) -> None:
     metric_tags = {m.name.tag for m in exp.experiment.metric_infos}
     assert metric_tags == {"hparams/last/test/acc", "hparams/last/epoch"}
     assert hp.Scalars("hparams/last/test/acc")[0].value == pytest.approx(0.91)
+
+
+def test_a_run_with_list_valued_config_keys_writes_its_hparams(cli, tmp_path: Path) -> None:
+    """A config with lists (here an evaluation suite's corruption list; KD's teacher_runs is
+    another) reaches the TensorBoard logger as plain lists: the run ends with status 0 and the
+    hparams hold the list's JSON text."""
+    from conftest import quick_run_dir
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    extra = ("epochs=1", "eval=[corruption]", "eval.suites.corruption.corruptions=[contrast]")
+    proc = cli(*extra, f"out_dir={tmp_path}", "logger=[tensorboard]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = quick_run_dir(tmp_path, "epochs=1")
+    hp = EventAccumulator(str(run / "tb" / "hparams"))
+    hp.Reload()
+    content = hp.PluginTagToContent("hparams")
+    info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    values = info.session_start_info.hparams
+    assert values["eval.suites.corruption.corruptions"].string_value == '["contrast"]'
