@@ -10,6 +10,9 @@ done by callbacks (:mod:`noisybench.callbacks`) that observe and persist: they r
 trainer and its records at fixed points (:class:`Callback`) and never touch gradients, the
 optimizer or the method's state.
 
+Evaluation reads its images through :class:`EvalData`: device-resident uint8 tensors, or a
+streaming reader (an image folder decoded in DataLoader workers) for data that does not fit.
+
 GPU-friendly by construction: the data stay on the device, per-step numbers are accumulated
 as device tensors and converted to Python numbers once per epoch (no per-step ``.item()``),
 except in ``nonfinite="skip"`` mode, which must look at every loss before stepping.
@@ -54,8 +57,9 @@ equals the single-process run with the same global batch:
   starting from the identical ``setup``). Nothing of the state is sharded.
 * **Metrics.** Loss and accuracy sums, sample counts and the extras are all-reduced once per
   epoch (extras, being per-step means of each share, are averaged over processes); the first
-  non-finite step is the earliest over processes. Evaluation runs on every process on the
-  whole evaluation sets with the model's buffers broadcast from rank 0 first, so every
+  non-finite step is the earliest over processes. Evaluation is split: after the model's
+  buffers are broadcast from rank 0, each process evaluates a contiguous block of every
+  evaluation set (:meth:`Trainer.split_outputs`) and the outputs are all-gathered, so every
   process computes the same record; rank 0's callbacks write it.
 * **Stopping.** The SIGTERM/SIGINT flag is all-reduced (max) over a CPU group at every step
   boundary and after every epoch, so a signal to any process stops all of them at the same
