@@ -151,7 +151,7 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
 def eval_batch_size(setting: Any, device: torch.device) -> int:
     """``eval.batch_size``: a number, or ``auto``: 1024 on CUDA (large inference batches keep a
     GPU busy) and 64 on the CPU, where small batches stay in cache: PreAct ResNet-18 on 32x32
-    images evaluates 250 images/s at batch 64 and 160 at batch 1024 on this machine's 2 cores
+    images evaluates 248 images/s at batch 64 and 163 at batch 1024 on this machine's 2 cores
     (README "Speed")."""
     if setting == "auto":
         return 1024 if device.type == "cuda" else 64
@@ -352,10 +352,7 @@ def build(
     train_clean = data.train_labels[train_idx] if val_idx is not None else data.train_labels
     train_noisy = noisy[train_idx] if val_idx is not None else noisy
     n = int(train_clean.shape[0])
-    if streaming:
-        channels, size = 3, (int(data.image_size), int(data.image_size))
-    else:
-        channels, size = int(data.train_images.shape[1]), tuple(data.train_images.shape[-2:])
+    channels = 3 if streaming else int(data.train_images.shape[1])  # folders decode to RGB
     model_kwargs = without_name(cfg.model)
 
     def build_model() -> torch.nn.Module:
@@ -408,6 +405,7 @@ def build(
     else:
         train_images = data.train_images[train_idx] if val_idx is not None else data.train_images
         train_images = train_images.to(device)
+        size = tuple(data.train_images.shape[-2:])
         views = build_views(method.views, cfg.dataset.augment, mean, std, size)
         if channels_last:
             views = {key: ChannelsLast(view) for key, view in views.items()}
@@ -535,8 +533,9 @@ def _check_streaming(cfg: DictConfig) -> None:
 def _diagnostic_subset(cfg: DictConfig, n: int, device: torch.device) -> torch.Tensor | None:
     """The fixed training indices of the memorisation diagnostics
     (``eval.train_diagnostics_subset``; None: the whole training set). The same ``size``
-    indices (sorted) for every run with the same ``n``, seed, method and noise: drawn from
-    a generator seeded with 0, so curves of different runs are on the same samples."""
+    indices (sorted) for every run with a training set of ``n`` samples, whatever its seed,
+    method or noise: drawn from a generator seeded with 0, so that the curves of different
+    runs are measured on the same samples."""
     size = cfg.eval.get("train_diagnostics_subset")
     if size is None or int(size) >= n:
         return None

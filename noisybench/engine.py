@@ -153,10 +153,6 @@ class EvalData:
     stream: Stream | None = None
     train_subset: Tensor | None = None
 
-    @property
-    def streaming(self) -> bool:
-        return self.stream is not None
-
     def images(self, split: str) -> Tensor | None:
         """The device-resident uint8 images of ``split`` (None when streamed)."""
         return {"test": self.test_images, "train": self.train_images, "val": self.val_images}[split]
@@ -659,7 +655,8 @@ class Trainer:
     ) -> Tensor:
         """``reduce(forward(x))`` over the samples of ``split`` (``"test"``, ``"train"``,
         ``"val"``; all of them, or the indices ``subset`` in that order), concatenated in
-        sample order, under ``no_grad`` and autocast (the caller sets the modules' modes).
+        sample order, under autocast and ``no_grad`` (``inference``: ``inference_mode``, whose
+        outputs must not meet autograd later); the caller sets the modules' modes.
 
         With several processes each evaluates a contiguous block of the samples and the
         blocks are all-gathered in rank order, so every process returns the whole result

@@ -131,6 +131,14 @@ def test_cli_trains_a_jpeg_folder_and_resumes_mid_epoch_exactly(cli, folder: Pat
     assert last["test/acc"] == pytest.approx(acc, abs=1e-12)
     assert last["test/nll"] == pytest.approx(nll, rel=1e-4)
 
+    # the evaluation suites need the images in memory: refused in one line, nothing written
+    before = sorted(p.name for p in run.iterdir())
+    proc = cli("evaluate", str(run), base=())
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) == 1
+    assert "error:" in lines[0] and "trained on the streamed dataset folder" in lines[0]
+    assert sorted(p.name for p in run.iterdir()) == before
+
 
 def test_streamed_validation_split(folder: Path, restore_torch_globals) -> None:
     """validation.fraction on a streamed folder: the held-out training files are evaluated
