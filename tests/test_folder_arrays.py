@@ -261,3 +261,15 @@ def test_second_weak_view_is_an_independent_draw(folder: Path) -> None:
     assert torch.equal(again.views["weak_1"], a.views["weak_1"])
     with pytest.raises(UserError, match="provides the views"):
         FolderLoader(data, data.train_labels, 50, ("weak", "strong_0"), seed=5, workers=0)
+
+
+def test_decoding_in_the_training_process_leaves_its_generator_alone(folder: Path) -> None:
+    """With workers=0 the crops are drawn in the training process from per-sample seeds; the
+    global generator, which the engine checkpoints for exact resume, must come out unchanged."""
+    data = load_folder(str(folder), image_size=16, resize=18)
+    loader = FolderLoader(data, data.train_labels, 64, ("weak", "weak_1"), seed=2, workers=0)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    batches = list(loader.epoch(0))
+    assert len(batches) == 4
+    assert torch.equal(torch.get_rng_state(), state)

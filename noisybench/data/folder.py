@@ -307,9 +307,17 @@ class _Images(Dataset):
             return self.transform(image), index
         # A private RNG state: with workers=0 this runs in the training process, whose global
         # generator (checkpointed for exact resume) must not be disturbed.
-        with torch.random.fork_rng(devices=[]):
+        with _private_rng():
             torch.manual_seed(sample_seed(self.seed, epoch, index, self.view_number))
             return self.transform(image), index
+
+
+def _private_rng():
+    """Every global generator saved and restored around the block: ``torch.manual_seed``
+    reseeds the CUDA generators too, so in a process that uses CUDA (workers=0, GPU decoding)
+    their states are restored as well, not only the CPU one."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else [])
 
 
 def sample_seed(seed: int, epoch: int, index: int, view_number: int = 0) -> int:
@@ -344,7 +352,7 @@ def _gpu_decode(raw: list[Tensor], transform, device: torch.device, seeds: list[
 
     decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
     out = []
-    with torch.random.fork_rng(devices=[]):
+    with _private_rng():
         for image, seed in zip(decoded, seeds, strict=True):
             if seed >= 0:
                 torch.manual_seed(seed)
