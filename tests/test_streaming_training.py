@@ -140,6 +140,23 @@ def test_cli_trains_a_jpeg_folder_and_resumes_mid_epoch_exactly(cli, folder: Pat
     assert sorted(p.name for p in run.iterdir()) == before
 
 
+def test_streamed_mixup_resumes_mid_epoch_exactly(cli, folder: Path, tmp_path) -> None:
+    """MixUp draws from the training process's global generator, and with workers=0 the
+    reader runs in that process: a mid-epoch resume is exact only if reading a folder never
+    touches that generator (a DataLoader draws its base seed from it unless given its own)."""
+
+    def args(out: Path) -> list[str]:
+        return _stream_args(folder, out, "method=mixup", "dataset.loader.workers=0")
+
+    whole = cli.submit(cli, *args(tmp_path / "a"), base=())
+    cut = cli(*args(tmp_path / "b"), base=(), env={KILL_ENV: "2:2:TERM"})
+    assert cut.returncode != 0 and "stopped by SIGTERM" in cut.stderr
+    resumed = cli(*args(tmp_path / "b"), base=())
+    assert resumed.returncode == 0 and whole.result().returncode == 0, resumed.stderr[-2000:]
+    a, b = read_result(_run_dir(tmp_path / "a")), read_result(_run_dir(tmp_path / "b"))
+    assert epoch_metrics(a["history"]) == epoch_metrics(b["history"])
+
+
 def test_streamed_validation_split(folder: Path, restore_torch_globals) -> None:
     """validation.fraction on a streamed folder: the held-out training files are evaluated
     with their noisy labels (recomputed here with the reference eval pipeline)."""

@@ -320,6 +320,16 @@ def _private_rng():
     return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else [])
 
 
+def _own_generator() -> torch.Generator:
+    """A generator of the DataLoader's own: each new iterator draws its workers' base seed
+    from it, which would otherwise come from the global generator, shifting the training
+    process's random stream at every epoch start (and differently after a mid-epoch resume).
+    The pixels do not depend on it (per-sample seeds)."""
+    gen = torch.Generator()
+    gen.manual_seed(0)
+    return gen
+
+
 def sample_seed(seed: int, epoch: int, index: int, view_number: int = 0) -> int:
     """Augmentation seed of one sample in one epoch (a hash of the numbers; view ``weak_<j>``
     mixes in ``j``, so a method's second weak view is an independent draw)."""
@@ -485,6 +495,7 @@ class FolderLoader:
             pin_memory=self.device.type == "cuda",
             prefetch_factor=self.prefetch_factor if self.workers else None,
             persistent_workers=False,
+            generator=_own_generator(),
         )
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
@@ -567,6 +578,7 @@ def eval_batches(
         num_workers=int(workers),
         collate_fn=_collate,
         pin_memory=dev.type == "cuda",
+        generator=_own_generator(),
     )
     normalise = _normaliser(data.mean, data.std, dev)
     for images, idx in loader:
