@@ -68,6 +68,13 @@ def _mean_band(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    """Lay out, write ``path`` (PNG, 120 dpi) and close the figure (every figure's last step)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def _test_error(plt: Any, title: str, methods: Methods, path: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = 0
@@ -96,9 +103,7 @@ def _test_error(plt: Any, title: str, methods: Methods, path: Path) -> str | Non
     ax.set(xlabel="epoch", ylabel="test error (%)", title=f"Test error over epochs\n{title}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save(plt, fig, path)
     return None
 
 
@@ -161,9 +166,7 @@ def _reliability(plt: Any, title: str, methods: Methods, path: Path) -> str | No
     axes[0][0].set_ylabel("accuracy")
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"Reliability diagrams (last epoch)\n{title}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save(plt, fig, path)
     return None
 
 
@@ -196,9 +199,7 @@ def _ece_severity(plt: Any, title: str, methods: Methods, path: Path) -> str | N
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save(plt, fig, path)
     return None
 
 
@@ -230,9 +231,7 @@ def _mu(plt: Any, title: str, methods: Methods, path: Path) -> str | None:
     fig.suptitle(
         f"Inter-class component mu of dark knowledge (diagonal blank)\n{title}", fontsize=10
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save(plt, fig, path)
     return None
 
 
@@ -265,9 +264,7 @@ def _kl(plt: Any, title: str, methods: Methods, path: Path) -> str | None:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save(plt, fig, path)
     return None
 
 

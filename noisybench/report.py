@@ -436,6 +436,37 @@ def _diff_text(part: Mapping[str, str], common: Mapping[str, str]) -> str:
     )
 
 
+def _merge_notes(
+    merged: Sequence[Sequence[int]],
+    parts: Sequence[Mapping[str, str]],
+    views: Sequence[Mapping[str, str]],
+    labels: Sequence[str],
+    other_merged: Sequence[Sequence[int]],
+    other_labels: Sequence[str],
+    present: Callable[[int, int], bool],
+    joiner: str,
+    other_axis: str,
+) -> list[str]:
+    """One note per merged row (or column) whose members' settings differ: for each member,
+    the labels of the other axis's cells it fills (``present(other, member)``) and what sets
+    it apart from the merged label."""
+    notes = []
+    for m, members in enumerate(merged):
+        if len(members) > 1:
+            per = [
+                joiner.join(
+                    other_labels[o]
+                    for o, other in enumerate(other_merged)
+                    if any(present(x, c) for x in other)
+                )
+                + ": "
+                + _diff_text(parts[c], views[m])
+                for c in members
+            ]
+            notes.append(f"{labels[m]}: settings differ per {other_axis} ({'; '.join(per)})")
+    return notes
+
+
 def _column_labels(parts: Sequence[Mapping[str, str]], group: str) -> list[str]:
     """Labels of column-axis values: the group's name plus the keys that differ among the
     parts with the same name (``bsd (method.gamma=0.5)``)."""
@@ -550,34 +581,14 @@ def build_table(
     col_labels = _column_labels(col_views, across) if across else [""]
     merge_notes = []
     if across is not None:
-        for m, members in enumerate(col_merged):
-            if len(members) > 1:
-                per = [
-                    " / ".join(
-                        row_labels[r]
-                        for r, rm in enumerate(row_merged)
-                        if any((x, c) in present for x in rm)
-                    )
-                    + ": "
-                    + _diff_text(col_parts[c], col_views[m])
-                    for c in members
-                ]
-                merge_notes.append(f"{col_labels[m]}: settings differ per row ({'; '.join(per)})")
-        for m, members in enumerate(row_merged):
-            if len(members) > 1:
-                per = [
-                    ", ".join(
-                        col_labels[cm]
-                        for cm, cmem in enumerate(col_merged)
-                        if any((r, x) in present for x in cmem)
-                    )
-                    + ": "
-                    + _diff_text(row_parts[r], row_views[m])
-                    for r in members
-                ]
-                merge_notes.append(
-                    f"{row_labels[m]}: settings differ per column ({'; '.join(per)})"
-                )
+        merge_notes += _merge_notes(
+            col_merged, col_parts, col_views, col_labels,
+            row_merged, row_labels, lambda other, c: (other, c) in present, " / ", "row",
+        )  # fmt: skip
+        merge_notes += _merge_notes(
+            row_merged, row_parts, row_views, row_labels,
+            col_merged, col_labels, lambda other, r: (r, other) in present, ", ", "column",
+        )  # fmt: skip
 
     # Order columns as the paper does (then by label), rows by method in the paper's order.
     def order_key(part: Mapping[str, str], group: str, label: str) -> tuple[int, str]:
