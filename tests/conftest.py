@@ -112,6 +112,21 @@ def snapshot(root: Path) -> dict[str, bytes]:
     }
 
 
+def assert_only_hydra_added(
+    before: dict[str, bytes], after: dict[str, bytes], hydra_dir: str = ".hydra/"
+) -> None:
+    """Every earlier file is byte-identical (Hydra's log may only have grown, by appending);
+    new files are Hydra's own (below ``hydra_dir``)."""
+    for name, content in before.items():
+        assert name in after, f"{name} disappeared"
+        if name.endswith("noisybench.log"):
+            assert after[name].startswith(content)
+        else:
+            assert after[name] == content, f"{name} was modified"
+    new = {name for name in after if name not in before}
+    assert all(name.startswith(hydra_dir) for name in new), new
+
+
 def error_line(stderr: str) -> str:
     """The one-line error of a failed command, checking it is the only error line and that
     no traceback was printed."""

@@ -30,6 +30,7 @@ from conftest import (
     CLI,
     KILL_ENV,
     NAN_PLUGIN_MODULE,
+    assert_only_hydra_added,
     epoch_metrics,
     error_line,
     read_result,
@@ -94,18 +95,6 @@ def _faults(root: Path) -> Path:
 
 def _ckpt_epoch(run_dir: Path) -> int:
     return int(torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"])
-
-
-def _only_hydra_added(before: dict[str, bytes], after: dict[str, bytes]) -> None:
-    """Every earlier file is byte-identical (the log may only grow); new files are Hydra's."""
-    for name, content in before.items():
-        assert name in after, f"{name} disappeared"
-        if name.endswith("noisybench.log"):
-            assert after[name].startswith(content)
-        else:
-            assert after[name] == content, f"{name} was modified"
-    new = {name for name in after if name not in before}
-    assert all(name.startswith(".hydra/") for name in new), new
 
 
 # ------------------------------------------------------------------------------ chains of runs
@@ -363,7 +352,7 @@ def test_checkpoint_that_does_not_fit_is_one_line_and_nothing_is_rewritten(
     line = error_line(proc.stderr)
     assert "does not fit this version of noisybench or this config" in line, line
     assert "restart=true" in line
-    _only_hydra_added(before, after)
+    assert_only_hydra_added(before, after)
 
 
 def test_checkpoint_that_is_a_directory(tmp_path: Path) -> None:
