@@ -32,7 +32,7 @@ from typing import Any
 
 from noisybench.engine import Callback, Trainer
 from noisybench.evaluation.selection import selection_summary
-from noisybench.io import atomic_write_text
+from noisybench.io import atomic_write_text, disk_full
 from noisybench.rundir import RunDir
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "Checkpointer",
     "ConsoleProgress",
     "FaultInjection",
+    "LoggerGuard",
     "PredictionSnapshotWriter",
     "ResultWriter",
     "TensorBoardLogger",
@@ -287,6 +288,66 @@ def _scalars(record: Mapping[str, Any]) -> dict[str, float]:
             continue
         out[key] = float(value)
     return out
+
+
+class LoggerGuard(Callback):
+    """Runs one logger's hooks so that its failure cannot fail the run it observes.
+
+    A logger only reports: when one of its hooks raises (a TensorBoard ``hparams`` it cannot
+    serialise, a remote tracker out of reach), the error is logged in one line, the logger is
+    closed and skipped from then on, and ``failure`` says what happened; training, the
+    checkpoint and ``result.json`` go on (the run still ends "finished", which a traceback at
+    the last epoch used to turn into "failed", every time the run was resumed). A full disk is
+    not the logger's fault and is raised on, to the run's full-disk message."""
+
+    HOOKS = (
+        "on_fit_start",
+        "on_step_start",
+        "on_step_end",
+        "on_train_epoch_end",
+        "on_epoch_end",
+        "on_interrupt",
+        "on_fit_end",
+    )
+
+    def __init__(self, name: str, logger: Any) -> None:
+        self.name = name
+        self.logger = logger
+        self.failure: str | None = None
+        self._close = getattr(logger, "close", None)
+        for hook in self.HOOKS:  # only hooks the logger defines (no extra call per step)
+            own = getattr(type(logger), hook, None)
+            if callable(own) and own is not getattr(Callback, hook):
+                setattr(self, hook, self._guarded(hook))
+
+    def _guarded(self, hook: str) -> Any:
+        def call(trainer: Trainer, *args: Any) -> None:
+            if self.failure is None:
+                self._run(hook, getattr(self.logger, hook), trainer, *args)
+
+        return call
+
+    def _run(self, hook: str, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            if disk_full(exc) is not None:
+                raise
+            if self.failure is not None:  # closing after its own failure: already reported
+                return
+            reason = " ".join(str(exc).split())[:200] or "no message"
+            self.failure = f"logger {self.name} failed in {hook} ({type(exc).__name__}: {reason})"
+            log.warning(
+                "%s; it is switched off for the rest of this run (its output is incomplete), "
+                "training and result.json go on; fix or drop it (logger=[...]) for later runs",
+                self.failure,
+            )
+            self.close()
+
+    def close(self) -> None:
+        close, self._close = self._close, None
+        if callable(close):  # once, also when called again by the run's final clean-up
+            self._run("close", close)
 
 
 class TensorBoardLogger(Callback):

@@ -31,6 +31,7 @@ from noisybench.callbacks import (
     Checkpointer,
     ConsoleProgress,
     FaultInjection,
+    LoggerGuard,
     PredictionSnapshotWriter,
     ResultWriter,
     code_version,
@@ -69,20 +70,24 @@ def _check_noise(run_dir: RunDir, ckpt: dict[str, Any], exp: Experiment) -> None
         )
 
 
-def _loggers(cfg: DictConfig, run_dir: RunDir, header: dict[str, Any]) -> list[Any]:
-    """The ``logger`` group's callbacks; each is built with ``run_dir=`` and ``header=`` (the
-    result file's header: config, noise record, seeds, ...)."""
+def _loggers(cfg: DictConfig, run_dir: RunDir, header: dict[str, Any]) -> list[LoggerGuard]:
+    """The ``logger`` group's callbacks, each in a :class:`LoggerGuard` (a failing logger is
+    switched off, not the run); each is built with ``run_dir=`` and ``header=`` (the result
+    file's header: config, noise record, seeds, ...)."""
     chosen = cfg.get("logger") or {}
     return [
-        # _convert_="all": Hydra would otherwise hand ``header`` over as a DictConfig, whose
-        # lists (e.g. KD's teacher_runs) TensorBoard's hparams cannot serialise
-        instantiate(
-            node,
-            f"logger {name}",
-            run_dir=run_dir,
-            header=header,
-            _recursive_=False,
-            _convert_="all",
+        LoggerGuard(
+            name,
+            # _convert_="all": Hydra would otherwise hand ``header`` over as a DictConfig,
+            # whose lists (e.g. KD's teacher_runs) TensorBoard's hparams cannot serialise
+            instantiate(
+                node,
+                f"logger {name}",
+                run_dir=run_dir,
+                header=header,
+                _recursive_=False,
+                _convert_="all",
+            ),
         )
         for name, node in chosen.items()
         if node is not None
@@ -191,11 +196,12 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
     result_writer = ResultWriter(
         rd, header, write_file=main, min_interval_s=float(cfg.get("result_interval_s") or 0)
     )
+    loggers = _loggers(cfg, rd, header) if main else []
     if main:
-        loggers = _loggers(cfg, rd, header)
+        observers: list[Any] = list(loggers)
         snapshots = cfg.eval.get("snapshots") or {}
         if int(snapshots.get("size") or 0) > 0:
-            loggers.append(
+            observers.append(
                 PredictionSnapshotWriter(
                     rd,
                     exp.eval_data.train_images,
@@ -213,7 +219,7 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
             ),
             *([faults] if faults is not None else []),
             result_writer,
-            *loggers,
+            *observers,
             ConsoleProgress(bars=bool(cfg.progress)),
         ]
     else:  # other processes write nothing
@@ -282,7 +288,8 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         raise UserError(message) from None
     finally:
         _close_all(callbacks)
-    result = result_writer.write("finished")
+    failures = [guard.failure for guard in loggers if guard.failure is not None]
+    result = result_writer.write("finished", **({"logger_failures": failures} if failures else {}))
     best, last = result["best"] or {}, result["last"] or {}
     log.info(
         "finished %s: last-epoch test acc %.4f, best %.4f at epoch %s (selected on the test set)",
@@ -291,6 +298,8 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         best.get("test/acc", float("nan")),
         best.get("epoch"),
     )
+    for failure in failures:
+        log.warning("%s: its output for %s is incomplete", failure, rd)
     return result
 
 
