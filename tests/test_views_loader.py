@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from noisybench.data.loader import DeviceLoader
-from noisybench.data.views import VIEW_KINDS, StrongView, build_views
+from noisybench.data.views import VIEW_KINDS, RandomErasing, StrongView, build_views
 from noisybench.errors import UserError
 from noisybench.method import Batch
 
@@ -161,6 +161,49 @@ def test_random_erasing_fills_a_box_with_the_mean():
         box = out[i, :, ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
         assert (box == 0).all()  # a filled rectangle
         assert torch.allclose(out[i][:, ~erased], torch.tensor(other))
+
+
+@pytest.mark.parametrize(
+    ("shape", "p"),
+    [((64, 3, 32, 32), 0.5), ((301, 1, 8, 8), 0.3), ((50, 3, 24, 40), 1.0), ((9, 3, 8, 8), 0.0)],
+)
+def test_random_erasing_equals_kornia_bit_for_bit(shape: tuple[int, ...], p: float):
+    """Kornia 0.9.0's RandomErasing (the second implementation) with the same seed."""
+    import kornia.augmentation as K
+
+    x = torch.randn(*shape)
+    theirs = K.RandomErasing(scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0, p=p)
+    torch.manual_seed(3)
+    expected = theirs(x)
+    state_after = torch.get_rng_state()
+    torch.manual_seed(3)
+    ours = RandomErasing(p=p)(x)
+    assert torch.equal(ours, expected)
+    assert torch.equal(torch.get_rng_state(), state_after)  # as many random numbers drawn
+    erased = float((ours != x).any(1).flatten(1).any(1).float().mean())
+    sd = (p * (1 - p) / shape[0]) ** 0.5
+    assert erased == p if p in (0.0, 1.0) else abs(erased - p) < 4 * sd
+
+
+def test_random_erasing_box_sizes_follow_the_distribution():
+    """Area and aspect ratio of the erased boxes against the sampling formulas, computed with
+    NumPy from 4,000 boxes on 64 x 64 images (p = 1)."""
+    torch.manual_seed(0)
+    x = torch.ones(4000, 1, 64, 64)
+    mask = RandomErasing(p=1.0)(x)[:, 0] == 0
+    rows, cols = mask.any(2), mask.any(1)
+    h = rows.sum(1).numpy().astype(float)
+    w = cols.sum(1).numpy().astype(float)
+    assert (mask.sum((1, 2)).numpy() == h * w).all()  # every erased region is one rectangle
+    rng = np.random.default_rng(0)
+    area = rng.uniform(0.02, 0.33, 200_000) * 64 * 64
+    aspect = np.where(rng.random(200_000) < 0.5, rng.uniform(0.3, 1, 200_000),
+                      rng.uniform(1, 3.3, 200_000))  # fmt: skip
+    ref_h = np.clip(np.round(np.sqrt(area * aspect)), 1, 64)
+    ref_w = np.clip(np.round(np.sqrt(area / aspect)), 1, 64)
+    for ours, ref in ((h, ref_h), (w, ref_w), (h * w, ref_h * ref_w)):
+        assert abs(ours.mean() - ref.mean()) < 4 * ref.std() / np.sqrt(len(ours))
+    assert abs(np.mean(h > w) - np.mean(ref_h > ref_w)) < 0.03
 
 
 def test_view_errors():

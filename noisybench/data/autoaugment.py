@@ -269,15 +269,20 @@ class BatchedAutoAugment(nn.Module):
         m0, m1, m3, m4 = d, -bb, -c, a
         m2 = m0 * (-cx - tx) + m1 * (-cy - ty) + cx
         m5 = m3 * (-cx - tx) + m4 * (-cy - ty) + cy
-        theta = torch.stack([m0, m1, m2, m3, m4, m5], dim=1).view(b, 2, 3)
+        # grid_sample's coordinates are in [-1, 1]: the x row of theta divided by w / 2, the
+        # y row by h / 2 (Python scalars: a tensor made from host data here would be a
+        # blocking host-to-device copy per call on a GPU)
+        sx_, sy_ = 0.5 * w, 0.5 * h
+        theta = torch.stack(
+            [m0 / sx_, m1 / sx_, m2 / sx_, m3 / sy_, m4 / sy_, m5 / sy_], dim=1
+        ).view(b, 2, 3)
         xs = torch.linspace(-w * 0.5 + 0.5, w * 0.5 - 0.5, w, device=x.device)
         ys = torch.linspace(-h * 0.5 + 0.5, h * 0.5 - 0.5, h, device=x.device)
         base = torch.stack(
             [xs.expand(h, w), ys.unsqueeze(1).expand(h, w), torch.ones(h, w, device=x.device)],
             dim=-1,
         ).view(1, h * w, 3)
-        scale = torch.tensor([0.5 * w, 0.5 * h], device=x.device)
-        grid = base.expand(b, -1, -1).bmm(theta.transpose(1, 2) / scale).view(b, h, w, 2)
+        grid = base.expand(b, -1, -1).bmm(theta.transpose(1, 2)).view(b, h, w, 2)
         return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
     def apply_op(self, x: Tensor, op: Tensor, mag: Tensor) -> Tensor:

@@ -34,6 +34,8 @@ Design decisions (each is a deliberate departure from a per-image, PIL-based pip
 * Random Erasing runs on the normalised tensor with fill value 0, i.e. the erased box takes
   the dataset mean colour, as when erasing follows normalisation in the usual
   ``ToTensor -> Normalize -> RandomErasing`` order. Its probability is ``erasing_p`` (0.5).
+  It is :class:`RandomErasing`, kornia's distribution (and random numbers) without kornia's
+  copies of the box parameters to the host.
 
 Resizing (``dataset.augment.resize``, default ``null`` = off): networks with a fixed input
 size (ViT-B/16 fine-tuned at 224x224, BSD paper Section 4 / Appendix A.1) need the 32x32 or
@@ -48,8 +50,8 @@ affine normalisation commutes with bilinear interpolation (its weights sum to 1)
 interpolating uint8 images. Memory: a 224x224 float batch is 49x a 32x32 one; lower
 ``eval.batch_size`` accordingly.
 
-Randomness comes only from torch's global generators (the one of the device the batch is
-on, and the CPU one for kornia's sub-policy choice), which the engine saves and restores.
+Randomness comes only from torch's global generator of the device the batch is on, which the
+engine saves and restores; no view reads a value back to the host (``tests/test_sync_count.py``).
 Views run under ``torch.no_grad()``.
 """
 
@@ -58,7 +60,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
-import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -72,6 +73,7 @@ __all__ = [
     "VIEW_KINDS",
     "AugmentParams",
     "PlainView",
+    "RandomErasing",
     "Resized",
     "StrongView",
     "WeakView",
@@ -192,6 +194,65 @@ def random_hflip(x: Tensor, p: float = 0.5) -> Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
+class RandomErasing(nn.Module):
+    """Random Erasing (Zhong et al. 2020) of one box per image, batched, on the batch's device.
+
+    Each image is erased with probability ``p``: a box of area ``U(scale) * H * W`` and aspect
+    ratio (height / width) drawn with probability 1/2 from ``U(ratio[0], 1)`` and otherwise
+    from ``U(1, ratio[1])``; side lengths ``round(sqrt(area * aspect))`` and
+    ``round(sqrt(area / aspect))`` clamped to ``[1, H]`` / ``[1, W]``; its top-left corner
+    ``floor(U(0, 1) * (W - w + 1))``, ``floor(U(0, 1) * (H - h + 1))``; filled with ``value``.
+    This is the distribution of kornia 0.9.0's ``RandomErasing`` (torchvision's defaults for
+    scale and ratio), drawn in the same order from torch's generator of the batch's device,
+    so the output equals kornia's bit for bit (``tests/test_views_loader.py``). Written here
+    because kornia's, moved to a GPU, draws its parameters there and copies them to the host
+    (four blocking device-to-host copies per call, i.e. per strong view and step); this one
+    reads nothing back."""
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        scale: tuple[float, float] = (0.02, 0.33),
+        ratio: tuple[float, float] = (0.3, 3.3),
+        value: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.p = float(p)
+        self.value = float(value)
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
+        self.register_buffer("ratio", torch.tensor(ratio, dtype=torch.float32), persistent=False)
+
+    @staticmethod
+    def _uniform(n: int, low: Tensor, high: Tensor) -> Tensor:
+        return low + torch.rand(n, device=low.device) * (high - low)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        dev = x.device
+        if self.p in (0.0, 1.0):  # no draw, as kornia (the parameters are drawn regardless)
+            apply = torch.full((b,), self.p == 1.0, device=dev)
+        else:
+            apply = torch.rand(b, device=dev) < self.p
+        area = self._uniform(b, self.scale[0], self.scale[1]) * (h * w)
+        one = torch.ones((), device=dev)
+        below_one = self._uniform(b, self.ratio[0], one)
+        above_one = self._uniform(b, one, self.ratio[1])
+        aspect = torch.where(torch.rand(b, device=dev).round().bool(), below_one, above_one)
+        box_h = torch.round((area * aspect) ** 0.5).clamp(1.0, h)
+        box_w = torch.round((area / aspect) ** 0.5).clamp(1.0, w)
+        left = (torch.rand(b, device=dev) * (w - box_w + 1)).floor()
+        top = (torch.rand(b, device=dev) * (h - box_h + 1)).floor()
+        rows = torch.arange(h, device=dev).view(1, h, 1)
+        cols = torch.arange(w, device=dev).view(1, 1, w)
+        top, left = top.view(-1, 1, 1), left.view(-1, 1, 1)
+        box = (rows >= top) & (rows < top + box_h.view(-1, 1, 1))
+        box = box & (cols >= left) & (cols < left + box_w.view(-1, 1, 1))
+        box = box & apply.view(-1, 1, 1)
+        fill = torch.full((), self.value, dtype=x.dtype, device=dev)
+        return torch.where(box.unsqueeze(1), fill, x)
+
+
 class _Normalize(nn.Module):
     """``(x / 255 - mean) / std`` for a uint8 batch, or ``(x - mean) / std`` for a [0, 1] float."""
 
@@ -288,9 +349,7 @@ class StrongView(WeakView):
             if policy is None
             else BatchedAutoAugment(autoaugment_ranges, policy)
         )
-        self.erasing = K.RandomErasing(
-            scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0, p=float(erasing_p)
-        )
+        self.erasing = RandomErasing(p=float(erasing_p))
 
     def _autoaugment(self, x: Tensor) -> Tensor:
         """AutoAugment on a 0..255 batch, returned in [0, 1]."""
