@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -48,13 +49,24 @@ BASE = [
 ]
 
 # Host reads of a tensor's value (method names of torch.Tensor).
-_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "equal")
+# (``cpu``: a device-to-host copy wherever the tensor lives on a GPU.)
+_READS = (
+    "item",
+    "tolist",
+    "numpy",
+    "cpu",
+    "__bool__",
+    "__int__",
+    "__float__",
+    "__index__",
+    "equal",
+)
 # Ops whose output shape depends on tensor values (a sync on a GPU).
 # (Tensor.unique is Python code that calls torch.unique, counted there.)
 _DATA_SHAPED = ("nonzero", "masked_select", "argwhere")
 _TORCH_FUNCS = ("equal", "allclose", "is_nonzero", "nonzero", "masked_select", "unique")
 # Tensors made from Python data: on a GPU a blocking host-to-device copy.
-_FROM_HOST = ("tensor", "as_tensor")
+_FROM_HOST = ("tensor", "as_tensor", "from_numpy")
 
 
 class SyncCounter:
@@ -121,6 +133,7 @@ def test_counter_sees_every_kind_of_read() -> None:
         t[0].item()
         t.tolist()
         t.numpy()
+        t.cpu()
         bool(t[0])
         if t[1]:  # the implicit form
             pass
@@ -137,12 +150,14 @@ def test_counter_sees_every_kind_of_read() -> None:
         _ = t[t > 0]
         torch.tensor(0.5)
         torch.as_tensor([1, 2])
+        torch.from_numpy(np.zeros(2))
         _ = t[1:]  # not a host read: must not count
         _ = t * 2
     expected = {
         "Tensor.item": 1,
         "Tensor.tolist": 1,
         "Tensor.numpy": 1,
+        "Tensor.cpu": 1,
         "Tensor.__bool__": 2,
         "Tensor.__int__": 1,
         "Tensor.__float__": 1,
@@ -157,6 +172,7 @@ def test_counter_sees_every_kind_of_read() -> None:
         "__getitem__[bool mask]": 1,
         "torch.tensor": 1,
         "torch.as_tensor": 1,
+        "torch.from_numpy": 1,
     }
     assert dict(counter.counts) == expected
     # Outside counting() nothing is recorded.
