@@ -26,7 +26,7 @@ from noisybench.config import instantiate, without_name
 from noisybench.data.base import ImageData
 from noisybench.data.loader import DeviceLoader
 from noisybench.data.noise import NoiseRecord, apply_noise, make_noise_record
-from noisybench.data.views import build_views, input_stats
+from noisybench.data.views import ViewWrapper, build_views, input_stats
 from noisybench.engine import EvalData, Trainer
 from noisybench.errors import UserError
 from noisybench.method import Method, MethodContext
@@ -249,16 +249,11 @@ def optimizer_impl_kwargs(impl: str, optimizer_target: str, device: torch.device
     return {impl: True}
 
 
-class ChannelsLast(torch.nn.Module):
+class ChannelsLast(ViewWrapper):
     """A view whose output batch is laid out channels-last (NHWC), the memory format GPU
     convolution kernels (cuDNN, with AMP) run fastest on; values are unchanged."""
 
-    def __init__(self, view: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
-        self.view = view
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.view(x)
+    def post(self, out: torch.Tensor) -> torch.Tensor:
         return out.contiguous(memory_format=torch.channels_last) if out.dim() == 4 else out
 
 

@@ -328,3 +328,49 @@ def test_loader_with_real_views_and_errors():
         DeviceLoader(images, labels, 4, views, seed=0, carry_previous=1.5)
     with pytest.raises(UserError, match="do not match 10 images"):
         DeviceLoader(images, labels[:5], 4, views, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("keys", "channels", "augment", "wrap"),
+    [
+        (["weak", "strong_1", "strong_2"], 3, {}, None),
+        (["weak", "strong_1", "strong_2", "strong_3"], 1, {"erasing_p": 1.0}, None),
+        (["weak", "weak_1", "weak_2"], 3, {"crop_padding": 2}, None),
+        (["weak", "strong_1", "strong_2"], 3, {"resize": 12}, None),
+        (["weak", "strong_1", "strong_2"], 3, {}, "channels_last"),
+    ],
+)
+def test_loader_applies_equal_views_jointly_with_the_numbers_of_one_by_one(
+    keys: list[str], channels: int, augment: dict, wrap: str | None
+):
+    """The loader computes consecutive views of one kind in one pass (BSD+'s strong views,
+    the ensemble's weak views); each view's output must equal calling the views one after
+    the other from the same generator state, bit for bit."""
+    from noisybench.build import ChannelsLast
+    from noisybench.data.views import joint_groups
+
+    images = _images(12, channels, 8, 8, seed=1)
+    labels = torch.arange(12) % 3
+    stats = ((0.4,) * channels, (0.3,) * channels)
+    views = build_views(keys, augment, *stats, 8)
+    if wrap == "channels_last":
+        views = {k: ChannelsLast(v) for k, v in views.items()}
+    loader = DeviceLoader(images, labels, 5, views, seed=0)
+    weak_only = all(k.startswith("weak") for k in keys)
+    assert [len(g) for g in loader.groups] == ([len(keys)] if weak_only else [1, len(keys) - 1])
+    torch.manual_seed(7)
+    batches = list(loader.epoch(0))
+    torch.manual_seed(7)
+    perms = loader.permutation(0)
+    for step, batch in enumerate(batches):
+        x = images.index_select(0, perms[step * 5 : step * 5 + 5])
+        for key in keys:  # one by one, in key order, continuing the same generator
+            expected = views[key](x)
+            assert torch.equal(batch.views[key], expected), (step, key)
+            assert batch.views[key].is_contiguous(
+                memory_format=torch.channels_last if wrap else torch.contiguous_format
+            )
+    # only consecutive views of equal settings are grouped
+    mixed = build_views(["strong_1", "weak", "strong_2"], {}, *UNIT, 8)
+    assert joint_groups(mixed) == [["strong_1"], ["weak"], ["strong_2"]]
+    assert joint_groups({"a": _noisy, "b": _noisy}) == [["a"], ["b"]]

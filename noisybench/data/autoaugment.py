@@ -226,6 +226,11 @@ class BatchedAutoAugment(nn.Module):
         self.register_buffer("bins", torch.tensor(bins).view(n, 2), persistent=False)
         self._tables: dict[tuple[int, int, str], tuple[Tensor, Tensor]] = {}
         self.last_policy: Tensor | None = None
+        self._signature = (ranges, tuple(tuple(tuple(op) for op in sub) for sub in policy))
+
+    def signature(self) -> tuple:
+        """The magnitude ranges and the policy: equal signatures, equal augmentation."""
+        return self._signature
 
     def _table(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
         key = (h, w, str(device))
@@ -329,7 +334,11 @@ class BatchedAutoAugment(nn.Module):
         b, _, h, w = x.shape
         policy, op, mag, apply = self.sample(b, h, w, x.device)
         self.last_policy = policy
-        x = x.float()
+        return self.apply_drawn(x.float(), op, mag, apply)
+
+    def apply_drawn(self, x: Tensor, op: Tensor, mag: Tensor, apply: Tensor) -> Tensor:
+        """Both operations of drawn sub-policies (:meth:`sample`'s ``op``, ``mag``,
+        ``apply``) on a float ``(B, 3, H, W)`` batch of 0..255 values; draws nothing."""
         for stage in range(2):
             y = self.apply_op(x, op[:, stage], mag[:, stage])
             x = torch.where(apply[:, stage].view(-1, 1, 1, 1), y, x)

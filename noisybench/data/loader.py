@@ -4,6 +4,9 @@ Each epoch is a permutation drawn from a ``torch.Generator`` seeded from ``(seed
 alone, so the order of an epoch never depends on what ran before it: resuming in the middle
 of epoch ``e`` at step ``s`` replays exactly the batches ``s, s+1, ...`` of that epoch. The
 augmentations themselves draw from torch's global generators, which the engine checkpoints.
+Consecutive views of one kind and settings (BSD+'s ``strong_1``, ``strong_2``; the ensemble's
+weak views) are computed in one pass with the numbers each would draw on its own
+(:func:`noisybench.data.views.apply_jointly`): the same batches, fewer operators per step.
 
 DLB (Shen et al. 2022, "Self-Distillation from the Last Mini-Batch") trains every batch
 together with part of the previous one: with ``carry_previous = f > 0`` every batch but the
@@ -35,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from noisybench.data.views import apply_jointly, joint_groups
 from noisybench.errors import UserError
 from noisybench.method import Batch
 
@@ -151,6 +155,7 @@ class DeviceLoader:
             if isinstance(view, nn.Module):
                 view = view.to(images.device)
             self.views[key] = view
+        self.groups = joint_groups(self.views)
 
     @property
     def num_samples(self) -> int:
@@ -194,7 +199,13 @@ class DeviceLoader:
             if self.world_size > 1:
                 idx, carried = self.share(idx, carried)
             images = self.images.index_select(0, idx)
-            views = {key: view(images) for key, view in self.views.items()}
+            views: dict[str, Tensor] = {}
+            for group in self.groups:
+                if len(group) == 1:
+                    views[group[0]] = self.views[group[0]](images)
+                else:  # e.g. BSD+'s strong views: one pass, the same numbers
+                    outs = apply_jointly([self.views[k] for k in group], images)
+                    views.update(zip(group, outs, strict=True))
             yield Batch(
                 idx=idx,
                 target=self.labels.index_select(0, idx),

@@ -52,6 +52,9 @@ interpolating uint8 images. Memory: a 224x224 float batch is 49x a 32x32 one; lo
 
 Randomness comes only from torch's global generator of the device the batch is on, which the
 engine saves and restores; no view reads a value back to the host (``tests/test_sync_count.py``).
+Random views split into ``draw(x)`` (every random number of one call, in call order) and
+``apply(x, drawn)`` (no draw), so that views with equal ``joint_key`` run in one pass over
+copies of the batch (:func:`apply_jointly`) with exactly the output of one call each.
 Views run under ``torch.no_grad()``.
 """
 
@@ -76,9 +79,12 @@ __all__ = [
     "RandomErasing",
     "Resized",
     "StrongView",
+    "ViewWrapper",
     "WeakView",
+    "apply_jointly",
     "build_views",
     "input_stats",
+    "joint_groups",
     "random_crop",
     "random_hflip",
     "register_view_kind",
@@ -167,20 +173,41 @@ def random_crop(x: Tensor, padding: int, size: tuple[int, int] | None = None) ->
         padding: zero padding per side.
         size: output ``(h, w)``; default the input size.
     """
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     oh, ow = size if size is not None else (h, w)
     if padding == 0 and (oh, ow) == (h, w):
         return x
+    top, left = crop_offsets(b, (h + 2 * padding, w + 2 * padding), (oh, ow), x.device)
     padded = F.pad(x, (padding, padding, padding, padding)) if padding > 0 else x
-    ph, pw = padded.shape[-2:]
+    return crop_at(padded, top, left, (oh, ow))
+
+
+def crop_offsets(
+    batch: int, padded: tuple[int, int], size: tuple[int, int], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The random top and left offsets of :func:`random_crop` (uniform over every window
+    position), drawn from the generator of ``device``.
+
+    Raises:
+        UserError: the crop is larger than the padded image.
+    """
+    (ph, pw), (oh, ow) = padded, size
     if oh > ph or ow > pw:
         raise UserError(
             f"crop size {(oh, ow)} is larger than the padded image {(ph, pw)}; "
             "check the dataset's image size"
         )
-    dev = x.device
-    top = torch.randint(0, ph - oh + 1, (b,), device=dev)
-    left = torch.randint(0, pw - ow + 1, (b,), device=dev)
+    top = torch.randint(0, ph - oh + 1, (batch,), device=device)
+    left = torch.randint(0, pw - ow + 1, (batch,), device=device)
+    return top, left
+
+
+def crop_at(padded: Tensor, top: Tensor, left: Tensor, size: tuple[int, int]) -> Tensor:
+    """The ``size`` window of each (already padded) image at its ``top``/``left`` offset: one
+    gather for the whole batch."""
+    b, c, _, pw = padded.shape
+    oh, ow = size
+    dev = padded.device
     # Flat index of output pixel (y, x) of image i in its padded (ph * pw) plane.
     rows = top[:, None, None] + torch.arange(oh, device=dev)[None, :, None]
     cols = left[:, None, None] + torch.arange(ow, device=dev)[None, None, :]
@@ -191,6 +218,12 @@ def random_crop(x: Tensor, padding: int, size: tuple[int, int] | None = None) ->
 def random_hflip(x: Tensor, p: float = 0.5) -> Tensor:
     """Flip each image of ``x`` left-right independently with probability ``p``."""
     flip = torch.rand(x.shape[0], device=x.device) < p
+    return flip_where(x, flip)
+
+
+def flip_where(x: Tensor, flip: Tensor) -> Tensor:
+    """``x`` with the images where ``flip`` (a ``(B,)`` bool tensor) is true flipped
+    left-right."""
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -226,31 +259,42 @@ class RandomErasing(nn.Module):
     def _uniform(n: int, low: Tensor, high: Tensor) -> Tensor:
         return low + torch.rand(n, device=low.device) * (high - low)
 
+    def draw(self, batch: int, h: int, w: int, device: torch.device) -> dict[str, Tensor]:
+        """The random boxes of ``batch`` images of ``h x w`` (kornia's draws, in its order):
+        ``erase`` (bool), ``top``, ``left``, ``height``, ``width`` (float), each ``(B,)``."""
+        if self.p in (0.0, 1.0):  # no draw, as kornia (the parameters are drawn regardless)
+            erase = torch.full((batch,), self.p == 1.0, device=device)
+        else:
+            erase = torch.rand(batch, device=device) < self.p
+        area = self._uniform(batch, self.scale[0], self.scale[1]) * (h * w)
+        one = torch.ones((), device=device)
+        below_one = self._uniform(batch, self.ratio[0], one)
+        above_one = self._uniform(batch, one, self.ratio[1])
+        pick = torch.rand(batch, device=device).round().bool()
+        aspect = torch.where(pick, below_one, above_one)
+        height = torch.round((area * aspect) ** 0.5).clamp(1.0, h)
+        width = torch.round((area / aspect) ** 0.5).clamp(1.0, w)
+        left = (torch.rand(batch, device=device) * (w - width + 1)).floor()
+        top = (torch.rand(batch, device=device) * (h - height + 1)).floor()
+        return {"erase": erase, "top": top, "left": left, "height": height, "width": width}
+
+    def apply(self, x: Tensor, box: dict[str, Tensor]) -> Tensor:
+        """``x`` with the drawn boxes filled with ``value`` (draws nothing)."""
+        _, _, h, w = x.shape
+        dev = x.device
+        rows = torch.arange(h, device=dev).view(1, h, 1)
+        cols = torch.arange(w, device=dev).view(1, 1, w)
+        top, left = box["top"].view(-1, 1, 1), box["left"].view(-1, 1, 1)
+        inside = (rows >= top) & (rows < top + box["height"].view(-1, 1, 1))
+        inside = inside & (cols >= left) & (cols < left + box["width"].view(-1, 1, 1))
+        inside = inside & box["erase"].view(-1, 1, 1)
+        fill = torch.full((), self.value, dtype=x.dtype, device=dev)
+        return torch.where(inside.unsqueeze(1), fill, x)
+
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
-        dev = x.device
-        if self.p in (0.0, 1.0):  # no draw, as kornia (the parameters are drawn regardless)
-            apply = torch.full((b,), self.p == 1.0, device=dev)
-        else:
-            apply = torch.rand(b, device=dev) < self.p
-        area = self._uniform(b, self.scale[0], self.scale[1]) * (h * w)
-        one = torch.ones((), device=dev)
-        below_one = self._uniform(b, self.ratio[0], one)
-        above_one = self._uniform(b, one, self.ratio[1])
-        aspect = torch.where(torch.rand(b, device=dev).round().bool(), below_one, above_one)
-        box_h = torch.round((area * aspect) ** 0.5).clamp(1.0, h)
-        box_w = torch.round((area / aspect) ** 0.5).clamp(1.0, w)
-        left = (torch.rand(b, device=dev) * (w - box_w + 1)).floor()
-        top = (torch.rand(b, device=dev) * (h - box_h + 1)).floor()
-        rows = torch.arange(h, device=dev).view(1, h, 1)
-        cols = torch.arange(w, device=dev).view(1, 1, w)
-        top, left = top.view(-1, 1, 1), left.view(-1, 1, 1)
-        box = (rows >= top) & (rows < top + box_h.view(-1, 1, 1))
-        box = box & (cols >= left) & (cols < left + box_w.view(-1, 1, 1))
-        box = box & apply.view(-1, 1, 1)
-        fill = torch.full((), self.value, dtype=x.dtype, device=dev)
-        return torch.where(box.unsqueeze(1), fill, x)
+        return self.apply(x, self.draw(b, h, w, x.device))
 
 
 class _Normalize(nn.Module):
@@ -305,17 +349,42 @@ class WeakView(nn.Module):
         self.image_size = image_size
         self.crop_padding = int(crop_padding)
         self.hflip = bool(hflip)
+        # views with equal keys give the same output for the same draws (apply_jointly)
+        self.joint_key: tuple = (type(self).__name__, tuple(mean), tuple(std), image_size,
+                                 self.crop_padding, self.hflip)  # fmt: skip
 
-    def augment_uint8(self, x: Tensor) -> Tensor:
-        """The geometric part on the raw batch (dtype preserved)."""
-        x = random_crop(x, self.crop_padding, self.image_size)
+    def draw(self, x: Tensor) -> dict[str, Tensor]:
+        """Every random number of one call on the batch ``x``, in the order :meth:`forward`
+        draws them (crop offsets, flips)."""
+        b, _, h, w = x.shape
+        p = self.crop_padding
+        drawn: dict[str, Tensor] = {}
+        if p > 0 or tuple(self.image_size) != (h, w):
+            padded = (h + 2 * p, w + 2 * p)
+            drawn["top"], drawn["left"] = crop_offsets(b, padded, self.image_size, x.device)
         if self.hflip:
-            x = random_hflip(x)
+            drawn["flip"] = torch.rand(b, device=x.device) < 0.5
+        return drawn
+
+    def augment_uint8(self, x: Tensor, drawn: dict[str, Tensor] | None = None) -> Tensor:
+        """The geometric part on the raw batch (dtype preserved), with ``drawn`` numbers (or
+        new draws)."""
+        drawn = self.draw(x) if drawn is None else drawn
+        if "top" in drawn:
+            p = self.crop_padding
+            padded = F.pad(x, (p, p, p, p)) if p > 0 else x
+            x = crop_at(padded, drawn["top"], drawn["left"], tuple(self.image_size))
+        if "flip" in drawn:
+            x = flip_where(x, drawn["flip"])
         return x
+
+    def apply(self, x: Tensor, drawn: dict[str, Tensor]) -> Tensor:
+        """The view of ``x`` with drawn random numbers (draws nothing)."""
+        return self.normalize(self.augment_uint8(x, drawn))
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
-        return self.normalize(self.augment_uint8(x))
+        return self.apply(x, self.draw(x))
 
 
 class StrongView(WeakView):
@@ -350,38 +419,110 @@ class StrongView(WeakView):
             else BatchedAutoAugment(autoaugment_ranges, policy)
         )
         self.erasing = RandomErasing(p=float(erasing_p))
+        self.joint_key = (*self.joint_key, float(erasing_p), self.autoaugment.signature())
 
-    def _autoaugment(self, x: Tensor) -> Tensor:
-        """AutoAugment on a 0..255 batch, returned in [0, 1]."""
-        grey = x.shape[1] == 1
-        if grey:
-            x = x.expand(-1, 3, -1, -1)
-        out = self.autoaugment(x.float()).div_(255.0)
-        if grey:
-            out = out.mean(dim=1, keepdim=True)
-        return out
+    def draw(self, x: Tensor) -> dict[str, Tensor]:
+        """Crop and flip (as the weak view), then AutoAugment's sub-policies, operations'
+        application and signs, then the erased boxes: the order :meth:`forward` draws in."""
+        drawn = super().draw(x)
+        b, (h, w) = x.shape[0], self.image_size
+        policy, drawn["op"], drawn["mag"], drawn["aa_apply"] = self.autoaugment.sample(
+            b, h, w, x.device
+        )
+        self.autoaugment.last_policy = policy
+        box = self.erasing.draw(b, h, w, x.device)
+        drawn.update({f"erase_{k}": v for k, v in box.items()})
+        return drawn
 
-    @torch.no_grad()
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.augment_uint8(x)
+    def apply(self, x: Tensor, drawn: dict[str, Tensor]) -> Tensor:
+        x = self.augment_uint8(x, drawn)
         # AutoAugment works on 0..255 values (uint8 arithmetic); a float input is in [0, 1]
         x = x.float() if x.dtype == torch.uint8 else (x.float() * 255.0).round_()
-        x = self._autoaugment(x).clamp_(0.0, 1.0)
-        return self.erasing(self.normalize(x))
+        grey = x.shape[1] == 1
+        if grey:  # to 3 equal channels and back (see the module's docstring)
+            x = x.expand(-1, 3, -1, -1)
+        x = self.autoaugment.apply_drawn(x, drawn["op"], drawn["mag"], drawn["aa_apply"])
+        x = x.div_(255.0)
+        if grey:
+            x = x.mean(dim=1, keepdim=True)
+        x = self.normalize(x.clamp_(0.0, 1.0))
+        box = {k.removeprefix("erase_"): v for k, v in drawn.items() if k.startswith("erase_")}
+        return self.erasing.apply(x, box)
 
 
-class Resized(nn.Module):
+def joint_groups(views: Mapping[str, Callable[[Tensor], Tensor]]) -> list[list[str]]:
+    """The keys of ``views`` in order, consecutive keys whose modules have the same
+    ``joint_key`` (same kind and settings, e.g. BSD+'s ``strong_1``, ``strong_2``) grouped."""
+    groups: list[list[str]] = []
+    previous = None
+    for key, view in views.items():
+        joint = getattr(view, "joint_key", None)
+        if groups and joint is not None and joint == previous:
+            groups[-1].append(key)
+        else:
+            groups.append([key])
+        previous = joint
+    return groups
+
+
+def apply_jointly(views: Sequence[nn.Module], x: Tensor) -> list[Tensor]:
+    """The outputs of ``views`` (modules with equal ``joint_key``) on the batch ``x``.
+
+    Each view draws its own random numbers, one view after the other, in the order a call
+    of each would; the augmentation then runs once over ``len(views)`` copies of ``x`` with
+    the drawn numbers side by side. The outputs equal those of calling the views one after
+    the other (every operation is per image; ``tests/test_views_loader.py``), with one set
+    of operators instead of one per view: BSD+'s two strong views issue about 380 operators
+    fewer per batch (``benchmarks/bench_ops.py``), host work that bounds a GPU step.
+    """
+    drawn = [view.draw(x) for view in views]
+    if len(views) == 1:
+        return [views[0].apply(x, drawn[0])]
+    joint = {key: torch.cat([d[key] for d in drawn]) for key in drawn[0]}
+    copies = x.repeat(len(views), *([1] * (x.dim() - 1)))
+    return list(views[0].apply(copies, joint).split(x.shape[0]))
+
+
+class ViewWrapper(nn.Module):
+    """A view followed by a fixed, draw-free step :meth:`post` (resizing, memory layout).
+    ``draw``/``apply`` go through to the wrapped view, so wrapped views are applied
+    jointly as well (:func:`apply_jointly`)."""
+
+    def __init__(self, view: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.view = view
+        inner = getattr(view, "joint_key", None)
+        self.joint_key = None if inner is None else (type(self).__name__, *self.settings(), inner)
+
+    def settings(self) -> tuple:
+        return ()
+
+    def post(self, out: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def draw(self, x: Tensor) -> dict[str, Tensor]:
+        return self.view.draw(x)  # type: ignore[union-attr]
+
+    def apply(self, x: Tensor, drawn: dict[str, Tensor]) -> Tensor:
+        return self.post(self.view.apply(x, drawn))  # type: ignore[union-attr]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.post(self.view(x))
+
+
+class Resized(ViewWrapper):
     """Wraps a view and resizes its output to ``size x size`` (bilinear, ``align_corners=False``,
     anti-aliased only when shrinking an axis), on the device, as the view's last step."""
 
     def __init__(self, view: nn.Module, size: int) -> None:
-        super().__init__()
-        self.view = view
         self.size = int(size)
+        super().__init__(view)
+
+    def settings(self) -> tuple:
+        return (self.size,)
 
     @torch.no_grad()
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.view(x)
+    def post(self, out: Tensor) -> Tensor:
         if tuple(out.shape[-2:]) == (self.size, self.size):
             return out
         shrink = out.shape[-2] > self.size or out.shape[-1] > self.size
