@@ -95,6 +95,7 @@ NON_IDENTITY_KEYS = (
     "compile",
     "optimizer_impl",
     "result_interval_s",
+    "checkpoint_async",
     "hydra",
     # Which paper preset a noise config selects: the values it selects are in the method's
     # config, so they are compared there (and runs made before these keys existed match).
@@ -555,7 +556,7 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=False)
         if not isinstance(value, bool):
             raise UserError(f"{key}={value} is not a boolean; set {key}=true or {key}=false")
-    for key in ("deterministic", "channels_last"):
+    for key in ("deterministic", "channels_last", "checkpoint_async"):
         value = OmegaConf.select(cfg, key, default="auto")
         if not (isinstance(value, bool) or value == "auto"):
             raise UserError(f"{key}={value} is invalid; set {key}=auto, true or false")

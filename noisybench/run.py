@@ -26,7 +26,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from noisybench import distributed
-from noisybench.build import Experiment, build
+from noisybench.build import Experiment, build, resolve_auto
 from noisybench.callbacks import (
     Checkpointer,
     ConsoleProgress,
@@ -193,8 +193,23 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         "num_parameters": sum(p.numel() for p in exp.model.parameters()),
         "processes": distributed.world_size(),
     }
+    background = resolve_auto(cfg.get("checkpoint_async", False), exp.device, "checkpoint_async")
+    checkpointer = (
+        Checkpointer(
+            rd,
+            {"config": config, "noise": noise},
+            before_replace=None if faults is None else faults.before_checkpoint_replace,
+            background=background,
+        )
+        if main
+        else None
+    )
     result_writer = ResultWriter(
-        rd, header, write_file=main, min_interval_s=float(cfg.get("result_interval_s") or 0)
+        rd,
+        header,
+        write_file=main,
+        min_interval_s=float(cfg.get("result_interval_s") or 0),
+        checkpointer=checkpointer,
     )
     loggers = _loggers(cfg, rd, header) if main else []
     if main:
@@ -212,11 +227,7 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
                 )
             )
         callbacks: list[Any] = [
-            Checkpointer(
-                rd,
-                {"config": config, "noise": noise},
-                before_replace=None if faults is None else faults.before_checkpoint_replace,
-            ),
+            checkpointer,
             *([faults] if faults is not None else []),
             result_writer,
             *observers,
@@ -254,7 +265,15 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         log.info("resuming %s at epoch %d, step %d", rd, start_epoch + 1, start_step)
 
     try:
-        trainer.fit(start_epoch, start_step, sums)
+        try:
+            trainer.fit(start_epoch, start_step, sums)
+        except BaseException:
+            # a checkpoint being written in the background finishes first, so that the
+            # result file below holds exactly the epochs of the newest checkpoint
+            if checkpointer is not None:
+                checkpointer.close()
+            result_writer.follow(trainer)
+            raise
     except Interrupted as exc:
         result_writer.write("interrupted", error=f"{exc} (run directory {rd})")
         raise Interrupted(f"{exc} (run directory {rd})", exc.signum) from None

@@ -98,9 +98,9 @@ def _ckpt_epoch(run_dir: Path) -> int:
 
 
 # ------------------------------------------------------------------------------ chains of runs
-def _full_disk_chain(cli: CLI, out: Path, faults: Path) -> dict[str, Any]:
+def _full_disk_chain(cli: CLI, out: Path, faults: Path, *extra: str) -> dict[str, Any]:
     """The checkpoint write of epoch 2 fails with ENOSPC; then the same command resumes."""
-    common = (f"out_dir={out}", "run_name=full", "epochs=3")
+    common = (f"out_dir={out}", "run_name=full", "epochs=3", *extra)
     seen: dict[str, Any] = {"dir": out / "full"}
     seen["full"] = cli(*common, env={"NB_TEST_ENOSPC": "checkpoint.pt:2"}, pythonpath=[faults])
     seen["after_full"] = read_result(out / "full")
@@ -263,6 +263,9 @@ def runs(cli: CLI, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future
     finished = cli.submit(_finished_ce, cli, tmp / "finished")
     jobs: dict[str, Future] = {
         "full_disk": cli.submit(_full_disk_chain, cli, tmp / "full_disk", faults),
+        "full_disk_async": cli.submit(
+            _full_disk_chain, cli, tmp / "full_disk_async", faults, "checkpoint_async=true"
+        ),
         "tmpfs": cli.submit(_tmpfs_chain, cli, tmp / "tmpfs"),
         "reference": cli.submit(_reference, cli, tmp / "reference"),
         "logs_bars": cli.submit(_logs, cli, tmp / "logs_bars", "true"),
@@ -311,6 +314,15 @@ def test_full_disk_at_a_checkpoint_write_is_one_line_and_resumes_exactly(
     seen = runs["full_disk"].result()
     _check_full_disk(seen, runs["reference"].result())
     assert seen["ckpt_epoch"] == 1  # the fault hit the epoch-2 checkpoint
+
+
+def test_full_disk_in_a_background_checkpoint_write(runs: dict[str, Future]) -> None:
+    """``checkpoint_async=true``: the epoch-2 write fails in the writer thread; the error
+    comes out at the next wait (epoch 3's end) as the same one line, the result file holds
+    the epoch-1 checkpoint's history, and the same command resumes exactly."""
+    seen = runs["full_disk_async"].result()
+    _check_full_disk(seen, runs["reference"].result())
+    assert seen["ckpt_epoch"] == 1
 
 
 def test_full_disk_on_a_real_small_file_system(runs: dict[str, Future]) -> None:

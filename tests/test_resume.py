@@ -169,6 +169,27 @@ def _signal_chain(cli: CLI, out: Path) -> dict[str, Any]:
     return seen
 
 
+def _async_chain(cli: CLI, out: Path) -> dict[str, Any]:
+    """Cross-entropy, 4 epochs, checkpoints written in the background (``checkpoint_async``,
+    the CUDA default): SIGKILL while the writer thread writes the epoch-2 checkpoint, SIGKILL
+    at epoch 3 step 5 (the epoch-2 write may or may not be done), SIGTERM at epoch 4 step 3
+    (the interruption waits for the write in flight, then saves at that boundary), resume."""
+    run_dir = _run_dir(out)
+    common = (f"out_dir={out}", f"epochs={EPOCHS}", "checkpoint_async=true")
+    seen: dict[str, Any] = {"kills": []}
+    for hook in ("2:checkpoint", "3:5"):
+        proc = cli(*common, env={KILL_ENV: hook})
+        assert proc.returncode == SIGKILLED, (hook, proc.stderr[-3000:])
+        seen["kills"].append((hook, _position(run_dir), read_result(run_dir)["history"]))
+    proc = cli(*common, env={KILL_ENV: "4:3:TERM"})
+    seen["term"] = (proc.returncode, _position(run_dir), read_result(run_dir))
+    proc = cli(*common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen["result"] = read_result(run_dir)
+    seen["final"] = _checkpoint(run_dir)
+    return seen
+
+
 @pytest.fixture(scope="module")
 def chains(cli: CLI, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]:
     tmp = tmp_path_factory.mktemp("resume")
@@ -178,6 +199,8 @@ def chains(cli: CLI, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Futu
         "ref_bsd": cli.submit(_reference, cli, tmp / "reference", "bsd", 3),
         "bsd": cli.submit(_bsd_chain, cli, tmp / "bsd"),
         "signals": cli.submit(_signal_chain, cli, tmp / "signals"),
+        "async": cli.submit(_async_chain, cli, tmp / "async"),
+        "ref_ce_dir": cli.submit(lambda: _run_dir(tmp / "reference", "ce", EPOCHS)),
     }
 
 
@@ -266,3 +289,37 @@ def test_signals_checkpoint_at_step_boundaries_and_resume(chains: dict[str, Futu
 
     assert seen["result"]["status"] == "finished"
     assert epoch_metrics(seen["result"]["history"]) == epoch_metrics(reference)
+
+
+@pytest.mark.slow
+def test_background_checkpoints_resume_identically(chains: dict[str, Future]) -> None:
+    """``checkpoint_async=true``: kills and a SIGTERM on the way, same numbers and same final
+    checkpoint as the synchronous reference run; ``result.json`` never claims an epoch that
+    the checkpoint on disk does not hold."""
+    reference = chains["ref_ce"].result()
+    seen = chains["async"].result()
+    (_, pos1, hist1), (_, pos2, hist2) = seen["kills"]
+    assert pos1 == (1, 0)  # the epoch-2 write was killed: the epoch-1 checkpoint stays
+    assert pos2 in ((1, 0), (2, 0))  # the epoch-2 write may not have been done by step 5
+    for (epoch, _), history in ((pos1, hist1), (pos2, hist2)):
+        assert len(history) <= epoch
+        assert epoch_metrics(history) == epoch_metrics(reference[: len(history)])
+    returncode, position, interrupted = seen["term"]
+    assert returncode == 128 + signal.SIGTERM
+    assert position == (3, 3)  # the in-flight write finished, then the boundary was saved
+    assert interrupted["status"] == "interrupted" and len(interrupted["history"]) == 3
+    result = seen["result"]
+    assert result["status"] == "finished"
+    assert epoch_metrics(result["history"]) == epoch_metrics(reference)
+    # the final checkpoint holds the very tensors of the synchronous run's
+    final = _checkpoint(chains["ref_ce_dir"].result())
+    for part in ("model", "method"):
+        mine, theirs = seen["final"][part], final[part]
+        assert mine.keys() == theirs.keys()
+        for key, value in theirs.items():
+            assert torch.equal(mine[key], value), (part, key)
+    mine = seen["final"]["optimizer"]["state"]
+    assert mine.keys() == final["optimizer"]["state"].keys()
+    for key, state in final["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(mine[key][name]), torch.as_tensor(value)), name

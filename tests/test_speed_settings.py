@@ -116,6 +116,7 @@ def test_auto_settings_per_device() -> None:
         ("compile=yes", "compile=yes is not a boolean"),
         ("optimizer_impl=turbo", "optimizer_impl=turbo is unknown"),
         ("result_interval_s=-1", "result_interval_s=-1 is invalid"),
+        ("checkpoint_async=later", "checkpoint_async=later is invalid"),
         ("eval.train_diagnostics_every=0", "eval.train_diagnostics_every=0 is invalid"),
     ],
 )
