@@ -465,6 +465,7 @@ def joint_groups(views: Mapping[str, Callable[[Tensor], Tensor]]) -> list[list[s
     return groups
 
 
+@torch.no_grad()
 def apply_jointly(views: Sequence[nn.Module], x: Tensor) -> list[Tensor]:
     """The outputs of ``views`` (modules with equal ``joint_key``) on the batch ``x``.
 
