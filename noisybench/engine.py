@@ -613,37 +613,34 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------- evaluation
-    def _logits(self, images: Tensor, forward: Callable[[Tensor], Tensor]) -> Iterator[Tensor]:
-        """``forward`` over uint8 ``images`` through the evaluation view, batch by batch, under
-        ``no_grad`` and autocast (the caller sets the modules' modes)."""
+    def _view_batches(
+        self, images: Tensor, lo: int, hi: int, subset: Tensor | None = None
+    ) -> Iterator[Tensor]:
+        """Evaluation-view float batches of the device-resident uint8 ``images`` ``lo:hi``
+        (or of the positions ``subset[lo:hi]``)."""
         if self.data.view is None:
             raise UserError(
                 "this dataset is streamed, so evaluation suites that need its images in memory "
                 "cannot run; use an in-memory dataset (dataset=arrays) for them"
             )
-        with torch.no_grad():
-            for start in range(0, images.shape[0], self.eval_batch_size):
-                x = self.data.view(images[start : start + self.eval_batch_size])
-                with self._autocast():
-                    yield forward(x).float()
-
-    def _inputs(self, split: str, lo: int, hi: int, subset: Tensor | None) -> Iterator[Tensor]:
-        """Evaluation-view float batches of samples ``lo:hi`` of ``split`` (positions in
-        ``subset`` when given), from device memory or from the streaming reader."""
-        bs = self.eval_batch_size
-        if self.data.stream is not None:
-            order = torch.arange(lo, hi) if subset is None else subset[lo:hi].cpu()
-            yield from self.data.stream(split, order, bs)
-            return
-        images = self.data.images(split)
-        assert images is not None and self.data.view is not None
-        for start in range(lo, hi, bs):
-            stop = min(start + bs, hi)
+        for start in range(lo, hi, self.eval_batch_size):
+            stop = min(start + self.eval_batch_size, hi)
             if subset is None:
                 chunk = images[start:stop]
             else:
                 chunk = images.index_select(0, subset[start:stop].to(images.device))
             yield self.data.view(chunk)
+
+    def _inputs(self, split: str, lo: int, hi: int, subset: Tensor | None) -> Iterator[Tensor]:
+        """Evaluation-view float batches of samples ``lo:hi`` of ``split`` (positions in
+        ``subset`` when given), from device memory or from the streaming reader."""
+        if self.data.stream is not None:
+            order = torch.arange(lo, hi) if subset is None else subset[lo:hi].cpu()
+            yield from self.data.stream(split, order, self.eval_batch_size)
+            return
+        images = self.data.images(split)
+        assert images is not None
+        yield from self._view_batches(images, lo, hi, subset)
 
     def split_outputs(
         self,
@@ -709,8 +706,12 @@ class Trainer:
         evaluation suites' entry point; device-resident images only)."""
         self.model.eval()
         self.method.eval()
-        forward = lambda x: self.method.predict(self.model, x)  # noqa: E731
-        return torch.cat(list(self._logits(images, forward)))
+        logits = []
+        with torch.no_grad():
+            for x in self._view_batches(images, 0, images.shape[0]):
+                with self._autocast():
+                    logits.append(self.method.predict(self.model, x).float())
+        return torch.cat(logits)
 
     def _diagnostics_due(self, epoch: int) -> bool:
         if not self.train_diagnostics:
