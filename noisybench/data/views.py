@@ -83,10 +83,11 @@ __all__ = [
     "WeakView",
     "apply_jointly",
     "build_views",
+    "crop_at",
+    "crop_offsets",
+    "flip_where",
     "input_stats",
     "joint_groups",
-    "random_crop",
-    "random_hflip",
     "register_view_kind",
     "view_kind",
 ]
@@ -161,32 +162,12 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return (h, w)
 
 
-def random_crop(x: Tensor, padding: int, size: tuple[int, int] | None = None) -> Tensor:
-    """Random ``size`` crop of each image of ``x`` zero-padded by ``padding`` pixels per side.
-
-    One gather for the whole batch (exact pixel copies, no interpolation, no host sync).
-    Offsets are uniform over every window position of the padded image, as in the usual
-    ``RandomCrop(size, padding)``.
-
-    Args:
-        x: ``(B, C, H, W)`` images of any dtype.
-        padding: zero padding per side.
-        size: output ``(h, w)``; default the input size.
-    """
-    b, _, h, w = x.shape
-    oh, ow = size if size is not None else (h, w)
-    if padding == 0 and (oh, ow) == (h, w):
-        return x
-    top, left = crop_offsets(b, (h + 2 * padding, w + 2 * padding), (oh, ow), x.device)
-    padded = F.pad(x, (padding, padding, padding, padding)) if padding > 0 else x
-    return crop_at(padded, top, left, (oh, ow))
-
-
 def crop_offsets(
     batch: int, padded: tuple[int, int], size: tuple[int, int], device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    """The random top and left offsets of :func:`random_crop` (uniform over every window
-    position), drawn from the generator of ``device``.
+    """Random top and left offsets of a ``size`` window in each ``padded`` image, uniform over
+    every window position as in the usual ``RandomCrop(size, padding)``, drawn from the
+    generator of ``device``.
 
     Raises:
         UserError: the crop is larger than the padded image.
@@ -202,9 +183,11 @@ def crop_offsets(
     return top, left
 
 
-def crop_at(padded: Tensor, top: Tensor, left: Tensor, size: tuple[int, int]) -> Tensor:
-    """The ``size`` window of each (already padded) image at its ``top``/``left`` offset: one
-    gather for the whole batch."""
+def crop_at(x: Tensor, padding: int, top: Tensor, left: Tensor, size: tuple[int, int]) -> Tensor:
+    """The ``size`` window at ``top``/``left`` of each image of ``x`` zero-padded by
+    ``padding`` pixels per side: one gather for the whole batch (exact pixel copies, no
+    interpolation, no host sync)."""
+    padded = F.pad(x, (padding, padding, padding, padding)) if padding > 0 else x
     b, c, _, pw = padded.shape
     oh, ow = size
     dev = padded.device
@@ -213,12 +196,6 @@ def crop_at(padded: Tensor, top: Tensor, left: Tensor, size: tuple[int, int]) ->
     cols = left[:, None, None] + torch.arange(ow, device=dev)[None, None, :]
     flat = (rows * pw + cols).view(b, 1, oh * ow).expand(b, c, oh * ow)
     return padded.flatten(2).gather(2, flat).view(b, c, oh, ow)
-
-
-def random_hflip(x: Tensor, p: float = 0.5) -> Tensor:
-    """Flip each image of ``x`` left-right independently with probability ``p``."""
-    flip = torch.rand(x.shape[0], device=x.device) < p
-    return flip_where(x, flip)
 
 
 def flip_where(x: Tensor, flip: Tensor) -> Tensor:
@@ -371,9 +348,8 @@ class WeakView(nn.Module):
         new draws)."""
         drawn = self.draw(x) if drawn is None else drawn
         if "top" in drawn:
-            p = self.crop_padding
-            padded = F.pad(x, (p, p, p, p)) if p > 0 else x
-            x = crop_at(padded, drawn["top"], drawn["left"], tuple(self.image_size))
+            top, left, size = drawn["top"], drawn["left"], tuple(self.image_size)
+            x = crop_at(x, self.crop_padding, top, left, size)
         if "flip" in drawn:
             x = flip_where(x, drawn["flip"])
         return x
