@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_throughput import experiment
 from torch.profiler import ProfilerActivity, profile
 
-from noisybench.build import build
-from noisybench.config import CONF_DIR, compose
+from noisybench.config import CONF_DIR
 from noisybench.engine import _EpochSums
 
 OUT = Path(__file__).resolve().parent / "results" / "ops_per_step.json"
@@ -86,21 +86,11 @@ def count_ops(fn: Callable[[], Any]) -> tuple[int, collections.Counter[str]]:
 
 
 def measure(method: str) -> dict[str, Any]:
-    exp = build(
-        compose(
-            [
-                "dataset=synthetic",
-                "dataset.reader.num_train=1024",
-                "dataset.reader.num_test=128",
-                "model=preact_resnet18",
-                "noise=sym50",
-                f"method={method}",
-                "batch_size=128",
-                "device=cpu",
-                "logger=[]",
-                "progress=false",
-            ]
-        )
+    # the throughput benchmark's experiment (same model, data shape, noise, batch), smaller
+    exp = experiment(
+        method,
+        torch.device("cpu"),
+        ["dataset.reader.num_train=1024", "dataset.reader.num_test=128"],
     )
     trainer = exp.trainer()
     trainer.model.train()
