@@ -368,18 +368,21 @@ def balanced_subset(labels: Tensor | np.ndarray, total: int, seed: int, epoch: i
         raise UserError(f"subset size {total} must be >= 1; set it to a positive number")
     if n == 0:
         return torch.zeros(0, dtype=torch.long)
-    k = int(y.max()) + 1
-    quota = math.ceil(total / k)  # count < total / k  <=>  count < ceil(total / k)
     entropy = np.random.SeedSequence([int(seed), int(epoch), 0x5B5E7]).generate_state(2)
     gen = torch.Generator().manual_seed(((int(entropy[0]) << 32) | int(entropy[1])) >> 1)
-    perm = torch.randperm(n, generator=gen)
-    yp = y[perm]
-    # rank of each permuted sample within its class, in permutation order
-    order = torch.sort(yp, stable=True).indices
-    sorted_y = yp[order]
+    return _balanced_from_order(y, total, torch.randperm(n, generator=gen)).sort().values
+
+
+def _balanced_from_order(labels: Tensor, total: int, order: Tensor) -> Tensor:
+    """The samples DivideMix's loop keeps walking ``order``, in walking order (vectorised:
+    each sample's rank within its class along ``order``, kept while below the quota, then the
+    first ``total``)."""
+    k = int(labels.max()) + 1
+    quota = math.ceil(total / k)  # count < total / k  <=>  count < ceil(total / k)
+    yp = labels[order]
+    by_class = torch.sort(yp, stable=True).indices
+    sorted_y = yp[by_class]
     starts = torch.searchsorted(sorted_y, sorted_y, right=False)
-    rank_sorted = torch.arange(n) - starts
-    rank = torch.empty(n, dtype=torch.long)
-    rank[order] = rank_sorted
-    chosen = perm[rank < quota][:total]
-    return chosen.sort().values
+    rank = torch.empty_like(yp)
+    rank[by_class] = torch.arange(yp.shape[0]) - starts
+    return order[rank < quota][:total]
