@@ -262,13 +262,24 @@ def test_export_to_folder_form_reads_back_with_the_folder_reader(c1m, tmp_path) 
 
 
 def test_export_with_all_clean_labels_writes_the_label_file(tmp_path) -> None:
-    spec = lay.red_mini_imagenet(tmp_path / "mini", classes=5)
-    data = load_red_mini_imagenet(str(tmp_path / "mini"), noise_rate=0.4, color="blue")
+    spec = lay.red_mini_imagenet(tmp_path / "few", classes=5)
+    few = load_red_mini_imagenet(str(tmp_path / "few"), noise_rate=0.4, color="blue")
     with pytest.raises(UserError, match="have no training sample"):
-        export_folder(data, tmp_path / "out")  # 5 of 100 classes present
-    animals = lay.animal10n(tmp_path / "a")
-    assert animals
-    del spec
+        export_folder(few, tmp_path / "none")  # 5 of the 100 classes present
+    assert not (tmp_path / "none").exists()
+    spec = lay.red_mini_imagenet(tmp_path / "all", classes=100, per_class=2)
+    # every class given at least once: image 0 of class c labelled c + 1, image 1 labelled c
+    rows = [(n, (c + 1) % 100 if n.endswith("_0.jpg") else c) for n, c in spec["clean"].items()]
+    lay.write_lines(tmp_path / "all/split/blue_noise_nl_0.2", [f"{n} {y}" for n, y in rows])
+    data = load_red_mini_imagenet(str(tmp_path / "all"), noise_rate=0.2, color="blue")
+    assert data.noise_on_known["realised_rate"] == pytest.approx(0.5)
+    out = export_folder(data, tmp_path / "out", copy=True)
+    back = load_folder(str(out), folder_labels="noisy", clean_labels=str(out / "clean_labels.txt"))
+    # by given class, then manifest order; clean = the blue 0.0 split's label of that image
+    order = sorted(enumerate(rows), key=lambda r: (r[1][1], r[0]))
+    assert back.given_labels.tolist() == [y for _, (_, y) in order]
+    assert back.train_labels.tolist() == [spec["clean"][n] for _, (n, _) in order]
+    assert all(not p.is_symlink() for p in (out / "train").rglob("*.jpg"))
 
 
 def test_hash_command_line(c1m, tmp_path, capsys) -> None:
