@@ -338,3 +338,35 @@ def test_balanced_subset_per_epoch() -> None:
     counts = torch.bincount(skew[sub], minlength=14)
     assert len(sub) == min(64000, int(torch.clamp(torch.bincount(skew), max=4572).sum()))
     assert int(counts.max()) == math.ceil(64000 / 14)
+
+
+# ----------------------------------------------------------------------------- models
+@pytest.mark.parametrize("arch", ["resnet50", "vgg19_bn"])
+def test_torchvision_models_load_offline_imagenet_weights(tmp_path, arch: str) -> None:
+    """A torchvision 1000-class state dict loads strictly into the backbone; the K-way head is
+    new; the penultimate features equal torchvision's own network's (same weights)."""
+    import torchvision
+
+    from noisybench.models import torchvision_zoo
+
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, arch)(weights=None).eval()
+    path = tmp_path / "w.pth"
+    torch.save(reference.state_dict(), path)
+    model = getattr(torchvision_zoo, f"tv_{arch}")(num_classes=7, weights=str(path)).eval()
+    assert model.input_stats == "imagenet" and model.head.out_features == 7
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        if arch == "resnet50":
+            reference.fc = torch.nn.Identity()
+        else:
+            reference.classifier[-1] = torch.nn.Identity()
+        torch.testing.assert_close(model.forward_features(x), reference(x))
+        assert model(x).shape == (2, 7)
+    plain = getattr(torchvision_zoo, f"tv_{arch}")(num_classes=7)
+    assert plain.input_stats == "dataset"
+    with pytest.raises(UserError, match="ImageNet weights take RGB images"):
+        getattr(torchvision_zoo, f"tv_{arch}")(num_classes=7, in_channels=1, weights=str(path))
+    (tmp_path / "bad.pth").write_bytes(b"nope")
+    with pytest.raises(UserError):
+        getattr(torchvision_zoo, f"tv_{arch}")(num_classes=7, weights=str(tmp_path / "bad.pth"))

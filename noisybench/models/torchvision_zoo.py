@@ -46,6 +46,14 @@ def _prepare(name: str, net: nn.Module, weights: str | None) -> None:
         load_into(name, net, load_weights(name, weights), str(weights))
 
 
+def _rgb_weights(name: str, in_channels: int, weights: str | None) -> None:
+    if weights is not None and in_channels != 3:
+        raise UserError(
+            f"{name}: ImageNet weights take RGB images, the dataset has {in_channels} channel(s); "
+            "set model.weights=null or use a colour dataset"
+        )
+
+
 def _stats(model: nn.Module, input_stats: str, weights: str | None, name: str) -> None:
     kind = check_input_stats(name, input_stats)
     model.input_stats = ("imagenet" if weights else "dataset") if kind == "auto" else kind
@@ -58,10 +66,11 @@ def tv_resnet50(
     from torchvision.models import resnet50
 
     check_sizes("tv_resnet50", num_classes, in_channels)
-    if in_channels != 3:
-        raise UserError("tv_resnet50: in_channels must be 3 (RGB images); use a colour dataset")
+    _rgb_weights("tv_resnet50", in_channels, weights)
     net = resnet50(weights=None)
     _prepare("tv_resnet50", net, weights)
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
     width = net.fc.in_features
     net.fc = nn.Identity()
     model = TorchvisionNet(net, nn.Identity(), width, num_classes)
@@ -77,10 +86,11 @@ def tv_vgg19_bn(
     from torchvision.models import vgg19_bn
 
     check_sizes("tv_vgg19_bn", num_classes, in_channels)
-    if in_channels != 3:
-        raise UserError("tv_vgg19_bn: in_channels must be 3 (RGB images); use a colour dataset")
+    _rgb_weights("tv_vgg19_bn", in_channels, weights)
     net = vgg19_bn(weights=None)
     _prepare("tv_vgg19_bn", net, weights)
+    if in_channels != 3:
+        net.features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
     width = net.classifier[-1].in_features
     net.classifier[-1] = nn.Identity()
     model = TorchvisionNet(net, nn.Identity(), width, num_classes)
