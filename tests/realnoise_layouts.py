@@ -71,7 +71,7 @@ def webvision(root: Path, imagenet: str | None = "numeric", classes: int = 52) -
     flickr list that mini-WebVision ignores; WebVision val 1 per class under val_images_256/;
     ILSVRC12 val of 52 classes (1 each) in the layout ``imagenet``: ``numeric``
     (root/imagenet/val/<c>/), ``wnid`` (root/imagenet_val/<WNID>/), ``list`` (flat
-    root/imagenet/ + imagenet_val.txt) or None (absent)."""
+    root/imagenet/ + imagenet_val.txt), ``elr`` or None (absent)."""
     train, val, flickr = [], [], []
     seed = 1000
     for c in range(classes):
@@ -92,11 +92,14 @@ def webvision(root: Path, imagenet: str | None = "numeric", classes: int = 52) -
     elif imagenet == "wnid":
         for c in range(classes):
             jpeg(root / "imagenet_val" / WNIDS[c] / f"ILSVRC2012_val_{c:08d}.JPEG", c)
-    elif imagenet == "list":
+    elif imagenet in ("list", "elr"):
+        # list: flat root/imagenet/ holding the list; elr (ELR+'s loader): the list in
+        # root/imagenet/, the images flat in root/imagenet/val/
+        folder = root / "imagenet" / ("val" if imagenet == "elr" else "")
         lines = []
         for c in range(classes):
             name = f"ILSVRC2012_val_{c:08d}.JPEG"
-            jpeg(root / "imagenet" / name, c)
+            jpeg(folder / name, c)
             lines.append(f"{name} {c}")
         write_lines(root / "imagenet" / "imagenet_val.txt", lines)
     return {"train": min(classes, 50) * 2, "test": min(classes, 50), "imagenet": min(classes, 50)}

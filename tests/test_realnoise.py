@@ -135,7 +135,7 @@ def test_clothing1m_bad_inputs_one_line_each(c1m, tmp_path) -> None:
 
 
 # ----------------------------------------------------------------------------- WebVision
-@pytest.mark.parametrize("layout", ["numeric", "wnid", "list"])
+@pytest.mark.parametrize("layout", ["numeric", "wnid", "list", "elr"])
 def test_webvision_mini_keeps_50_classes_and_reads_each_imagenet_layout(tmp_path, layout):
     spec = lay.webvision(tmp_path, imagenet=layout)
     data = load_webvision_mini(str(tmp_path))
