@@ -119,3 +119,18 @@ def test_animal10n_resumes_mid_epoch_exactly(cli, trees, tmp_path) -> None:
     assert a["status"] == b["status"] == "finished"
     assert len(a["history"]) == 2
     assert epoch_metrics(a["history"]) == epoch_metrics(b["history"])
+
+
+def test_two_processes_train_clothing1m_like_one(tmp_path) -> None:
+    """Clothing1M's reader under two gloo processes (tests/test_distributed.py's comparison:
+    every process holds the same state, metrics and BSD's store equal one process's within
+    float-sum rounding)."""
+    from test_distributed import _compare_with_one_process
+
+    lay.clothing1m(tmp_path / "c1m")
+    spec = (
+        f"dataset=clothing1m dataset.reader.root={tmp_path / 'c1m'} dataset.reader.image_size=16 "
+        "dataset.reader.resize=20 dataset.loader.workers=0 model=small_mlp noise=none "
+        "method=bsd epochs=2 batch_size=12 progress=false logger=[] eval.batch_size=8"
+    )
+    _compare_with_one_process(tmp_path, ["bsd clothing1m"], [spec])
