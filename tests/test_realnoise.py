@@ -77,6 +77,16 @@ def test_clothing1m_splits_labels_and_manifest(c1m, tmp_path) -> None:
     rows += [("test", f"{c}/t/t{c}_0.jpg", c, c, -1) for c in range(14)]
     assert data.manifest_sha256 == expected_sha("clothing1m", rows)
     assert data.protocol["subset_per_epoch"] == 64000
+    # what a run records (result.json's "dataset" entry): plain JSON
+    import json
+
+    from noisybench.data.realnoise import summary
+
+    record = json.loads(json.dumps(summary(data)))
+    assert record["manifest_sha256"] == data.manifest_sha256
+    assert record["splits"] == {"train": 42, "val": 14, "test": 14}
+    assert record["clean_known_train"] == 28 and record["missing_skipped"]["train"] == 0
+    assert record["noise_on_known"]["realised_rate"] == pytest.approx(0.5)
 
 
 def test_clothing1m_without_the_images_folder_has_the_same_manifest(c1m, tmp_path) -> None:

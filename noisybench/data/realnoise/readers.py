@@ -63,6 +63,8 @@ CLOTHING1M_CLASSES = (
 )  # fmt: skip
 CLOTHING1M_MEAN = (0.6959, 0.6537, 0.6371)  # DivideMix's and ELR+'s normalisation
 CLOTHING1M_STD = (0.3113, 0.3192, 0.3214)
+# the dataset's documented label order (names only label the classes: the labels come from the
+# file names; one later loader, CLIPCleaner's, reports 4 and 5 swapped in the annotation)
 ANIMAL10N_CLASSES = (
     "cat", "lynx", "wolf", "coyote", "cheetah", "jaguar", "chimpanzee", "orangutan",
     "hamster", "guinea pig",
