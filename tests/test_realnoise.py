@@ -157,7 +157,7 @@ def test_webvision_mini_keeps_50_classes_and_reads_each_imagenet_layout(tmp_path
     assert all(f"ILSVRC2012_val_{c:08d}.JPEG" in f for c, f in zip(range(50), files, strict=True))
     assert data.test_files[3] == str(tmp_path / "val_images_256" / "val000003.jpg")
     assert data.class_names[1] == "class 1"
-    assert (data.image_size, data.resize) == (299, 320)
+    assert (data.image_size, data.resize) == (227, 256)  # DivideMix's crops
     assert spec["train"] == 100
 
 

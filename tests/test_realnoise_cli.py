@@ -134,3 +134,18 @@ def test_two_processes_train_clothing1m_like_one(tmp_path) -> None:
         "method=bsd epochs=2 batch_size=12 progress=false logger=[] eval.batch_size=8"
     )
     _compare_with_one_process(tmp_path, ["bsd clothing1m"], [spec])
+
+
+def test_clothing1m_dividemix_experiment_streams_two_views(cli, trees, tmp_path) -> None:
+    """experiment=clothing1m_dividemix (the authors' values) on the streamed reader: the warm-up
+    epoch, then a co-divided DivideMix epoch on the two streamed weak views."""
+    options, given = trees["clothing1m"]
+    args = _args("clothing1m", tmp_path / "out", *options, "epochs=2", "eval.batch_size=16")
+    args = [a for a in args if not a.startswith(("dataset=", "method=", "noise="))]
+    proc = cli("experiment=clothing1m_dividemix", *args, base=())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = read_result(_run_dir(tmp_path / "out"))
+    assert result["status"] == "finished" and len(result["history"]) == 2
+    assert result["config"]["method"]["warm_up"] == 1
+    assert result["config"]["method"]["confidence_penalty"] is True
+    np.testing.assert_array_equal(np.load(_run_dir(tmp_path / "out") / "noisy_labels.npy"), given)
