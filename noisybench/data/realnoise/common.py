@@ -83,7 +83,7 @@ class RealNoiseData(FolderData):
             ``{name: (files, labels)}``.
         missing: images listed but absent and skipped (``missing=skip``), by split.
         clean_mask: bool ``(N,)``, training samples whose clean label is known (Clothing1M's
-            samples with both labels); ``train_labels`` holds the given label elsewhere.
+            samples with both labels).
         noise_on_known: realised rate and transition matrix on the samples of ``clean_mask``
             (a :class:`noisybench.data.noise.NoiseRecord` as a dict) or None.
         protocol: the standard protocol's numbers (per-epoch subset size, selection split).
@@ -237,9 +237,10 @@ def build_data(
 ) -> RealNoiseData:
     """Check every listed file (missing-image policy), build the manifest and the data.
 
-    Training labels: ``given`` is the noisy label; where ``clean`` is known it becomes the
-    sample's clean label (``train_labels``), elsewhere the given label stands in for it and
-    ``clean_known`` is False unless every sample has a clean label.
+    Training labels: ``given`` is the noisy label. When every training sample has a clean
+    label, ``train_labels`` holds them and ``clean_known`` is True; otherwise ``train_labels``
+    is the given label (``clean_known`` False) and the partly known clean labels are summarised
+    in ``clean_mask`` and ``noise_on_known`` (realised rate and transition matrix on them).
     """
     if missing not in MISSING_POLICIES:
         raise UserError(
@@ -273,7 +274,11 @@ def build_data(
     given = torch.tensor([e.given for e in train_entries], dtype=torch.long)
     clean = torch.tensor([e.clean for e in train_entries], dtype=torch.long)
     mask = clean >= 0
-    labels = torch.where(mask, clean, given)
+    # Partly known clean labels (Clothing1M) are not mixed into train_labels: the engine's
+    # noise record and diagnostics would count the unknown ones as clean. They stay in
+    # clean_mask / noise_on_known, and train_labels is the given label, as for any real-noise
+    # data without clean labels (clean_known False).
+    labels = clean if bool(mask.all()) else given.clone()
     noise_on_known = None
     if bool(mask.any()):
         from noisybench.data.noise import make_noise_record
