@@ -204,10 +204,12 @@ def _resolve(split: Split, missing: str) -> tuple[list[str], list[Entry], int]:
     files: list[str] = []
     kept: list[Entry] = []
     absent: list[str] = []
+    base = str(split.base)
+    isfile, join = os.path.isfile, os.path.join  # a stat per file; pathlib is ~2x slower at 1M
     for entry in split.entries:
-        full = split.base / entry.path
-        if full.is_file():
-            files.append(str(full))
+        full = join(base, entry.path)
+        if isfile(full):
+            files.append(full)
             kept.append(entry)
         else:
             absent.append(entry.path)
