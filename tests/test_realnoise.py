@@ -250,6 +250,30 @@ def test_red_mini_imagenet_levels_missing_policy_and_blue_clean(tmp_path) -> Non
         load_red_mini_imagenet(str(tmp_path), noise_rate=0.5)
 
 
+def test_red_mini_imagenet_annotations_give_verification_flags(tmp_path) -> None:
+    """mini-imagenet-annotations.json (CNWL's web-image verdicts): two web images of the
+    0.4 split, one judged clean; every other image is an original Mini-ImageNet one (1)."""
+    import json
+
+    spec = lay.red_mini_imagenet(tmp_path)
+
+    def row(name: str, is_clean: int) -> list[dict]:
+        return [{"image/id": name, "image/class/label/is_clean": is_clean, "image/uri": "u"}]
+
+    rows = [row("n00_0", 0), row("n02_1", 1), row("elsewhere", 0)]
+    (tmp_path / "mini-imagenet-annotations.json").write_text(json.dumps({"data": rows}))
+    data = load_red_mini_imagenet(str(tmp_path), noise_rate=0.4)
+    flags = {row[1]: row[4] for row in data.manifest if row[0] == "train"}
+    names = [n for n, _ in spec["splits"]["0.4"]]
+    assert flags == {n: 0 if n == "n00_0.jpg" else 1 for n in names}
+    assert data.protocol["web_images_annotated"] == 2
+    assert data.protocol["verified_wrong_rate"] == pytest.approx(1 / 15)
+    (tmp_path / "mini-imagenet-annotations.json").write_text("{")
+    with pytest.raises(UserError) as err:
+        load_red_mini_imagenet(str(tmp_path), noise_rate=0.4)
+    assert "mini-imagenet-annotations.json" in one_line(err)
+
+
 # ----------------------------------------------------------------------------- export + hash
 def test_export_to_folder_form_reads_back_with_the_folder_reader(c1m, tmp_path) -> None:
     root, spec = c1m

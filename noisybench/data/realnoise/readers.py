@@ -458,6 +458,36 @@ def load_food101n(
 
 
 # ----------------------------------------------------------------------------- Red Mini-ImageNet
+def _cnwl_flags(path: Path, names: list[str]) -> tuple[dict[str, int], int]:
+    """Verification flags of CNWL's ``mini-imagenet-annotations.json`` when present:
+    ``{"data": [[{"image/id": ..., "image/class/label/is_clean": 0|1, ...}], ...]}`` lists the
+    web images with their human verdict; a training image not in it is an original
+    Mini-ImageNet image, whose label is right (1). Returns ``({name: flag}, web images)``;
+    no file: no flags."""
+    import json
+
+    if not path.is_file():
+        return {}, 0
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["data"]
+        verdict = {str(r[0]["image/id"]): int(r[0]["image/class/label/is_clean"]) for r in rows}
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise UserError(
+            f"cannot read {path} ({type(err).__name__}: {err}); restore CNWL's original file "
+            "or remove it (the verification flags are then left out)"
+        ) from err
+    flags = {}
+    web = 0
+    for name in names:
+        stem = name.rsplit(".", 1)[0]
+        if stem in verdict:
+            web += 1
+            flags[name] = 1 if verdict[stem] else 0
+        else:
+            flags[name] = 1
+    return flags, web
+
+
 def load_red_mini_imagenet(
     root: str,
     noise_rate: str | float = "0.4",
@@ -490,7 +520,9 @@ def load_red_mini_imagenet(
     clean: dict[str, int] = {}
     if color == "blue":
         clean = read_pairs(base / "split" / "blue_noise_nl_0.0", "CNWL split file", 100, hint)
-    train = [Entry(p, y, clean.get(p, UNKNOWN)) for p, y in pairs.items()]
+    flags, annotated = _cnwl_flags(base / "mini-imagenet-annotations.json", list(pairs))
+    train = [Entry(p, y, clean.get(p, UNKNOWN), flags.get(p, UNKNOWN)) for p, y in pairs.items()]
+    verified = [f for f in flags.values() if f != UNKNOWN]
     val_file = base / "split" / "clean_validation"
     test_pairs = read_pairs(val_file, "CNWL split file", 100, hint)
     return build_data(
@@ -508,5 +540,11 @@ def load_red_mini_imagenet(
         std=std or (0.229, 0.224, 0.225),
         image_size=image_size,
         resize=resize,
-        protocol={"selection": "last", "noise_rate": rate, "color": color},
+        protocol={
+            "selection": "last",
+            "noise_rate": rate,
+            "color": color,
+            "web_images_annotated": annotated,
+            "verified_wrong_rate": (verified.count(0) / len(verified)) if verified else None,
+        },
     )
