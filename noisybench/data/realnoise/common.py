@@ -12,8 +12,9 @@ row per sample, in the reader's stable sample order, split by split::
 ``path`` is relative to the split's own root folder with ``/`` separators (never absolute, so
 it is the same on every machine), ``given`` the label the dataset provides (noisy for training
 samples, the ground truth for clean evaluation splits), ``clean`` the clean label where the
-dataset has one (``-1`` otherwise) and ``verified`` Food-101N's human verification flag
-(``1`` label correct, ``0`` wrong, ``-1`` not verified). The SHA-256 recorded with a run is the
+dataset has one (``-1`` otherwise) and ``verified`` a human verdict on the given label where
+the dataset has one (Food-101N's verification lists, CNWL's annotation file: ``1`` label
+correct, ``0`` wrong, ``-1`` not verified). The SHA-256 recorded with a run is the
 hash of exactly these UTF-8 bytes (``\\n`` line ends, header included), so
 ``sha256sum manifest.tsv`` on an exported manifest gives the same hex digest.
 """

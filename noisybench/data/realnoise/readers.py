@@ -22,7 +22,8 @@ datasets' documentation and the reference loaders define them (docs/datasets_rea
   ``images/``; the test set is Food-101's ``meta/test.txt`` under ``images/`` of Food-101.
 - Red Mini-ImageNet (CNWL, Jiang et al. 2020): ``split/{red,blue}_noise_nl_<r>``
   (``name label``) under ``all_images/``, test ``split/clean_validation`` under
-  ``all_validation/``; copies made from the URLs miss images, hence ``missing=skip``.
+  ``all_validation/``; copies made from the URLs miss images, hence ``missing=skip``;
+  ``mini-imagenet-annotations.json``, when present, gives the web images' verdicts.
 """
 
 from __future__ import annotations
