@@ -128,6 +128,11 @@ def test_clothing1m_bad_inputs_one_line_each(c1m, tmp_path) -> None:
     with pytest.raises(UserError) as err:
         load_clothing1m(str(tree))
     assert "0/01/n0_1.jpg is listed twice, with labels 0 and 5" in one_line(err)
+    # duplicates=last: the reference loaders' dict, the last line wins, counted
+    data = load_clothing1m(str(tree), duplicates="last")
+    assert data.given_labels[1].item() == 5 and data.protocol["duplicates_overwritten"] == 1
+    with pytest.raises(UserError, match="duplicates='first' is unknown"):
+        load_clothing1m(str(tree), duplicates="first")
 
     tree = _copy_tree(root, tmp_path / "f")
     (tree / "images" / "3" / "01" / "n3_1.jpg").unlink()

@@ -147,14 +147,19 @@ def read_pairs(
     sep: str | None = None,
     header: str | None = None,
     keep: int | None = None,
+    duplicates: str = "refuse",
+    overwritten: list[str] | None = None,
 ) -> dict[str, int]:
     """``{key: label}`` of a ``key label`` list file, in file order.
 
     ``header``: a first line starting with it is skipped. ``keep``: labels ``>= keep`` are
     dropped (mini-WebVision keeps the first 50 classes) after the range check against
     ``num_classes``. A key listed twice with the same label counts once; with two different
-    labels it is refused (which one is right cannot be decided here).
+    labels it is refused (which one is right cannot be decided here), unless
+    ``duplicates="last"``: the last line wins, as in the reference loaders (a Python dict
+    filled line by line), and the key is appended to ``overwritten``.
     """
+    check_duplicates(duplicates)
     out: dict[str, int] = {}
     for n, line in read_lines(path, what, hint):
         if header is not None and n == 1 and line.startswith(header):
@@ -171,12 +176,27 @@ def read_pairs(
             continue
         previous = out.get(key)
         if previous is not None and previous != label:
-            raise UserError(
-                f"{path}:{n}: {key} is listed twice, with labels {previous} and {label}; "
-                "remove one of the two lines (or restore the dataset's original file)"
-            )
+            if duplicates == "refuse":
+                raise UserError(
+                    f"{path}:{n}: {key} is listed twice, with labels {previous} and {label}; "
+                    "remove one of the two lines, or set dataset.reader.duplicates=last (the "
+                    "last line wins, as in the reference loaders; the count is recorded)"
+                )
+            if overwritten is not None:
+                overwritten.append(key)
         out[key] = label
     return out
+
+
+DUPLICATE_POLICIES = ("refuse", "last")
+
+
+def check_duplicates(duplicates: str) -> None:
+    if duplicates not in DUPLICATE_POLICIES:
+        raise UserError(
+            f"dataset.reader.duplicates={duplicates!r} is unknown; use one of "
+            f"{list(DUPLICATE_POLICIES)}"
+        )
 
 
 def read_keys(path: Path, what: str, hint: str) -> list[str]:

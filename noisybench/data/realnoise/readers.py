@@ -82,6 +82,7 @@ def load_clothing1m(
     root: str,
     train_list: str = "noisy",
     missing: str = "refuse",
+    duplicates: str = "refuse",
     subset_per_epoch: int = 64000,
     image_size: int = 224,
     resize: int = 256,
@@ -102,12 +103,19 @@ def load_clothing1m(
     def strip(key: str) -> str:
         return key[len(prefix) :] if key.startswith(prefix) else key
 
+    overwritten: list[str] = []
+
     def pairs(file: str) -> dict[str, int]:
-        raw = read_pairs(base / file, "Clothing1M label file", 14, hint)
+        raw = read_pairs(
+            base / file, "Clothing1M label file", 14, hint, duplicates=duplicates,
+            overwritten=overwritten,
+        )  # fmt: skip
         out: dict[str, int] = {}
         for key, label in raw.items():
             short = strip(key)
-            if out.get(short, label) != label:
+            if out.get(short, label) != label and duplicates == "last":
+                overwritten.append(short)
+            elif out.get(short, label) != label:
                 raise UserError(
                     f"{base / file}: {short} is listed twice (with and without images/), with "
                     f"labels {out[short]} and {label}; remove one of the two lines"
@@ -166,6 +174,7 @@ def load_clothing1m(
             "subset_per_epoch": int(subset_per_epoch),
             "selection": "val",
             "train_list": train_list,
+            "duplicates_overwritten": len(overwritten),
         },
     )
 
@@ -240,6 +249,7 @@ def load_webvision_mini(
     imagenet_root: str | None = None,
     imagenet_list: str | None = None,
     missing: str = "refuse",
+    duplicates: str = "refuse",
     image_size: int = 227,
     resize: int = 256,
     mean: Sequence[float] | None = None,
@@ -253,10 +263,12 @@ def load_webvision_mini(
     k = int(num_classes)
     if not 1 <= k <= 1000:
         raise UserError(f"dataset.reader.num_classes={num_classes} must be in 1..1000")
-    train_pairs = read_pairs(
-        base / "info" / "train_filelist_google.txt", "WebVision list", 1000, hint, keep=k
+    overwritten: list[str] = []
+    lists = base / "info" / "train_filelist_google.txt", base / "info" / "val_filelist.txt"
+    train_pairs, val_pairs = (
+        read_pairs(f, "WebVision list", 1000, hint, None, None, k, duplicates, overwritten)
+        for f in lists
     )
-    val_pairs = read_pairs(base / "info" / "val_filelist.txt", "WebVision list", 1000, hint, keep=k)
     synsets = base / "info" / "synsets.txt"
     wnids: list[str] = []
     classes = [str(c) for c in range(k)]
@@ -290,7 +302,11 @@ def load_webvision_mini(
         std=std or (0.229, 0.224, 0.225),
         image_size=image_size,
         resize=resize,
-        protocol={"selection": "last", "extra_tests": [s.name for s in extra]},
+        protocol={
+            "selection": "last",
+            "extra_tests": [s.name for s in extra],
+            "duplicates_overwritten": len(overwritten),
+        },
     )
 
 
@@ -494,6 +510,7 @@ def load_red_mini_imagenet(
     noise_rate: str | float = "0.4",
     color: str = "red",
     missing: str = "refuse",
+    duplicates: str = "refuse",
     image_size: int = 32,
     resize: int = 32,
     mean: Sequence[float] | None = None,
@@ -517,7 +534,9 @@ def load_red_mini_imagenet(
     hint = "put CNWL's split/ folder in dataset.reader.root"
     split_file = base / "split" / f"{color}_noise_nl_{rate}"
     require_file(split_file, "CNWL split file", hint)
-    pairs = read_pairs(split_file, "CNWL split file", 100, hint)
+    overwritten: list[str] = []
+    pairs = read_pairs(split_file, "CNWL split file", 100, hint, None, None, None, duplicates,
+                       overwritten)  # fmt: skip
     clean: dict[str, int] = {}
     if color == "blue":
         clean = read_pairs(base / "split" / "blue_noise_nl_0.0", "CNWL split file", 100, hint)
@@ -547,5 +566,6 @@ def load_red_mini_imagenet(
             "color": color,
             "web_images_annotated": annotated,
             "verified_wrong_rate": (verified.count(0) / len(verified)) if verified else None,
+            "duplicates_overwritten": len(overwritten),
         },
     )
