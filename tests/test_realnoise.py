@@ -87,6 +87,15 @@ def test_clothing1m_splits_labels_and_manifest(c1m, tmp_path) -> None:
     assert record["splits"] == {"train": 42, "val": 14, "test": 14}
     assert record["clean_known_train"] == 28 and record["missing_skipped"]["train"] == 0
     assert record["noise_on_known"]["realised_rate"] == pytest.approx(0.5)
+    # a resumed run must read the same data: the recorded entry passes, another copy does not
+    from noisybench.data.realnoise import check_manifest
+
+    check_manifest(record, data, "runs/x")
+    check_manifest(None, data, "runs/x")
+    other = dict(record, manifest_sha256="0" * 64)
+    with pytest.raises(UserError) as err:
+        check_manifest(other, data, "runs/x")
+    assert "runs/x was trained on clothing1m with manifest 0000000000000000" in one_line(err)
 
 
 def test_clothing1m_without_the_images_folder_has_the_same_manifest(c1m, tmp_path) -> None:

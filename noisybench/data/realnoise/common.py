@@ -43,6 +43,7 @@ __all__ = [
     "RealNoiseData",
     "balanced_subset",
     "build_data",
+    "check_manifest",
     "manifest_bytes",
     "read_pairs",
 ]
@@ -362,6 +363,22 @@ def summary(data: RealNoiseData) -> dict:
         "noise_on_known": data.noise_on_known,
         "protocol": dict(data.protocol),
     }
+
+
+def check_manifest(saved: dict | None, data: RealNoiseData, run_dir: str) -> None:
+    """Refuse to resume a run on other data than it started with.
+
+    ``saved`` is the run's recorded :func:`summary` (``result.json``'s ``"dataset"`` entry or
+    the checkpoint's); None (a run from before manifests were recorded) passes.
+    """
+    if not saved or "manifest_sha256" not in saved:
+        return
+    if saved["manifest_sha256"] != data.manifest_sha256:
+        raise UserError(
+            f"{run_dir} was trained on {data.name} with manifest {saved['manifest_sha256'][:16]}, "
+            f"the data now read gives {data.manifest_sha256[:16]} (other files, labels or "
+            "missing images); point dataset.reader.root at the same copy, or set restart=true"
+        )
 
 
 def env_root(root: str | os.PathLike[str], what: str) -> Path:
