@@ -59,6 +59,7 @@ from noisybench.distributed import env_world
 from noisybench.errors import UserError
 from noisybench.io import disk_full
 from noisybench.rundir import RunDir, run_dir_for
+from noisybench.safety import check_tree, take_command_line
 
 __all__ = ["CONF_DIR", "GROUPS", "main", "validate_choices"]
 
@@ -162,6 +163,7 @@ def _check_job(overrides: Sequence[str], dirs: Sequence[Path]) -> tuple[RunDir, 
     """Compose one job and refuse bad input before anything is written. Returns its run
     directory and the result of an already finished run there (None otherwise)."""
     cfg = compose(overrides, return_hydra_config=True, search_dirs=dirs[1:])
+    check_tree(cfg)  # the job's _target_s and Hydra's (callbacks, launcher, logging handlers)
     run_dir = RunDir(_job_run_dir(cfg))
     _note_new_dir(run_dir.path)
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
@@ -329,6 +331,12 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``noisybench`` command and ``python -m noisybench``
     (``noisybench report ...`` and ``noisybench evaluate ...`` run those tools)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # allow_targets=[pkg.] / --allow-target pkg.: never a config key (a file could then
+        # allow itself), an instruction of whoever types the command (noisybench.safety).
+        args = take_command_line(args)
+    except UserError as exc:
+        _fail(str(exc), 2)
     if args and args[0] in _SUBCOMMANDS:
         import importlib
 

@@ -517,7 +517,10 @@ def check_config(cfg: DictConfig) -> None:
         UserError: naming the bad key and value and what to set instead.
     """
     from noisybench.data.noise import ASYM_MAPS, NOISE_VARIANTS
+    from noisybench.safety import check_tree
 
+    # Code first: every _target_ must be allowed before anything reads, imports or calls it.
+    check_tree(cfg)
     for group in ("dataset", "model", "noise", "method", "optim"):
         if not isinstance(cfg.get(group), DictConfig):
             raise UserError(
@@ -647,10 +650,20 @@ def without_name(node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 def instantiate(node: Any, what: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` whose failures become one :class:`UserError` line naming
-    the config group (``what``) and the root cause."""
+    the config group (``what``) and the root cause.
+
+    Every ``_target_`` in ``node`` (nested ones too: Hydra instantiates them recursively) is
+    checked against the allow-list of :mod:`noisybench.safety` first, before Hydra imports or
+    calls anything; so is a ``_target_`` passed in ``kwargs``."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
 
+    from noisybench.safety import check_tree
+
+    label = "_".join(str(what).split()[:1]) or "config"
+    check_tree(node, f"{label}.")
+    if kwargs.get("_recursive_", True):  # nested _target_s in kwargs are built too
+        check_tree({k: v for k, v in kwargs.items() if not k.startswith("_")}, f"{label}.")
     try:
         return hydra_instantiate(node, **kwargs)
     except InstantiationException as exc:

@@ -53,7 +53,8 @@ from noisybench.evaluation import (
     run_suites,
 )
 from noisybench.evaluation.selection import selection_summary
-from noisybench.rundir import RunDir
+from noisybench.rundir import RunDir, check_saved_config
+from noisybench.safety import take_command_line
 
 __all__ = ["EVALUATION_FILE", "evaluate_run", "main", "rebuild_model"]
 
@@ -92,6 +93,9 @@ def evaluate_run(
             "noisybench (it holds result.json and checkpoint.pt)"
         )
     config = result["config"]
+    # The run directory may be someone else's: nothing it names is imported or called unless
+    # the allow-list admits it (noisybench.safety), and its shape is checked first.
+    check_saved_config(config, run_dir / "result.json")
     dev = resolve_device(device)
     built = [load_suite(name, (overrides or {}).get(name)) for name in suites]
     ckpt = load_checkpoint(rd.checkpoint_file, map_location=dev)
@@ -273,7 +277,8 @@ def _parse(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 on a UserError)."""
     try:
-        runs, suites, overrides, options = _parse(sys.argv[1:] if argv is None else argv)
+        args = take_command_line(sys.argv[1:] if argv is None else argv, "noisybench evaluate")
+        runs, suites, overrides, options = _parse(args)
         batch_size = options.get("batch_size", "1024")
         if not batch_size.isdigit() or int(batch_size) < 1:
             raise UserError(f"batch_size={batch_size} is not a positive integer; e.g. 1024")

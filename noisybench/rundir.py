@@ -374,3 +374,43 @@ def _has_summary(result: Mapping[str, Any]) -> bool:
     return isinstance(result.get("history"), list) and all(
         result.get(k) is None or isinstance(result.get(k), Mapping) for k in ("last", "best")
     )
+
+
+def check_saved_config(config: Any, where: str | Path) -> None:
+    """Refuse a config read back from a run directory (``result.json``'s ``config``) that
+    cannot be rebuilt safely: code outside the allow-list (:mod:`noisybench.safety`, checked
+    before anything is imported) or a group that is not a mapping with a ``_target_``
+    string. ``where`` names the file in the one-line error."""
+    from noisybench.safety import check_tree
+
+    if not isinstance(config, Mapping):
+        raise UserError(f"{where}: its config is not a mapping; this is not a noisybench run")
+    try:
+        check_tree(config)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    for group in ("dataset", "model", "method"):
+        node = config.get(group)
+        if not isinstance(node, Mapping):
+            raise UserError(
+                f"{where}: config.{group} is missing or not a mapping; the file is damaged, "
+                "rerun the experiment"
+            )
+    reader = config["dataset"].get("reader")
+    for key, node in (
+        ("dataset.reader", reader),
+        ("model", config["model"]),
+        ("method", config["method"]),
+    ):
+        if not isinstance(node, Mapping) or not isinstance(node.get("_target_"), str):
+            raise UserError(
+                f"{where}: config.{key} has no _target_ string; the file is damaged, rerun "
+                "the experiment"
+            )
+    for key in ("epochs", "seed"):
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(
+                f"{where}: config.{key}={value!r} is not an integer; the file is damaged, "
+                "rerun the experiment"
+            )
