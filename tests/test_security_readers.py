@@ -94,3 +94,68 @@ def test_cifar_unpickler_imports_nothing_it_does_not_allow(tmp_path: Path, paylo
     assert lines[-1] == "CLEAN", proc.stdout
     assert lines[0].startswith("REFUSED") and str(path) in lines[0], proc.stdout
     assert "unexpected object" in lines[0]
+
+
+# ------------------------------------------------------------------------------ batch of one
+def _ident(x):
+    return x
+
+
+@pytest.mark.parametrize(
+    ("n", "b", "sizes"), [(23, 11, [11, 12]), (1300, 1299, [1300]), (23, 5, [5, 5, 5, 5, 3])]
+)
+def test_a_last_batch_of_one_is_folded_into_the_one_before(
+    n: int, b: int, sizes: list[int]
+) -> None:
+    """Issue 20 item 6: N mod B = 1 made a last batch of one sample, which BatchNorm cannot
+    normalise in training mode. Hand-worked sizes: 23 = 11 + 12; 1300 = one batch of 1300;
+    23 mod 5 = 3 is left alone."""
+    import torch
+
+    from noisybench.data.loader import DeviceLoader
+
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1)
+    labels = torch.arange(n) % 3
+    loader = DeviceLoader(images, labels, b, {"id": _ident}, seed=4)
+    assert len(loader) == len(sizes)
+    batches = list(loader.epoch(2))
+    assert [x.size for x in batches] == sizes
+    assert sorted(torch.cat([x.idx for x in batches]).tolist()) == list(range(n))
+    # exact resume: the last step alone is the same batch
+    again = list(loader.epoch(2, start_step=len(sizes) - 1))
+    assert again[0].idx.tolist() == batches[-1].idx.tolist()
+    bn = torch.nn.BatchNorm1d(1).train()
+    for x in batches:
+        bn(x.views["id"].float().view(-1, 1))  # raised "Expected more than 1 value" before
+
+
+def test_two_processes_never_get_a_single_sample_batch() -> None:
+    """With 2 processes a last global batch of 2 or 3 gave one process one sample."""
+    import torch
+
+    from noisybench.data.loader import DeviceLoader
+
+    n, b = 22, 10  # rest 2: shares (1, 1) before; now the last batch holds 12 -> (6, 6)
+    images = torch.zeros(n, 1, 1, 1, dtype=torch.uint8)
+    labels = torch.zeros(n, dtype=torch.long)
+    shares = [
+        [
+            x.size
+            for x in DeviceLoader(images, labels, b, {"id": _ident}, 0, rank=r, world_size=2).epoch(
+                0
+            )
+        ]
+        for r in (0, 1)
+    ]
+    assert shares == [[5, 6], [5, 6]]
+
+
+@pytest.mark.cli
+def test_batch_size_leaving_one_sample_trains(cli, tmp_path: Path) -> None:
+    """The issue's command: 1,300 digits training images, batch_size=1299."""
+    from conftest import read_result
+
+    proc = cli(f"out_dir={tmp_path}", "run_name=one", "method=ce", "epochs=1", "batch_size=1299")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = read_result(tmp_path / "one")
+    assert result["status"] == "finished" and len(result["history"]) == 1

@@ -100,7 +100,10 @@ def test_payloads_are_refused(target: object) -> None:
 
 def test_nested_and_listed_targets_are_found() -> None:
     tree = {"a": [{"b": {"_target_": "noisybench.x"}}, {"_target_": "os.system"}]}
-    assert list(safety.targets(tree)) == [("a.0.b._target_", "noisybench.x"), ("a.1._target_", "os.system")]
+    assert list(safety.targets(tree)) == [
+        ("a.0.b._target_", "noisybench.x"),
+        ("a.1._target_", "os.system"),
+    ]
     with pytest.raises(UserError, match=r"^a\.1\._target_=os\.system is not allowed"):
         safety.check_tree(tree)
 

@@ -44,7 +44,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from noisybench.data.labels_file import read_label_file
-from noisybench.data.loader import check_start_step, epoch_generator_seed, process_share
+from noisybench.data.loader import (
+    check_start_step,
+    epoch_generator_seed,
+    folds_last_batch,
+    process_share,
+)
 from noisybench.errors import UserError
 from noisybench.method import Batch
 
@@ -458,6 +463,7 @@ class FolderLoader:
         self.gpu_decode = decode_device == "cuda"
         self.prefetch_factor = int(prefetch_factor)
         self.num_carried = 0
+        self.fold_last = folds_last_batch(n, batch_size, self.world_size, self.drop_last)
         self.normalise = _normaliser(data.mean, data.std, self.device)
         self.train_transform = _train_transform(data.image_size)
         self.plain_transform = _eval_transform(data.image_size, data.resize)
@@ -467,8 +473,7 @@ class FolderLoader:
         return len(self.data.train_files)
 
     def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        return steps_per_epoch(self.num_samples, self.batch_size, self.drop_last, self.world_size)
 
     def permutation(self, epoch: int) -> Tensor:
         """The epoch's global sample order, from ``(seed, epoch)`` only (on the CPU)."""
@@ -506,7 +511,8 @@ class FolderLoader:
         n, b = self.num_samples, self.batch_size
         plan = []
         for step in range(int(start_step), steps):
-            share = self.shard(perm[step * b : min(step * b + b, n)])
+            stop = n if (self.fold_last and step == steps - 1) else min(step * b + b, n)
+            share = self.shard(perm[step * b : stop])
             plan.append([(epoch, int(i)) for i in share])
         if not plan:
             return
@@ -587,6 +593,11 @@ def eval_batches(
         yield normalise(images), labels[idx].to(dev), idx
 
 
-def steps_per_epoch(num_samples: int, batch_size: int, drop_last: bool) -> int:
-    """Optimizer steps per epoch for a global batch (same rule as the loaders)."""
-    return num_samples // batch_size if drop_last else math.ceil(num_samples / batch_size)
+def steps_per_epoch(
+    num_samples: int, batch_size: int, drop_last: bool, world_size: int = 1
+) -> int:
+    """Optimizer steps per epoch for a global batch (same rule as the loaders, including the
+    folded last batch of :func:`noisybench.data.loader.folds_last_batch`)."""
+    if drop_last or folds_last_batch(num_samples, batch_size, world_size, drop_last):
+        return num_samples // batch_size
+    return math.ceil(num_samples / batch_size)
