@@ -201,11 +201,23 @@ def _preflight_sweep(overrides: list[str], dirs: Sequence[Path]) -> list[RunDir]
     if jobs is None:
         return None
     run_dirs = []
+    seen: dict[str, int] = {}
     for number, job in enumerate(jobs[:_MAX_CHECKED_JOBS]):
         try:
-            run_dirs.append(_check_job(job, dirs)[0])
+            run_dir = _check_job(job, dirs)[0]
         except UserError as exc:
             raise UserError(f"job {number} of the sweep ({' '.join(job)}): {exc}") from None
+        # Two jobs in one directory: one would be refused (the directory is locked, or holds
+        # the other experiment) and the summary would show the other's result as its own.
+        key = os.path.abspath(run_dir.path)
+        if key in seen:
+            raise UserError(
+                f"jobs {seen[key]} and {number} of the sweep both write to {run_dir.path}; give "
+                "each job its own directory (leave run_name at its default, or put the swept "
+                "keys into it, e.g. run_name=name/${seed})"
+            )
+        seen[key] = number
+        run_dirs.append(run_dir)
     return run_dirs if len(jobs) <= _MAX_CHECKED_JOBS else None
 
 

@@ -309,6 +309,16 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("paper", _paper_resolver)
     if not OmegaConf.has_resolver("nb_variant"):
         OmegaConf.register_new_resolver("nb_variant", _variant_resolver)
+    if not OmegaConf.has_resolver("nb_data_fingerprint"):
+        OmegaConf.register_new_resolver("nb_data_fingerprint", _fingerprint_resolver)
+
+
+def _fingerprint_resolver(*, _parent_: Any) -> str | None:
+    """``${nb_data_fingerprint:}`` in a reader node: the digest of the files it reads
+    (:mod:`noisybench.data.fingerprint`), so other data is another experiment."""
+    from noisybench.data.fingerprint import data_fingerprint
+
+    return data_fingerprint(_parent_)
 
 
 _register_resolvers()
@@ -521,6 +531,14 @@ def check_config(cfg: DictConfig) -> None:
 
     # Code first: every _target_ must be allowed before anything reads, imports or calls it.
     check_tree(cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg)) if isinstance(cfg, DictConfig) else []
+    if missing:
+        key = missing[0]
+        example = "/data/mine.npz" if key.endswith(".path") else "/data/mine"
+        raise UserError(
+            f"{key} is required and not set (dataset {OmegaConf.select(cfg, 'dataset.name')}); "
+            f"give it on the command line, e.g. {key}={example}"
+        )
     for group in ("dataset", "model", "noise", "method", "optim"):
         if not isinstance(cfg.get(group), DictConfig):
             raise UserError(

@@ -414,3 +414,45 @@ def check_saved_config(config: Any, where: str | Path) -> None:
                 f"{where}: config.{key}={value!r} is not an integer; the file is damaged, "
                 "rerun the experiment"
             )
+
+
+def read_evaluation(path: str | Path) -> dict[str, Any]:
+    """The ``evaluation.json`` already in a run directory ({} when there is none), refused in
+    one line when it is damaged: it is then neither read further nor overwritten."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    content = read_json(path)
+    damaged = not isinstance(content, dict) or any(
+        not isinstance(content.get(key) or {}, dict) for key in ("metrics", "suites")
+    )
+    if damaged:
+        raise UserError(
+            f"{path} is damaged (not a JSON object with 'metrics' and 'suites' objects); move "
+            "it away to keep it, then run the evaluation again"
+        )
+    return content
+
+
+def check_label_array(labels: Any, n: int, k: int, path: str | Path) -> Any:
+    """The noisy labels read back from a run directory, as int64, refused in one line when
+    they cannot be this run's: not integers, not ``n`` of them, or outside ``0..k-1``."""
+    import numpy as np
+
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise UserError(
+            f"{path} holds {arr.dtype} {tuple(arr.shape)}, not a 1-D integer array of labels; "
+            "the run directory is damaged, rerun the experiment (restart=true)"
+        )
+    if arr.shape[0] != n:
+        raise UserError(
+            f"{path} holds {arr.shape[0]} labels for {n} training samples; the run directory "
+            "is damaged or belongs to other data, rerun the experiment (restart=true)"
+        )
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= k):
+        raise UserError(
+            f"{path} has labels outside 0..{k - 1} (from {int(arr.min())} to {int(arr.max())}); "
+            "the run directory is damaged, rerun the experiment (restart=true)"
+        )
+    return arr.astype(np.int64)

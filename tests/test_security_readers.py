@@ -17,8 +17,6 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from noisybench.errors import UserError
-
 # ------------------------------------------------------------------------------ CIFAR pickles
 BATCH = {
     b"batch_label": b"training batch 1 of 5",
@@ -54,8 +52,7 @@ PAYLOAD_CHECK = textwrap.dedent(
     """
     import sys
     from noisybench.data.cifar import read_batch
-    from noisybench.errors import UserError
-    try:
+        try:
         read_batch(sys.argv[1])
     except UserError as exc:
         print("REFUSED", exc)
