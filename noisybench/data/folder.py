@@ -260,8 +260,13 @@ def _image_size(path: str) -> tuple[int, int]:
     """Width and height from the file's header (PIL reads the header only, no pixels)."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        return img.size
+    # PIL's own check would refuse (above twice its limit) without the size; this one is ours.
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as img:
+            return img.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _to_uint8(image: Tensor) -> Tensor:
