@@ -71,6 +71,7 @@ ARTEFACTS = (
     "evaluation.json",
 )
 _NAME_MAX = 255  # bytes of one path component on common file systems
+_PATH_MAX = 4000  # bytes of a whole path (Linux's PATH_MAX is 4096, with room for file names)
 
 
 def run_dir_for(out_dir: str | Path, run_name: str) -> Path:
@@ -82,6 +83,12 @@ def run_dir_for(out_dir: str | Path, run_name: str) -> Path:
     """
     if not str(out_dir).strip():
         raise UserError("out_dir is empty; set out_dir to a directory, e.g. out_dir=./runs")
+    if str(out_dir).startswith("~"):
+        # A quoted '~/runs' reaches us unexpanded: it would create a folder named "~" here.
+        raise UserError(
+            f"out_dir={out_dir} starts with '~', which the shell did not expand (it was "
+            f"quoted); give the full path, e.g. out_dir={os.path.expanduser(str(out_dir))}"
+        )
     name = str(run_name).strip()
     if not name:
         raise UserError(
@@ -102,6 +109,12 @@ def run_dir_for(out_dir: str | Path, run_name: str) -> Path:
                 f"longer than the file system's {_NAME_MAX}; give a shorter run_name=..., e.g. "
                 f"run_name={part[:40]}-{digest}"
             )
+    full = Path(os.path.abspath(Path(out_dir) / name))
+    if len(os.fsencode(full)) > _PATH_MAX:
+        raise UserError(
+            f"the run directory's path is {len(os.fsencode(full))} bytes, longer than the "
+            f"file system's {_PATH_MAX}; give a shorter run_name=... or out_dir=..."
+        )
     return Path(out_dir) / name
 
 
@@ -164,6 +177,15 @@ class RunDir:
             raise UserError(
                 f"cannot create the run directory {self.path}: {probe} is a file; "
                 "choose another out_dir=... or run_name=..."
+            )
+        try:
+            virtual = os.statvfs(probe).f_blocks == 0  # /proc, /sys, cgroup: no storage
+        except OSError:
+            virtual = False
+        if virtual:
+            raise UserError(
+                f"cannot create the run directory {self.path}: {probe} is on a virtual file "
+                "system (like /proc or /sys) that holds no files; choose another out_dir=..."
             )
         if not os.access(probe, os.W_OK | os.X_OK):
             raise UserError(

@@ -266,3 +266,26 @@ def test_check_saved_config_unit() -> None:
         UserError, match=r"^x/result\.json: method\._target_=os\.system is not allowed"
     ):
         check_saved_config({**ok, "method": {"_target_": "os.system"}}, "x/result.json")
+
+
+# ------------------------------------------------------------------------------ out_dir
+def test_run_dir_names_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """Issue 20 item 11: '~/runs' quoted made a folder named '~'; a path over PATH_MAX and
+    out_dir=/proc were tracebacks."""
+    from noisybench.rundir import RunDir, run_dir_for
+
+    with pytest.raises(UserError, match=r"out_dir=~/runs starts with '~'.*out_dir=/"):
+        run_dir_for("~/runs", "x")
+    deep = "/".join(["d" * 200] * 25)  # 25 components of 200 bytes: 5,024 bytes
+    with pytest.raises(UserError, match=r"path is \d+ bytes, longer than the file system's 4000"):
+        run_dir_for(str(tmp_path), deep)
+    with pytest.raises(UserError, match="virtual file system"):
+        RunDir(run_dir_for("/proc", "digits/x")).probe_writable()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.cli
+def test_out_dir_in_proc_is_one_line(cli: CLI) -> None:
+    proc = cli("out_dir=/proc", "epochs=1")
+    assert proc.returncode == 2
+    assert "virtual file system" in error_line(proc.stderr)

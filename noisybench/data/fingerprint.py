@@ -135,8 +135,9 @@ def _scan_split(
         folder = split_dir / name
         images = []
         for entry in os.scandir(folder):
-            hidden = entry.name.startswith(".")  # .DS_Store, macOS "._x.jpg" AppleDouble files
-            if hidden or Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+            lower = entry.name.lower()
+            hidden = lower.startswith(".")  # .DS_Store, macOS "._x.jpg" AppleDouble files
+            if hidden or not lower.endswith(IMAGE_SUFFIXES):
                 scan.skipped += 1
                 if len(scan.skipped_examples) < 3:
                     scan.skipped_examples.append(show_path(entry.path))
@@ -153,9 +154,9 @@ def _scan_split(
                 "remove the empty folder or add its images"
             )
         digest.update(f"class {name}\n".encode("utf-8", "surrogateescape"))
-        for file_name, size in images:
-            digest.update(f"{file_name}\t{size}\n".encode("utf-8", "surrogateescape"))
-        files += [str(folder / n) for n, _ in images]
+        digest.update("".join(f"{n}\t{size}\n" for n, size in images).encode("utf-8"))
+        prefix = os.path.join(str(folder), "")
+        files += [prefix + n for n, _ in images]
         labels += [index[name]] * len(images)
     if bad:
         more = f" (and {len(bad) - 1} more such files)" if len(bad) > 1 else ""
