@@ -39,6 +39,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,18 @@ def _fail(message: str, status: int, quiet: bool = False) -> None:
         where = f" (process {rank} of {world})" if world > 1 and rank > 0 else ""
         print(f"noisybench: error{where}: {' '.join(str(message).split())}", file=sys.stderr)
     sys.exit(status)  # no shutdown of a process group here: its peers may be gone
+
+
+def _quiet_disk_full_in_threads(args: Any) -> None:
+    """``threading.excepthook``: a background thread (TensorBoard's event writer, the
+    checkpoint writer) that fails because the disk is full prints nothing more: the run's own
+    one-line error already says so. Any other thread error goes to Python's default hook."""
+    if disk_full(args.exc_value) is not None:
+        return
+    _DEFAULT_THREAD_HOOK(args)
+
+
+_DEFAULT_THREAD_HOOK = threading.excepthook
 
 
 def _flag_name(arg: str) -> str:
@@ -355,6 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         tool = importlib.import_module(_SUBCOMMANDS[args[0]])
         sys.exit(tool.main(args[1:]))
     _NEW_DIRS.clear()
+    threading.excepthook = _quiet_disk_full_in_threads
     multirun = any(a in _MULTIRUN for a in args)
     passthrough = any(_flag_name(a) in _PASS_THROUGH for a in args)
     sweep_dirs: list[RunDir] | None = None

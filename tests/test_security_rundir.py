@@ -289,3 +289,33 @@ def test_out_dir_in_proc_is_one_line(cli: CLI) -> None:
     proc = cli("out_dir=/proc", "epochs=1")
     assert proc.returncode == 2
     assert "virtual file system" in error_line(proc.stderr)
+
+
+def test_a_thread_failing_on_a_full_disk_prints_nothing_more(monkeypatch) -> None:
+    """Issue 20 item 11: after the one line "the disk is full", TensorBoard's writer thread
+    printed its own traceback. The command line's thread hook drops exactly that error (also
+    when wrapped, as torch.save wraps it) and hands any other to Python's default hook."""
+    import errno
+    import os
+    import threading
+    from types import SimpleNamespace
+
+    from noisybench import cli
+
+    seen: list[BaseException] = []
+    monkeypatch.setattr(cli, "_DEFAULT_THREAD_HOOK", lambda args: seen.append(args.exc_value))
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "events.out.tfevents")
+    wrapped = RuntimeError("writer failed")
+    wrapped.__cause__ = full
+    denied = OSError(errno.EACCES, os.strerror(errno.EACCES), "events.out.tfevents")
+    for exc in (full, wrapped, denied):
+        hook_args = SimpleNamespace(
+            exc_type=type(exc), exc_value=exc, exc_traceback=None, thread=threading.current_thread()
+        )
+        cli._quiet_disk_full_in_threads(hook_args)
+    assert seen == [denied]
+    # main() installs it
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    with __import__("pytest").raises(SystemExit):
+        cli.main(["--version"])
+    assert threading.excepthook is cli._quiet_disk_full_in_threads
