@@ -235,6 +235,9 @@ def optimizer_impl_kwargs(impl: str, optimizer_target: str, device: torch.device
 
     from hydra.utils import get_class
 
+    from noisybench.safety import check_target
+
+    check_target(optimizer_target, "optim.optimizer._target_")  # before get_class imports it
     try:
         params = inspect.signature(get_class(optimizer_target)).parameters
     except Exception:  # not importable here: instantiate() reports it with its own message

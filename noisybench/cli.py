@@ -39,6 +39,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ from noisybench.distributed import env_world
 from noisybench.errors import UserError
 from noisybench.io import disk_full
 from noisybench.rundir import RunDir, run_dir_for
+from noisybench.safety import check_tree, take_command_line
 
 __all__ = ["CONF_DIR", "GROUPS", "main", "validate_choices"]
 
@@ -101,6 +103,18 @@ def _fail(message: str, status: int, quiet: bool = False) -> None:
         where = f" (process {rank} of {world})" if world > 1 and rank > 0 else ""
         print(f"noisybench: error{where}: {' '.join(str(message).split())}", file=sys.stderr)
     sys.exit(status)  # no shutdown of a process group here: its peers may be gone
+
+
+def _quiet_disk_full_in_threads(args: Any) -> None:
+    """``threading.excepthook``: a background thread (TensorBoard's event writer, the
+    checkpoint writer) that fails because the disk is full prints nothing more: the run's own
+    one-line error already says so. Any other thread error goes to Python's default hook."""
+    if disk_full(args.exc_value) is not None:
+        return
+    _DEFAULT_THREAD_HOOK(args)
+
+
+_DEFAULT_THREAD_HOOK = threading.excepthook
 
 
 def _flag_name(arg: str) -> str:
@@ -162,6 +176,7 @@ def _check_job(overrides: Sequence[str], dirs: Sequence[Path]) -> tuple[RunDir, 
     """Compose one job and refuse bad input before anything is written. Returns its run
     directory and the result of an already finished run there (None otherwise)."""
     cfg = compose(overrides, return_hydra_config=True, search_dirs=dirs[1:])
+    check_tree(cfg)  # the job's _target_s and Hydra's (callbacks, launcher, logging handlers)
     run_dir = RunDir(_job_run_dir(cfg))
     _note_new_dir(run_dir.path)
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
@@ -199,11 +214,23 @@ def _preflight_sweep(overrides: list[str], dirs: Sequence[Path]) -> list[RunDir]
     if jobs is None:
         return None
     run_dirs = []
+    seen: dict[str, int] = {}
     for number, job in enumerate(jobs[:_MAX_CHECKED_JOBS]):
         try:
-            run_dirs.append(_check_job(job, dirs)[0])
+            run_dir = _check_job(job, dirs)[0]
         except UserError as exc:
             raise UserError(f"job {number} of the sweep ({' '.join(job)}): {exc}") from None
+        # Two jobs in one directory: one would be refused (the directory is locked, or holds
+        # the other experiment) and the summary would show the other's result as its own.
+        key = os.path.abspath(run_dir.path)
+        if key in seen:
+            raise UserError(
+                f"jobs {seen[key]} and {number} of the sweep both write to {run_dir.path}; give "
+                "each job its own directory (leave run_name at its default, or put the swept "
+                "keys into it, e.g. run_name=name/${seed})"
+            )
+        seen[key] = number
+        run_dirs.append(run_dir)
     return run_dirs if len(jobs) <= _MAX_CHECKED_JOBS else None
 
 
@@ -329,12 +356,19 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``noisybench`` command and ``python -m noisybench``
     (``noisybench report ...`` and ``noisybench evaluate ...`` run those tools)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # allow_targets=[pkg.] / --allow-target pkg.: never a config key (a file could then
+        # allow itself), an instruction of whoever types the command (noisybench.safety).
+        args = take_command_line(args)
+    except UserError as exc:
+        _fail(str(exc), 2)
     if args and args[0] in _SUBCOMMANDS:
         import importlib
 
         tool = importlib.import_module(_SUBCOMMANDS[args[0]])
         sys.exit(tool.main(args[1:]))
     _NEW_DIRS.clear()
+    threading.excepthook = _quiet_disk_full_in_threads
     multirun = any(a in _MULTIRUN for a in args)
     passthrough = any(_flag_name(a) in _PASS_THROUGH for a in args)
     sweep_dirs: list[RunDir] | None = None

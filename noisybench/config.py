@@ -309,6 +309,16 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("paper", _paper_resolver)
     if not OmegaConf.has_resolver("nb_variant"):
         OmegaConf.register_new_resolver("nb_variant", _variant_resolver)
+    if not OmegaConf.has_resolver("nb_data_fingerprint"):
+        OmegaConf.register_new_resolver("nb_data_fingerprint", _fingerprint_resolver)
+
+
+def _fingerprint_resolver(*, _parent_: Any) -> str | None:
+    """``${nb_data_fingerprint:}`` in a reader node: the digest of the files it reads
+    (:mod:`noisybench.data.fingerprint`), so other data is another experiment."""
+    from noisybench.data.fingerprint import data_fingerprint
+
+    return data_fingerprint(_parent_)
 
 
 _register_resolvers()
@@ -517,7 +527,18 @@ def check_config(cfg: DictConfig) -> None:
         UserError: naming the bad key and value and what to set instead.
     """
     from noisybench.data.noise import ASYM_MAPS, NOISE_VARIANTS
+    from noisybench.safety import check_tree
 
+    # Code first: every _target_ must be allowed before anything reads, imports or calls it.
+    check_tree(cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg)) if isinstance(cfg, DictConfig) else []
+    if missing:
+        key = missing[0]
+        example = "/data/mine.npz" if key.endswith(".path") else "/data/mine"
+        raise UserError(
+            f"{key} is required and not set (dataset {OmegaConf.select(cfg, 'dataset.name')}); "
+            f"give it on the command line, e.g. {key}={example}"
+        )
     for group in ("dataset", "model", "noise", "method", "optim"):
         if not isinstance(cfg.get(group), DictConfig):
             raise UserError(
@@ -647,10 +668,20 @@ def without_name(node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 def instantiate(node: Any, what: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` whose failures become one :class:`UserError` line naming
-    the config group (``what``) and the root cause."""
+    the config group (``what``) and the root cause.
+
+    Every ``_target_`` in ``node`` (nested ones too: Hydra instantiates them recursively) is
+    checked against the allow-list of :mod:`noisybench.safety` first, before Hydra imports or
+    calls anything; so is a ``_target_`` passed in ``kwargs``."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
 
+    from noisybench.safety import check_tree
+
+    label = "_".join(str(what).split()[:1]) or "config"
+    check_tree(node, f"{label}.")
+    if kwargs.get("_recursive_", True):  # nested _target_s in kwargs are built too
+        check_tree({k: v for k, v in kwargs.items() if not k.startswith("_")}, f"{label}.")
     try:
         return hydra_instantiate(node, **kwargs)
     except InstantiationException as exc:

@@ -53,7 +53,8 @@ from noisybench.evaluation import (
     run_suites,
 )
 from noisybench.evaluation.selection import selection_summary
-from noisybench.rundir import RunDir
+from noisybench.rundir import RunDir, check_label_array, check_saved_config, read_evaluation
+from noisybench.safety import take_command_line
 
 __all__ = ["EVALUATION_FILE", "evaluate_run", "main", "rebuild_model"]
 
@@ -80,7 +81,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate one finished run with ``suites``; writes and returns its evaluation.json."""
     from noisybench.data.views import build_views
-    from noisybench.io import atomic_write_json, load_checkpoint, read_json
+    from noisybench.io import atomic_write_json, load_checkpoint
     from noisybench.method import Method, MethodContext
 
     run_dir = Path(run_dir)
@@ -92,6 +93,16 @@ def evaluate_run(
             "noisybench (it holds result.json and checkpoint.pt)"
         )
     config = result["config"]
+    # The run directory may be someone else's: nothing it names is imported or called unless
+    # the allow-list admits it (noisybench.safety), and its shape is checked first.
+    check_saved_config(config, run_dir / "result.json")
+    previous = read_evaluation(run_dir / EVALUATION_FILE)  # a damaged one is not overwritten
+    if result.get("status") != "finished":
+        print(
+            f"noisybench.evaluate: warning: {run_dir} is not finished (status "
+            f"{result.get('status')!r}); its checkpoint is evaluated as it is",
+            file=sys.stderr,
+        )
     dev = resolve_device(device)
     built = [load_suite(name, (overrides or {}).get(name)) for name in suites]
     ckpt = load_checkpoint(rd.checkpoint_file, map_location=dev)
@@ -109,7 +120,15 @@ def evaluate_run(
     label_path = rd.label_file
     if not label_path.is_file():
         raise UserError(f"{label_path} is missing; the run directory is incomplete, rerun it")
-    given = torch.as_tensor(np.load(label_path), dtype=torch.long)
+    try:
+        raw = np.load(label_path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"{label_path} is not a readable .npy file ({type(err).__name__}); the run "
+            "directory is damaged, rerun the experiment (restart=true)"
+        ) from None
+    n_train = int(data.train_images.shape[0])
+    given = torch.from_numpy(check_label_array(raw, n_train, k, label_path))
     train_images, train_clean = data.train_images, data.train_labels
     validation = config.get("validation") or {}
     if float(validation.get("fraction") or 0.0) > 0.0:
@@ -194,8 +213,6 @@ def evaluate_run(
         metrics["dark_knowledge/kl_temperature"] = temps
 
     path = run_dir / EVALUATION_FILE
-    previous = read_json(path)
-    previous = previous if isinstance(previous, dict) else {}
     old_metrics = {
         key: value
         for key, value in (previous.get("metrics") or {}).items()
@@ -273,7 +290,8 @@ def _parse(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 on a UserError)."""
     try:
-        runs, suites, overrides, options = _parse(sys.argv[1:] if argv is None else argv)
+        args = take_command_line(sys.argv[1:] if argv is None else argv, "noisybench evaluate")
+        runs, suites, overrides, options = _parse(args)
         batch_size = options.get("batch_size", "1024")
         if not batch_size.isdigit() or int(batch_size) < 1:
             raise UserError(f"batch_size={batch_size} is not a positive integer; e.g. 1024")

@@ -71,6 +71,7 @@ ARTEFACTS = (
     "evaluation.json",
 )
 _NAME_MAX = 255  # bytes of one path component on common file systems
+_PATH_MAX = 4000  # bytes of a whole path (Linux's PATH_MAX is 4096, with room for file names)
 
 
 def run_dir_for(out_dir: str | Path, run_name: str) -> Path:
@@ -82,6 +83,12 @@ def run_dir_for(out_dir: str | Path, run_name: str) -> Path:
     """
     if not str(out_dir).strip():
         raise UserError("out_dir is empty; set out_dir to a directory, e.g. out_dir=./runs")
+    if str(out_dir).startswith("~"):
+        # A quoted '~/runs' reaches us unexpanded: it would create a folder named "~" here.
+        raise UserError(
+            f"out_dir={out_dir} starts with '~', which the shell did not expand (it was "
+            f"quoted); give the full path, e.g. out_dir={os.path.expanduser(str(out_dir))}"
+        )
     name = str(run_name).strip()
     if not name:
         raise UserError(
@@ -102,6 +109,12 @@ def run_dir_for(out_dir: str | Path, run_name: str) -> Path:
                 f"longer than the file system's {_NAME_MAX}; give a shorter run_name=..., e.g. "
                 f"run_name={part[:40]}-{digest}"
             )
+    full = Path(os.path.abspath(Path(out_dir) / name))
+    if len(os.fsencode(full)) > _PATH_MAX:
+        raise UserError(
+            f"the run directory's path is {len(os.fsencode(full))} bytes, longer than the "
+            f"file system's {_PATH_MAX}; give a shorter run_name=... or out_dir=..."
+        )
     return Path(out_dir) / name
 
 
@@ -164,6 +177,15 @@ class RunDir:
             raise UserError(
                 f"cannot create the run directory {self.path}: {probe} is a file; "
                 "choose another out_dir=... or run_name=..."
+            )
+        try:
+            virtual = os.statvfs(probe).f_blocks == 0  # /proc, /sys, cgroup: no storage
+        except OSError:
+            virtual = False
+        if virtual:
+            raise UserError(
+                f"cannot create the run directory {self.path}: {probe} is on a virtual file "
+                "system (like /proc or /sys) that holds no files; choose another out_dir=..."
             )
         if not os.access(probe, os.W_OK | os.X_OK):
             raise UserError(
@@ -374,3 +396,85 @@ def _has_summary(result: Mapping[str, Any]) -> bool:
     return isinstance(result.get("history"), list) and all(
         result.get(k) is None or isinstance(result.get(k), Mapping) for k in ("last", "best")
     )
+
+
+def check_saved_config(config: Any, where: str | Path) -> None:
+    """Refuse a config read back from a run directory (``result.json``'s ``config``) that
+    cannot be rebuilt safely: code outside the allow-list (:mod:`noisybench.safety`, checked
+    before anything is imported) or a group that is not a mapping with a ``_target_``
+    string. ``where`` names the file in the one-line error."""
+    from noisybench.safety import check_tree
+
+    if not isinstance(config, Mapping):
+        raise UserError(f"{where}: its config is not a mapping; this is not a noisybench run")
+    try:
+        check_tree(config)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    for group in ("dataset", "model", "method"):
+        node = config.get(group)
+        if not isinstance(node, Mapping):
+            raise UserError(
+                f"{where}: config.{group} is missing or not a mapping; the file is damaged, "
+                "rerun the experiment"
+            )
+    reader = config["dataset"].get("reader")
+    for key, node in (
+        ("dataset.reader", reader),
+        ("model", config["model"]),
+        ("method", config["method"]),
+    ):
+        if not isinstance(node, Mapping) or not isinstance(node.get("_target_"), str):
+            raise UserError(
+                f"{where}: config.{key} has no _target_ string; the file is damaged, rerun "
+                "the experiment"
+            )
+    for key in ("epochs", "seed"):
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(
+                f"{where}: config.{key}={value!r} is not an integer; the file is damaged, "
+                "rerun the experiment"
+            )
+
+
+def read_evaluation(path: str | Path) -> dict[str, Any]:
+    """The ``evaluation.json`` already in a run directory ({} when there is none), refused in
+    one line when it is damaged: it is then neither read further nor overwritten."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    content = read_json(path)
+    damaged = not isinstance(content, dict) or any(
+        not isinstance(content.get(key) or {}, dict) for key in ("metrics", "suites")
+    )
+    if damaged:
+        raise UserError(
+            f"{path} is damaged (not a JSON object with 'metrics' and 'suites' objects); move "
+            "it away to keep it, then run the evaluation again"
+        )
+    return content
+
+
+def check_label_array(labels: Any, n: int, k: int, path: str | Path) -> Any:
+    """The noisy labels read back from a run directory, as int64, refused in one line when
+    they cannot be this run's: not integers, not ``n`` of them, or outside ``0..k-1``."""
+    import numpy as np
+
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise UserError(
+            f"{path} holds {arr.dtype} {tuple(arr.shape)}, not a 1-D integer array of labels; "
+            "the run directory is damaged, rerun the experiment (restart=true)"
+        )
+    if arr.shape[0] != n:
+        raise UserError(
+            f"{path} holds {arr.shape[0]} labels for {n} training samples; the run directory "
+            "is damaged or belongs to other data, rerun the experiment (restart=true)"
+        )
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= k):
+        raise UserError(
+            f"{path} has labels outside 0..{k - 1} (from {int(arr.min())} to {int(arr.max())}); "
+            "the run directory is damaged, rerun the experiment (restart=true)"
+        )
+    return arr.astype(np.int64)

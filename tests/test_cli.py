@@ -75,7 +75,12 @@ def _nonfinite_chain(cli: CLI, out: Path) -> dict[str, Any]:
     """A sweep of ce and the NaN plug-in in stop mode (the sweep goes on past the failed
     run), the failed run again on its own (stops again), then with nonfinite=skip."""
     plugin = _plugin(out / "plugin")
-    common = (f"out_dir={out}", "epochs=4", f"hydra.searchpath=[file://{plugin / 'conf'}]")
+    common = (
+        f"out_dir={out}",
+        "epochs=4",
+        f"hydra.searchpath=[file://{plugin / 'conf'}]",
+        "allow_targets=[nanat_method.]",  # a plug-in runs once allowed (noisybench.safety)
+    )
     seen: dict[str, Any] = {}
     seen["sweep"] = cli("-m", "method=ce,nanat", *common, pythonpath=[plugin])
     run_dir = _run_dir(out, "nanat")

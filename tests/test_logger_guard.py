@@ -68,8 +68,10 @@ def _failing(fail_in: str, fail_at: int = 1, error: str = "connection") -> dict[
 
 
 @pytest.fixture(autouse=True)
-def _restore(restore_torch_globals: None) -> None:
+def _restore(restore_torch_globals: None, monkeypatch: pytest.MonkeyPatch) -> None:
     hooks_seen.clear()
+    # The failing loggers live in this test module: allowed explicitly (noisybench.safety).
+    monkeypatch.setenv("NOISYBENCH_ALLOW_TARGETS", f"{__name__}.")
 
 
 @pytest.fixture(scope="module")

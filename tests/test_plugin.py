@@ -108,6 +108,7 @@ def test_plugin_runs_from_outside_the_package(tmp_path: Path) -> None:
         "experiment=quickstart",
         "method=bootstrap",
         f"hydra.searchpath=[file://{plugin / 'conf'}]",
+        "allow_targets=[my_methods.]",  # code outside noisybench runs only when allowed
         f"out_dir={runs}",
         "epochs=2",
         "progress=false",

@@ -235,6 +235,7 @@ def _diverges_in_epoch_1(cli: CLI, out: Path) -> dict[str, Any]:
         "epochs=2",
         "method=nanat",
         f"hydra.searchpath=[file://{plugin / 'conf'}]",
+        "allow_targets=[nan_first_epoch.]",  # a plug-in runs once allowed
         pythonpath=[plugin],
     )
     return {"proc": proc, "dir": out / "run"}

@@ -128,17 +128,41 @@ def verify_md5(directory: str | Path, expected: Mapping[str, str]) -> None:
             )
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that only rebuilds NumPy arrays (the CIFAR batches need nothing else)."""
+def _array_globals() -> dict[tuple[str, str], Any]:
+    """The exact ``(module, name)`` pairs a CIFAR batch pickle may name, each mapped to the
+    object it means. Written by NumPy 1 (``numpy.core``) or 2 (``numpy._core``); never a
+    prefix: ``numpy.`` alone admits modules whose import runs a program (``numpy.f2py.__main__``
+    starts f2py's command-line tool)."""
+    import codecs
 
-    _ALLOWED = frozenset({"_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer"})
+    core = getattr(np, "_core", None) or np.core  # NumPy 2, or NumPy 1's name
+    multiarray, numeric = core.multiarray, core.numeric
+    pairs: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+    for core in ("numpy.core", "numpy._core"):
+        pairs[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        pairs[(f"{core}.multiarray", "scalar")] = multiarray.scalar
+        pairs[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
+    return pairs
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that only rebuilds NumPy arrays (the CIFAR batches need nothing else).
+
+    Every global is looked up in :func:`_array_globals` by its exact ``(module, name)`` and
+    returned from there: nothing is imported while reading, and anything else is refused."""
+
+    _ALLOWED = _array_globals()
 
     def find_class(self, module: str, name: str) -> Any:
-        numpy_array = module.split(".")[0] == "numpy" and name in self._ALLOWED
         # Python 3 writes bytes under pickle protocol <= 2 as _codecs.encode(text, "latin1").
-        if numpy_array or (module, name) == ("_codecs", "encode"):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR file")
+        found = self._ALLOWED.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR file")
+        return found
 
 
 def _text(value: Any) -> Any:

@@ -44,7 +44,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from noisybench.data.labels_file import read_label_file
-from noisybench.data.loader import check_start_step, epoch_generator_seed, process_share
+from noisybench.data.loader import (
+    check_start_step,
+    epoch_generator_seed,
+    folds_last_batch,
+    process_share,
+)
 from noisybench.errors import UserError
 from noisybench.method import Batch
 
@@ -64,7 +69,6 @@ warnings.filterwarnings(
     "ignore", message="The image decoding and encoding capabilities of TorchVision"
 )
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DECODERS = ("pil", "torchvision")
@@ -117,45 +121,18 @@ class FolderData:
 def scan_split(
     split_dir: Path, classes: Sequence[str] | None = None
 ) -> tuple[list[str], list[int], list[str]]:
-    """``(files, labels, class_names)`` of one split folder, in stable order.
+    """``(files, labels, class_names)`` of one split folder, in stable order (the scan of
+    :func:`noisybench.data.fingerprint.scan_folder`, which refuses what cannot be an image).
 
     With ``classes`` given (the training classes), every sub-folder must be one of them.
     """
-    if not split_dir.is_dir():
-        raise UserError(
-            f"image folder {split_dir} does not exist; lay the data out as "
-            "root/train/<class>/<image> and root/val/<class>/<image>"
-        )
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    if not found:
-        raise UserError(
-            f"image folder {split_dir} has no class sub-folders; put each class's images in "
-            f"{split_dir}/<class>/"
-        )
-    if classes is None:
-        classes = found
-    else:
-        unknown = sorted(set(found) - set(classes))
-        if unknown:
-            raise UserError(
-                f"{split_dir} has class folders not in train/: {unknown[:3]}; use the same "
-                "class folder names in train/ and val/"
-            )
-    index = {name: i for i, name in enumerate(classes)}
-    files: list[str] = []
-    labels: list[int] = []
-    for name in found:
-        images = sorted(
-            str(p) for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not images:
-            raise UserError(
-                f"class folder {split_dir / name} has no images ({'/'.join(IMAGE_SUFFIXES)}); "
-                "remove the empty folder or add its images"
-            )
-        files += images
-        labels += [index[name]] * len(images)
-    return files, labels, list(classes)
+    import hashlib
+
+    from noisybench.data.fingerprint import FolderScan, _scan_split
+
+    return _scan_split(
+        Path(split_dir), classes, hashlib.sha256(), "split", FolderScan([], [], [], [], [])
+    )
 
 
 def load_folder(
@@ -170,6 +147,7 @@ def load_folder(
     std: Sequence[float] | None = None,
     image_size: int = 224,
     resize: int = 256,
+    fingerprint: str | None = None,
 ) -> FolderData:
     """Scan ``root/train`` and ``root/val`` (see the module docstring).
 
@@ -181,19 +159,43 @@ def load_folder(
         noisy_labels / clean_labels: label files (``.npy`` or one integer per line) in the
             training samples' stable order.
         mean, std: normalisation (default ImageNet's).
+        fingerprint: the digest of the data the run was trained on
+            (:mod:`noisybench.data.fingerprint`); other data is refused. None: not checked.
     """
     if folder_labels not in ("clean", "noisy"):
         raise UserError(
             f"dataset.reader.folder_labels={folder_labels!r} must be 'clean' or 'noisy'"
         )
-    base = Path(str(root)).expanduser()
-    if not base.is_dir():
-        raise UserError(
-            f"dataset.reader.root={root} is not a folder; point it at the folder that holds "
-            f"{train}/ and {val}/"
+    from noisybench.data.fingerprint import (
+        data_fingerprint,
+        refuse_other_data,
+        scan_folder,
+    )
+
+    scan = scan_folder(root, train, val)  # refuses what cannot be an image (cached per process)
+    if fingerprint is not None:
+        now = data_fingerprint(
+            {
+                "_target_": "noisybench.data.folder.load_folder",
+                "root": root,
+                "train": train,
+                "val": val,
+                "noisy_labels": noisy_labels,
+                "clean_labels": clean_labels,
+            }
         )
-    train_files, train_y, classes = scan_split(base / train)
-    test_files, test_y, _ = scan_split(base / val, classes)
+        refuse_other_data(fingerprint, now, f"dataset.reader.root={root}")
+    if scan.skipped:
+        import logging
+
+        logging.getLogger("noisybench").warning(
+            "image folder %s: %d files skipped (hidden or without an image suffix, e.g. %s)",
+            root,
+            scan.skipped,
+            ", ".join(scan.skipped_examples),
+        )
+    train_files, train_y, classes = list(scan.train_files), scan.train_labels, scan.classes
+    test_files, test_y = list(scan.test_files), scan.test_labels
     k = len(classes)
     folder = torch.tensor(train_y, dtype=torch.long)
     given: Tensor | None = None
@@ -244,17 +246,89 @@ def load_folder(
 
 
 # ----------------------------------------------------------------------------- decoding
-def decode_file(path: str, decoder: str) -> Tensor:
-    """uint8 ``(3, H, W)`` RGB image from ``path`` with PIL or torchvision.io."""
-    if decoder == "pil":
-        from PIL import Image
+MAX_PIXELS = 89_478_485
+"""Largest image decoded (width x height; PIL's own default limit, about 0.27 GB as RGB): a
+larger one is refused before decoding, whatever the decoder (a "decompression bomb": a small
+file that decodes to gigabytes)."""
 
+
+class DecodeError(Exception):
+    """An image that cannot be decoded; carries the file's name to the training process."""
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    """Width and height from the file's header (PIL reads the header only, no pixels)."""
+    from PIL import Image
+
+    # PIL's own check would refuse (above twice its limit) without the size; this one is ours.
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
         with Image.open(path) as img:
-            arr = np.asarray(img.convert("RGB"))
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
-    from torchvision.io import ImageReadMode, decode_image, read_file
+            return img.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
-    return decode_image(read_file(path), mode=ImageReadMode.RGB)
+
+def _to_uint8(image: Tensor) -> Tensor:
+    """8-bit pixels from a 16-bit decode, as PIL converts 16-bit RGB PNGs: the high byte
+    (``value >> 8``; 65535 -> 255, 257 -> 1, 256 -> 1, 255 -> 0)."""
+    if image.dtype == torch.uint8:
+        return image
+    if image.dtype in (torch.uint16, torch.int32, torch.int64):
+        return (image.to(torch.int32) >> 8).clamp(0, 255).to(torch.uint8)
+    raise DecodeError(f"decodes to {image.dtype} pixels, not 8- or 16-bit")
+
+
+def decode_file(path: str, decoder: str) -> Tensor:
+    """uint8 ``(3, H, W)`` RGB image from ``path`` with PIL or torchvision.io.
+
+    Both decoders give the same pixels for 8- and 16-bit images (16-bit: the high byte, see
+    :func:`_to_uint8`; PIL's own grey-16 conversion would clip every value above 255 to white).
+    Raises :class:`DecodeError` (naming the reason) for a file that is not a decodable image
+    or has more than :data:`MAX_PIXELS` pixels."""
+    try:
+        width, height = _image_size(path)
+        if width * height > MAX_PIXELS:
+            raise DecodeError(
+                f"has {width} x {height} pixels, more than the limit of {MAX_PIXELS:,} "
+                "(a decompression bomb, or an image to downscale first)"
+            )
+        if decoder == "pil":
+            from PIL import Image
+
+            with Image.open(path) as img:
+                if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit grey
+                    grey = _to_uint8(torch.from_numpy(np.asarray(img).astype(np.int32)))
+                    return grey.unsqueeze(0).expand(3, -1, -1).contiguous()
+                arr = np.asarray(img.convert("RGB"))
+            return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        return _to_uint8(decode_image(read_file(path), mode=ImageReadMode.RGB))
+    except DecodeError:
+        raise
+    except FileNotFoundError:
+        raise DecodeError("was removed while the run was reading it") from None
+    except Exception as err:  # truncated, random bytes, text named .jpg, unsupported format
+        detail = " ".join(str(err).split())[:120] or type(err).__name__
+        raise DecodeError(f"is not a decodable image ({type(err).__name__}: {detail})") from None
+
+
+@dataclass
+class _Failed:
+    """What a worker returns for a file it could not read (an exception raised in a worker
+    would reach the training process as a traceback without the file's name)."""
+
+    path: str
+    reason: str
+
+    def error(self) -> UserError:
+        from noisybench.data.fingerprint import show_path
+
+        return UserError(
+            f"image {show_path(self.path)} {self.reason}; remove or replace it (or fix the "
+            "folder) and run the same command again: the run resumes from its last checkpoint"
+        )
 
 
 def _train_transform(size: int):
@@ -298,11 +372,17 @@ class _Images(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, int]:
         epoch, index = item
-        if self.raw_bytes:
-            from torchvision.io import read_file
+        path = self.files[index]
+        try:
+            if self.raw_bytes:
+                from torchvision.io import read_file
 
-            return read_file(self.files[index]), index
-        image = decode_file(self.files[index], self.decoder)
+                return read_file(path), index
+            image = decode_file(path, self.decoder)
+        except DecodeError as err:
+            return _Failed(path, str(err)), index  # type: ignore[return-value]
+        except OSError as err:
+            return _Failed(path, f"cannot be read ({err.strerror})"), index  # type: ignore[return-value]
         if self.seed is None:
             return self.transform(image), index
         # A private RNG state: with workers=0 this runs in the training process, whose global
@@ -341,9 +421,19 @@ def sample_seed(seed: int, epoch: int, index: int, view_number: int = 0) -> int:
 def _collate(items: list[tuple[Tensor, int]]) -> tuple[object, Tensor]:
     images = [img for img, _ in items]
     idx = torch.tensor([i for _, i in items], dtype=torch.long)
+    failed = next((img for img in images if isinstance(img, _Failed)), None)
+    if failed is not None:
+        return failed, idx  # raised as one line by the training process (_checked)
     if images and images[0].dim() == 1:  # raw bytes for GPU decoding
         return images, idx
     return torch.stack(images), idx
+
+
+def _checked(batch: tuple[object, Tensor]) -> tuple[object, Tensor]:
+    """A collated batch, or the one-line error naming the file a worker could not read."""
+    if isinstance(batch[0], _Failed):
+        raise batch[0].error()
+    return batch
 
 
 def _normaliser(mean: Sequence[float], std: Sequence[float], device: torch.device):
@@ -458,6 +548,7 @@ class FolderLoader:
         self.gpu_decode = decode_device == "cuda"
         self.prefetch_factor = int(prefetch_factor)
         self.num_carried = 0
+        self.fold_last = folds_last_batch(n, batch_size, self.world_size, self.drop_last)
         self.normalise = _normaliser(data.mean, data.std, self.device)
         self.train_transform = _train_transform(data.image_size)
         self.plain_transform = _eval_transform(data.image_size, data.resize)
@@ -467,8 +558,7 @@ class FolderLoader:
         return len(self.data.train_files)
 
     def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        return steps_per_epoch(self.num_samples, self.batch_size, self.drop_last, self.world_size)
 
     def permutation(self, epoch: int) -> Tensor:
         """The epoch's global sample order, from ``(seed, epoch)`` only (on the CPU)."""
@@ -506,7 +596,8 @@ class FolderLoader:
         n, b = self.num_samples, self.batch_size
         plan = []
         for step in range(int(start_step), steps):
-            share = self.shard(perm[step * b : min(step * b + b, n)])
+            stop = n if (self.fold_last and step == steps - 1) else min(step * b + b, n)
+            share = self.shard(perm[step * b : stop])
             plan.append([(epoch, int(i)) for i in share])
         if not plan:
             return
@@ -519,7 +610,7 @@ class FolderLoader:
             views: dict[str, Tensor] = {}
             idx = None
             for view, it in iterators.items():
-                images, idx = next(it)
+                images, idx = _checked(next(it))
                 if self.gpu_decode:
                     seeds = [
                         -1
@@ -581,12 +672,15 @@ def eval_batches(
         generator=_own_generator(),
     )
     normalise = _normaliser(data.mean, data.std, dev)
-    for images, idx in loader:
+    for images, idx in map(_checked, loader):
         if gpu:
             images = _gpu_decode(images, transform, dev, [-1] * len(images))
         yield normalise(images), labels[idx].to(dev), idx
 
 
-def steps_per_epoch(num_samples: int, batch_size: int, drop_last: bool) -> int:
-    """Optimizer steps per epoch for a global batch (same rule as the loaders)."""
-    return num_samples // batch_size if drop_last else math.ceil(num_samples / batch_size)
+def steps_per_epoch(num_samples: int, batch_size: int, drop_last: bool, world_size: int = 1) -> int:
+    """Optimizer steps per epoch for a global batch (same rule as the loaders, including the
+    folded last batch of :func:`noisybench.data.loader.folds_last_batch`)."""
+    if drop_last or folds_last_batch(num_samples, batch_size, world_size, drop_last):
+        return num_samples // batch_size
+    return math.ceil(num_samples / batch_size)

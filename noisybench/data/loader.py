@@ -42,7 +42,7 @@ from noisybench.data.views import apply_jointly, joint_groups
 from noisybench.errors import UserError
 from noisybench.method import Batch
 
-__all__ = ["DeviceLoader", "epoch_generator_seed"]
+__all__ = ["DeviceLoader", "epoch_generator_seed", "folds_last_batch"]
 
 
 def epoch_generator_seed(seed: int, epoch: int) -> int:
@@ -61,6 +61,18 @@ def process_share(idx: Tensor, rank: int, world_size: int) -> Tensor:
     chunks are one longer). Every loader splits batches this way, which the engine's gathered
     per-sample updates rely on (:mod:`noisybench.engine`)."""
     return torch.tensor_split(idx, world_size)[rank]
+
+
+def folds_last_batch(n: int, batch_size: int, world_size: int, drop_last: bool) -> bool:
+    """Whether an epoch's last batch is folded into the one before it (which then holds
+    ``batch_size + N mod batch_size`` samples): when it would give some process exactly ONE
+    sample. BatchNorm cannot normalise a single value per channel in training mode, so such
+    a run could never finish (issue 20, item 6: 1,300 digits with ``batch_size=1299``).
+    Folding, not dropping, keeps every sample fresh exactly once per epoch; the steps of an
+    epoch stay a function of ``(N, batch_size, processes)`` alone, so resume stays exact.
+    (A rest smaller than the number of processes stays refused, as before.)"""
+    rest = 0 if drop_last else n % batch_size
+    return world_size <= rest < 2 * world_size and n > batch_size
 
 
 def check_start_step(start_step: int, steps: int) -> None:
@@ -135,7 +147,9 @@ class DeviceLoader:
             raise UserError("the loader needs at least one view; the method declares none")
         if not 0 <= int(rank) < int(world_size):
             raise ValueError(f"rank {rank} is outside world size {world_size}")
-        smallest = n % batch_size if (n % batch_size and not drop_last) else batch_size
+        rest = 0 if drop_last else n % batch_size
+        self.fold_last = folds_last_batch(n, batch_size, int(world_size), bool(drop_last))
+        smallest = rest if (rest and not self.fold_last) else batch_size
         if smallest < int(world_size):
             raise UserError(
                 f"the last batch of an epoch has {smallest} samples, fewer than the "
@@ -163,7 +177,15 @@ class DeviceLoader:
 
     def __len__(self) -> int:
         n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        return n // b if (self.drop_last or self.fold_last) else -(-n // b)
+
+    def _stop(self, step: int, steps: int) -> int:
+        """End (exclusive) of the fresh samples of ``step``: the last step of a folded epoch
+        runs to the end of the permutation."""
+        lo = step * self.batch_size
+        if self.fold_last and step == steps - 1:
+            return self.num_samples
+        return min(lo + self.batch_size, self.num_samples)
 
     def permutation(self, epoch: int) -> Tensor:
         """The epoch's sample order, a function of ``(seed, epoch)`` only, on the device.
@@ -180,17 +202,17 @@ class DeviceLoader:
         steps = len(self)
         check_start_step(start_step, steps)
         perm = self.permutation(epoch)
-        n, b = self.num_samples, self.batch_size
+        b = self.batch_size
         for step in range(int(start_step), steps):
             lo = step * b
-            hi = min(lo + b, n)
+            hi = self._stop(step, steps)
             if step == 0 and epoch > 0 and self.num_carried > 0:
                 # The first batch carries the tail of the previous epoch's last batch, as
                 # DLB's reference code does; recomputed from (seed, epoch - 1), so a resumed
                 # run carries the same samples.
                 previous = self.permutation(epoch - 1)
                 last_lo = (steps - 1) * b
-                last_hi = min(last_lo + b, n)
+                last_hi = self._stop(steps - 1, steps)
                 carried = min(self.num_carried, last_hi - last_lo)
                 idx = torch.cat((previous[last_hi - carried : last_hi], perm[lo:hi]))
             else:

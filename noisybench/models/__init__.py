@@ -75,6 +75,9 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **overrides:
         )
     cfg = OmegaConf.load(conf_dir() / "model" / f"{name}.yaml")
     cfg.pop("name", None)
+    from noisybench.safety import check_target
+
+    check_target(cfg._target_, f"model {name}: _target_")  # before get_method imports it
     builder = get_method(cfg._target_)
     params = inspect.signature(builder).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
