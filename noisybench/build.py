@@ -411,6 +411,7 @@ def build(
             views,
             seed=int(cfg.seed),
             carry_previous=float(type(method).carry_previous),
+            drop_last=bool(method.drop_last),
             rank=rank,
             world_size=world,
         )
@@ -589,6 +590,7 @@ def _streaming_data(
         device=device,
         workers=workers,
         carry_previous=float(type(method).carry_previous),
+        drop_last=bool(method.drop_last),
         rank=rank,
         world_size=world,
         decoder=decoder,

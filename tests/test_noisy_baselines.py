@@ -155,18 +155,57 @@ def test_elr_matches_the_code_over_steps() -> None:
 
 
 # ------------------------------------------------------------------------------------ Co-teaching
+def _code_kept_per_epoch(tau: float, n_epoch: int, batch: int, t_k: int = 10, c: float = 1.0):
+    """bhanML/Co-teaching main.py, written out: the rate schedule and its training loop
+    ``for epoch in range(1, n_epoch)`` with loss.py's ``int((1 - forget_rate) * B)``."""
+    rate_schedule = np.ones(n_epoch) * tau
+    rate_schedule[:t_k] = np.linspace(0, tau**c, t_k)
+    return [int((1 - rate_schedule[epoch]) * batch) for epoch in range(1, n_epoch)]
+
+
+def test_coteaching_kept_counts_follow_the_codes_training_loop() -> None:
+    # By hand: tau 0.5, T_k 10: the code's first training epoch forgets 0.5/9 = 0.0556, so it
+    # keeps int(0.9444 * 128) = 120 of 128 (the earlier reading kept all 128).
+    method = CoTeaching(forget_rate=0.5, num_gradual=10)
+    assert method.kept(0, 128) == 120
+    assert method.kept(8, 128) == 64 and method.kept(9, 128) == 64  # tau from epoch T_k - 2
+    for tau in (0.2, 0.45, 0.5, 0.8):
+        for c in (1.0, 2.0):
+            method = CoTeaching(forget_rate=tau, num_gradual=10, exponent=c)
+            ours = [method.kept(e, 128) for e in range(199)]  # the code's 199 training epochs
+            assert ours == _code_kept_per_epoch(tau, 200, 128, 10, c), (tau, c)
+    # The earlier reading survives as code_epoch0: linspace read at the 0-based epoch.
+    old = CoTeaching(forget_rate=0.5, num_gradual=10, schedule="code_epoch0")
+    assert [old.kept(e, 128) for e in range(3)] == [128, 120, 113]
+
+
 def test_forget_rate_schedules_by_hand() -> None:
-    # The code: rate_schedule[:10] = np.linspace(0, 0.5 ** 1, 10), then 0.5.
-    code = [forget_rate_at(e, 0.5, 10, 1.0, "code") for e in range(12)]
+    # code_epoch0 (the former reading): np.linspace(0, 0.5 ** 1, 10)[e], then 0.5.
+    code = [forget_rate_at(e, 0.5, 10, 1.0, "code_epoch0") for e in range(12)]
     assert code[0] == 0.0 and code[3] == pytest.approx(0.5 * 3 / 9) and code[9] == 0.5
     assert code[10] == code[11] == 0.5
     np.testing.assert_allclose(code[:10], np.linspace(0, 0.5, 10))
+    # code: the same schedule one epoch earlier (the code's loop starts at epoch 1).
+    code = [forget_rate_at(e, 0.5, 10, 1.0, "code") for e in range(12)]
+    assert code[0] == pytest.approx(0.5 / 9) and code[8] == 0.5 and code[11] == 0.5
     # Exponent 2: linspace(0, tau^2, T_k) during the ramp, tau afterwards (the code).
-    assert forget_rate_at(9, 0.5, 10, 2.0, "code") == pytest.approx(0.25)
-    assert forget_rate_at(10, 0.5, 10, 2.0, "code") == 0.5
+    assert forget_rate_at(8, 0.5, 10, 2.0, "code") == pytest.approx(0.25)
+    assert forget_rate_at(9, 0.5, 10, 2.0, "code") == 0.5
     # The paper: tau * min(e / T_k, 1).
     assert forget_rate_at(5, 0.5, 10, 1.0, "paper") == pytest.approx(0.25)
     assert forget_rate_at(10, 0.5, 10, 1.0, "paper") == 0.5
+
+
+def test_coteaching_drop_last_reaches_the_loader() -> None:
+    from noisybench.build import build
+    from noisybench.config import compose as compose_cfg
+
+    base = ["experiment=quickstart", "method=coteaching", "batch_size=128", "logger=[]"]
+    base += ["dataset.reader.test_size=1297", "progress=false", "cpu_threads=1"]  # 500 images
+    # The code's DataLoader(drop_last=True): 500 // 128 = 3 steps instead of ceil = 4
+    # (CIFAR-10: 390 instead of 391).
+    assert len(build(compose_cfg([*base, "method.drop_last=true"])).loader) == 3
+    assert len(build(compose_cfg(base)).loader) == 4
 
 
 def test_small_loss_selection_and_cross_update() -> None:
