@@ -1,14 +1,18 @@
 """Generalized Cross Entropy (GCE) and its truncated variant.
 
 Reference: Zhang & Sabuncu, "Generalized Cross Entropy Loss for Training Deep Neural Networks
-with Noisy Labels", NeurIPS 2018; authors' code: github.com/AlanChou/Truncated-Loss
-(``TruncatedLoss`` in ``loss.py``, pruning schedule in ``main.py``).
+with Noisy Labels", NeurIPS 2018. The paper's authors published no code; the reference used
+here is the *unofficial* implementation github.com/AlanChou/Truncated-Loss (its README says so;
+``TruncatedLoss`` in ``TruncatedLoss.py``, pruning schedule in ``main.py``), which averages the
+loss instead of summing it and selects the checkpoint it prunes with on the *test* accuracy
+(its README: "I used the model from the best test accuracy epoch to conduct the pruning
+step"), so its numbers are not the paper's protocol.
 
 GCE, Eq. 6 of the paper (the negative Box-Cox transform of the predicted probability of the
 given label): ``L_q(f(x), y) = (1 - f_y(x)^q) / q``, with ``q in (0, 1]``; ``q -> 0`` is
 cross-entropy and ``q = 1`` is MAE (up to a constant). Its gradient is
 ``f_y^q * (-d log f_y)`` (Eq. 7): cross-entropy's gradient weighted by ``f_y^q``.
-The paper's and the code's default: ``q = 0.7``.
+The paper's and the unofficial code's default: ``q = 0.7``.
 
 Truncated L_q (Eq. 9-12, optional, ``truncated=true``): per-sample weights ``w_i in {0, 1}``
 (a registered buffer, all 1 at start) and the loss

@@ -1,8 +1,9 @@
 """GCE, ELR, Co-teaching and DivideMix against their authors' code, transcribed here.
 
 Each reference below is written out independently of baselines/ from the public code
-(AlanChou/Truncated-Loss ``loss.py``; shengliu66/ELR ``loss.py``; bhanML/Co-teaching
-``loss.py``/``main.py``; LiJunnan1992/DivideMix ``Train_cifar.py``) or from the paper's
+(AlanChou/Truncated-Loss ``TruncatedLoss.py``, an unofficial GCE implementation;
+shengliu66/ELR ``loss.py``; bhanML/Co-teaching ``loss.py``/``main.py``;
+LiJunnan1992/DivideMix ``Train_cifar.py``) or from the paper's
 equations, and run side by side with the implementation on identical inputs.
 Also: the engine's ``Method.on_epoch_start`` hook (called at every epoch that starts at
 step 0, not when resuming mid-epoch; ``evaluate_train`` = eval-mode logits on the plain view).
@@ -83,6 +84,17 @@ def test_gce_loss_and_gradient_match_equations_6_and_7() -> None:
     # Eq. 7: dL_i/dz_j = -p_y^q (delta_jy - p_j), divided by the batch size.
     grad = -(py**q)[:, None] * (F.one_hot(y, 10).double() - p) / 16
     torch.testing.assert_close(net.z.grad.double(), grad, rtol=1e-4, atol=1e-7)
+
+
+def test_gce_attributes_its_reference_code_as_unofficial() -> None:
+    # AlanChou/Truncated-Loss's README: "This is the unofficial PyTorch implementation".
+    import noisybench.baselines.gce as gce
+
+    text = " ".join((gce.__doc__ or "").split())
+    assert "authors' code" not in text
+    assert "unofficial" in text and "test accuracy" in text
+    conf = (ROOT / "conf" / "method" / "gce.yaml").read_text()
+    assert "authors' code" not in conf and "UNOFFICIAL" in conf
 
 
 def test_truncated_gce_matches_the_code_and_prunes_on_schedule() -> None:
