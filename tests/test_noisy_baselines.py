@@ -390,6 +390,10 @@ def test_on_epoch_start_hook_through_the_engine(tmp_path: Path, monkeypatch) -> 
         "logger=[]",
         "method=dividemix",
         "method.warm_up=1",
+        "method.lambda_u=25",
+        "method.p_threshold=0.5",
+        "method.loss_history=1",
+        "method.confidence_penalty=false",
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
