@@ -19,6 +19,9 @@ __all__ = [
     "adam_beta1",
     "constant",
     "cosine",
+    "cosine_restarts",
+    "linear_decay",
+    "multistep",
     "one_cycle",
     "with_beta1_rampdown",
 ]
@@ -90,6 +93,89 @@ def one_cycle(
 def constant(optimizer: Optimizer, total_steps: int, steps_per_epoch: int) -> LRScheduler:
     """A constant learning rate."""
     return LambdaLR(optimizer, lambda step: 1.0)
+
+
+def multistep(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    milestones: list[int] | tuple[int, ...] = (),
+    gamma: float = 0.1,
+) -> LRScheduler:
+    """The lr times ``gamma`` at each 0-based epoch of ``milestones`` (PyTorch ``MultiStepLR``
+    stepped once per epoch, as GCE's and ELR's code do: ``milestones=[40, 80]``)."""
+    marks = sorted(int(m) for m in milestones)
+    spe = max(1, int(steps_per_epoch))
+    return LambdaLR(optimizer, lambda step: gamma ** sum(step // spe >= m for m in marks))
+
+
+def cosine_restarts(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    period_epochs: int = 10,
+    eta_min: float = 0.0,
+) -> LRScheduler:
+    """Cosine annealing with warm restarts every ``period_epochs`` epochs down to the absolute
+    lr ``eta_min`` (PyTorch ``CosineAnnealingWarmRestarts(T_0, eta_min)`` stepped once per
+    epoch, as ELR's CIFAR-10 config: ``T_0 = 10, eta_min = 0.001``)."""
+    base = [group["lr"] for group in optimizer.param_groups]
+    spe = max(1, int(steps_per_epoch))
+    period = max(1, int(period_epochs))
+
+    def factor_for(lr0: float):
+        def factor(step: int) -> float:
+            t = (step // spe) % period
+            return (eta_min + (lr0 - eta_min) * 0.5 * (1 + math.cos(math.pi * t / period))) / lr0
+
+        return factor
+
+    return LambdaLR(optimizer, [factor_for(lr0) for lr0 in base])
+
+
+class _LinearDecay(LambdaLR):
+    """:func:`linear_decay`'s schedule; also sets Adam's beta1 from the decay epoch on."""
+
+    def __init__(self, optimizer: Optimizer, factor, beta1_at, spe: int) -> None:
+        self._beta1_at = beta1_at
+        self._spe = spe
+        super().__init__(optimizer, factor)
+
+    def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
+        super().step(epoch)
+        beta1 = self._beta1_at(self.last_epoch // self._spe)
+        if beta1 is None:
+            return
+        for group in self.optimizer.param_groups:
+            if "betas" in group:
+                group["betas"] = (beta1, group["betas"][1])
+
+
+def linear_decay(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    decay_start: int = 80,
+    epoch_offset: int = 1,
+    beta1_before: float | None = None,
+    beta1_after: float | None = None,
+) -> LRScheduler:
+    """Co-teaching's plan (bhanML/Co-teaching ``main.py``): with the code's epoch ``c = e +
+    epoch_offset`` (its loop starts at 1: offset 1) and ``n = epochs + epoch_offset`` (its
+    ``n_epoch``), the lr is ``lr`` before ``decay_start`` and ``(n - c) / (n - decay_start) *
+    lr`` from it on, set once per epoch; Adam's beta1 is ``beta1_before`` (code 0.9) before and
+    ``beta1_after`` (code 0.1) from ``decay_start`` on (``None``: left alone)."""
+    spe = max(1, int(steps_per_epoch))
+    n = -(-int(total_steps) // spe) + int(epoch_offset)
+
+    def factor(step: int) -> float:
+        c = step // spe + int(epoch_offset)
+        return 1.0 if c < decay_start else (n - c) / (n - decay_start)
+
+    def beta1_at(e: int) -> float | None:
+        return beta1_after if e + int(epoch_offset) >= decay_start else beta1_before
+
+    return _LinearDecay(optimizer, factor, beta1_at, spe)
 
 
 def adam_beta1(
