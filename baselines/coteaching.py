@@ -90,6 +90,8 @@ class CoTeaching(Method):
         seed: seed of the second network's initialisation (``None``: derived from the run's
             seed without advancing the global generator).
         drop_last: drop each epoch's last, smaller batch, as the code's ``DataLoader`` does.
+        view: the training view, ``"weak"`` (crop + flip, as every method here) or
+            ``"plain"`` (no augmentation: the code's ``transforms.ToTensor()`` only).
     """
 
     views = ("weak",)
@@ -103,6 +105,7 @@ class CoTeaching(Method):
         code_double_mean: bool = False,
         seed: int | None = None,
         drop_last: bool = False,
+        view: str = "weak",
     ) -> None:
         super().__init__()
         if not 0.0 <= float(forget_rate) < 1.0:
@@ -125,6 +128,10 @@ class CoTeaching(Method):
         self.code_double_mean = bool(code_double_mean)
         self.seed = seed
         self.drop_last = bool(drop_last)
+        if view not in ("weak", "plain"):
+            raise UserError(f"method.view={view} is unknown; use weak or plain (the code's)")
+        self.view = view
+        self.views = (view,)
         self.peer = nn.ModuleList()
 
     def setup(self, ctx: MethodContext) -> None:
@@ -152,7 +159,7 @@ class CoTeaching(Method):
         return max(1, int((1.0 - self.rate(epoch)) * batch_size))
 
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
-        x = batch.views["weak"]
+        x = batch.views[self.view]
         y = batch.target
         logits_1 = model(x)
         logits_2 = self._second(model)(x)

@@ -134,16 +134,40 @@ def cosine_restarts(
 
 
 class _LinearDecay(LambdaLR):
-    """:func:`linear_decay`'s schedule; also sets Adam's beta1 from the decay epoch on."""
+    """:func:`linear_decay`'s schedule; also sets Adam's beta1 from the decay epoch on. Holds
+    numbers only, so its state dict pickles into a checkpoint."""
 
-    def __init__(self, optimizer: Optimizer, factor, beta1_at, spe: int) -> None:
-        self._beta1_at = beta1_at
-        self._spe = spe
-        super().__init__(optimizer, factor)
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        spe: int,
+        n: int,
+        decay_start: int,
+        offset: int,
+        beta1: tuple[float | None, float | None],
+    ) -> None:
+        self._spe, self._n, self._start, self._offset = spe, n, decay_start, offset
+        self._beta1 = beta1
+        super().__init__(optimizer, self._factor)
+
+    def _factor(self, step: int) -> float:
+        c = step // self._spe + self._offset
+        return 1.0 if c < self._start else (self._n - c) / (self._n - self._start)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["lr_lambdas"] = [None]  # a bound method of this object: rebuilt, not saved
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        state.pop("lr_lambdas", None)
+        self.__dict__.update(state)
 
     def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
         super().step(epoch)
-        beta1 = self._beta1_at(self.last_epoch // self._spe)
+        c = self.last_epoch // self._spe + self._offset
+        beta1 = self._beta1[1] if c >= self._start else self._beta1[0]
         if beta1 is None:
             return
         for group in self.optimizer.param_groups:
@@ -167,15 +191,9 @@ def linear_decay(
     ``beta1_after`` (code 0.1) from ``decay_start`` on (``None``: left alone)."""
     spe = max(1, int(steps_per_epoch))
     n = -(-int(total_steps) // spe) + int(epoch_offset)
-
-    def factor(step: int) -> float:
-        c = step // spe + int(epoch_offset)
-        return 1.0 if c < decay_start else (n - c) / (n - decay_start)
-
-    def beta1_at(e: int) -> float | None:
-        return beta1_after if e + int(epoch_offset) >= decay_start else beta1_before
-
-    return _LinearDecay(optimizer, factor, beta1_at, spe)
+    return _LinearDecay(
+        optimizer, spe, n, int(decay_start), int(epoch_offset), (beta1_before, beta1_after)
+    )
 
 
 def adam_beta1(

@@ -80,3 +80,21 @@ def test_linear_decay_is_coteachings_plan() -> None:
     assert betas == code_beta1
     assert lrs[78] == pytest.approx(lr) and lrs[79] == pytest.approx(lr * 120 / 120)
     assert lrs[-1] == pytest.approx(lr / 120)  # code epoch 199: (200 - 199) / 120
+
+
+def test_linear_decay_state_round_trips_through_a_checkpoint(tmp_path) -> None:
+    opt = _opt("adam", 0.001)
+    sched = linear_decay(opt, 199 * SPE, SPE, 80, 1, 0.9, 0.1)
+    for _ in range(90 * SPE):
+        opt.step()
+        sched.step()
+    torch.save(sched.state_dict(), tmp_path / "s.pt")  # no local function to pickle
+    opt2 = _opt("adam", 0.001)
+    again = linear_decay(opt2, 199 * SPE, SPE, 80, 1, 0.9, 0.1)
+    again.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=False))
+    opt2.step()
+    again.step()
+    opt.step()
+    sched.step()
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert opt2.param_groups[0]["betas"] == opt.param_groups[0]["betas"] == (0.1, 0.999)
