@@ -416,3 +416,28 @@ def test_on_epoch_start_hook_through_the_engine(tmp_path: Path, monkeypatch) -> 
     assert result["status"] == "finished"
     assert [c[0] for c in calls] == [0, 1]  # no call for the resumed epoch
     assert math.isfinite(result["history"][-1]["train/lu"])
+
+
+@pytest.mark.parametrize(
+    ("rate", "steps", "labelled_in_batch"),
+    [(0.2, 641, 105), (0.5, 430, 70), (0.8, 219, 36), (0.9, 149, 24)],
+)
+def test_dividemix_loader_plans_at_a_perfect_division(rate, steps, labelled_in_batch) -> None:
+    """CIFAR-10 (N = 50000), symmetric noise among all 10 classes: a share r * 9/10 of the
+    labels is wrong, so a perfect division labels |L| = N (1 - 0.9 r). The authors' train()
+    loops over the labelled loader (B = 64, no drop_last): ceil(|L| / 64) steps, 64 labelled
+    + 64 unlabelled each (issue 21: 641 / 430 / 219 / 149); the in-batch realisation: 391
+    steps of 128 with 128 |L| / N labelled (105 / 70 / 36 / 24)."""
+    from noisybench.baselines.dividemix import in_batch_plan, reference_plan
+
+    n = 50_000
+    labelled = round(n * (1 - 0.9 * rate))
+    ref = reference_plan(labelled, n, 64)
+    assert ref.steps == steps == math.ceil(labelled / 64)
+    assert round(ref.labelled_per_step) == 64
+    ours = in_batch_plan(labelled, n, 128)
+    assert ours.steps == 391
+    assert round(ours.labelled_per_step) == labelled_in_batch
+    if rate == 0.9:  # the code sees 149 * 64 = 9536 of the 40500 unlabelled samples: 23.5 %
+        assert ref.unlabelled_coverage == pytest.approx(0.2355, abs=5e-4)
+        assert ours.unlabelled_coverage == 1.0
