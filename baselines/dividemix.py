@@ -32,7 +32,9 @@ networks' losses, which trains each as with its own optimizer of the same settin
      squared error between softmax and target over the other rows (mean over rows and
      classes, as the code), weight ``lambda_u * clip((e_frac - warm_up) / 16, 0, 1)`` with
      ``e_frac = epoch + step / steps_per_epoch`` (the code's ``linear_rampup``);
-     ``lambda_u``: 25 (the code's default, CIFAR-10 sym 50 %; paper: 0 for 20 %, 150 for 80 %).
+     ``lambda_u``: per dataset and noise level from ``conf/baseline_presets.yaml`` (Appendix
+     B Table 7: CIFAR-10 0 / 25 / 25 / 50 at sym 20 / 50 / 80 / 90 %, 0 asym; CIFAR-100 25 at
+     20 %, 150 from 50 %); the code's argparse default is 25.
    * Regularisation (Eq. 9, the code): ``sum_k pi_k log(pi_k / mean_rows softmax_k)`` with
      the uniform prior ``pi = 1/K``.
 
