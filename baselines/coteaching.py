@@ -16,8 +16,14 @@ Forget-rate schedule ``1 - R``, for the 0-based epoch ``e`` (``tau`` = ``forget_
 default the noise config's rate as the code's ``forget_rate = noise_rate``; ``T_k = 10``,
 exponent ``c = 1``):
 
-* ``schedule=code`` (default): ``np.linspace(0, tau**c, T_k)[e]`` for ``e < T_k``, else
-  ``tau``; i.e. ``tau**c * e / (T_k - 1)``, reaching ``tau`` at epoch ``T_k - 1``.
+* ``schedule=code`` (default): the code's ``rate_schedule = np.ones(n_epoch) * tau;
+  rate_schedule[:T_k] = np.linspace(0, tau**c, T_k)`` read at the code's epoch ``e + 1``: its
+  training loop is ``for epoch in range(1, n_epoch)`` (epoch 0 only evaluates the random
+  initialisation), so its first training epoch already forgets ``tau**c / (T_k - 1)`` (0.0556
+  at tau 0.5: 120 of a batch of 128 kept, not 128) and ``tau`` is reached in our epoch
+  ``T_k - 2``. The code therefore trains ``n_epoch - 1`` epochs (199 of its 200).
+* ``schedule=code_epoch0``: the same linspace read at ``e`` (this project's reading before
+  0.2.1, one epoch late against the code; kept for comparing old runs).
 * ``schedule=paper``: ``tau * min((e / T_k)**c, 1)`` (Algorithm 1, step 9:
   ``R(T) = 1 - min(T^c tau / T_k, tau)``), reaching ``tau`` at epoch ``T_k``.
 
@@ -27,12 +33,17 @@ num_remember``), which scales the gradient by ``1/num_remember``; harmless with 
 optimizer, but with SGD it divides the learning rate by about the batch size. Default
 ``false`` (the mean, as the paper's ``l(f, D)``); ``true`` reproduces the code.
 
+The code's loader also has ``drop_last=True`` (390 steps of 128 per CIFAR epoch, not 391);
+``drop_last: true`` asks the engine's loader for the same (default ``false``: every sample is
+seen every epoch, as for every other method here).
+
 Both networks see the same augmented view (the code uses the same images for both);
 evaluation uses the engine's model ``f`` (the code reports both networks' accuracies).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,11 +62,13 @@ def forget_rate_at(
     schedule: str = "code",
 ) -> float:
     """The forget rate ``1 - R`` used during 0-based ``epoch`` (see the module docstring)."""
-    if schedule == "code":
-        if epoch < num_gradual:
-            if num_gradual == 1:
-                return 0.0
-            return forget_rate**exponent * epoch / (num_gradual - 1)
+    if schedule in ("code", "code_epoch0"):
+        # The code's epoch: its training loop starts at 1 (``code``); ``code_epoch0`` is the
+        # earlier reading that started it at 0.
+        step = epoch + 1 if schedule == "code" else epoch
+        if step < num_gradual:
+            # np.linspace itself, so the kept count int((1 - rate) * B) is the code's bit for bit
+            return float(np.linspace(0.0, forget_rate**exponent, num_gradual)[step])
         return forget_rate
     return forget_rate * min((epoch / num_gradual) ** exponent, 1.0)
 
@@ -72,10 +85,13 @@ class CoTeaching(Method):
         forget_rate: ``tau`` (default in the YAML: ``${noise.rate}``, the code's choice).
         num_gradual: ``T_k`` (code: 10).
         exponent: ``c`` (code: 1).
-        schedule: ``"code"`` or ``"paper"`` (see the module docstring).
+        schedule: ``"code"``, ``"code_epoch0"`` or ``"paper"`` (see the module docstring).
         code_double_mean: divide the selected samples' mean loss by their number (the code).
         seed: seed of the second network's initialisation (``None``: derived from the run's
             seed without advancing the global generator).
+        drop_last: drop each epoch's last, smaller batch, as the code's ``DataLoader`` does.
+        view: the training view, ``"weak"`` (crop + flip, as every method here) or
+            ``"plain"`` (no augmentation: the code's ``transforms.ToTensor()`` only).
     """
 
     views = ("weak",)
@@ -88,6 +104,8 @@ class CoTeaching(Method):
         schedule: str = "code",
         code_double_mean: bool = False,
         seed: int | None = None,
+        drop_last: bool = False,
+        view: str = "weak",
     ) -> None:
         super().__init__()
         if not 0.0 <= float(forget_rate) < 1.0:
@@ -99,14 +117,21 @@ class CoTeaching(Method):
                 f"method.num_gradual={num_gradual} must be >= 1 and method.exponent={exponent} "
                 "> 0; the code uses 10 and 1"
             )
-        if schedule not in ("code", "paper"):
-            raise UserError(f"method.schedule={schedule} is unknown; use code or paper")
+        if schedule not in ("code", "code_epoch0", "paper"):
+            raise UserError(
+                f"method.schedule={schedule} is unknown; use code, code_epoch0 or paper"
+            )
         self.forget_rate = float(forget_rate)
         self.num_gradual = int(num_gradual)
         self.exponent = float(exponent)
         self.schedule = schedule
         self.code_double_mean = bool(code_double_mean)
         self.seed = seed
+        self.drop_last = bool(drop_last)
+        if view not in ("weak", "plain"):
+            raise UserError(f"method.view={view} is unknown; use weak or plain (the code's)")
+        self.view = view
+        self.views = (view,)
         self.peer = nn.ModuleList()
 
     def setup(self, ctx: MethodContext) -> None:
@@ -128,14 +153,19 @@ class CoTeaching(Method):
             epoch, self.forget_rate, self.num_gradual, self.exponent, self.schedule
         )
 
+    def kept(self, epoch: int, batch_size: int) -> int:
+        """Samples each network keeps of a batch of ``batch_size`` in ``epoch``: the code's
+        ``int((1 - forget_rate) * B)`` (at least one)."""
+        return max(1, int((1.0 - self.rate(epoch)) * batch_size))
+
     def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
-        x = batch.views["weak"]
+        x = batch.views[self.view]
         y = batch.target
         logits_1 = model(x)
         logits_2 = self._second(model)(x)
         loss_1 = F.cross_entropy(logits_1.float(), y, reduction="none")
         loss_2 = F.cross_entropy(logits_2.float(), y, reduction="none")
-        keep = max(1, int((1.0 - self.rate(epoch)) * batch.size))
+        keep = self.kept(epoch, batch.size)
         sel_1 = small_loss_indices(loss_1, keep)  # network 1's small-loss samples
         sel_2 = small_loss_indices(loss_2, keep)
         update_1 = loss_1[sel_2].mean()  # network 1 learns from network 2's selection

@@ -32,7 +32,9 @@ networks' losses, which trains each as with its own optimizer of the same settin
      squared error between softmax and target over the other rows (mean over rows and
      classes, as the code), weight ``lambda_u * clip((e_frac - warm_up) / 16, 0, 1)`` with
      ``e_frac = epoch + step / steps_per_epoch`` (the code's ``linear_rampup``);
-     ``lambda_u``: 25 (the code's default, CIFAR-10 sym 50 %; paper: 0 for 20 %, 150 for 80 %).
+     ``lambda_u``: per dataset and noise level from ``conf/baseline_presets.yaml`` (Appendix
+     B Table 7: CIFAR-10 0 / 25 / 25 / 50 at sym 20 / 50 / 80 / 90 %, 0 asym; CIFAR-100 25 at
+     20 %, 150 from 50 %); the code's argparse default is 25.
    * Regularisation (Eq. 9, the code): ``sum_k pi_k log(pi_k / mean_rows softmax_k)`` with
      the uniform prior ``pi = 1/K``.
 
@@ -54,6 +56,7 @@ The division itself (GMM on the whole training set once per epoch) is the code's
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -64,7 +67,53 @@ from torch import Tensor, nn
 from noisybench.errors import UserError
 from noisybench.method import Batch, Method, MethodContext, StepOutput
 
-__all__ = ["DivideMix", "gmm_clean_probability", "mixmatch_loss", "sharpen"]
+__all__ = [
+    "DivideMix",
+    "LoaderPlan",
+    "gmm_clean_probability",
+    "in_batch_plan",
+    "mixmatch_loss",
+    "reference_plan",
+    "sharpen",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderPlan:
+    """What one network sees in one epoch of the co-training phase.
+
+    ``steps``: optimizer steps per network; ``labelled_per_step``: mean labelled samples in a
+    step; ``unlabelled_drawn``: unlabelled samples drawn over the epoch (with repeats when the
+    iterator restarts); ``unlabelled_coverage``: the share of the unlabelled set seen,
+    ``min(1, drawn / |U|)``.
+    """
+
+    steps: int
+    labelled_per_step: float
+    unlabelled_drawn: int
+    unlabelled_coverage: float
+
+
+def reference_plan(labelled: int, total: int, batch_size: int) -> LoaderPlan:
+    """The authors' loaders (``Train_cifar.py`` ``train``): one pass over the labelled set in
+    shuffled batches of B (``ceil(|L| / B)`` steps; the code prints ``|L| // B + 1``), each
+    step with B unlabelled samples from an iterator over the unlabelled set that is restarted
+    when exhausted; network 2 trains after network 1's epoch. Perfect division at CIFAR-10
+    sym 20 % (``|L| = 41000``, B = 64): 641 steps of 64 labelled + 64 unlabelled."""
+    unlabelled = total - labelled
+    steps = -(-labelled // batch_size)
+    drawn = steps * batch_size if unlabelled > 0 else 0
+    coverage = min(1.0, drawn / unlabelled) if unlabelled > 0 else 1.0
+    return LoaderPlan(steps, labelled / steps if steps else 0.0, drawn, coverage)
+
+
+def in_batch_plan(labelled: int, total: int, batch_size: int) -> LoaderPlan:
+    """This implementation's default realisation (``loader: in_batch``): one pass over all N
+    samples in batches of B, each labelled or not by the stored division, so a step holds
+    ``B * |L| / N`` labelled samples on average and every unlabelled sample is seen once."""
+    steps = -(-total // batch_size)
+    unlabelled = total - labelled
+    return LoaderPlan(steps, batch_size * labelled / total, unlabelled, 1.0)
 
 
 def gmm_clean_probability(

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
+from noisybench.baselines import CODE_DEFAULTS
 
 from noisybench.config import CONF_DIR
 from noisybench.run import run_experiment
@@ -54,6 +55,7 @@ def main() -> None:
         _run([*base, "method=ce", "epochs=1"], teacher)
         for name in methods:
             extra = [f"method.teacher_runs=[{teacher}]"] if name == "kd" else []
+            extra += CODE_DEFAULTS.get(name, [])  # digits: no per-setting authors' value
             result = _run(
                 [*base, f"method={name}", f"epochs={args.epochs}", *extra], Path(tmp) / name
             )

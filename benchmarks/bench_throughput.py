@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from noisybench.baselines import CODE_DEFAULTS
 
 from noisybench.build import (
     Experiment,
@@ -117,6 +118,7 @@ def experiment(method: str, device: torch.device, sets: list[str]) -> Experiment
             "model=preact_resnet18",
             "noise=sym50",  # any noise: BSD+'s lambda_c preset is per noise setting
             f"method={method}",
+            *CODE_DEFAULTS.get(method, []),  # synthetic data: no per-setting authors' value
             f"batch_size={BATCH}",
             f"device={device}",
             "logger=[]",

@@ -414,6 +414,7 @@ def build(
             views,
             seed=int(cfg.seed),
             carry_previous=float(type(method).carry_previous),
+            drop_last=bool(method.drop_last),
             rank=rank,
             world_size=world,
         )
@@ -592,6 +593,7 @@ def _streaming_data(
         device=device,
         workers=workers,
         carry_previous=float(type(method).carry_previous),
+        drop_last=bool(method.drop_last),
         rank=rank,
         world_size=world,
         decoder=decoder,

@@ -37,6 +37,7 @@ __all__ = [
     "CONF_DIR",
     "GROUPS",
     "NON_IDENTITY_KEYS",
+    "authors_preset",
     "check_config",
     "compose",
     "conf_dir",
@@ -293,6 +294,85 @@ def _paper_resolver(key: str, *, _parent_: Any, _root_: Any) -> Any:
     return paper_preset(method, setting, float(rate), key)
 
 
+def _authors_presets() -> dict[str, Any]:
+    data = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "baseline_presets.yaml"), resolve=True)
+    assert isinstance(data, dict)
+    return data
+
+
+def authors_preset(
+    method: str,
+    dataset: str,
+    setting: str,
+    rate: float,
+    key: str,
+    pending: list[str] | None = None,
+) -> Any:
+    """The value of ``method.<key>`` a baseline's authors used on ``dataset`` under noise of
+    ``setting`` at ``rate`` (``conf/baseline_presets.yaml``, each entry citing its source).
+
+    Chosen like :func:`paper_preset`, and also by dataset, since these values were tuned per
+    dataset (e.g. DivideMix's lambda_u: 0 on CIFAR-10 at 20 % symmetric noise, 25 on CIFAR-100).
+
+    ``pending``: every key of the method still taken from the presets, named together in the
+    refusal so that one corrected command line suffices.
+
+    Raises:
+        UserError: the source gives no value for this dataset, setting and rate.
+    """
+    path = CONF_DIR / "baseline_presets.yaml"
+    by_dataset = _authors_presets().get(method) or {}
+    explicit = " ".join(f"method.{k}=..." for k in (pending or [key]))
+    entries = (by_dataset.get(dataset) or {}).get(setting)
+    if entries is None:
+        known = sorted(
+            f"{d}/{s}"
+            for d, settings in by_dataset.items()
+            if isinstance(settings, dict)
+            for s in settings
+        )
+        raise UserError(
+            f"the authors of {method} give no value of {key} for dataset {dataset} under "
+            f"'{setting}' noise (they do for: {', '.join(known) or 'none'}); set {explicit} "
+            f"explicitly (see {path})"
+        )
+    levels: list[float] = []
+    for entry in entries:
+        if key not in entry["values"]:
+            continue
+        levels.extend(float(r) for r in entry["rates"])
+        if _rate_matches(entry, rate):
+            return entry["values"][key]
+    shown = ", ".join(f"{r:g}" for r in sorted(set(levels))) or "none"
+    raise UserError(
+        f"the authors of {method} give {key} on {dataset} under {setting} noise for rates "
+        f"{shown}, not {rate:g}; set method.{key}=... explicitly, or choose one of those rates"
+    )
+
+
+def _authors_resolver(key: str, *, _parent_: Any, _root_: Any) -> Any:
+    """``${authors:KEY}`` inside a method config: the baseline authors' value for the run's
+    dataset and noise (``conf/baseline_presets.yaml``)."""
+    method = str(_parent_.get("name"))
+    gate = (_authors_presets().get(method) or {}).get("needed_if")
+    if gate is not None and not bool(_parent_.get(gate)):
+        return None  # the key is unused unless method.<gate> is true
+    noise = _root_.get("noise")
+    setting = "none" if noise is None else str(noise.get("setting", "none"))
+    rate = 0.0 if noise is None else noise.get("preset_rate", None)
+    if rate is None:
+        rate = noise.get("rate", 0.0)
+    dataset = _root_.get("dataset")
+    name = "none" if dataset is None else str(dataset.get("name"))
+    pending = [
+        k
+        for k in _parent_
+        if OmegaConf.is_interpolation(_parent_, k)
+        and str(_parent_._get_node(k)._value()).startswith("${authors:")
+    ]
+    return authors_preset(method, name, setting, float(rate), key, pending)
+
+
 def _groups_resolver() -> str:
     """``${nb_groups:}``: the user-facing config groups and their options, for --help."""
     lines = []
@@ -307,6 +387,8 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("nb_groups", _groups_resolver)
     if not OmegaConf.has_resolver("paper"):
         OmegaConf.register_new_resolver("paper", _paper_resolver)
+    if not OmegaConf.has_resolver("authors"):
+        OmegaConf.register_new_resolver("authors", _authors_resolver)
     if not OmegaConf.has_resolver("nb_variant"):
         OmegaConf.register_new_resolver("nb_variant", _variant_resolver)
     if not OmegaConf.has_resolver("nb_data_fingerprint"):

@@ -146,10 +146,14 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         carry_previous: fraction of the previous batch that the loader appends to the next
             one, freshly augmented (DLB uses 1.0: the whole previous batch, as its reference
             code does); 0 for ordinary batches.
+        drop_last: the loader drops each epoch's last, smaller batch (Co-teaching's code
+            does, ``drop_last=True``); ``False`` for every method by default. May be set per
+            instance in ``__init__``.
     """
 
     views: ClassVar[tuple[str, ...]] = ("weak",)
     carry_previous: ClassVar[float] = 0.0
+    drop_last: bool = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -174,6 +174,16 @@ TABLES: dict[str, Layout] = {
         rules=("last", "best_test"),
     ),
 }
+# The baselines' reference protocols (experiment=ref_<method>, issue 21): ours beside the
+# numbers their own papers / code publish (paper_tables.yaml, tables ref_<method>).
+for _m in ("gce", "sce", "elr", "coteaching", "dividemix", "mixup", "pskd", "dlb", "te", "ls"):
+    TABLES[f"ref_{_m}"] = Layout(
+        f"Reference protocol of {_m}: test accuracy (its own paper's setting)",
+        ("acc",),
+        "noise",
+        paper_key=("dataset", "method", "noise", "metric"),
+        rules=("last", "best_test"),
+    )
 # Keys whose value names a row (shown bare, not as key=value), in this order.
 _NAME_KEYS = ("dataset.name", "model.name", "noise.name", "method.name")
 

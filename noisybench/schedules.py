@@ -19,6 +19,9 @@ __all__ = [
     "adam_beta1",
     "constant",
     "cosine",
+    "cosine_restarts",
+    "linear_decay",
+    "multistep",
     "one_cycle",
     "with_beta1_rampdown",
 ]
@@ -90,6 +93,107 @@ def one_cycle(
 def constant(optimizer: Optimizer, total_steps: int, steps_per_epoch: int) -> LRScheduler:
     """A constant learning rate."""
     return LambdaLR(optimizer, lambda step: 1.0)
+
+
+def multistep(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    milestones: list[int] | tuple[int, ...] = (),
+    gamma: float = 0.1,
+) -> LRScheduler:
+    """The lr times ``gamma`` at each 0-based epoch of ``milestones`` (PyTorch ``MultiStepLR``
+    stepped once per epoch, as GCE's and ELR's code do: ``milestones=[40, 80]``)."""
+    marks = sorted(int(m) for m in milestones)
+    spe = max(1, int(steps_per_epoch))
+    return LambdaLR(optimizer, lambda step: gamma ** sum(step // spe >= m for m in marks))
+
+
+def cosine_restarts(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    period_epochs: int = 10,
+    eta_min: float = 0.0,
+) -> LRScheduler:
+    """Cosine annealing with warm restarts every ``period_epochs`` epochs down to the absolute
+    lr ``eta_min`` (PyTorch ``CosineAnnealingWarmRestarts(T_0, eta_min)`` stepped once per
+    epoch, as ELR's CIFAR-10 config: ``T_0 = 10, eta_min = 0.001``)."""
+    base = [group["lr"] for group in optimizer.param_groups]
+    spe = max(1, int(steps_per_epoch))
+    period = max(1, int(period_epochs))
+
+    def factor_for(lr0: float):
+        def factor(step: int) -> float:
+            t = (step // spe) % period
+            return (eta_min + (lr0 - eta_min) * 0.5 * (1 + math.cos(math.pi * t / period))) / lr0
+
+        return factor
+
+    return LambdaLR(optimizer, [factor_for(lr0) for lr0 in base])
+
+
+class _LinearDecay(LambdaLR):
+    """:func:`linear_decay`'s schedule; also sets Adam's beta1 from the decay epoch on. Holds
+    numbers only, so its state dict pickles into a checkpoint."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        spe: int,
+        n: int,
+        decay_start: int,
+        offset: int,
+        beta1: tuple[float | None, float | None],
+    ) -> None:
+        self._spe, self._n, self._start, self._offset = spe, n, decay_start, offset
+        self._beta1 = beta1
+        super().__init__(optimizer, self._factor)
+
+    def _factor(self, step: int) -> float:
+        c = step // self._spe + self._offset
+        return 1.0 if c < self._start else (self._n - c) / (self._n - self._start)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["lr_lambdas"] = [None]  # a bound method of this object: rebuilt, not saved
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        state.pop("lr_lambdas", None)
+        self.__dict__.update(state)
+
+    def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
+        super().step(epoch)
+        c = self.last_epoch // self._spe + self._offset
+        beta1 = self._beta1[1] if c >= self._start else self._beta1[0]
+        if beta1 is None:
+            return
+        for group in self.optimizer.param_groups:
+            if "betas" in group:
+                group["betas"] = (beta1, group["betas"][1])
+
+
+def linear_decay(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    decay_start: int = 80,
+    epoch_offset: int = 1,
+    beta1_before: float | None = None,
+    beta1_after: float | None = None,
+) -> LRScheduler:
+    """Co-teaching's plan (bhanML/Co-teaching ``main.py``): with the code's epoch ``c = e +
+    epoch_offset`` (its loop starts at 1: offset 1) and ``n = epochs + epoch_offset`` (its
+    ``n_epoch``), the lr is ``lr`` before ``decay_start`` and ``(n - c) / (n - decay_start) *
+    lr`` from it on, set once per epoch; Adam's beta1 is ``beta1_before`` (code 0.9) before and
+    ``beta1_after`` (code 0.1) from ``decay_start`` on (``None``: left alone)."""
+    spe = max(1, int(steps_per_epoch))
+    n = -(-int(total_steps) // spe) + int(epoch_offset)
+    return _LinearDecay(
+        optimizer, spe, n, int(decay_start), int(epoch_offset), (beta1_before, beta1_after)
+    )
 
 
 def adam_beta1(

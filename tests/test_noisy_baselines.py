@@ -1,8 +1,9 @@
 """GCE, ELR, Co-teaching and DivideMix against their authors' code, transcribed here.
 
 Each reference below is written out independently of baselines/ from the public code
-(AlanChou/Truncated-Loss ``loss.py``; shengliu66/ELR ``loss.py``; bhanML/Co-teaching
-``loss.py``/``main.py``; LiJunnan1992/DivideMix ``Train_cifar.py``) or from the paper's
+(AlanChou/Truncated-Loss ``TruncatedLoss.py``, an unofficial GCE implementation;
+shengliu66/ELR ``loss.py``; bhanML/Co-teaching ``loss.py``/``main.py``;
+LiJunnan1992/DivideMix ``Train_cifar.py``) or from the paper's
 equations, and run side by side with the implementation on identical inputs.
 Also: the engine's ``Method.on_epoch_start`` hook (called at every epoch that starts at
 step 0, not when resuming mid-epoch; ``evaluate_train`` = eval-mode logits on the plain view).
@@ -85,6 +86,17 @@ def test_gce_loss_and_gradient_match_equations_6_and_7() -> None:
     torch.testing.assert_close(net.z.grad.double(), grad, rtol=1e-4, atol=1e-7)
 
 
+def test_gce_attributes_its_reference_code_as_unofficial() -> None:
+    # AlanChou/Truncated-Loss's README: "This is the unofficial PyTorch implementation".
+    import noisybench.baselines.gce as gce
+
+    text = " ".join((gce.__doc__ or "").split())
+    assert "authors' code" not in text
+    assert "unofficial" in text and "test accuracy" in text
+    conf = (ROOT / "conf" / "method" / "gce.yaml").read_text()
+    assert "authors' code" not in conf and "UNOFFICIAL" in conf
+
+
 def test_truncated_gce_matches_the_code_and_prunes_on_schedule() -> None:
     gen = torch.Generator().manual_seed(1)
     n, k, q, kk = 12, 5, 0.7, 0.5
@@ -155,18 +167,57 @@ def test_elr_matches_the_code_over_steps() -> None:
 
 
 # ------------------------------------------------------------------------------------ Co-teaching
+def _code_kept_per_epoch(tau: float, n_epoch: int, batch: int, t_k: int = 10, c: float = 1.0):
+    """bhanML/Co-teaching main.py, written out: the rate schedule and its training loop
+    ``for epoch in range(1, n_epoch)`` with loss.py's ``int((1 - forget_rate) * B)``."""
+    rate_schedule = np.ones(n_epoch) * tau
+    rate_schedule[:t_k] = np.linspace(0, tau**c, t_k)
+    return [int((1 - rate_schedule[epoch]) * batch) for epoch in range(1, n_epoch)]
+
+
+def test_coteaching_kept_counts_follow_the_codes_training_loop() -> None:
+    # By hand: tau 0.5, T_k 10: the code's first training epoch forgets 0.5/9 = 0.0556, so it
+    # keeps int(0.9444 * 128) = 120 of 128 (the earlier reading kept all 128).
+    method = CoTeaching(forget_rate=0.5, num_gradual=10)
+    assert method.kept(0, 128) == 120
+    assert method.kept(8, 128) == 64 and method.kept(9, 128) == 64  # tau from epoch T_k - 2
+    for tau in (0.2, 0.45, 0.5, 0.8):
+        for c in (1.0, 2.0):
+            method = CoTeaching(forget_rate=tau, num_gradual=10, exponent=c)
+            ours = [method.kept(e, 128) for e in range(199)]  # the code's 199 training epochs
+            assert ours == _code_kept_per_epoch(tau, 200, 128, 10, c), (tau, c)
+    # The earlier reading survives as code_epoch0: linspace read at the 0-based epoch.
+    old = CoTeaching(forget_rate=0.5, num_gradual=10, schedule="code_epoch0")
+    assert [old.kept(e, 128) for e in range(3)] == [128, 120, 113]
+
+
 def test_forget_rate_schedules_by_hand() -> None:
-    # The code: rate_schedule[:10] = np.linspace(0, 0.5 ** 1, 10), then 0.5.
-    code = [forget_rate_at(e, 0.5, 10, 1.0, "code") for e in range(12)]
+    # code_epoch0 (the former reading): np.linspace(0, 0.5 ** 1, 10)[e], then 0.5.
+    code = [forget_rate_at(e, 0.5, 10, 1.0, "code_epoch0") for e in range(12)]
     assert code[0] == 0.0 and code[3] == pytest.approx(0.5 * 3 / 9) and code[9] == 0.5
     assert code[10] == code[11] == 0.5
     np.testing.assert_allclose(code[:10], np.linspace(0, 0.5, 10))
+    # code: the same schedule one epoch earlier (the code's loop starts at epoch 1).
+    code = [forget_rate_at(e, 0.5, 10, 1.0, "code") for e in range(12)]
+    assert code[0] == pytest.approx(0.5 / 9) and code[8] == 0.5 and code[11] == 0.5
     # Exponent 2: linspace(0, tau^2, T_k) during the ramp, tau afterwards (the code).
-    assert forget_rate_at(9, 0.5, 10, 2.0, "code") == pytest.approx(0.25)
-    assert forget_rate_at(10, 0.5, 10, 2.0, "code") == 0.5
+    assert forget_rate_at(8, 0.5, 10, 2.0, "code") == pytest.approx(0.25)
+    assert forget_rate_at(9, 0.5, 10, 2.0, "code") == 0.5
     # The paper: tau * min(e / T_k, 1).
     assert forget_rate_at(5, 0.5, 10, 1.0, "paper") == pytest.approx(0.25)
     assert forget_rate_at(10, 0.5, 10, 1.0, "paper") == 0.5
+
+
+def test_coteaching_drop_last_reaches_the_loader() -> None:
+    from noisybench.build import build
+    from noisybench.config import compose as compose_cfg
+
+    base = ["experiment=quickstart", "method=coteaching", "batch_size=128", "logger=[]"]
+    base += ["dataset.reader.test_size=1297", "progress=false", "cpu_threads=1"]  # 500 images
+    # The code's DataLoader(drop_last=True): 500 // 128 = 3 steps instead of ceil = 4
+    # (CIFAR-10: 390 instead of 391).
+    assert len(build(compose_cfg([*base, "method.drop_last=true"])).loader) == 3
+    assert len(build(compose_cfg(base)).loader) == 4
 
 
 def test_small_loss_selection_and_cross_update() -> None:
@@ -339,6 +390,10 @@ def test_on_epoch_start_hook_through_the_engine(tmp_path: Path, monkeypatch) -> 
         "logger=[]",
         "method=dividemix",
         "method.warm_up=1",
+        "method.lambda_u=25",
+        "method.p_threshold=0.5",
+        "method.loss_history=1",
+        "method.confidence_penalty=false",
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
@@ -361,3 +416,28 @@ def test_on_epoch_start_hook_through_the_engine(tmp_path: Path, monkeypatch) -> 
     assert result["status"] == "finished"
     assert [c[0] for c in calls] == [0, 1]  # no call for the resumed epoch
     assert math.isfinite(result["history"][-1]["train/lu"])
+
+
+@pytest.mark.parametrize(
+    ("rate", "steps", "labelled_in_batch"),
+    [(0.2, 641, 105), (0.5, 430, 70), (0.8, 219, 36), (0.9, 149, 24)],
+)
+def test_dividemix_loader_plans_at_a_perfect_division(rate, steps, labelled_in_batch) -> None:
+    """CIFAR-10 (N = 50000), symmetric noise among all 10 classes: a share r * 9/10 of the
+    labels is wrong, so a perfect division labels |L| = N (1 - 0.9 r). The authors' train()
+    loops over the labelled loader (B = 64, no drop_last): ceil(|L| / 64) steps, 64 labelled
+    + 64 unlabelled each (issue 21: 641 / 430 / 219 / 149); the in-batch realisation: 391
+    steps of 128 with 128 |L| / N labelled (105 / 70 / 36 / 24)."""
+    from noisybench.baselines.dividemix import in_batch_plan, reference_plan
+
+    n = 50_000
+    labelled = round(n * (1 - 0.9 * rate))
+    ref = reference_plan(labelled, n, 64)
+    assert ref.steps == steps == math.ceil(labelled / 64)
+    assert round(ref.labelled_per_step) == 64
+    ours = in_batch_plan(labelled, n, 128)
+    assert ours.steps == 391
+    assert round(ours.labelled_per_step) == labelled_in_batch
+    if rate == 0.9:  # the code sees 149 * 64 = 9536 of the 40500 unlabelled samples: 23.5 %
+        assert ref.unlabelled_coverage == pytest.approx(0.2355, abs=5e-4)
+        assert ours.unlabelled_coverage == 1.0

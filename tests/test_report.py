@@ -260,6 +260,10 @@ def test_paper_tables_file() -> None:
         "table5": 54,  # 9 rows x 2 augmentations x 3 methods
         "table6": 30,  # 6 rows x 5 methods
         "table7": 84,  # 21 rows x 4 metrics
+        "ref_dividemix": 6,  # DivideMix Table 1 "Best": CIFAR-10 sym 20-90 %, CIFAR-100 80/90 %
+        "ref_elr": 10,  # ELR README: 2 datasets x (4 sym + 1 asym)
+        "ref_pskd": 1,  # PS-KD README: CIFAR-100 PreAct ResNet-18
+        "ref_ls": 1,  # PS-KD README: its label-smoothing row
     }
     assert {t: len(v["entries"]) for t, v in tables.items()} == expected
     for name, table in tables.items():

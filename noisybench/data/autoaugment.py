@@ -30,6 +30,10 @@ Magnitude ranges (``ranges``):
 
 Pixel arithmetic follows torchvision's uint8 tensor ops exactly: the image is held as float
 values 0..255 and truncated to integers after every operation (as a uint8 image would be);
+brightness, colour, contrast and sharpness are bit-exact to ``torchvision.transforms.functional``
+(v1, what ``transforms.AutoAugment`` calls) at every bin (tested); ``transforms.v2.functional``
+computes its blend and greyscale differently and differs from v1 itself by one level on up to
+6 % of the pixels (sharpness), so it is not the reference here;
 geometric operations use nearest-neighbour sampling with zero fill, through one batched
 ``grid_sample`` per stage with a per-image inverse affine matrix built as torchvision's
 ``_get_inverse_affine_matrix`` / ``_gen_affine_grid`` build it (shear about the top-left corner,
@@ -152,8 +156,12 @@ def _sharpen_degenerate(x: Tensor) -> Tensor:
     """torchvision's sharpness degenerate: 3x3 smoothing (centre 5, others 1, /13), rounded,
     on the interior; border pixels keep their values."""
     c = x.shape[1]
-    kernel = torch.ones(3, 3, dtype=x.dtype, device=x.device)
-    kernel[1, 1] = 5.0
+    # ones with a 5 in the centre, built by a fill and a pad on the device: an indexed
+    # assignment of a Python number (``kernel[1, 1] = 5.0``) makes a CPU scalar tensor and
+    # copies it to a CUDA device, every strong view. Divided by its sum (13) as torchvision
+    # divides, so the weights are its float32 1/13 and 5/13.
+    centre = torch.full((1, 1, 1, 1), 4.0, dtype=x.dtype, device=x.device)
+    kernel = F.pad(centre, (1, 1, 1, 1)) + 1.0
     kernel = (kernel / kernel.sum()).expand(c, 1, 3, 3)
     blurred = F.conv2d(x, kernel, groups=c).round().clamp(0.0, 255.0)
     out = x.clone()
@@ -313,8 +321,12 @@ class BatchedAutoAugment(nn.Module):
                 ),
             ),
         )
-        f = 1.0 + m
-        blended = (f * x + (1.0 - f) * degenerate).clamp(0.0, 255.0).trunc()
+        # torchvision's _blend(img, degenerate, ratio) with ratio = 1.0 + m a Python double:
+        # ``ratio * img`` multiplies by float32(1 + m) (= 1 + m rounded once, as here), and
+        # ``(1.0 - ratio) * degenerate`` by float32(1 - (1 + m)) = -m exactly (1 + m is exact
+        # in double); ``(1 - f)`` in float32 is not -m, and the difference flipped 1/255
+        # levels on up to 6 % of the pixels (sharpness 1 - 0.1)
+        blended = ((1.0 + m) * x + (-m) * degenerate).clamp(0.0, 255.0).trunc()
         out = torch.where((opv >= 5) & (opv <= 8), blended, out)
         step = torch.exp2(8.0 - m)
         out = torch.where(opv == 9, torch.floor(x / step) * step, out)
