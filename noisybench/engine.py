@@ -162,6 +162,32 @@ class EvalData:
         return 0 if labels[split] is None else int(labels[split].shape[0])
 
 
+def _noise_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+
+
+def _noise_update(noise: Tensor | None, loss: Tensor, grad_norm: Tensor) -> None:
+    """Add one step's loss and total gradient norm to ``noise`` in place, on the device
+    (no host sync); non-finite values are left out of the counts."""
+    if noise is None:
+        return
+    x = torch.stack([loss.detach().float(), grad_norm.detach().float()]).to(noise.dtype)
+    ok = torch.isfinite(x)
+    x = torch.where(ok, x, torch.zeros_like(x))
+    n = ok.to(noise.dtype)
+    noise.add_(torch.stack([n[0], x[0], x[0] * x[0], n[1], x[1], x[1] * x[1]]))
+
+
+def _noise_values(noise: Tensor) -> dict[str, Tensor]:
+    """Across-step mean and unbiased variance of the loss and of the gradient norm."""
+    out = {}
+    for name, (n, s, q) in (("loss_step", noise[0:3]), ("grad_norm", noise[3:6])):
+        mean = s / n.clamp(min=1)
+        out[f"train/{name}_mean"] = mean
+        out[f"train/{name}_var"] = ((q - n * mean * mean) / (n - 1).clamp(min=1)).clamp(min=0)
+    return out
+
+
 @dataclass
 class _EpochSums:
     """Per-epoch running sums, kept on the device (and checkpointed mid-epoch)."""
@@ -173,11 +199,19 @@ class _EpochSums:
     skipped: int = 0
     first_bad: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
+    # Convergence noise (issue 27): [n, sum, sum of squares] of the finite per-step mini-batch
+    # losses, then the same of the total gradient norms; float64 against cancellation.
+    noise: Tensor | None = None
 
     @classmethod
     def zeros(cls, device: torch.device) -> _EpochSums:
         z = torch.zeros((), device=device)
-        return cls(loss=z.clone(), correct=z.clone(), first_bad=torch.full((), -1, device=device))
+        return cls(
+            loss=z.clone(),
+            correct=z.clone(),
+            first_bad=torch.full((), -1, device=device),
+            noise=torch.zeros(6, device=device, dtype=_noise_dtype(device)),
+        )
 
     def state(self) -> dict[str, Any]:
         return {
@@ -188,6 +222,7 @@ class _EpochSums:
             "skipped": self.skipped,
             "first_bad": self.first_bad,
             "extras": dict(self.extras),
+            "noise": self.noise,
         }
 
     @classmethod
@@ -200,6 +235,7 @@ class _EpochSums:
             skipped=int(state["skipped"]),
             first_bad=state["first_bad"].to(device),
             extras={k: v.to(device) for k, v in state["extras"].items()},
+            noise=None if state.get("noise") is None else state["noise"].to(device),
         )
 
 
@@ -327,6 +363,7 @@ class Trainer:
         self.world = dist.world_size()
         self.rank = dist.rank()
         self._extra_params = [p for m in method.extra_modules() for p in m.parameters()]
+        self._all_params = [p for g in optimizer.param_groups for p in g["params"]]
         self._gathers_state = type(method).after_step is not Method.after_step
         self._ranked: dict[str, Any] = {}
         self.method = method
@@ -568,6 +605,13 @@ class Trainer:
             self.scaler.scale(loss).backward()
         if self.world > 1 and self._extra_params:
             self._average_extra_grads()
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)  # true gradients for the norm; step skips it
+        grads = [p.grad for p in self._all_params if p.grad is not None]
+        norm = loss.detach().new_full((), float("nan"))  # no gradient: left out of the counts
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        _noise_update(sums.noise, out.loss, norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -602,7 +646,9 @@ class Trainer:
             k: dist.all_reduce_sum(v.detach().clone().float()) / self.world
             for k, v in sorted(sums.extras.items())
         }
+        noise = None if sums.noise is None else dist.all_reduce_sum(sums.noise.clone())
         return _EpochSums(
+            noise=noise,
             loss=vec[0],
             correct=vec[1],
             seen=round(float(vec[2])),
@@ -736,6 +782,8 @@ class Trainer:
         values["train/acc_given"] = sums.correct / seen
         for key, value in sums.extras.items():
             values[f"train/{key}"] = value / max(sums.steps, 1)
+        if sums.noise is not None:  # convergence noise across the epoch's steps (issue 27)
+            values.update(_noise_values(sums.noise))
         if self._diagnostics_due(epoch) and self.data.clean_known:
             # On the whole training set or on a fixed subset of it (eval.train_diagnostics_subset).
             subset = self.data.train_subset
