@@ -6,9 +6,10 @@
   the features, the same seeded generator);
 * SWAG: the moments against numpy over the saved weight snapshots (exact up to float32), the
   sampling distribution's mean and covariance against the formula of Maddox et al. (Eq. 1-3,
-  statistically, 20,000 draws: about 5 standard errors), the stored predictive against weight samples drawn by a
-  transcription of the sampling formula and BatchNorm statistics computed directly from the
-  pre-BN activations; and the wrapper leaves the teacher's training unchanged.
+  statistically, 20,000 draws: tolerances of about 5 standard errors), the stored
+  predictive against weight samples drawn by a transcription of the sampling formula and
+  BatchNorm statistics computed directly from the pre-BN activations; and the wrapper
+  leaves the teacher's training unchanged.
 """
 
 from __future__ import annotations
