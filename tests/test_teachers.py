@@ -326,3 +326,58 @@ def test_swag_collector_does_not_change_training(restore_torch_globals):
     torch.testing.assert_close(
         sw.method.swag_mean, torch.cat([p.flatten() for p in sw.model.parameters()])
     )
+
+
+# ------------------------------------------------------------------------------ Laplace
+def brute_force_head_hessian_diagonal(features: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """Diagonal of the Hessian of the summed cross-entropy w.r.t. ``(W, b)`` by autograd
+    (any labels: the last-layer Hessian does not depend on them)."""
+    labels = torch.arange(features.shape[0]) % w.shape[0]
+    k, h = w.shape
+
+    def loss(theta: Tensor) -> Tensor:
+        logits = features @ theta[: k * h].view(k, h).t() + theta[k * h :]
+        return F.cross_entropy(logits, labels, reduction="sum")
+
+    theta = torch.cat([w.flatten(), b]).double()
+    return torch.autograd.functional.hessian(loss, theta).diagonal()
+
+
+def test_last_layer_ggn_diagonal_is_the_brute_force_hessian():
+    from noisybench.teachers.laplace import last_layer_ggn_diagonal
+
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    w = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(4, generator=gen, dtype=torch.float64)
+    h_w, h_b = last_layer_ggn_diagonal(features, F.softmax(features @ w.t() + b, dim=1))
+    expected = brute_force_head_hessian_diagonal(features, w, b)
+    torch.testing.assert_close(torch.cat([h_w.flatten(), h_b]), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_laplace_teacher_against_brute_force_posterior_samples(tmp_path):
+    torch.manual_seed(0)
+    teacher = small_mlp(K, in_channels=1, hidden=5)
+    run = write_run(tmp_path / "ce", teacher.state_dict())
+    samples, seed, prior = 4, 3, 2.0
+    kd = KnowledgeDistillation(
+        [str(run)],
+        T=1.0,
+        ensemble_average="probs",
+        teacher={"kind": "laplace", "samples": samples, "seed": seed, "prior_precision": prior},
+    )
+    kd.setup(ctx_for(lambda: small_mlp(K, in_channels=1, hidden=5)))
+    kd.on_epoch_start(small_mlp(K, 1, 5), 0, evaluate)
+    with torch.no_grad():
+        phi = torch.relu(teacher.fc(X.flatten(1))).double()
+    w, b = teacher.head.weight.detach().double(), teacher.head.bias.detach().double()
+    std = (brute_force_head_hessian_diagonal(phi, w, b) + prior).rsqrt()
+    torch.manual_seed(seed)
+    probs = torch.zeros(N, K, dtype=torch.float64)
+    for _ in range(samples):
+        theta = torch.cat([w.flatten(), b]) + std * torch.randn(K * 5 + K).double()
+        probs += F.softmax(phi @ theta[: K * 5].view(K, 5).t() + theta[K * 5 :], dim=1)
+    probs /= samples
+    torch.testing.assert_close(kd.teacher_log_p.exp().double(), probs, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # the samples moved the prediction away from the MAP softmax
+        assert (probs - F.softmax(teacher(X), dim=1).double()).abs().max() > 1e-3

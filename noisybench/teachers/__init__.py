@@ -20,13 +20,21 @@ from noisybench.errors import UserError
 from noisybench.teachers.base import Teacher, TeacherSource
 from noisybench.teachers.deterministic import DeterministicTeacher
 from noisybench.teachers.ensemble import EnsembleTeacher
+from noisybench.teachers.laplace import LaplaceTeacher
 from noisybench.teachers.mc_dropout import MCDropoutTeacher
 from noisybench.teachers.swag import SWAGTeacher
 
 __all__ = ["KINDS", "Teacher", "TeacherSource", "make_teacher"]
 
 KINDS: dict[str, type[Teacher]] = {
-    cls.kind: cls for cls in (DeterministicTeacher, EnsembleTeacher, MCDropoutTeacher, SWAGTeacher)
+    cls.kind: cls
+    for cls in (
+        DeterministicTeacher,
+        EnsembleTeacher,
+        MCDropoutTeacher,
+        SWAGTeacher,
+        LaplaceTeacher,
+    )
 }
 
 
