@@ -6,10 +6,11 @@ teachers under 50 % symmetric noise on the offline digits, next to cross-entropy
 Every run is the CLI's (``python -m noisybench experiment=quickstart ...``: digits, small_cnn,
 sym50, Adam + one-cycle, ``cpu_threads=1``) with ``epochs`` epochs; a finished run is reported,
 not rerun. Teachers per seed: ``method=swag`` (cross-entropy whose training the SWAG wrapper
-does not change: it is the deterministic teacher too), ``method=ensemble`` (3 members) and
-``method=ce ++model.dropout=0.2`` (MC dropout). Students per seed: ``method=kd`` with
-``+teacher=deterministic|ensemble|swag|mc_dropout`` (all with ``store=true``: the teacher's
-predictive distribution on the plain view, computed once), ``method=ce`` and ``method=bsd``.
+does not change: it is the deterministic and the Laplace teacher too), ``method=ensemble``
+(3 members) and ``method=ce ++model.dropout=0.2`` (MC dropout). Students per seed:
+``method=kd`` with ``+teacher=deterministic|ensemble|swag|mc_dropout|laplace`` (all with
+``store=true``: the teacher's predictive distribution on the plain view, computed once),
+``method=ce`` and ``method=bsd``.
 
 Printed and saved (``summary.json``): per student kind, over seeds, the last-epoch and the best
 (selected on the test set: digits has no validation split) test accuracy, and the convergence
@@ -44,6 +45,7 @@ KINDS = {  # student teacher kind -> teacher run
     "ensemble": "ensemble",
     "swag": "swag",
     "mc_dropout": "mc",
+    "laplace": "swag",
 }
 
 
@@ -104,6 +106,10 @@ def teacher_metrics(kind: str, run: Path, epochs: int, seed: int) -> dict[str, A
     )
     params = sum(p.numel() for p in exp.model.parameters())
     extra = {"deterministic": 0, "ensemble": 2 * params, "mc_dropout": 0}
+    head = exp.model.head  # Laplace: the N x H training features and 2 K (H + 1) floats
+    extra["laplace"] = (
+        exp.eval_data.train_given.numel() * head.in_features + 2 * head.weight.numel()
+    )
     ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     swag_floats = sum(
         v.numel() for k, v in (ckpt.get("method") or {}).items() if k.startswith("swag_")
