@@ -162,29 +162,35 @@ class EvalData:
         return 0 if labels[split] is None else int(labels[split].shape[0])
 
 
-def _noise_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
-
-
-def _noise_update(noise: Tensor | None, loss: Tensor, grad_norm: Tensor) -> None:
-    """Add one step's loss and total gradient norm to ``noise`` in place, on the device
-    (no host sync); non-finite values are left out of the counts."""
+def _noise_record(
+    noise: Tensor | None, steps: int, step: int, loss: Tensor, norm: Tensor, weight: float
+) -> Tensor:
+    """Write step ``step``'s share-weighted loss and total gradient norm into ``noise``
+    (allocated on first use: ``(4, steps)``, rows loss, norm, loss finite, norm finite), on the
+    device, without a host sync; returns it."""
     if noise is None:
-        return
-    x = torch.stack([loss.detach().float(), grad_norm.detach().float()]).to(noise.dtype)
+        dtype = torch.float32 if loss.device.type == "mps" else torch.float64  # mps: no f64
+        noise = torch.zeros(4, steps, device=loss.device, dtype=dtype)
+    x = torch.stack([loss.detach().float() * weight, norm.detach().float()]).to(noise.dtype)
     ok = torch.isfinite(x)
-    x = torch.where(ok, x, torch.zeros_like(x))
-    n = ok.to(noise.dtype)
-    noise.add_(torch.stack([n[0], x[0], x[0] * x[0], n[1], x[1], x[1] * x[1]]))
+    noise[:, step] = torch.cat([torch.where(ok, x, torch.zeros_like(x)), ok.to(noise.dtype)])
+    return noise
 
 
-def _noise_values(noise: Tensor) -> dict[str, Tensor]:
-    """Across-step mean and unbiased variance of the loss and of the gradient norm."""
+def _noise_values(noise: Tensor, world: int) -> dict[str, Tensor]:
+    """Across-step mean and unbiased variance of the loss and of the gradient norm (issue 27)
+    from the epoch's per-step rows summed over the ``world`` processes: a step counts when
+    it was recorded and finite on every process; its loss is then the sum of the shares'
+    size-weighted losses (the global batch's loss) and its norm ``world`` times the norm
+    (identical on every process after the gradient all-reduce)."""
     out = {}
-    for name, (n, s, q) in (("loss_step", noise[0:3]), ("grad_norm", noise[3:6])):
-        mean = s / n.clamp(min=1)
-        out[f"train/{name}_mean"] = mean
-        out[f"train/{name}_var"] = ((q - n * mean * mean) / (n - 1).clamp(min=1)).clamp(min=0)
+    for name, row, scale in (("loss_step", 0, 1.0), ("grad_norm", 1, 1.0 / world)):
+        mask = (noise[row + 2] >= world - 0.5).to(noise.dtype)
+        x = noise[row] * scale
+        n = mask.sum()
+        mean = (x * mask).sum() / n.clamp(min=1)
+        var = ((x - mean).pow(2) * mask).sum() / (n - 1).clamp(min=1)
+        out[f"train/{name}_mean"], out[f"train/{name}_var"] = mean, var
     return out
 
 
@@ -199,19 +205,13 @@ class _EpochSums:
     skipped: int = 0
     first_bad: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
-    # Convergence noise (issue 27): [n, sum, sum of squares] of the finite per-step mini-batch
-    # losses, then the same of the total gradient norms; float64 against cancellation.
+    # Convergence noise (issue 27): per-step loss and gradient norm, see _noise_record.
     noise: Tensor | None = None
 
     @classmethod
     def zeros(cls, device: torch.device) -> _EpochSums:
         z = torch.zeros((), device=device)
-        return cls(
-            loss=z.clone(),
-            correct=z.clone(),
-            first_bad=torch.full((), -1, device=device),
-            noise=torch.zeros(6, device=device, dtype=_noise_dtype(device)),
-        )
+        return cls(loss=z.clone(), correct=z.clone(), first_bad=torch.full((), -1, device=device))
 
     def state(self) -> dict[str, Any]:
         return {
@@ -611,7 +611,8 @@ class Trainer:
         norm = loss.detach().new_full((), float("nan"))  # no gradient: left out of the counts
         if grads:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        _noise_update(sums.noise, out.loss, norm)
+        weight = rows[self.rank][0] / sum(r[0] for r in rows) if rows else 1.0
+        sums.noise = _noise_record(sums.noise, len(self.loader), step, out.loss, norm, weight)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -783,7 +784,7 @@ class Trainer:
         for key, value in sums.extras.items():
             values[f"train/{key}"] = value / max(sums.steps, 1)
         if sums.noise is not None:  # convergence noise across the epoch's steps (issue 27)
-            values.update(_noise_values(sums.noise))
+            values.update(_noise_values(sums.noise, self.world))
         if self._diagnostics_due(epoch) and self.data.clean_known:
             # On the whole training set or on a fixed subset of it (eval.train_diagnostics_subset).
             subset = self.data.train_subset
