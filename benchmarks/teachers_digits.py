@@ -125,13 +125,17 @@ def teacher_metrics(kind: str, run: Path, epochs: int, seed: int) -> dict[str, A
 
 
 def summarise(result: dict[str, Any]) -> dict[str, float]:
+    """Last and best test accuracy; the convergence noise averaged over the epochs, raw and
+    relative (coefficient of variation: std / mean, comparable between losses of different
+    scale such as KD's T^2-weighted KL and a cross-entropy)."""
     hist = result["history"]
-    noise = {
-        k: statistics.fmean(h[k] for h in hist)
-        for k in ("train/loss_step_var", "train/grad_norm_var")
-    }
-    out = {"last_acc": result["last"]["test/acc"], "best_acc": result["best"]["test/acc"], **noise}
-    for key in ("method/teacher_passes", "method/teacher_seconds", "method/teacher_store_mb"):
+    out = {"last_acc": result["last"]["test/acc"], "best_acc": result["best"]["test/acc"]}
+    for name in ("loss_step", "grad_norm"):
+        var = [h[f"train/{name}_var"] for h in hist]
+        mean = [h[f"train/{name}_mean"] for h in hist]
+        out[f"{name}_var"] = statistics.fmean(var)
+        out[f"{name}_cv"] = statistics.fmean(v**0.5 / m for v, m in zip(var, mean, strict=True))
+    for key in ("method/teacher_passes", "method/teacher_store_mb"):
         if key in hist[-1]:
             out[key.split("/")[1]] = hist[-1][key]
     return out
@@ -184,10 +188,14 @@ def main() -> None:
         return f"{m:.4f} ± {sd:.4f}"
 
     print(f"students (digits, small_cnn, sym50, {E} epochs, seeds {args.seeds}; mean ± sd)")
-    print("| student | last acc | best acc (test-selected) | loss step var | grad-norm var |")
-    print("|---|---|---|---|---|")
+    print(
+        "| student | last acc | best acc (test-selected) | loss step var | loss step CV "
+        "| grad-norm var | grad-norm CV |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for kind, rows in students.items():
-        cols = ["last_acc", "best_acc", "train/loss_step_var", "train/grad_norm_var"]
+        cols = ["last_acc", "best_acc", "loss_step_var", "loss_step_cv"]
+        cols += ["grad_norm_var", "grad_norm_cv"]
         print(f"| {kind} | " + " | ".join(ms([r[c] for r in rows]) for c in cols) + " |")
     print("\nteachers (predictive distribution on the test set)")
     print("| teacher | acc | ECE | NLL | samples | train passes | extra memory MB |")
