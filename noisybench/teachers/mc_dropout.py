@@ -5,7 +5,7 @@ predictive distribution is estimated by keeping dropout on at prediction and ave
 softmax of ``T`` stochastic forward passes (their Eq. 8, "MC dropout"):
 ``p(y | x) ~= (1/T) sum_t softmax(f_{W_t}(x))``, each pass with fresh Bernoulli masks.
 
-The teacher run must have been trained with dropout (``+model.dropout=0.2`` on ``small_cnn``
+The teacher run must have been trained with dropout (``++model.dropout=0.2`` on ``small_cnn``
 or ``small_mlp``: dropout on the features, before the classifier). The student is built with
 *its own* ``model=`` settings, usually without dropout; the teacher's dropout layers get the
 rate the teacher run was trained with (read from its ``result.json``, or ``teacher.p``).
@@ -89,13 +89,13 @@ class MCDropoutTeacher(Teacher):
         if not layers:
             raise UserError(
                 "the mc_dropout teacher needs a model with dropout layers; train the teacher "
-                "with model=small_cnn (or small_mlp) +model.dropout=0.2"
+                "with model=small_cnn (or small_mlp) ++model.dropout=0.2"
             )
         rate = self.p if self.p is not None else _trained_rate(sources[0])
         if rate is None or not 0 < rate < 1:
             raise UserError(
-                f"the teacher run {sources[0].run} was not trained with dropout (model.dropout "
-                f"is {rate}); train it with +model.dropout=0.2, or set method.teacher.p"
+                f"the teacher run {sources[0].run} was not trained with dropout (its model."
+                f"dropout is {rate}); train it with ++model.dropout=0.2, or set method.teacher.p"
             )
         for m in layers:
             m.p = rate
