@@ -35,6 +35,18 @@ predictive distribution (what :class:`~baselines.ensemble.Ensemble` reports):
 ``p_T = softmax(log((1/M) sum_m softmax(z_m)) / T)``. With one teacher both are
 ``softmax(z / T)``.
 
+Teacher kinds (issue 27, :mod:`noisybench.teachers`, docs/teachers.md): ``teacher`` (a
+mapping with ``kind`` and the kind's options, from ``+teacher=<kind>``, i.e.
+``conf/teacher/<kind>.yaml``) says how the teacher runs' predictive distribution is obtained:
+``deterministic``, ``ensemble`` (the default when ``teacher`` is absent: every network of
+``teacher_runs``, as before), ``mc_dropout`` or ``swag``. With the teacher's ``store=true``
+(always for the Bayesian kinds) the predictive distribution of every training sample is
+computed once before the first step, on the plain view, as the Monte Carlo average
+``p_bar = (1/S) sum_s softmax(z_s)`` over the ``S`` posterior samples (networks x passes),
+and kept in the buffer ``teacher_log_p`` (checkpointed); ``p_T`` is then
+``(1/S) sum_s softmax(z_s / T)`` ("tempered") or ``softmax(log(p_bar) / T)`` ("probs"), as for
+an ensemble. ``method.teacher.kind`` is the key ``report`` groups students by.
+
 Default ``beta = 0.9``: Hinton et al. (Section 2) report the best results with a considerably
 lower weight on the hard-label term; 0.9/0.1 (with the ``T^2`` factor) is the standard KD setting
 of the CRD benchmark (Tian, Krishnan & Isola, ICLR 2020, HobbitLong/RepDistiller:
@@ -43,9 +55,11 @@ of the CRD benchmark (Tian, Krishnan & Isola, ICLR 2020, HobbitLong/RepDistiller
 
 from __future__ import annotations
 
+import logging
 import math
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +69,11 @@ from torch import Tensor, nn
 
 from noisybench.errors import UserError
 from noisybench.method import Batch, Method, MethodContext, StepOutput
+from noisybench.teachers import Teacher, TeacherSource, make_teacher
 
 __all__ = ["KnowledgeDistillation", "teacher_log_probs"]
 
+log = logging.getLogger("noisybench")
 _MEMBER_KEY = re.compile(r"^members\.(\d+)\.(.+)$")
 _AVERAGES = ("tempered", "probs")
 
@@ -90,6 +106,8 @@ class KnowledgeDistillation(Method):
         T: temperature (BSD paper: 3).
         beta: weight of the distillation term; ``1 - beta`` weighs the noisy-label CE.
         ensemble_average: "tempered" or "probs" (how several teachers are combined).
+        teacher: the teacher kind and its options (``{"kind": "swag", "samples": 30}``;
+            ``None``: the ensemble of every network of ``teacher_runs``, on the fly).
     """
 
     views = ("weak",)
@@ -100,6 +118,7 @@ class KnowledgeDistillation(Method):
         T: float = 3.0,
         beta: float = 0.9,
         ensemble_average: str = "tempered",
+        teacher: Mapping[str, Any] | str | None = None,
     ) -> None:
         super().__init__()
         if not 0 < T < math.inf:  # NaN fails this test too
@@ -118,6 +137,8 @@ class KnowledgeDistillation(Method):
         self.ensemble_average = ensemble_average
         # A plain list, not a ModuleList: teachers stay out of state_dict() and the optimizer.
         self._teachers: list[nn.Module] = []
+        self.teacher: Teacher = make_teacher(teacher)
+        self._store_ready = False  # host copy of the buffer teacher_ready (no per-step sync)
 
     def setup(self, ctx: MethodContext) -> None:
         """Read every teacher checkpoint; fail early with a :class:`UserError`."""
@@ -129,12 +150,19 @@ class KnowledgeDistillation(Method):
             )
         if ctx.build_model is None:
             raise RuntimeError("KnowledgeDistillation needs MethodContext.build_model")
-        teachers: list[nn.Module] = []
-        for run in self.teacher_runs:
-            teachers.extend(self._load_run(Path(run).expanduser(), ctx))
-        self._teachers = teachers
+        sources = [self._load_run(Path(run).expanduser(), ctx) for run in self.teacher_runs]
+        self.teacher.attach(sources, ctx)
+        self._teachers = list(self.teacher.networks)
+        if self.teacher.store:
+            n, k = ctx.num_samples, ctx.num_classes
+            self.register_buffer("teacher_log_p", torch.zeros(n, k, device=ctx.device))
+            self.register_buffer("teacher_ready", torch.zeros((), device=ctx.device))
+            # [passes over the training set, megabytes of the store] (no wall-clock time: the
+            # state and the history stay reproducible; the time goes to the log)
+            self.register_buffer("teacher_cost", torch.zeros(2, device=ctx.device))
+            self._store_ready = False
 
-    def _load_run(self, run: Path, ctx: MethodContext) -> list[nn.Module]:
+    def _load_run(self, run: Path, ctx: MethodContext) -> TeacherSource:
         if not run.is_dir():
             raise UserError(
                 f"teacher run directory {run} does not exist; "
@@ -172,7 +200,57 @@ class KnowledgeDistillation(Method):
             teacher.requires_grad_(False)
             teacher.eval()
             teachers.append(teacher)
-        return teachers
+        return TeacherSource(run, ckpt, teachers)
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        ready = state_dict.get(prefix + "teacher_ready")
+        if ready is not None:  # one host read at load time, none per step
+            self._store_ready = bool(ready.item() > 0)
+
+    @torch.no_grad()
+    def on_epoch_start(
+        self, model: nn.Module, epoch: int, evaluate_train: Callable[[nn.Module], Tensor]
+    ) -> None:
+        """Compute the teacher's stored predictive distribution once (``store=true``)."""
+        if not self.teacher.store or self._store_ready:
+            return
+        begin = time.perf_counter()
+        devices = []
+        if self.teacher_log_p.device.type == "cuda":
+            devices = [self.teacher_log_p.device.index or 0]
+        acc = torch.zeros_like(self.teacher_log_p)
+        count = 0
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.teacher.seed)
+            for logits in self.teacher.sample_logits(evaluate_train, evaluate_train):
+                z = logits.float().to(acc.device)
+                acc += F.softmax(z / self.T if self.ensemble_average == "tempered" else z, dim=-1)
+                count += 1
+        log_mean = acc.div_(count).clamp_(min=torch.finfo(acc.dtype).tiny).log_()
+        if self.ensemble_average == "probs":
+            log_mean = F.log_softmax(log_mean / self.T, dim=-1)
+        self.teacher_log_p.copy_(log_mean)
+        self.teacher_ready.fill_(1.0)
+        elapsed = time.perf_counter() - begin
+        megabytes = self.teacher_log_p.numel() * self.teacher_log_p.element_size() / 2**20
+        self.teacher_cost.copy_(torch.tensor([self.teacher.passes(), megabytes]))
+        self._store_ready = True
+        log.info(
+            "teacher %s: %d samples, %d passes over the training set, %.1f s, store %.2f MB",
+            self.teacher.kind,
+            count,
+            self.teacher.passes(),
+            elapsed,
+            megabytes,
+        )
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int) -> dict[str, Tensor]:
+        """The stored teacher's cost: passes over the training set and the store's size."""
+        if not self.teacher.store:
+            return {}
+        return {"teacher_passes": self.teacher_cost[0], "teacher_store_mb": self.teacher_cost[1]}
 
     @property
     def teachers(self) -> list[nn.Module]:
@@ -193,7 +271,12 @@ class KnowledgeDistillation(Method):
         if not self._teachers:
             raise RuntimeError("KnowledgeDistillation.setup() must run before training_step")
         x = batch.views["weak"]
-        log_p = self._teacher_log_probs(x)
+        if self.teacher.store:
+            if not self._store_ready:
+                raise RuntimeError("the teacher's store is computed in on_epoch_start (engine)")
+            log_p = self.teacher_log_p[batch.idx]
+        else:
+            log_p = self._teacher_log_probs(x)
         logits = model(x)
         ce = F.cross_entropy(logits.float(), batch.target)
         log_q = F.log_softmax(logits.float() / self.T, dim=-1)

@@ -62,7 +62,7 @@ def conf_dir() -> Path:
 CONF_DIR = conf_dir()
 # The config groups a user chooses from (shown by --help). ``method_optim`` is internal: what
 # a method needs from any optimizer (TE's beta1 annealing), selected by the method's name.
-GROUPS = ("dataset", "noise", "model", "method", "optim", "experiment", "logger")
+GROUPS = ("dataset", "noise", "model", "method", "optim", "experiment", "logger", "teacher")
 HIDDEN_GROUPS = ("method_optim",)
 # The groups every run needs one option of (``method=null`` or ``~method`` is refused).
 REQUIRED_GROUPS = ("dataset", "noise", "model", "method", "optim")

@@ -162,6 +162,38 @@ class EvalData:
         return 0 if labels[split] is None else int(labels[split].shape[0])
 
 
+def _noise_record(
+    noise: Tensor | None, steps: int, step: int, loss: Tensor, norm: Tensor, weight: float
+) -> Tensor:
+    """Write step ``step``'s share-weighted loss and total gradient norm into ``noise``
+    (allocated on first use: ``(4, steps)``, rows loss, norm, loss finite, norm finite), on the
+    device, without a host sync; returns it."""
+    if noise is None:
+        dtype = torch.float32 if loss.device.type == "mps" else torch.float64  # mps: no f64
+        noise = torch.zeros(4, steps, device=loss.device, dtype=dtype)
+    x = torch.stack([loss.detach().float() * weight, norm.detach().float()]).to(noise.dtype)
+    ok = torch.isfinite(x)
+    noise[:, step] = torch.cat([torch.where(ok, x, torch.zeros_like(x)), ok.to(noise.dtype)])
+    return noise
+
+
+def _noise_values(noise: Tensor, world: int) -> dict[str, Tensor]:
+    """Across-step mean and unbiased variance of the loss and of the gradient norm (issue 27)
+    from the epoch's per-step rows summed over the ``world`` processes: a step counts when
+    it was recorded and finite on every process; its loss is then the sum of the shares'
+    size-weighted losses (the global batch's loss) and its norm ``world`` times the norm
+    (identical on every process after the gradient all-reduce)."""
+    out = {}
+    for name, row, scale in (("loss_step", 0, 1.0), ("grad_norm", 1, 1.0 / world)):
+        mask = (noise[row + 2] >= world - 0.5).to(noise.dtype)
+        x = noise[row] * scale
+        n = mask.sum()
+        mean = (x * mask).sum() / n.clamp(min=1)
+        var = ((x - mean).pow(2) * mask).sum() / (n - 1).clamp(min=1)
+        out[f"train/{name}_mean"], out[f"train/{name}_var"] = mean, var
+    return out
+
+
 @dataclass
 class _EpochSums:
     """Per-epoch running sums, kept on the device (and checkpointed mid-epoch)."""
@@ -173,6 +205,8 @@ class _EpochSums:
     skipped: int = 0
     first_bad: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
+    # Convergence noise (issue 27): per-step loss and gradient norm, see _noise_record.
+    noise: Tensor | None = None
 
     @classmethod
     def zeros(cls, device: torch.device) -> _EpochSums:
@@ -188,6 +222,7 @@ class _EpochSums:
             "skipped": self.skipped,
             "first_bad": self.first_bad,
             "extras": dict(self.extras),
+            "noise": self.noise,
         }
 
     @classmethod
@@ -200,6 +235,7 @@ class _EpochSums:
             skipped=int(state["skipped"]),
             first_bad=state["first_bad"].to(device),
             extras={k: v.to(device) for k, v in state["extras"].items()},
+            noise=None if state.get("noise") is None else state["noise"].to(device),
         )
 
 
@@ -327,6 +363,7 @@ class Trainer:
         self.world = dist.world_size()
         self.rank = dist.rank()
         self._extra_params = [p for m in method.extra_modules() for p in m.parameters()]
+        self._all_params = [p for g in optimizer.param_groups for p in g["params"]]
         self._gathers_state = type(method).after_step is not Method.after_step
         self._ranked: dict[str, Any] = {}
         self.method = method
@@ -568,6 +605,14 @@ class Trainer:
             self.scaler.scale(loss).backward()
         if self.world > 1 and self._extra_params:
             self._average_extra_grads()
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)  # true gradients for the norm; step skips it
+        grads = [p.grad for p in self._all_params if p.grad is not None]
+        norm = loss.detach().new_full((), float("nan"))  # no gradient: left out of the counts
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        weight = rows[self.rank][0] / sum(r[0] for r in rows) if rows else 1.0
+        sums.noise = _noise_record(sums.noise, len(self.loader), step, out.loss, norm, weight)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -602,7 +647,9 @@ class Trainer:
             k: dist.all_reduce_sum(v.detach().clone().float()) / self.world
             for k, v in sorted(sums.extras.items())
         }
+        noise = None if sums.noise is None else dist.all_reduce_sum(sums.noise.clone())
         return _EpochSums(
+            noise=noise,
             loss=vec[0],
             correct=vec[1],
             seen=round(float(vec[2])),
@@ -736,6 +783,8 @@ class Trainer:
         values["train/acc_given"] = sums.correct / seen
         for key, value in sums.extras.items():
             values[f"train/{key}"] = value / max(sums.steps, 1)
+        if sums.noise is not None:  # convergence noise across the epoch's steps (issue 27)
+            values.update(_noise_values(sums.noise, self.world))
         if self._diagnostics_due(epoch) and self.data.clean_known:
             # On the whole training set or on a fixed subset of it (eval.train_diagnostics_subset).
             subset = self.data.train_subset

@@ -19,6 +19,15 @@ def check_sizes(model: str, num_classes: int, in_channels: int) -> None:
             raise UserError(f"{model}: {what} must be a positive integer, got {value!r}")
 
 
+def check_dropout(model: str, dropout: float) -> None:
+    """A dropout rate must be a number in [0, 1)."""
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise UserError(
+            f"{model}: dropout must be a number in [0, 1), got {dropout!r}; "
+            "set model.dropout=... to e.g. 0.2 (0: no dropout)"
+        )
+
+
 def init_he_fan_out(model: nn.Module, zero_linear_bias: bool = True) -> None:
     """He-normal initialisation of every convolution (He et al. 2015, fan-out, ReLU gain).
 

@@ -13,7 +13,7 @@ Layout for an 8x8 input (``w`` = ``width``, ``h`` = ``hidden``):
 2. 3x3 convolution (``w`` -> ``w``, 4x4), BN, ReLU;
 3. flatten the 4x4x``w`` grid (larger inputs are first average-pooled to 4x4), linear to ``h``,
    BN, ReLU -- these are the features;
-4. linear classifier ``h`` -> K.
+4. dropout (rate ``dropout``, default 0: the identity), linear classifier ``h`` -> K.
 
 The flattening layer holds most of the parameters: it gives the network position-specific
 capacity (enough to memorise), while the two small convolutions keep the per-step cost low.
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisybench.errors import UserError
+from noisybench.models._common import check_dropout as _check_dropout
 from noisybench.models._common import check_sizes, init_he_fan_out
 
 __all__ = ["SmallCNN", "small_cnn"]
@@ -36,7 +37,14 @@ _GRID = 4  # spatial size of the grid that is flattened
 class SmallCNN(nn.Module):
     """See the module docstring."""
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32, hidden: int = 128):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        width: int = 32,
+        hidden: int = 128,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 2, stride=2, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -46,6 +54,7 @@ class SmallCNN(nn.Module):
         self.bn3 = nn.BatchNorm1d(hidden)
         self.relu = nn.ReLU(inplace=True)
         self.num_features = hidden
+        self.drop = nn.Dropout(dropout)  # always present (p may be 0): MC dropout sets p
         self.head = nn.Linear(hidden, num_classes)
         init_he_fan_out(self, zero_linear_bias=False)
 
@@ -58,11 +67,15 @@ class SmallCNN(nn.Module):
         return self.relu(self.bn3(self.fc(x.flatten(1))))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x))
+        return self.head(self.drop(self.forward_features(x)))
 
 
 def small_cnn(
-    num_classes: int, in_channels: int = 3, width: int = 32, hidden: int = 128
+    num_classes: int,
+    in_channels: int = 3,
+    width: int = 32,
+    hidden: int = 128,
+    dropout: float = 0.0,
 ) -> SmallCNN:
     """Small CNN for 8x8 images (the digits quickstart); any input of at least 2x2 works.
 
@@ -71,6 +84,8 @@ def small_cnn(
         in_channels: input channels (1 for the digits).
         width: channels of the two convolutions.
         hidden: width of the fully connected feature layer.
+        dropout: dropout rate on the features, before the classifier (0: none; an MC-dropout
+            teacher, issue 27, keeps it on at prediction).
     """
     check_sizes("small_cnn", num_classes, in_channels)
     for what, value in (("width", width), ("hidden", hidden)):
@@ -79,4 +94,5 @@ def small_cnn(
                 f"small_cnn: {what} must be a positive integer, got {value!r}; "
                 f"set model.{what}=... to e.g. 32"
             )
-    return SmallCNN(num_classes, in_channels, width, hidden)
+    _check_dropout("small_cnn", dropout)
+    return SmallCNN(num_classes, in_channels, width, hidden, float(dropout))

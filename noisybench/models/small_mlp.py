@@ -7,7 +7,8 @@ of a batch, computes exactly the single-process losses and gradients (up to floa
 
 Layout: the image is average-pooled to ``grid x grid`` (a no-op for 8x8 digits with the
 default ``grid=8``), flattened, then ``Linear(C * grid * grid, hidden)``, ReLU (the features),
-and the classifier ``Linear(hidden, K)``. PyTorch's default (uniform, fan-in) initialisation.
+dropout (rate ``dropout``, default 0: the identity) and the classifier ``Linear(hidden, K)``.
+PyTorch's default (uniform, fan-in) initialisation.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisybench.errors import UserError
+from noisybench.models._common import check_dropout as _check_dropout
 from noisybench.models._common import check_sizes
 
 __all__ = ["SmallMLP", "small_mlp"]
@@ -24,12 +26,20 @@ __all__ = ["SmallMLP", "small_mlp"]
 class SmallMLP(nn.Module):
     """See the module docstring."""
 
-    def __init__(self, num_classes: int, in_channels: int = 3, hidden: int = 128, grid: int = 8):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        hidden: int = 128,
+        grid: int = 8,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.grid = grid
         self.fc = nn.Linear(in_channels * grid * grid, hidden)
         self.relu = nn.ReLU()
         self.num_features = hidden
+        self.drop = nn.Dropout(dropout)  # always present (p may be 0): MC dropout sets p
         self.head = nn.Linear(hidden, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -39,10 +49,16 @@ class SmallMLP(nn.Module):
         return self.relu(self.fc(x.flatten(1)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x))
+        return self.head(self.drop(self.forward_features(x)))
 
 
-def small_mlp(num_classes: int, in_channels: int = 3, hidden: int = 128, grid: int = 8) -> SmallMLP:
+def small_mlp(
+    num_classes: int,
+    in_channels: int = 3,
+    hidden: int = 128,
+    grid: int = 8,
+    dropout: float = 0.0,
+) -> SmallMLP:
     """BatchNorm-free MLP over the ``grid x grid`` average-pooled image.
 
     Args:
@@ -50,6 +66,9 @@ def small_mlp(num_classes: int, in_channels: int = 3, hidden: int = 128, grid: i
         in_channels: input channels (1 for the digits).
         hidden: width of the hidden layer.
         grid: side the image is average-pooled to before flattening.
+        dropout: dropout rate on the features, before the classifier (0, the default: none,
+            so outputs stay independent of the batch and of the RNG; an MC-dropout teacher,
+            issue 27, keeps it on at prediction).
     """
     check_sizes("small_mlp", num_classes, in_channels)
     for what, value in (("hidden", hidden), ("grid", grid)):
@@ -58,4 +77,5 @@ def small_mlp(num_classes: int, in_channels: int = 3, hidden: int = 128, grid: i
                 f"small_mlp: {what} must be a positive integer, got {value!r}; "
                 f"set model.{what}=... to e.g. {128 if what == 'hidden' else 8}"
             )
-    return SmallMLP(num_classes, in_channels, hidden, grid)
+    _check_dropout("small_mlp", dropout)
+    return SmallMLP(num_classes, in_channels, hidden, grid, float(dropout))
