@@ -191,6 +191,7 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         "validation": exp.validation,
         "device": str(exp.device),
         "num_parameters": sum(p.numel() for p in exp.model.parameters()),
+        "train_images": len(exp.noisy_labels),  # per epoch: the cost's images per second
         "processes": distributed.world_size(),
     }
     background = resolve_auto(cfg.get("checkpoint_async", False), exp.device, "checkpoint_async")
