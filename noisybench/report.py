@@ -57,6 +57,7 @@ from noisybench.config import NON_IDENTITY_KEYS as _NON_IDENTITY
 from noisybench.config import conf_dir, paper_preset
 from noisybench.config import identity as _config_identity
 from noisybench.errors import UserError
+from noisybench.evaluation.selection import RULES as _SELECTION_RULES
 
 __all__ = [
     "METRICS",
@@ -79,10 +80,15 @@ EVALUATION_FILE = "evaluation.json"
 NON_IDENTITY_KEYS: tuple[str, ...] = (*_NON_IDENTITY, "seed", "noise.seed")
 
 # Selection rules: name -> (history key maximised, or None for the last epoch; header text).
+# The rules themselves are noisybench.evaluation.selection's; here, their column headers.
+_HEADERS = {
+    "last": "last epoch",
+    "best_test": "best on test set",
+    "noisy_val": "selected on noisy val",
+    "clean_val": "selected on clean val",
+}
 RULES: dict[str, tuple[str | None, str]] = {
-    "last": (None, "last epoch"),
-    "best_test": ("test/acc", "best on test set"),
-    "noisy_val": ("val/acc", "selected on noisy val"),
+    name: (key, _HEADERS.get(name, name)) for name, (key, _) in _SELECTION_RULES.items()
 }
 
 
@@ -788,9 +794,20 @@ def build_table(
             )
         layout = dataclasses.replace(layout, metrics=tuple(metrics))
     if rules is None:
-        rules = list(layout.rules)
-        if any("val/acc" in r for g in groups for run in g.runs for r in run.get("history") or []):
-            rules.append("noisy_val")
+        # The runs' own rule (their ``selection``, schema 2) first: the headline column.
+        recorded = [
+            run.get("selection_rule")
+            for g in groups
+            for run in g.runs
+            if run.get("selection_rule") in RULES
+        ]
+        rules = list(dict.fromkeys([*recorded, *layout.rules]))
+        for rule, key in (("noisy_val", "val/acc"), ("clean_val", "val/clean_acc")):
+            runs = (run for g in groups for run in g.runs)
+            if rule not in rules and any(
+                key in r for run in runs for r in run.get("history") or []
+            ):
+                rules.append(rule)
     for rule in rules:
         if rule not in RULES:
             raise UserError(f"unknown selection rule {rule!r}; use one of {', '.join(RULES)}")

@@ -331,3 +331,18 @@ def test_per_seed_values_in_csv_and_json(tmp_path: Path, capsys) -> None:
     (last,) = [r for r in rows if r["selection"] == "last"]
     assert last["seeds"] == "1;2;3"
     assert [float(v) for v in last["values"].split(";")] == pytest.approx([72.0, 55.0, 61.0])
+
+
+# ------------------------------------------------------------------ the headline column
+def test_the_runs_selection_rule_is_the_first_column(tmp_path: Path, capsys) -> None:
+    run = _write(tmp_path, _config("ce"), [0.5, 0.9, 0.6])
+    body = json.loads((run / "result.json").read_text())
+    for record, val in zip(body["history"], (0.2, 0.3, 0.1), strict=True):
+        record["val/acc"] = val
+    body["selection_rule"] = "noisy_val"
+    (run / "result.json").write_text(json.dumps(body))
+    table = _json(capsys, str(tmp_path))
+    first = table["columns"][0]
+    assert first["selection"] == "noisy_val" and "noisy val" in first["label"]
+    (row,) = _ours(table)
+    assert row["cells"][first["key"]]["mean"] == pytest.approx(90.0)  # epoch 2 (val 0.3)
