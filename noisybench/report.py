@@ -1370,7 +1370,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=list(TABLES),
         help="the paper's table layout (default: one row per experiment)",
     )
-    parser.add_argument("--format", default="md", choices=list(RENDERERS))
+    parser.add_argument("--format", default="md", choices=[*RENDERERS, "html"])
     parser.add_argument(
         "--select",
         default=None,
@@ -1385,6 +1385,18 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--figures", metavar="DIR", help="also write the figures as PNG to DIR")
     parser.add_argument(
+        "--leaderboard",
+        action="store_true",
+        help="one row per method and setting: mean ± std, 95 %% CI, paired comparison with "
+        "--reference, rank, cost (formats: md, latex, csv, json, html)",
+    )
+    parser.add_argument(
+        "--reference", default="ce", help="the leaderboard's reference method (default: ce)"
+    )
+    parser.add_argument(
+        "--output", metavar="FILE", help="write to FILE instead of stdout (html: a page)"
+    )
+    parser.add_argument(
         "--include-unfinished", action="store_true", help="also average unfinished runs"
     )
     return parser.parse_args(argv)
@@ -1396,6 +1408,58 @@ def _emit(stream: Any, text: str) -> None:
     can lose the error in a partial write."""
     for line in text.splitlines():
         stream.write(printable(line, keep="\t") + "\n")
+
+
+def _write_output(path: Path, text: str) -> None:
+    from noisybench.io import atomic_write_text
+
+    try:
+        atomic_write_text(path, text + "\n")
+    except OSError as exc:
+        raise UserError(f"cannot write {path} ({exc.strerror}); pass a writable --output") from None
+    _warn(f"wrote {path}")
+
+
+def _leaderboard(
+    args: argparse.Namespace,
+    groups: Sequence[Group],
+    rules: Sequence[str] | None,
+    metrics: Sequence[str] | None,
+) -> int:
+    """``--leaderboard``: :mod:`noisybench.leaderboard` over the groups, for the first of
+    ``--select`` (default: the runs' own rule, else ``last``) and ``--metrics`` (acc)."""
+    import tempfile
+
+    from noisybench.leaderboard import build_leaderboard, render_leaderboard
+
+    recorded = [run.get("selection_rule") for g in groups for run in g.runs]
+    rule = (rules or [next((r for r in recorded if r in RULES), "last")])[0]
+    if rule not in RULES:
+        raise UserError(f"unknown selection rule {rule!r}; use one of {', '.join(RULES)}")
+    metric = (metrics or ["acc"])[0]
+    if metric not in METRICS:
+        raise UserError(
+            f"unknown metric {metric!r}; use --metrics with one of {', '.join(METRICS)}"
+        )
+    settings = {
+        printable(setting): [(printable(label), g) for label, g in methods]
+        for setting, methods in setting_groups(groups).items()
+    }
+    board = build_leaderboard(settings, rule, RULES[rule][1], args.reference, metric)
+    figures: list[Path] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.format == "html":
+            from noisybench.figures import write_figures
+
+            target = Path(args.figures) if args.figures else Path(tmp)
+            write_figures(settings, target)
+            figures = sorted(target.glob("*.png"))
+        text = render_leaderboard(board, args.format, figures)
+    if args.output:
+        _write_output(Path(args.output), text)
+    else:
+        _emit(sys.stdout, text)
+    return 0
 
 
 def _split(option: str | None) -> list[str] | None:
@@ -1426,10 +1490,17 @@ def _main(argv: Sequence[str] | None) -> int:
         )
         return 0
     groups = collect(results, args.include_unfinished)
+    if args.leaderboard:
+        return _leaderboard(args, groups, rules, metrics)
+    if args.format == "html":
+        raise UserError("--format html is the leaderboard's page: add --leaderboard")
     paper = load_paper_tables() if args.table != "generic" else None
     table = build_table(groups, args.table, rules, paper, metrics)
     text = render(table, args.format)
-    _emit(sys.stdout, text)
+    if args.output:
+        _write_output(Path(args.output), text)
+    else:
+        _emit(sys.stdout, text)
     note_stream = sys.stdout if args.format == "md" else sys.stderr
     if unfinished:
         lines = [f"\n{len(unfinished)} unfinished run(s):"]

@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     # 4: one run; reports over many
     "noisybench.run": 4,
     "noisybench.report": 4,
+    "noisybench.leaderboard": 4,
     "noisybench.evaluate": 4,
     "noisybench.figures": 4,
     # 5: the command line
