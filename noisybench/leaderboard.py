@@ -33,7 +33,7 @@ import json
 import math
 import random
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,17 +220,19 @@ def _cost(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def build_leaderboard(
     settings: Mapping[str, Sequence[tuple[str, Any]]],
+    value_of: Callable[[Mapping[str, Any]], float | None],
+    *,
+    metric: str,
+    metric_label: str,
+    higher_is_better: bool,
     rule: str,
     rule_text: str,
     reference: str | None = "ce",
-    metric: str = "acc",
 ) -> Leaderboard:
-    """The leaderboard of ``settings`` (:func:`noisybench.report.setting_groups`) for
-    ``metric`` at the epoch ``rule`` selects; paired comparisons against the method whose
-    label is ``reference`` (none when absent from a setting)."""
-    from noisybench.report import METRICS, run_value
-
-    scale = METRICS[metric].scale
+    """The leaderboard of ``settings`` (:func:`noisybench.report.setting_groups`): each
+    run's number is ``value_of(run)`` (the metric at the epoch ``rule`` selects, already in
+    display units); paired comparisons against the method whose label is ``reference``
+    (none when absent from a setting)."""
     entries: list[Entry] = []
     for setting, methods in settings.items():
         cells: list[tuple[Entry, dict[str, float]]] = []
@@ -239,19 +241,19 @@ def build_leaderboard(
             seeds: list[Any] = []
             values: list[float] = []
             for run in sorted(group.runs, key=lambda r: str((r.get("seeds") or {}).get("train"))):
-                value = run_value(run, metric, rule)
+                value = value_of(run)
                 if value is None:
                     continue
                 seeds.append((run.get("seeds") or {}).get("train"))
-                values.append(value * scale)
-                by_pair[_pair_key(run)] = value * scale
+                values.append(value)
+                by_pair[_pair_key(run)] = value
             if not values:
                 continue
             mean, std, ci = t_interval(values)
             entry = Entry(setting, label, seeds, values, mean, std, ci, cost=_cost(group.runs))
             cells.append((entry, by_pair))
         ref = next((pairs for e, pairs in cells if e.method == reference), None)
-        higher = METRICS[metric].higher_is_better
+        higher = higher_is_better
         for entry, pairs in cells:
             if ref is not None and entry.method != reference:
                 common = [k for k in pairs if k in ref]
@@ -280,7 +282,7 @@ def build_leaderboard(
         cells.sort(key=lambda c: (c[0].rank, -c[0].mean if higher else c[0].mean))
         entries.extend(e for e, _ in cells)
     notes = [
-        f"numbers: {METRICS[metric].label}, epoch: {rule_text}"
+        f"numbers: {metric_label}, epoch: {rule_text}"
         + (" (selected on the test set: optimistic)" if rule == "best_test" else ""),
         "mean ± sample std over seeds; 95 % CI: mean ± t(0.975, n-1)·s/√n (Student's t)",
         f"paired: difference to {reference} over the seeds both ran with the same noisy labels;"
@@ -338,9 +340,7 @@ def _md(board: Leaderboard) -> str:
     return "\n".join([*lines, "", *(f"- {n}" for n in board.notes)])
 
 
-def _latex(board: Leaderboard) -> str:
-    from noisybench.report import _latex_escape
-
+def _latex(board: Leaderboard, _latex_escape: Callable[[str], str]) -> str:
     rows = _rows(board)
     head = list(rows[0]) if rows else ["setting", "method"]
     lines = [
@@ -491,11 +491,21 @@ def _html(board: Leaderboard, figures: Sequence[Path] = ()) -> str:
     return "\n".join(parts)
 
 
-def render_leaderboard(board: Leaderboard, fmt: str, figures: Sequence[Path] = ()) -> str:
-    """The leaderboard as Markdown, LaTeX, CSV, JSON (per-seed values) or one HTML page."""
-    renderers = {"md": _md, "latex": _latex, "csv": _csv, "json": _json}
+def render_leaderboard(
+    board: Leaderboard,
+    fmt: str,
+    figures: Sequence[Path] = (),
+    latex_escape: Callable[[str], str] | None = None,
+) -> str:
+    """The leaderboard as Markdown, LaTeX (text escaped by ``latex_escape``: the report's),
+    CSV, JSON (per-seed values) or one HTML page."""
+    renderers = {"md": _md, "csv": _csv, "json": _json}
     if fmt == "html":
         return _html(board, figures)
+    if fmt == "latex":
+        if latex_escape is None:
+            raise UserError("the LaTeX leaderboard needs the report's escaping")
+        return _latex(board, latex_escape)
     if fmt not in renderers:
         raise UserError(f"unknown format {fmt!r}; use one of md, latex, csv, json, html")
     return renderers[fmt](board)

@@ -1445,7 +1445,22 @@ def _leaderboard(
         printable(setting): [(printable(label), g) for label, g in methods]
         for setting, methods in setting_groups(groups).items()
     }
-    board = build_leaderboard(settings, rule, RULES[rule][1], args.reference, metric)
+    m = METRICS[metric]
+
+    def value_of(run: Mapping[str, Any]) -> float | None:
+        value = run_value(run, metric, rule)
+        return None if value is None else value * m.scale
+
+    board = build_leaderboard(
+        settings,
+        value_of,
+        metric=metric,
+        metric_label=m.label,
+        higher_is_better=m.higher_is_better,
+        rule=rule,
+        rule_text=RULES[rule][1],
+        reference=args.reference,
+    )
     figures: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.format == "html":
@@ -1454,7 +1469,7 @@ def _leaderboard(
             target = Path(args.figures) if args.figures else Path(tmp)
             write_figures(settings, target)
             figures = sorted(target.glob("*.png"))
-        text = render_leaderboard(board, args.format, figures)
+        text = render_leaderboard(board, args.format, figures, _latex_escape)
     if args.output:
         _write_output(Path(args.output), text)
     else:
