@@ -283,6 +283,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 _SUBCOMMANDS = {
     "report": "noisybench.report",  # tables and figures over run directories
     "evaluate": "noisybench.evaluate",  # evaluation suites on finished runs
+    "suite": "noisybench.suite",  # a named benchmark suite (conf/suite/NAME.yaml)
 }
 
 

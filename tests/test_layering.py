@@ -53,6 +53,7 @@ LAYERS: dict[str, int] = {
     "noisybench.figures": 4,
     # 5: the command line
     "noisybench.cli": 5,
+    "noisybench.suite": 5,
     "noisybench.__main__": 5,
 }
 # What baselines/ (the comparison methods) may import from noisybench.
