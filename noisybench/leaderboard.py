@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import html
 import io
 import itertools
@@ -102,6 +103,7 @@ def _t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t >= 0 else tail
 
 
+@functools.cache
 def t_quantile(p: float, df: int) -> float:
     """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on the
     CDF to 1e-12; t(0.975, 1) = 12.706, t(0.975, 2) = 4.303, t(0.975, 4) = 2.776)."""

@@ -130,6 +130,10 @@ METRICS: dict[str, Metric] = {
 }
 
 
+# Every history key a metric is read from (checked once per file by _shape_problem).
+_HISTORY_KEYS = tuple(sorted({key for metric in METRICS.values() for key in metric.history}))
+
+
 @dataclass(frozen=True)
 class Layout:
     """How a paper table arranges its numbers.
@@ -225,7 +229,10 @@ def _warn(message: str) -> None:
 
 def _finite(value: Any) -> float | None:
     """``value`` as a float when it is a number (not a bool) of sane magnitude, else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    kind = type(value)
+    if kind is float:  # the common case, without conversions (NaN fails both comparisons)
+        return value if -_LARGEST <= value <= _LARGEST else None
+    if kind is not int and not (isinstance(value, int | float) and kind is not bool):
         return None
     try:
         out = float(value)
@@ -237,6 +244,8 @@ def _finite(value: Any) -> float | None:
 def _epoch(value: Any) -> int | None:
     """An epoch number: a non-negative integer (JSON int, or a float equal to one) below
     :data:`_LARGEST`, else None."""
+    if type(value) is int:
+        return value if 0 <= value <= _LARGEST else None
     number = _finite(value)
     if number is None or number < 0 or not number.is_integer():
         return None
@@ -343,12 +352,14 @@ def _shape_problem(result: Any) -> str | None:
     for key in ("last", "best"):
         if result.get(key) is not None and not isinstance(result.get(key), dict):
             return f"'{key}' is not an object"
+    names = _HISTORY_KEYS
     for entry in [*history, result.get("last") or {}, result.get("best") or {}]:
-        if entry.get("epoch") is not None and _epoch(entry["epoch"]) is None:
+        epoch = entry.get("epoch")
+        if epoch is not None and _epoch(epoch) is None:
             return "an 'epoch' is not an epoch number"
-        for name in {key for metric in METRICS.values() for key in metric.history}:
+        for name in names:
             value = entry.get(name)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
+            if value is None or value != value:  # absent, or NaN (a diverged epoch)
                 continue
             if _finite(value) is None:
                 return f"'{name}' is not a finite number of sane magnitude"
@@ -723,6 +734,17 @@ def _preset_keys() -> dict[tuple[str, str], frozenset[str]]:
 
 
 def _presets_match(ident: Mapping[str, str]) -> bool:
+    key = tuple(sorted((k, v) for k, v in ident.items() if k.startswith(("method.", "noise.name"))))
+    return _presets_match_cached(key)
+
+
+@functools.cache
+def _presets_match_cached(items: tuple[tuple[str, str], ...]) -> bool:
+    ident = dict(items)
+    return _presets_match_uncached(ident)
+
+
+def _presets_match_uncached(ident: Mapping[str, str]) -> bool:
     """Whether a group's method hyperparameters are the paper's for its noise setting and
     rate (Appendix A.1 as transcribed in ``conf/paper_presets.yaml``); True for a method
     the file has no values for. ``bsd method.gamma=0.8`` under symmetric noise is not the
