@@ -40,6 +40,18 @@ def _iso(timestamp: float | None) -> str | None:
     return moment.isoformat(timespec="seconds")
 
 
+def _cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 @functools.cache
 def environment(device: str) -> dict[str, Any]:
     """Library versions, the device's name and the host (computed once per device)."""
@@ -52,7 +64,7 @@ def environment(device: str) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cudnn": None,
         "device": device,
-        "device_name": platform.processor() or platform.machine(),
+        "device_name": _cpu_name(),
         "host": socket.gethostname(),
         "platform": f"{sys.platform} {platform.release()}",
     }
