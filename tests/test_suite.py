@@ -75,3 +75,32 @@ def test_bad_suites_are_one_line(tmp_path: Path, capsys) -> None:
     assert main([str(bad), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model, method, seed" in err[0]
+
+
+def test_a_suite_runs_resumes_and_ends_in_the_leaderboard(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    suite = tmp_path / "tiny_run.yaml"
+    suite.write_text(
+        "name: tiny_run\nfixed: [experiment=quickstart, epochs=1, progress=false, 'logger=[]']\n"
+        "reference: ce\ngrid: {dataset: [digits], model: [small_cnn], noise: [sym50], "
+        "method: [ce, ls], seed: [0]}\n"
+    )
+    out = tmp_path / "runs"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "noisybench", "suite", str(suite), f"out_dir={out}"]
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "2 runs, 0 finished, 2 to run" in first.stdout
+    assert "**Leaderboard: acc" in first.stdout and "| digits / small_cnn / sym50 | ls |" in (
+        first.stdout
+    )
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")}
+    assert len(mtimes) == 2
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 runs, 2 finished, 0 to run" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")} == mtimes  # not rerun
