@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import platform
 import random
 import tempfile
@@ -99,6 +100,20 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - begin, out
 
 
+class _Numbers(dict):
+    """The results so far, written to ``path`` after every stage (a slow machine that stops
+    the benchmark early still leaves the stages it finished)."""
+
+    def __init__(self, path: Path, **first: object) -> None:
+        super().__init__(first)
+        self.path = path
+
+    def __setitem__(self, key: str, value: object) -> None:
+        super().__setitem__(key, value)
+        self.path.write_text(json.dumps(self, indent=1) + "\n")
+        print(f"{key}: {value}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10_000)
@@ -108,13 +123,15 @@ def main() -> None:
 
     from noisybench import report, suite
 
-    numbers: dict[str, object] = {
-        "runs": args.runs,
-        "epochs_per_history": args.epochs,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "note": "shared machine (2 cores for several processes): wall-clock seconds, one pass",
-    }
+    numbers = _Numbers(
+        Path(args.out),
+        runs=args.runs,
+        epochs_per_history=args.epochs,
+        python=platform.python_version(),
+        machine=platform.machine(),
+        note="shared machine (2 cores for several processes): wall-clock seconds, one pass",
+    )
+    numbers["load_average_at_start"] = list(os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="nb_bench_report_") as tmp:
         tmp_path = Path(tmp)
         seeds = args.runs // (len(NOISES) * len(METHODS))
@@ -148,8 +165,7 @@ def main() -> None:
             t, status = _timed(lambda: report.main([str(results_root), "--leaderboard"]))
         numbers["leaderboard_cli_total_s"] = round(t, 3)
         assert status == 0
-    Path(args.out).write_text(json.dumps(numbers, indent=1) + "\n")
-    print(json.dumps(numbers, indent=1))
+    numbers["load_average_at_end"] = list(os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -39,6 +39,21 @@ def test_sign_flip_p_hand_enumerated() -> None:
     assert sign_flip_p([]) is None
 
 
+def test_sign_flip_p_sampled_beyond_16_pairs() -> None:
+    # 18 pairs: 2^18 patterns enumerated by brute force here, 2^16 sampled there.
+    diffs = [0.3, -1.2, 0.8, 0.5, 1.1, -0.4, 0.9, 0.2, -0.7, 1.5, 0.6, -0.1, 0.4, 1.0, -0.9, 0.7,
+             0.3, -0.2]  # fmt: skip
+    obs = abs(sum(diffs))
+    exact = np.mean(
+        [
+            abs(sum(s * x for s, x in zip(signs, diffs, strict=True))) >= obs - 1e-9
+            for signs in itertools.product((1, -1), repeat=len(diffs))
+        ]
+    )
+    assert sign_flip_p(diffs) == pytest.approx(exact, abs=0.01)
+    assert sign_flip_p([1.0] * 20) == pytest.approx(1 / (2**16 + 1))  # never exactly 0
+
+
 def _write(root: Path, method: str, seed: int, acc: float, sha: str = "abc", **extra) -> None:
     run = root / f"{method}{seed}"
     run.mkdir(parents=True)
