@@ -34,6 +34,7 @@ from typing import Any
 from noisybench.engine import Callback, Trainer
 from noisybench.evaluation.selection import selection_summary
 from noisybench.io import atomic_write_text, disk_full
+from noisybench.provenance import result_fields
 from noisybench.rundir import RunDir
 
 __all__ = [
@@ -343,6 +344,12 @@ class ResultWriter(Callback):
             "history": self.history,
             **summarise(self.history),
             "wall_time_s": round(time.time() - self.started, 3),
+            **result_fields(
+                self.header,
+                self.history,
+                self.started,
+                None if status == "running" else time.time(),
+            ),
             **extra,
         }
         if self.write_file:

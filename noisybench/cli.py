@@ -275,6 +275,19 @@ def _hydra_main(cfg: DictConfig) -> float:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     run_dir = HydraConfig.get().runtime.output_dir
     other_rank = env_world()[0] > 0
+    if multirun:  # an optimising sweeper must not tune on the test set unless told
+        from noisybench.evaluation.selection import check_tuning
+
+        try:
+            check_tuning(cfg, HydraConfig.get().sweeper.get("_target_"))
+        except UserError as exc:
+            # The sweeper created this job's directory: remove it and the empty ones above,
+            # up to out_dir (rmdir only removes empty directories).
+            path, out = Path(os.path.abspath(run_dir)), Path(os.path.abspath(cfg.out_dir))
+            if out in path.parents:
+                _NEW_DIRS.setdefault(str(path), out / path.relative_to(out).parts[0])
+            _remove_skeleton(run_dir)
+            _fail(str(exc), 2, quiet=other_rank)
     try:
         return selection_metric(run_experiment(cfg, run_dir=run_dir))
     except PeerFailed as exc:  # before training: another process failed to start
@@ -297,6 +310,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 _SUBCOMMANDS = {
     "report": "noisybench.report",  # tables and figures over run directories
     "evaluate": "noisybench.evaluate",  # evaluation suites on finished runs
+    "suite": "noisybench.suite",  # a named benchmark suite (conf/suite/NAME.yaml)
 }
 
 

@@ -96,6 +96,8 @@ NON_IDENTITY_KEYS = (
     "compile",
     "optimizer_impl",
     "result_interval_s",
+    "selection",  # which epoch is reported and kept, not how the model is trained
+    "tune_on_test",
     "checkpoint_async",
     "hydra",
     # Which paper preset a noise config selects: the values it selects are in the method's

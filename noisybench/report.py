@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import functools
 import importlib.resources
 import io
 import json
@@ -52,8 +54,10 @@ from pathlib import Path
 from typing import Any
 
 from noisybench.config import NON_IDENTITY_KEYS as _NON_IDENTITY
+from noisybench.config import conf_dir, paper_preset
 from noisybench.config import identity as _config_identity
 from noisybench.errors import UserError
+from noisybench.evaluation.selection import RULES as _SELECTION_RULES
 
 __all__ = [
     "METRICS",
@@ -76,10 +80,15 @@ EVALUATION_FILE = "evaluation.json"
 NON_IDENTITY_KEYS: tuple[str, ...] = (*_NON_IDENTITY, "seed", "noise.seed")
 
 # Selection rules: name -> (history key maximised, or None for the last epoch; header text).
+# The rules themselves are noisybench.evaluation.selection's; here, their column headers.
+_HEADERS = {
+    "last": "last epoch",
+    "best_test": "best on test set",
+    "noisy_val": "selected on noisy val",
+    "clean_val": "selected on clean val",
+}
 RULES: dict[str, tuple[str | None, str]] = {
-    "last": (None, "last epoch"),
-    "best_test": ("test/acc", "best epoch selected on the test set"),
-    "noisy_val": ("val/acc", "epoch selected on noisy val split"),
+    name: (key, _HEADERS.get(name, name)) for name, (key, _) in _SELECTION_RULES.items()
 }
 
 
@@ -121,20 +130,28 @@ METRICS: dict[str, Metric] = {
 }
 
 
+# Every history key a metric is read from (checked once per file by _shape_problem).
+_HISTORY_KEYS = tuple(sorted({key for metric in METRICS.values() for key in metric.history}))
+
+
 @dataclass(frozen=True)
 class Layout:
     """How a paper table arranges its numbers.
 
     ``across``: the config group whose values are the columns (``noise``, ``method``), or
     None (the rows are whole experiments). ``metrics_on``: ``cols`` or ``rows``.
-    ``paper_key``: the fields an entry of the paper file must share with our row/column.
+    ``paper_key``: the fields an entry of the paper file must share with our row/column for
+    the paper's number to stand beside ours (dataset, model and the realised noise setting
+    always; ``presets``: the method's hyperparameters are the paper's for that setting,
+    ``conf/paper_presets.yaml``; ``hparams``: those the entry lists); other entries are shown
+    as separate ``paper:`` reference rows.
     """
 
     title: str
     metrics: tuple[str, ...]
     across: str | None
     metrics_on: str = "cols"
-    paper_key: tuple[str, ...] = ("dataset", "model", "method", "metric")
+    paper_key: tuple[str, ...] = ("dataset", "model", "noise", "method", "presets", "metric")
     rules: tuple[str, ...] = ("last",)
 
 
@@ -150,25 +167,25 @@ TABLES: dict[str, Layout] = {
         "Table 4: test accuracy under label noise",
         ("acc",),
         "noise",
-        paper_key=("method", "noise", "metric"),
+        paper_key=("dataset", "model", "noise", "method", "presets", "metric"),
         rules=("last", "best_test"),
     ),
     "table5": Layout(
         "Table 5: accuracy with CutOut / CutMix",
         ("acc",),
         "method",
-        paper_key=("dataset", "model", "method", "augmentation", "metric"),
+        paper_key=("dataset", "model", "noise", "method", "augmentation", "metric"),
     ),
     "table6": Layout("Table 6: OOD detection AUROC", ("ood_auroc_svhn",), "method"),
     "table7": Layout(
         "Table 7: calibration",
         ("acc", "ece", "sce", "ace"),
         None,
-        paper_key=("method", "hparams", "metric"),
+        paper_key=("dataset", "model", "noise", "method", "hparams", "metric"),
     ),
     "generic": Layout(
         "All runs",
-        ("acc", "ece", "nll", "fit_given", "recovered"),
+        ("acc",),  # narrow by default; --metrics picks others
         None,
         paper_key=(),
         rules=("last", "best_test"),
@@ -189,10 +206,96 @@ _NAME_KEYS = ("dataset.name", "model.name", "noise.name", "method.name")
 
 
 # ------------------------------------------------------------------------------ loading
+# Metric values in result and evaluation files are fractions, NLLs, counts of epochs: anything
+# beyond this magnitude is a damaged or forged file (1e308 overflows once shown in percent).
+_LARGEST = 1e12
+# What a result file's "noise" record and evaluation.json may hold: the newest result schema
+# this report knows; files without "schema_version" are version 1 (noisybench 0.2).
+RESULT_SCHEMA = 2
+
+
+def printable(text: Any, keep: str = "") -> str:
+    """``text`` with every control, format or surrogate character written as an escape
+    (``\\x1b``, ``\\u202e``): names and paths from someone else's run directory must not
+    move the cursor, retitle the terminal or reorder a line when printed. ``keep``: characters
+    left as they are (the newlines of a whole table)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch in keep or ch.isprintable() or ch == " ":
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
+
+
+def _warn(message: str) -> None:
+    print(printable(f"noisybench.report: {message}"), file=sys.stderr)
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float when it is a number (not a bool) of sane magnitude, else None."""
+    kind = type(value)
+    if kind is float:  # the common case, without conversions (NaN fails both comparisons)
+        return value if -_LARGEST <= value <= _LARGEST else None
+    if kind is not int and not (isinstance(value, int | float) and kind is not bool):
+        return None
+    try:
+        out = float(value)
+    except OverflowError:  # an integer beyond float range (10**400 in JSON)
+        return None
+    return out if math.isfinite(out) and abs(out) <= _LARGEST else None
+
+
+def _epoch(value: Any) -> int | None:
+    """An epoch number: a non-negative integer (JSON int, or a float equal to one) below
+    :data:`_LARGEST`, else None."""
+    if type(value) is int:
+        return value if 0 <= value <= _LARGEST else None
+    number = _finite(value)
+    if number is None or number < 0 or not number.is_integer():
+        return None
+    return int(number)
+
+
+def _clean_evaluation(evaluation: Any, path: Path) -> dict[str, Any] | None:
+    """``evaluation.json`` reduced to what the report can use: ``checkpoint_epoch`` an epoch
+    number and ``metrics`` the entries that are finite numbers (or lists); each damaged entry
+    is named on stderr and left out, never a traceback."""
+    if not isinstance(evaluation, dict):
+        _warn(f"ignoring {path}: not a JSON object")
+        return None
+    epoch = evaluation.get("checkpoint_epoch")
+    if epoch is not None and _epoch(epoch) is None:
+        _warn(f"ignoring {path}: checkpoint_epoch is not an epoch number")
+        return None
+    metrics = evaluation.get("metrics")
+    if not isinstance(metrics, dict):
+        _warn(f"ignoring {path}: 'metrics' is not an object")
+        return None
+    kept: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, list):
+            kept[key] = value  # reliability diagrams and matrices: for the figures only
+        elif _finite(value) is not None:
+            kept[key] = float(value)
+        else:
+            _warn(f"ignoring {key} in {path}: not a finite number of sane magnitude")
+    return {"checkpoint_epoch": None if epoch is None else _epoch(epoch), "metrics": kept}
+
+
 def load_results(roots: Iterable[str | Path]) -> list[dict[str, Any]]:
     """Every readable ``result.json`` below ``roots`` (``previous/`` copies excluded), with
-    ``run_dir`` and, where present, the run's ``evaluation.json`` under ``"evaluation"``."""
+    ``run_dir`` and, where present, the run's ``evaluation.json`` under ``"evaluation"``.
+
+    A file reached twice (a folder given twice, or given with one of its parents) is read
+    once; files without ``schema_version`` are version 1 and read as such."""
     results = []
+    seen: set[Path] = set()
     for root in roots:
         root = Path(root)
         paths = [root] if root.is_file() else sorted(root.rglob("result.json"))
@@ -200,25 +303,37 @@ def load_results(roots: Iterable[str | Path]) -> list[dict[str, Any]]:
             inside = path.relative_to(root).parts if root.is_dir() else ()
             if "previous" in inside:
                 continue
+            real = path.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
             try:
                 result = json.loads(path.read_text())
             except (OSError, ValueError):
-                print(f"noisybench.report: skipping unreadable {path}", file=sys.stderr)
+                _warn(f"skipping unreadable {path}")
                 continue
             problem = _shape_problem(result)
             if problem is not None:
-                print(
-                    f"noisybench.report: skipping {path}: not a noisybench result ({problem})",
-                    file=sys.stderr,
+                _warn(f"skipping {path}: not a noisybench result ({problem})")
+                continue
+            version = result.get("schema_version", 1)
+            if _epoch(version) is None or version > RESULT_SCHEMA:
+                _warn(
+                    f"skipping {path}: result schema_version {version!r} is newer than this "
+                    f"report reads ({RESULT_SCHEMA}); update noisybench"
                 )
                 continue
-            result.setdefault("run_dir", str(path.parent))
+            result["run_dir"] = str(path.parent)
             evaluation = path.parent / EVALUATION_FILE
             if evaluation.is_file():
                 try:
-                    result["evaluation"] = json.loads(evaluation.read_text())
+                    parsed = json.loads(evaluation.read_text())
                 except (OSError, ValueError):
-                    print(f"noisybench.report: skipping unreadable {evaluation}", file=sys.stderr)
+                    _warn(f"skipping unreadable {evaluation}")
+                else:
+                    cleaned = _clean_evaluation(parsed, evaluation)
+                    if cleaned is not None:
+                        result["evaluation"] = cleaned
             results.append(result)
     return results
 
@@ -229,10 +344,6 @@ def load_paper_tables() -> dict[str, Any]:
 
     text = (importlib.resources.files("noisybench") / "paper_tables.yaml").read_text("utf-8")
     return yaml.safe_load(text)["tables"]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float)
 
 
 def _shape_problem(result: Any) -> str | None:
@@ -251,11 +362,17 @@ def _shape_problem(result: Any) -> str | None:
     for key in ("last", "best"):
         if result.get(key) is not None and not isinstance(result.get(key), dict):
             return f"'{key}' is not an object"
+    names = _HISTORY_KEYS
     for entry in [*history, result.get("last") or {}, result.get("best") or {}]:
-        for name in {key for metric in METRICS.values() for key in metric.history}:
+        epoch = entry.get("epoch")
+        if epoch is not None and _epoch(epoch) is None:
+            return "an 'epoch' is not an epoch number"
+        for name in names:
             value = entry.get(name)
-            if value is not None and (isinstance(value, bool) or not _is_number(value)):
-                return f"'{name}' is not a number"
+            if value is None or value != value:  # absent, or NaN (a diverged epoch)
+                continue
+            if _finite(value) is None:
+                return f"'{name}' is not a finite number of sane magnitude"
     return None
 
 
@@ -287,15 +404,104 @@ class Group:
         return None if value is None else json.loads(value)
 
 
+@functools.cache
+def _shipped_noise() -> dict[str, dict[str, Any]]:
+    """The noise settings shipped in ``conf/noise/*.yaml``: ``{name: {variant, rate,
+    asym_map, setting, preset_rate}}`` (what defines the labels a setting draws, and which
+    paper presets it selects)."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(conf_dir().glob("noise/*.yaml")):
+        try:
+            spec = yaml.safe_load(path.read_text("utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            keys = (*_DEFINING_NOISE_KEYS, "setting", "preset_rate")
+            out[spec["name"]] = {k: spec.get(k) for k in keys}
+    return out
+
+
+# The keys of a noise config that decide which labels it draws (seed aside).
+_DEFINING_NOISE_KEYS = ("variant", "rate", "asym_map")
+
+
+def setting_name(noise_config: Mapping[str, Any], record: Mapping[str, Any] | None = None) -> str:
+    """The noise a run was trained under, named by what it realised rather than by the config
+    file it started from: ``noise=sym50 noise.rate=0.2`` is ``sym20`` (the shipped setting with
+    the same variant and rate), ``noise.rate=0.35`` is ``sym_incl rate=0.35``, and a saved
+    label file is ``labels FILE (45.2 % wrong)`` with the realised rate from the run's noise
+    record (REFERENCE.md section 4) whatever ``noise=`` said."""
+    name = str(noise_config.get("name", "?"))
+    label_file = noise_config.get("label_file")
+    if label_file:
+        text = f"labels {Path(str(label_file)).name}"
+        realised = _finite((record or {}).get("realised_rate"))
+        return text + (f" ({100 * realised:.1f} % wrong)" if realised is not None else "")
+    given = {k: noise_config[k] for k in _DEFINING_NOISE_KEYS if k in noise_config}
+    if not given:
+        return name
+
+    def same(spec: Mapping[str, Any]) -> bool:
+        for key, value in given.items():
+            want = spec.get(key)
+            if isinstance(value, int | float) and isinstance(want, int | float):
+                if not math.isclose(float(value), float(want), abs_tol=1e-9):
+                    return False
+            elif value != want:
+                return False
+        return True
+
+    shipped = _shipped_noise()
+    if name in shipped and same(shipped[name]):
+        return name
+    for other, spec in shipped.items():
+        if same(spec):
+            return other
+    rate = _finite(noise_config.get("rate"))
+    variant = noise_config.get("variant", name)
+    return f"{variant} rate={rate:g}" if rate is not None else f"{variant} ({name})"
+
+
+def _seed_key(result: Mapping[str, Any]) -> str:
+    seeds = result.get("seeds") or {}
+    return json.dumps([seeds.get("train"), seeds.get("noise")], sort_keys=True, default=str)
+
+
+def _progress(result: Mapping[str, Any]) -> tuple[bool, int]:
+    return result.get("status") == "finished", len(result.get("history") or [])
+
+
 def collect(results: Sequence[dict[str, Any]], include_unfinished: bool = False) -> list[Group]:
-    """Groups of runs that differ only in their seeds (finished runs unless asked)."""
+    """Groups of runs that differ only in their seeds (finished runs unless asked).
+
+    The noise setting in a group's identity is the realised one (:func:`setting_name`). A run
+    found in several folders (same identity and seeds: a copied run directory) is counted
+    once, the most advanced copy, with a line on stderr naming both."""
     groups: dict[str, Group] = {}
+    where: dict[tuple[str, str], int] = {}
     for result in results:
         if result.get("status") != "finished" and not include_unfinished:
             continue
-        ident = identity(result.get("config") or {})
+        config = result.get("config") or {}
+        ident = identity(config)
+        noise = config.get("noise") or {}
+        ident["noise.name"] = json.dumps(setting_name(noise, result.get("noise")))
         key = json.dumps(ident, sort_keys=True)
-        groups.setdefault(key, Group(ident)).runs.append(result)
+        group = groups.setdefault(key, Group(ident))
+        seen = where.get((key, _seed_key(result)))
+        if seen is None:
+            where[(key, _seed_key(result))] = len(group.runs)
+            group.runs.append(result)
+            continue
+        other = group.runs[seen]
+        keep, drop = (result, other) if _progress(result) > _progress(other) else (other, result)
+        group.runs[seen] = keep
+        _warn(
+            f"{drop.get('run_dir')} holds the same run as {keep.get('run_dir')} (same "
+            "experiment and seeds); counted once"
+        )
     return list(groups.values())
 
 
@@ -306,8 +512,18 @@ def _select(history: Sequence[Mapping[str, Any]], rule: str) -> Mapping[str, Any
     key = RULES[rule][0]
     if key is None:
         return history[-1]
-    scored = [r for r in history if isinstance(r.get(key), int | float) and not math.isnan(r[key])]
+    scored = [r for r in history if _finite(r.get(key)) is not None]
     return max(scored, key=lambda r: r[key]) if scored else None
+
+
+def _seed_of(run: Mapping[str, Any]) -> Any:
+    """A run's training seed as recorded (an int for noisybench's runs)."""
+    seed = (run.get("seeds") or {}).get("train", "?")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else printable(seed)
+
+
+def _seed_order(seed: Any) -> tuple[int, Any]:
+    return (0, seed) if isinstance(seed, int) else (1, str(seed))
 
 
 def run_value(result: Mapping[str, Any], metric: str, rule: str) -> float | None:
@@ -321,19 +537,20 @@ def run_value(result: Mapping[str, Any], metric: str, rule: str) -> float | None
     if record is None:
         return None
     for key in m.history:
-        value = record.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
+        value = _finite(record.get(key))
+        if value is not None:
+            return value
+    # evaluation.json was cleaned on loading (_clean_evaluation): epochs and values are sane.
     evaluation = result.get("evaluation") or {}
     if rule == "last" and m.evaluation:
         epoch = evaluation.get("checkpoint_epoch")
-        if epoch is not None and history and int(epoch) != int(history[-1].get("epoch", -1)):
+        if epoch is not None and history and epoch != _epoch(history[-1].get("epoch", -1)):
             return None
         metrics = evaluation.get("metrics") or {}
         for key in m.evaluation:
-            value = metrics.get(key)
-            if isinstance(value, int | float) and math.isfinite(value):
-                return float(value)
+            value = _finite(metrics.get(key))
+            if value is not None:
+                return value
     return None
 
 
@@ -347,6 +564,8 @@ class Cell:
     n: int | None = None
     bold: bool = False
     paper: bool = False
+    values: list[float] | None = None  # ours: one value per seed, in the order of ``seeds``
+    seeds: list[Any] | None = None
 
 
 @dataclass
@@ -507,6 +726,67 @@ def _augmentation(ident: Mapping[str, str]) -> str | None:
     return None if value is None else json.loads(value)
 
 
+@functools.cache
+def _preset_keys() -> dict[tuple[str, str], frozenset[str]]:
+    """``{(method, setting): keys}`` that ``conf/paper_presets.yaml`` gives values for."""
+    import yaml
+
+    try:
+        presets = yaml.safe_load((conf_dir() / "paper_presets.yaml").read_text("utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    out: dict[tuple[str, str], frozenset[str]] = {}
+    for method, settings in presets.items():
+        for setting, entries in (settings or {}).items():
+            keys = {k for e in entries or [] for k in (e.get("values") or {})}
+            out[(str(method), str(setting))] = frozenset(keys)
+    return out
+
+
+def _presets_match(ident: Mapping[str, str]) -> bool:
+    key = tuple(sorted((k, v) for k, v in ident.items() if k.startswith(("method.", "noise.name"))))
+    return _presets_match_cached(key)
+
+
+@functools.cache
+def _presets_match_cached(items: tuple[tuple[str, str], ...]) -> bool:
+    ident = dict(items)
+    return _presets_match_uncached(ident)
+
+
+def _presets_match_uncached(ident: Mapping[str, str]) -> bool:
+    """Whether a group's method hyperparameters are the paper's for its noise setting and
+    rate (Appendix A.1 as transcribed in ``conf/paper_presets.yaml``); True for a method
+    the file has no values for. ``bsd method.gamma=0.8`` under symmetric noise is not the
+    paper's BSD (gamma 0.85), so its row does not get the paper's number beside it."""
+
+    def value(key: str) -> Any:
+        raw = ident.get(key)
+        return None if raw is None else json.loads(raw)
+
+    method = str(value("method.name"))
+    # The realised setting's shipped config says which presets apply (noise.setting and
+    # noise.preset_rate are not part of a run's identity: the values they select are).
+    shipped = _shipped_noise().get(str(value("noise.name")))
+    if shipped is None:
+        return False  # not a shipped setting (a rate of its own): no paper cell
+    setting = str(shipped.get("setting") or "none")
+    rate = shipped.get("preset_rate")
+    rate = _finite(shipped.get("rate") if rate is None else rate) or 0.0
+    for key in sorted(_preset_keys().get((method, setting), ())):
+        try:
+            paper = paper_preset(method, setting, rate, key)
+        except UserError:
+            return False  # the paper gives no value for this rate: not its cell
+        ours = value(f"method.{key}")
+        if isinstance(paper, int | float) and _finite(ours) is not None:
+            if not math.isclose(float(ours), float(paper), rel_tol=1e-9, abs_tol=1e-12):
+                return False
+        elif ours != paper:
+            return False
+    return True
+
+
 def _paper_match(entry: Mapping[str, Any], want: Mapping[str, Any], keys: Sequence[str]) -> bool:
     for k in keys:
         if k == "hparams":
@@ -515,6 +795,9 @@ def _paper_match(entry: Mapping[str, Any], want: Mapping[str, Any], keys: Sequen
                 return False
         elif k == "augmentation":
             if entry.get("augmentation") != want.get("augmentation"):
+                return False
+        elif k == "presets":
+            if not want.get("presets"):
                 return False
         elif entry.get(k) != want.get(k):
             return False
@@ -526,16 +809,37 @@ def build_table(
     table: str = "generic",
     rules: Sequence[str] | None = None,
     paper: Mapping[str, Any] | None = None,
+    metrics: Sequence[str] | None = None,
 ) -> Table:
     """Lay ``groups`` out as ``table`` with the selection ``rules`` (default: the layout's,
-    plus ``noisy_val`` when a run has ``val/acc``) and the paper's numbers beside ours."""
+    plus ``noisy_val`` when a run has ``val/acc``) and the paper's numbers beside ours.
+    ``metrics``: the quantities shown (default: the layout's; see :data:`METRICS`)."""
     if table not in TABLES:
         raise UserError(f"unknown table {table!r}; use one of {', '.join(TABLES)}")
     layout = TABLES[table]
+    if metrics is not None:
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown or not metrics:
+            raise UserError(
+                f"unknown metric {', '.join(map(repr, unknown)) or '(none given)'}; "
+                f"use --metrics with some of {', '.join(METRICS)}"
+            )
+        layout = dataclasses.replace(layout, metrics=tuple(metrics))
     if rules is None:
-        rules = list(layout.rules)
-        if any("val/acc" in r for g in groups for run in g.runs for r in run.get("history") or []):
-            rules.append("noisy_val")
+        # The runs' own rule (their ``selection``, schema 2) first: the headline column.
+        recorded = [
+            run.get("selection_rule")
+            for g in groups
+            for run in g.runs
+            if run.get("selection_rule") in RULES
+        ]
+        rules = list(dict.fromkeys([*recorded, *layout.rules]))
+        for rule, key in (("noisy_val", "val/acc"), ("clean_val", "val/clean_acc")):
+            runs = (run for g in groups for run in g.runs)
+            if rule not in rules and any(
+                key in r for run in runs for r in run.get("history") or []
+            ):
+                rules.append(rule)
     for rule in rules:
         if rule not in RULES:
             raise UserError(f"unknown selection rule {rule!r}; use one of {', '.join(RULES)}")
@@ -670,6 +974,7 @@ def build_table(
                     "method": json.loads(want.get("method.name", "null")),
                     "noise": json.loads(want.get("noise.name", "null")),
                     "augmentation": _augmentation(want),
+                    "presets": _presets_match(want),
                     "metric": metric,
                     **{k: json.loads(v) for k, v in want.items() if k.startswith("method.")},
                 }
@@ -690,19 +995,39 @@ def build_table(
                     continue
                 if g is None:
                     continue
-                values = [run_value(run, metric, col.rule) for run in g.runs]
-                got = [v * METRICS[metric].scale for v in values if v is not None]
-                seeds = sorted(str(run.get("seeds", {}).get("train", "?")) for run in g.runs)
-                row.seeds = sorted(set(row.seeds) | set(seeds))
-                if got:
+                per_seed = sorted(
+                    (
+                        (_seed_of(run), v * METRICS[metric].scale)
+                        for run in g.runs
+                        if (v := run_value(run, metric, col.rule)) is not None
+                    ),
+                    key=lambda t: _seed_order(t[0]),
+                )
+                seeds = [_seed_of(run) for run in g.runs]
+                row.seeds = sorted(set(row.seeds) | set(seeds), key=_seed_order)
+                if per_seed:
+                    got = [v for _, v in per_seed]
                     mean, std = mean_std(got)
-                    row.cells[col.key] = Cell(mean, std if len(got) > 1 else None, len(got))
+                    row.cells[col.key] = Cell(
+                        mean,
+                        std if len(got) > 1 else None,
+                        len(got),
+                        values=got,
+                        seeds=[s for s, _ in per_seed],
+                    )
             rows.append(row)
 
     # Reference rows: paper entries not shown beside ours, for the displayed columns.
     ref_rows = _reference_rows(entries, used_paper, columns, layout, col_views, metric_rows)
     _bold(rows, columns, layout)
     notes = _notes(groups, layout, rules, entries, table) + merge_notes
+    # Labels, notes and seeds come from the run directories' files: no control character of
+    # theirs reaches a terminal or a rendered table.
+    for row in rows:
+        row.label = printable(row.label)
+    for col in columns:
+        col.label, col.group = printable(col.label), printable(col.group)
+    notes = [printable(n) for n in notes]
     out = Table(table, layout.title, columns, rows + ref_rows, notes)
     out.row_header = {"noise": "method", "method": "dataset / model"}.get(across or "", "run")
     return out
@@ -917,17 +1242,30 @@ def _md(t: Table) -> str:
     return "\n".join(lines)
 
 
+# Every character TeX treats specially, written so that it prints as itself. ``^`` matters
+# beyond superscripts: TeX reads ``^^5c`` as a backslash, so a name with ``^^5cinput{f}``
+# would become ``\input{f}`` once compiled; ``\textasciicircum{}`` leaves no ``^`` at all.
+_LATEX_CHARS = {
+    "\\": "\\textbackslash{}",
+    "{": "\\{",
+    "}": "\\}",
+    "^": "\\textasciicircum{}",
+    "~": "\\textasciitilde{}",
+    "_": "\\_",
+    "%": "\\%",
+    "&": "\\&",
+    "#": "\\#",
+    "$": "\\$",
+    "±": "$\\pm$",
+    "·": "$\\cdot$",
+    "–": "--",
+}
+
+
 def _latex_escape(s: str) -> str:
-    for a, b in (
-        ("\\", "\\textbackslash{}"),
-        ("_", "\\_"),
-        ("%", "\\%"),
-        ("&", "\\&"),
-        ("#", "\\#"),
-        ("$", "\\$"),
-    ):
-        s = s.replace(a, b)
-    return s.replace("±", "$\\pm$").replace("·", "$\\cdot$").replace("–", "--")
+    """``s`` as LaTeX text, one character at a time (no later replacement can re-open an
+    escape); control characters are escaped first by :func:`printable`."""
+    return "".join(_LATEX_CHARS.get(ch, ch) for ch in printable(s))
 
 
 def _latex(t: Table) -> str:
@@ -947,7 +1285,20 @@ def _latex(t: Table) -> str:
     return "\n".join(lines)
 
 
-CSV_FIELDS = ("table", "row", "source", "column", "metric", "selection", "mean", "std", "n", "bold")
+CSV_FIELDS = (
+    "table",
+    "row",
+    "source",
+    "column",
+    "metric",
+    "selection",
+    "mean",
+    "std",
+    "n",
+    "bold",
+    "seeds",
+    "values",
+)
 
 
 def _csv(t: Table) -> str:
@@ -971,6 +1322,8 @@ def _csv(t: Table) -> str:
                     "std": "" if cell.std is None else f"{cell.std:.6g}",
                     "n": "" if cell.n is None else cell.n,
                     "bold": int(cell.bold),
+                    "seeds": ";".join(str(x) for x in cell.seeds or []),
+                    "values": ";".join(f"{v:.6g}" for v in cell.values or []),
                 }
             )
     return buf.getvalue().rstrip("\n")
@@ -996,6 +1349,11 @@ def _json(t: Table) -> str:
                         "n": cell.n,
                         "bold": cell.bold,
                         "paper": cell.paper,
+                        **(
+                            {"seeds": cell.seeds, "values": cell.values}
+                            if cell.values is not None
+                            else {}
+                        ),
                     }
                     for c in t.columns
                     if (cell := r.cells.get(c.key)) is not None
@@ -1005,7 +1363,8 @@ def _json(t: Table) -> str:
         ],
         "notes": t.notes,
     }
-    return json.dumps(obj, indent=1, ensure_ascii=False)
+    # ASCII only: every character outside it is a JSON escape, never a raw control character.
+    return json.dumps(obj, indent=1, ensure_ascii=True)
 
 
 RENDERERS: dict[str, Callable[[Table], str]] = {
@@ -1043,18 +1402,115 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=list(TABLES),
         help="the paper's table layout (default: one row per experiment)",
     )
-    parser.add_argument("--format", default="md", choices=list(RENDERERS))
+    parser.add_argument("--format", default="md", choices=[*RENDERERS, "html"])
     parser.add_argument(
         "--select",
         default=None,
         help="comma-separated epoch selection rules: last, best_test, noisy_val "
         "(default: the table's, plus noisy_val when runs have val/acc)",
     )
+    parser.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated columns: " + ", ".join(METRICS) + " (default: the table's; acc "
+        "without --table)",
+    )
     parser.add_argument("--figures", metavar="DIR", help="also write the figures as PNG to DIR")
+    parser.add_argument(
+        "--leaderboard",
+        action="store_true",
+        help="one row per method and setting: mean ± std, 95 %% CI, paired comparison with "
+        "--reference, rank, cost (formats: md, latex, csv, json, html)",
+    )
+    parser.add_argument(
+        "--reference", default="ce", help="the leaderboard's reference method (default: ce)"
+    )
+    parser.add_argument(
+        "--output", metavar="FILE", help="write to FILE instead of stdout (html: a page)"
+    )
     parser.add_argument(
         "--include-unfinished", action="store_true", help="also average unfinished runs"
     )
     return parser.parse_args(argv)
+
+
+def _emit(stream: Any, text: str) -> None:
+    """Write ``text`` line by line with every control character escaped (:func:`printable`):
+    a reader that goes away (``| head``) is noticed at the next line, where one large write
+    can lose the error in a partial write."""
+    for line in text.splitlines():
+        stream.write(printable(line, keep="\t") + "\n")
+
+
+def _write_output(path: Path, text: str) -> None:
+    from noisybench.io import atomic_write_text
+
+    try:
+        atomic_write_text(path, text + "\n")
+    except OSError as exc:
+        raise UserError(f"cannot write {path} ({exc.strerror}); pass a writable --output") from None
+    _warn(f"wrote {path}")
+
+
+def _leaderboard(
+    args: argparse.Namespace,
+    groups: Sequence[Group],
+    rules: Sequence[str] | None,
+    metrics: Sequence[str] | None,
+) -> int:
+    """``--leaderboard``: :mod:`noisybench.leaderboard` over the groups, for the first of
+    ``--select`` (default: the runs' own rule, else ``last``) and ``--metrics`` (acc)."""
+    import tempfile
+
+    from noisybench.leaderboard import build_leaderboard, render_leaderboard
+
+    recorded = [run.get("selection_rule") for g in groups for run in g.runs]
+    rule = (rules or [next((r for r in recorded if r in RULES), "last")])[0]
+    if rule not in RULES:
+        raise UserError(f"unknown selection rule {rule!r}; use one of {', '.join(RULES)}")
+    metric = (metrics or ["acc"])[0]
+    if metric not in METRICS:
+        raise UserError(
+            f"unknown metric {metric!r}; use --metrics with one of {', '.join(METRICS)}"
+        )
+    settings = {
+        printable(setting): [(printable(label), g) for label, g in methods]
+        for setting, methods in setting_groups(groups).items()
+    }
+    m = METRICS[metric]
+
+    def value_of(run: Mapping[str, Any]) -> float | None:
+        value = run_value(run, metric, rule)
+        return None if value is None else value * m.scale
+
+    board = build_leaderboard(
+        settings,
+        value_of,
+        metric=metric,
+        metric_label=m.label,
+        higher_is_better=m.higher_is_better,
+        rule=rule,
+        rule_text=RULES[rule][1],
+        reference=args.reference,
+    )
+    figures: list[Path] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.format == "html":
+            from noisybench.figures import write_figures
+
+            target = Path(args.figures) if args.figures else Path(tmp)
+            write_figures(settings, target)
+            figures = sorted(target.glob("*.png"))
+        text = render_leaderboard(board, args.format, figures, _latex_escape)
+    if args.output:
+        _write_output(Path(args.output), text)
+    else:
+        _emit(sys.stdout, text)
+    return 0
+
+
+def _split(option: str | None) -> list[str] | None:
+    return None if option is None else [x.strip() for x in option.split(",") if x.strip()]
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -1064,31 +1520,47 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError(
             f"no result.json below {', '.join(args.roots)}; pass the out_dir of your runs"
         )
-    rules = None
-    if args.select:
-        rules = [r.strip() for r in args.select.split(",") if r.strip()]
-    groups = collect(results, args.include_unfinished)
-    paper = load_paper_tables() if args.table != "generic" else None
-    table = build_table(groups, args.table, rules, paper)
-    text = render(table, args.format)
+    rules = _split(args.select)
+    metrics = _split(args.metrics)
     unfinished = [r for r in results if r.get("status") != "finished"]
-    # Line by line: a reader that goes away (``| head``) is noticed at the next line, where
-    # one large write can lose the error in a partial write.
-    for line in text.splitlines():
-        sys.stdout.write(line + "\n")
+    if len(unfinished) == len(results) and not args.include_unfinished:
+        counts: dict[str, int] = {}
+        for r in unfinished:
+            counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
+        done = [len(r.get("history") or []) for r in unfinished]
+        states = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        _emit(
+            sys.stdout,
+            f"noisybench.report: no finished run below {', '.join(args.roots)} yet: "
+            f"{len(unfinished)} unfinished ({states}; {min(done)}-{max(done)} epoch(s) done); "
+            "pass --include-unfinished to average their epochs so far",
+        )
+        return 0
+    groups = collect(results, args.include_unfinished)
+    if args.leaderboard:
+        return _leaderboard(args, groups, rules, metrics)
+    if args.format == "html":
+        raise UserError("--format html is the leaderboard's page: add --leaderboard")
+    paper = load_paper_tables() if args.table != "generic" else None
+    table = build_table(groups, args.table, rules, paper, metrics)
+    text = render(table, args.format)
+    if args.output:
+        _write_output(Path(args.output), text)
+    else:
+        _emit(sys.stdout, text)
     note_stream = sys.stdout if args.format == "md" else sys.stderr
     if unfinished:
         lines = [f"\n{len(unfinished)} unfinished run(s):"]
         for r in unfinished:
             done = len(r.get("history") or [])
             lines.append(f"- {r['run_dir']}: {r.get('status')} after {done} epoch(s)")
-        note_stream.write("\n".join(lines) + "\n")
+        _emit(note_stream, "\n".join(lines))
     sys.stdout.flush()
     if args.figures:
         from noisybench.figures import write_figures
 
         for line in write_figures(setting_groups(groups), Path(args.figures)):
-            print(f"noisybench.report: {line}", file=sys.stderr)
+            _warn(line)
     return 0
 
 
@@ -1098,7 +1570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     except UserError as exc:
-        print(f"noisybench.report: error: {exc}", file=sys.stderr)
+        _warn(f"error: {exc}")
         return 2
     except BrokenPipeError:
         # The reader went away: point stdout at /dev/null so the interpreter's final flush

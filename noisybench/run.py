@@ -39,8 +39,11 @@ from noisybench.callbacks import (
 from noisybench.config import check_config, instantiate, resolved
 from noisybench.engine import Interrupted, TrainingDiverged
 from noisybench.errors import UserError
+from noisybench.evaluation.selection import objective
+from noisybench.evaluation.selection import resolve as resolve_selection
 from noisybench.io import disk_full
 from noisybench.rundir import RunDir, run_dir_for
+from noisybench.selected import SelectedWeights
 
 __all__ = ["RunFailed", "run_experiment"]
 
@@ -177,6 +180,7 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         exp.noise.seed,
         exp.noise.sha256[:16],
     )
+    rule = resolve_selection(cfg.get("selection"), exp.validation is not None)
     ckpt = state.checkpoint
     if ckpt is not None:
         _check_noise(rd, ckpt, exp)
@@ -191,6 +195,8 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         "validation": exp.validation,
         "device": str(exp.device),
         "num_parameters": sum(p.numel() for p in exp.model.parameters()),
+        "train_images": len(exp.noisy_labels),  # per epoch: the cost's images per second
+        "selection_rule": rule,  # the headline number's epoch, and selected.pt's
         "processes": distributed.world_size(),
     }
     background = resolve_auto(cfg.get("checkpoint_async", False), exp.device, "checkpoint_async")
@@ -227,6 +233,7 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
                 )
             )
         callbacks: list[Any] = [
+            SelectedWeights(rd.path, rule),  # before the checkpointer (see its docstring)
             checkpointer,
             *([faults] if faults is not None else []),
             result_writer,
@@ -339,7 +346,7 @@ def _close_all(callbacks: list[Any]) -> None:
 
 
 def selection_metric(result: dict[str, Any]) -> float:
-    """The number a sweeper optimises: the last epoch's test accuracy (NaN when missing)."""
-    last = result.get("last") or {}
-    value = last.get("test/acc") if isinstance(last, dict) else None
-    return float(value) if isinstance(value, int | float) else float("nan")
+    """The number a sweeper optimises: the validation accuracy at the epoch the run's
+    ``selection`` picks; a test-set number only with ``tune_on_test=true``
+    (:func:`noisybench.evaluation.selection.objective`)."""
+    return objective(result)

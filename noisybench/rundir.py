@@ -69,6 +69,7 @@ ARTEFACTS = (
     "metrics.csv",
     "predictions",
     "evaluation.json",
+    "selected.pt",  # the selected epoch's weights (noisybench.selected)
 )
 _NAME_MAX = 255  # bytes of one path component on common file systems
 _PATH_MAX = 4000  # bytes of a whole path (Linux's PATH_MAX is 4096, with room for file names)

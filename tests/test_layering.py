@@ -31,11 +31,13 @@ LAYERS: dict[str, int] = {
     "noisybench.losses": 0,
     "noisybench.distributed": 0,
     "noisybench.safety": 0,  # the allow-list of _target_s (issue 20)
+    "noisybench.provenance": 0,
     # 1: data, models, methods, and the configuration
     "noisybench.config": 1,
     "noisybench.data": 1,
     "noisybench.models": 1,
     "noisybench.methods": 1,
+    "noisybench.teachers": 1,  # Bayesian teachers for KD (issue 27)
     "noisybench.evaluation": 1,
     "noisybench.tb": 1,
     # 2: the training loop
@@ -44,13 +46,16 @@ LAYERS: dict[str, int] = {
     "noisybench.build": 3,
     "noisybench.rundir": 3,
     "noisybench.callbacks": 3,
+    "noisybench.selected": 3,
     # 4: one run; reports over many
     "noisybench.run": 4,
     "noisybench.report": 4,
+    "noisybench.leaderboard": 4,
     "noisybench.evaluate": 4,
     "noisybench.figures": 4,
     # 5: the command line
     "noisybench.cli": 5,
+    "noisybench.suite": 5,
     "noisybench.__main__": 5,
 }
 # What baselines/ (the comparison methods) may import from noisybench.

@@ -14,6 +14,16 @@ rules, reported side by side so that no table hides which one it uses:
     The epoch with the highest accuracy on the held-out part of the NOISY training set
     (``val/acc``; earliest on ties), which uses no clean label (flagged
     ``selected_on: "noisy validation"``); absent when the history has no ``val/acc``.
+``clean_val``
+    The epoch with the highest accuracy on CLEAN validation labels (``val/clean_acc``), for
+    datasets that come with them; absent otherwise.
+
+A run's ``selection`` setting (:func:`resolve`) names the rule behind its headline number,
+the number it returns to a sweeper (:func:`objective`) and the weights it keeps beside the
+last checkpoint (``selected.pt``). The default, ``auto``, is ``noisy_val`` when the run holds
+out a validation split and ``last`` otherwise: no default ever looks at the test labels.
+A sweeper (Optuna) optimises a validation number; with none, it would tune on the test set,
+which a run refuses unless ``tune_on_test=true`` (:func:`check_tuning`).
 """
 
 from __future__ import annotations
@@ -23,13 +33,24 @@ from typing import Any
 
 from noisybench.errors import UserError
 
-__all__ = ["RULES", "select_epoch", "selection_summary"]
+__all__ = [
+    "OPTIMISTIC",
+    "RULES",
+    "check_tuning",
+    "objective",
+    "resolve",
+    "select_epoch",
+    "selection_summary",
+]
 
 RULES: dict[str, tuple[str | None, str]] = {
     "last": (None, "none (last epoch)"),
     "best_test": ("test/acc", "test set"),
     "noisy_val": ("val/acc", "noisy validation"),
+    "clean_val": ("val/clean_acc", "clean validation"),
 }
+# Rules that look at the test labels: their numbers are optimistic and always flagged.
+OPTIMISTIC = frozenset({"best_test"})
 
 
 def select_epoch(history: Sequence[Mapping[str, Any]], rule: str) -> dict[str, Any]:
@@ -71,3 +92,66 @@ def selection_summary(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[st
             if k in ("epoch", "rule", "selected_on") or k.startswith(("test/", "val/"))
         }
     return out
+
+
+def resolve(selection: str | None, has_validation: bool) -> str:
+    """The rule a run's ``selection`` setting names (``auto``: ``noisy_val`` with a
+    validation split, else ``last``); one line for a rule the run cannot apply."""
+    name = "auto" if selection is None else str(selection)
+    if name == "auto":
+        return "noisy_val" if has_validation else "last"
+    if name not in RULES:
+        raise UserError(f"unknown selection={name}; use one of auto, {', '.join(RULES)}")
+    if name == "noisy_val" and not has_validation:
+        raise UserError(
+            "selection=noisy_val needs a noisy validation split: set validation.fraction=0.1 "
+            "(or another fraction), or choose selection=last"
+        )
+    return name
+
+
+def _has_validation(config: Mapping[str, Any]) -> bool:
+    validation = config.get("validation") or {}
+    fraction = validation.get("fraction") if isinstance(validation, Mapping) else None
+    return isinstance(fraction, int | float) and fraction > 0
+
+
+def objective(result: Mapping[str, Any]) -> float:
+    """The number a sweeper maximises for a finished run: the validation accuracy
+    (``val/clean_acc`` for ``clean_val``, else ``val/acc``) at the epoch the run's rule
+    selects; with no validation split, the test accuracy at that epoch only when the run says
+    ``tune_on_test=true`` (NaN otherwise: a basic sweep ignores it, and an optimising sweeper
+    was refused before training by :func:`check_tuning`)."""
+    config = result.get("config") or {}
+    history = result.get("history") or []
+    if not history:
+        return float("nan")
+    try:
+        rule = resolve(config.get("selection"), _has_validation(config))
+        record = select_epoch(history, rule)
+    except UserError:
+        return float("nan")
+    key = "val/clean_acc" if rule == "clean_val" else "val/acc"
+    uses_test = rule in OPTIMISTIC or key not in record
+    if uses_test:
+        if not config.get("tune_on_test"):
+            return float("nan")
+        key = "test/acc"
+    value = record.get(key)
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
+def check_tuning(config: Mapping[str, Any], sweeper: str | None) -> None:
+    """Refuse (one line) a sweep by an optimising sweeper (anything but Hydra's basic
+    sweeper, e.g. Optuna) whose number would be measured on the test set: no validation
+    split, or the ``best_test`` rule, without ``tune_on_test=true``."""
+    if not sweeper or sweeper.endswith("BasicSweeper") or config.get("tune_on_test"):
+        return
+    rule = resolve(config.get("selection"), _has_validation(config))
+    if rule in OPTIMISTIC or not _has_validation(config):
+        raise UserError(
+            f"{sweeper.rsplit('.', 1)[-1]} would tune on the test set (selection={rule}"
+            f"{'' if _has_validation(config) else ', no validation split'}); hold out a "
+            "noisy validation split (validation.fraction=0.1) or pass tune_on_test=true to "
+            "do it knowingly"
+        )
