@@ -65,6 +65,7 @@ PUBLIC_API = {
     "noisybench.augment",
     "noisybench.metrics",
     "noisybench.io",
+    "noisybench.teachers",  # the teacher contract KD distils from (issue 27)
 }
 # The engine is training only: no configuration, files or run directories.
 ENGINE_NEVER_IMPORTS = {
