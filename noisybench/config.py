@@ -296,7 +296,7 @@ def _paper_resolver(key: str, *, _parent_: Any, _root_: Any) -> Any:
 def _groups_resolver() -> str:
     """``${nb_groups:}``: the user-facing config groups and their options, for --help."""
     lines = []
-    for group in GROUPS:
+    for group in (*GROUPS, "eval"):
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         lines.append(f"  {group + ':':<12}{', '.join(options)}")
     return "\n".join(lines)
