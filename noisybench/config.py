@@ -551,6 +551,12 @@ def check_config(cfg: DictConfig) -> None:
     """
     from noisybench.data.noise import ASYM_MAPS, NOISE_VARIANTS
 
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:  # ``???`` in a config: a value only the user can give (dataset=arrays' path)
+        raise UserError(
+            f"{', '.join(missing)} must be set: add {missing[0]}=<value> to the command, or "
+            "write it in a dataset config of your own (docs/datasets.md)"
+        )
     for group in ("dataset", "model", "noise", "method", "optim"):
         if not isinstance(cfg.get(group), DictConfig):
             raise UserError(

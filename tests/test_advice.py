@@ -71,3 +71,12 @@ def test_cifar_stem_on_large_crops_is_named() -> None:
 )
 def test_fitting_settings_get_no_advice(model: dict, size: tuple[int, int], augment: dict) -> None:
     assert fit_advice(model, size, augment) == []
+
+
+@pytest.mark.parametrize(("dataset", "key"), [("arrays", "path"), ("folder", "root")])
+def test_a_value_only_the_user_can_give_is_asked_for_in_one_line(dataset: str, key: str) -> None:
+    # was: a Hydra MissingMandatoryValue traceback from inside the run
+    from noisybench.config import check_config, compose
+
+    with pytest.raises(UserError, match=rf"dataset\.reader\.{key} must be set: add "):
+        check_config(compose([f"dataset={dataset}"]))
