@@ -551,7 +551,8 @@ def check_config(cfg: DictConfig) -> None:
     """
     from noisybench.data.noise import ASYM_MAPS, NOISE_VARIANTS
 
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    unresolved = OmegaConf.to_container(cfg, resolve=False)  # ${hydra:...} resolves only in a job
+    missing = sorted(k for k, v in flatten(unresolved).items() if v == "???")
     if missing:  # ``???`` in a config: a value only the user can give (dataset=arrays' path)
         raise UserError(
             f"{', '.join(missing)} must be set: add {missing[0]}=<value> to the command, or "
