@@ -445,7 +445,7 @@ class TensorBoardLogger(Callback):
     """A run in TensorBoard (``<run dir>/tb``, step = the 1-based epoch): every epoch's numbers
     as scalars; at the start the config as text and the noise transition matrix as an image;
     reliability diagrams and mu heatmaps of evaluation suites that run during training as
-    images; at the end the hyperparameters with the final metrics (HParams tab, ``tb/hparams``).
+    images; at the end the hyperparameters with the final metrics (HParams tab, same run).
 
     On resume, TensorBoard drops what earlier writers logged from the last completed epoch on
     and that epoch is logged again, so a kill between the checkpoint and the scalars of an
@@ -487,7 +487,7 @@ class TensorBoardLogger(Callback):
         if "config" in self.header and trainer.history:
             summary = summarise(trainer.history)
             final = {"last": summary["last"], "best": summary["best"]}
-            tb.log_hparams(self.writer, self.header["config"], final)
+            tb.log_hparams(self.writer, self.header["config"], final, len(trainer.history))
         self.close()
 
     def close(self) -> None:

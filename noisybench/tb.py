@@ -181,15 +181,28 @@ def log_epoch_images(writer: Any, metrics: Mapping[str, Any], step: int) -> None
 
 
 def log_hparams(
-    writer: Any, config: Mapping[str, Any], final: Mapping[str, Any], run_name: str = "hparams"
+    writer: Any, config: Mapping[str, Any], final: Mapping[str, Any], step: int = 0
 ) -> None:
-    """At run end: the config's hyperparameters with the final metrics (finite numbers of
-    ``final``, e.g. ``test/acc`` of the last and best epochs as ``hparams/last/test/acc``),
-    so that the HParams tab compares a sweep. Written to ``<log dir>/<run_name>`` (fixed, so
-    a resumed run rewrites one entry)."""
+    """At run end: the hyperparameters that change an experiment (the run's identity,
+    :func:`noisybench.config.identity`: no paths, devices, loggers or progress settings) with
+    the final metrics (finite numbers of ``final``, e.g. ``test/acc`` of the last and best
+    epochs as ``hparams/last/test/acc``), so that the HParams tab compares a sweep.
+
+    Written into the run's own event files (one TensorBoard run per noisybench run), not into
+    a ``hparams`` sub-run as ``SummaryWriter.add_hparams`` does, which showed every run twice;
+    a resumed run's later entry is the one TensorBoard reads."""
+    from torch.utils.tensorboard.summary import hparams
+
+    from noisybench.config import identity
+
     metrics = {
         "hparams/" + k.replace(".", "/"): float(v)
         for k, v in flatten(final).items()
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
     }
-    writer.add_hparams(hparams_of(config), metrics, run_name=run_name)
+    experiment, start, end = hparams(hparams_of(identity(config)), metrics)
+    file_writer = writer._get_file_writer()
+    for summary in (experiment, start, end):
+        file_writer.add_summary(summary)
+    for key, value in metrics.items():
+        writer.add_scalar(key, value, step)
