@@ -53,3 +53,29 @@ def test_epoch_line_on_a_terminal_gets_its_own_row() -> None:
     assert "epochs" in text[:at]  # the epoch bar was drawn before the line
     assert text[at - 1] in "\r\n"  # ... and cleared: the line starts its own row
     assert text[at:].split("\n", 1)[1].lstrip("\r").startswith("epochs")  # redrawn below
+
+
+def test_report_figures_without_matplotlib_fail_before_any_output(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """``noisybench report RUNS --figures DIR`` without matplotlib: one line and status 2
+    before the table is printed (it used to print the whole table, then fail)."""
+    import importlib.util
+    import json
+
+    from noisybench import report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "result.json").write_text(json.dumps({"status": "finished", "config": {}}))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real(name, *a),
+    )
+    assert report.main([str(tmp_path), "--figures", str(tmp_path / "figs")]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "--figures needs matplotlib" in out.err and len(out.err.strip().splitlines()) == 1
+    assert not (tmp_path / "figs").exists()
