@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from omegaconf import OmegaConf
 from torch import nn
 
 from noisybench.config import compose
