@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from noisybench import distributed as dist
 from noisybench.config import instantiate, without_name
+from noisybench.data.advice import fit_advice
 from noisybench.data.base import ImageData
 from noisybench.data.loader import DeviceLoader
 from noisybench.data.noise import NoiseRecord, apply_noise, make_noise_record
@@ -383,6 +384,10 @@ def build(
         else torch.as_tensor(noisy[val_idx], dtype=torch.long, device=device)
     )
     diagnostic_subset = _diagnostic_subset(cfg, n, device)
+    if rank == 0:  # a model or crop that does not fit the images: one warning line each
+        seen = (cfg.dataset.reader.image_size,) * 2 if streaming else data.train_images.shape[-2:]
+        for line in fit_advice(cfg.model, seen, cfg.dataset.augment, streaming=streaming):
+            log.warning(line)
     if streaming:
         loader, eval_data = _streaming_data(
             cfg,

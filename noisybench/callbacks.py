@@ -452,7 +452,7 @@ class TensorBoardLogger(Callback):
     """A run in TensorBoard (``<run dir>/tb``, step = the 1-based epoch): every epoch's numbers
     as scalars; at the start the config as text and the noise transition matrix as an image;
     reliability diagrams and mu heatmaps of evaluation suites that run during training as
-    images; at the end the hyperparameters with the final metrics (HParams tab, ``tb/hparams``).
+    images; at the end the hyperparameters with the final metrics (HParams tab, same run).
 
     On resume, TensorBoard drops what earlier writers logged from the last completed epoch on
     and that epoch is logged again, so a kill between the checkpoint and the scalars of an
@@ -494,7 +494,7 @@ class TensorBoardLogger(Callback):
         if "config" in self.header and trainer.history:
             summary = summarise(trainer.history)
             final = {"last": summary["last"], "best": summary["best"]}
-            tb.log_hparams(self.writer, self.header["config"], final)
+            tb.log_hparams(self.writer, self.header["config"], final, len(trainer.history))
         self.close()
 
     def close(self) -> None:
@@ -544,6 +544,23 @@ class PredictionSnapshotWriter(Callback):
 
 
 # ------------------------------------------------------------------------------ console
+def epoch_line(record: Mapping[str, Any], epochs: int, eta_s: float = math.nan) -> str:
+    """The per-epoch console line: ``epoch 3/100: train loss 1.2345, test acc 0.8123, 0.2 s,
+    lr 0.004, ETA 0:00:19`` (ETA left out until one epoch of this session has been timed)."""
+    line = (
+        f"epoch {record['epoch']}/{epochs}: train loss {record.get('train/loss', math.nan):.4f}, "
+        f"test acc {record.get('test/acc', math.nan):.4f}, "
+        f"{record.get('epoch_time_s', math.nan):.1f} s"
+    )
+    lr = record.get("lr")
+    if isinstance(lr, int | float) and math.isfinite(lr):
+        line += f", lr {lr:.3g}"
+    if math.isfinite(eta_s):
+        seconds = round(eta_s)
+        line += f", ETA {seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    return line
+
+
 class ConsoleProgress(Callback):
     """Progress for people and for logs.
 
@@ -559,8 +576,20 @@ class ConsoleProgress(Callback):
         self.stream = stream
         self._epoch_bar: Any = None
         self._step_bar: Any = None
+        self._started: float | None = None
+        self._first_epoch = 0
+
+    def _eta(self, done: int, total: int) -> float:
+        """Seconds left: this session's wall time per epoch (training and evaluation) times
+        the epochs left."""
+        now = time.monotonic()
+        if self._started is None or done <= self._first_epoch:
+            self._started, self._first_epoch = now, done
+            return math.nan
+        return (now - self._started) / (done - self._first_epoch) * (total - done)
 
     def on_fit_start(self, trainer: Trainer, start_epoch: int, start_step: int) -> None:
+        self._started, self._first_epoch = time.monotonic(), start_epoch
         if self.bars:
             from tqdm.auto import tqdm
 
@@ -590,14 +619,12 @@ class ConsoleProgress(Callback):
             self._step_bar = None
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
-        log.info(
-            "epoch %d/%d: train loss %.4f, test acc %.4f, %.1f s",
-            record["epoch"],
-            trainer.epochs,
-            record.get("train/loss", math.nan),
-            record.get("test/acc", math.nan),
-            record.get("epoch_time_s", math.nan),
-        )
+        line = epoch_line(record, trainer.epochs, self._eta(record["epoch"], trainer.epochs))
+        if self._epoch_bar is not None:  # clear the bars, write the line, redraw them below
+            with self._epoch_bar.external_write_mode(file=self.stream):
+                log.info("%s", line)
+        else:
+            log.info("%s", line)
         if self._epoch_bar is not None:
             self._epoch_bar.update()
             self._epoch_bar.set_postfix(

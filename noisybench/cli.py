@@ -366,6 +366,17 @@ def _run_hydra(passthrough: bool) -> None:
             os.environ["HYDRA_FULL_ERROR"] = saved
 
 
+def _help_page() -> str:
+    """``noisybench --help``: the page of ``conf/hydra/help/noisybench.yaml`` as Hydra renders
+    it (its template resolved, then ``string.Template`` with ``$$`` -> ``$``). Hydra's own
+    ``app_help`` first loads every option of every group (about 100 config loads: 1-2 s) for a
+    list that this page does not use (it lists the groups through ``${nb_groups:}``)."""
+    import string
+
+    template = OmegaConf.select(compose([], return_hydra_config=True), "hydra.help.template")
+    return string.Template(str(template)).safe_substitute()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``noisybench`` command and ``python -m noisybench``
     (``noisybench report ...`` and ``noisybench evaluate ...`` run those tools)."""
@@ -381,6 +392,9 @@ def main(argv: list[str] | None = None) -> None:
 
         tool = importlib.import_module(_SUBCOMMANDS[args[0]])
         sys.exit(tool.main(args[1:]))
+    if args in (["--help"], ["-h"]):  # the common case, without Hydra's slow app_help
+        print(_help_page())
+        return
     _NEW_DIRS.clear()
     threading.excepthook = _quiet_disk_full_in_threads
     multirun = any(a in _MULTIRUN for a in args)
@@ -412,7 +426,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = [sys.argv[0], *flags, *(a for a in args if a not in flags), *quiet]
         logging.raiseExceptions = False  # a log that cannot be written (full disk): no traceback
         _run_hydra(passthrough)
-        if "noisybench.distributed" in sys.modules:  # leave the process group, if any
+        # Leave the process group, if any: one exists only once torch.distributed is imported,
+        # and a config-only command (--help, --cfg, -sc, --info) must not import torch here.
+        if "torch.distributed" in sys.modules:
             sys.modules["noisybench.distributed"].shutdown()
     except UserError as exc:
         _fail(str(exc), 2)

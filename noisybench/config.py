@@ -378,7 +378,7 @@ def _authors_resolver(key: str, *, _parent_: Any, _root_: Any) -> Any:
 def _groups_resolver() -> str:
     """``${nb_groups:}``: the user-facing config groups and their options, for --help."""
     lines = []
-    for group in GROUPS:
+    for group in (*GROUPS, "eval"):
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         lines.append(f"  {group + ':':<12}{', '.join(options)}")
     return "\n".join(lines)
@@ -479,17 +479,50 @@ def compose(
 
 
 def _did_you_mean(key: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    return f"did you mean {close[0]}? " if close else ""
+    """The closest known key, preferring the key's own group and its last name.
+
+    Keys are nested by group (``optim.optimizer.lr``), so a whole-string match alone suggests
+    a short sibling (``optim.lr`` -> ``optim.name``); a key of the same group whose last name
+    is the same (``lr``) or close (``gama`` -> ``gamma``) is what was meant.
+    """
+    group, _, _ = key.partition(".")
+    leaf = key.rsplit(".", 1)[-1]
+    same_group = [k for k in known if k.partition(".")[0] == group] or list(known)
+
+    def score(candidate: str) -> float:
+        whole = difflib.SequenceMatcher(None, key, candidate).ratio()
+        last = difflib.SequenceMatcher(None, leaf, candidate.rsplit(".", 1)[-1]).ratio()
+        return max(whole, last + (0.5 if last == 1.0 else 0.0))
+
+    best = max(same_group, key=score, default=None)
+    if best is None or score(best) < 0.6:
+        return ""
+    return f"did you mean {best}? "
 
 
-def _base_keys() -> list[str]:
+def _is_choice(override: str) -> bool:
+    """A group choice (``method=bsd``, ``+experiment=x``) or a search path: what decides which
+    keys exist, as opposed to a value override."""
+    key = override.lstrip("+~").partition("=")[0]
+    return key in GROUPS or key in HIDDEN_GROUPS or key == "hydra.searchpath"
+
+
+def _base_keys(overrides: Sequence[str] = ()) -> list[str]:
+    """Keys of the config composed from the groups chosen in ``overrides`` (the value
+    overrides left out, since one of them is the unknown key); the base config's keys when
+    the choices alone do not compose."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
+    choices = [o for o in overrides if _is_choice(o)]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        base = hydra_compose("config")
-    return _known_keys(base)
+        try:
+            cfg = hydra_compose("config", overrides=choices)
+        except (HydraException, OmegaConfBaseException, ValueError):
+            cfg = hydra_compose("config")
+    return _known_keys(cfg)
 
 
 def _override_error(exc: BaseException, overrides: Sequence[str]) -> str:
@@ -500,7 +533,7 @@ def _override_error(exc: BaseException, overrides: Sequence[str]) -> str:
     elif "Key '" in text and "is not in struct" in text:
         missing = text.split("Key '", 1)[1].split("'", 1)[0]
     if missing is not None:
-        hint = _did_you_mean(missing, _base_keys())
+        hint = _did_you_mean(missing, _base_keys(overrides))
         return (
             f"unknown config key '{missing}' ({text[:200]}); {hint}"
             "check the key names (noisybench --cfg job shows the full config)"
@@ -522,7 +555,7 @@ def _refuse_added_keys(cfg: DictConfig, overrides: Sequence[str]) -> None:
     added = [k for k in added if k not in GROUPS and not k.startswith("hydra.")]
     if not added:
         return
-    base = set(_base_keys())
+    base = set(_base_keys(overrides))
     for key in added:
         if key in base or any(b.startswith(key + ".") for b in base):
             continue
@@ -616,12 +649,13 @@ def check_config(cfg: DictConfig) -> None:
     # Code first: every _target_ must be allowed before anything reads, imports or calls it.
     check_tree(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg)) if isinstance(cfg, DictConfig) else []
-    if missing:
+    if missing:  # ``???`` in a config: a value only the user can give (dataset=arrays' path)
         key = missing[0]
         example = "/data/mine.npz" if key.endswith(".path") else "/data/mine"
         raise UserError(
-            f"{key} is required and not set (dataset {OmegaConf.select(cfg, 'dataset.name')}); "
-            f"give it on the command line, e.g. {key}={example}"
+            f"{key} must be set: add {key}={example} to the command (dataset "
+            f"{OmegaConf.select(cfg, 'dataset.name')}), or write it in a dataset config of "
+            "your own (docs/datasets.md)"
         )
     for group in ("dataset", "model", "noise", "method", "optim"):
         if not isinstance(cfg.get(group), DictConfig):

@@ -1,18 +1,20 @@
-"""The BSD paper's figures from finished runs, as PNG (``python -m noisybench.report RUNS
---figures DIR``; needs the ``plots`` extra, matplotlib).
+"""The BSD paper's figures from finished runs, as PNG and vector PDF (for LaTeX) side by side
+(``noisybench report RUNS --figures DIR``; needs the ``plots`` extra, matplotlib).
 
 One file per setting (dataset, model, noise, and every other key but the method's), one curve
 or panel per method; numbers pooled over seeds:
 
 * ``test_error_<setting>.png`` (Figure 5): test error (1 - ``test/acc``) over epochs, the
   mean over seeds with a band of ± one sample std;
+* ``memorisation_<setting>.png``: the share of noisily-labelled training samples predicted as
+  their given wrong label over epochs (``memorisation/fit_given``), the memorisation curve;
 * ``reliability_<setting>.png`` (Figure 4): reliability diagrams from evaluation.json's
   ``calibration/reliability/{confidence,accuracy,count}`` (bins pooled over seeds by count);
 * ``ece_severity_<setting>.png`` (Figure 12): ECE against corruption severity 0-5 from
   evaluation.json's ``{cifar_c,corruption}/s<k>/ece`` (severity 0: ``calibration/ece``);
 * ``mu_<setting>.png`` (Figure 2): the inter-class component mu of dark knowledge (Eq. 10)
   from evaluation.json's ``dark_knowledge/mu``, mean over seeds, the diagonal left blank so
-  the inter-class structure is visible;
+  the inter-class structure is visible; every panel on one colour scale;
 * ``kl_<setting>.png`` (Figure 11): temperature-adjusted KL between each epoch's predictions
   and the final model's, from evaluation.json's ``dark_knowledge/{kl_epochs,kl_to_final}``.
 
@@ -69,10 +71,51 @@ def _mean_band(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _save(plt: Any, fig: Any, path: Path) -> None:
-    """Lay out, write ``path`` (PNG, 120 dpi) and close the figure (every figure's last step)."""
+    """Lay out, write ``path`` (PNG, 150 dpi) and the same figure as a vector PDF beside it
+    (for LaTeX), and close the figure (every figure's last step)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
     plt.close(fig)
+
+
+def _memorisation(plt: Any, title: str, methods: Methods, path: Path) -> str | None:
+    """The memorisation curve: the share of the noisily-labelled training samples predicted
+    as their given (wrong) label, per epoch (``memorisation/fit_given``), mean ± std over
+    seeds; cross-entropy's rises as it memorises, the paper's point is that BSD's does not."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = 0
+    for label, g in methods:
+        curves = []
+        for run in g.runs:
+            hist = [
+                h
+                for h in run.get("history") or []
+                if isinstance(h.get("memorisation/fit_given"), float)
+            ]
+            if hist:
+                epochs = np.array([h["epoch"] for h in hist])
+                curves.append((epochs, np.array([h["memorisation/fit_given"] for h in hist])))
+        if not curves:
+            continue
+        n = min(len(c[0]) for c in curves)
+        mean, std = _mean_band([100 * c[1][:n] for c in curves])
+        (line,) = ax.plot(curves[0][0][:n], mean, label=f"{label} (n={len(curves)})")
+        ax.fill_between(curves[0][0][:n], mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return "no memorisation/fit_given in any history (runs with label noise record it)"
+    ax.set(
+        xlabel="epoch",
+        ylabel="noisy labels fitted (%)",
+        ylim=(0, 100),
+        title=f"Memorisation of the noisy labels\n{title}",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(plt, fig, path)
+    return None
 
 
 def _test_error(plt: Any, title: str, methods: Methods, path: Path) -> str | None:
@@ -222,12 +265,15 @@ def _mu(plt: Any, title: str, methods: Methods, path: Path) -> str | None:
     if not panels:
         return "no dark_knowledge/mu in evaluation.json (eval=dark_knowledge)"
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    # One colour scale for every panel, so that equal colours are equal values across methods
+    vmin = float(min(np.nanmin(mu) for _, mu in panels))
+    vmax = float(max(np.nanmax(mu) for _, mu in panels))
     for ax, (label, mu) in zip(axes[0], panels, strict=True):
-        im = ax.imshow(mu, cmap="viridis")
+        im = ax.imshow(mu, cmap="viridis", vmin=vmin, vmax=vmax)
         ax.set(title=label, xlabel="class k", ylabel="label class")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(im, ax=list(axes[0]), fraction=0.046, pad=0.04)
     fig.suptitle(
         f"Inter-class component mu of dark knowledge (diagonal blank)\n{title}", fontsize=10
     )
@@ -270,6 +316,7 @@ def _kl(plt: Any, title: str, methods: Methods, path: Path) -> str | None:
 
 FIGURES = {
     "test_error": _test_error,
+    "memorisation": _memorisation,
     "reliability": _reliability,
     "ece_severity": _ece_severity,
     "mu": _mu,
@@ -294,5 +341,6 @@ def write_figures(settings: Mapping[str, Sequence[tuple[str, Any]]], out_dir: Pa
         for name, draw in FIGURES.items():
             path = out_dir / f"{name}_{_slug(setting)}.png"
             missing = draw(plt, setting, methods, path)
-            lines.append(f"skipped {path.name}: {missing}" if missing else f"wrote {path}")
+            wrote = f"wrote {path} (and {path.with_suffix('.pdf').name})"
+            lines.append(f"skipped {path.name}: {missing}" if missing else wrote)
     return lines

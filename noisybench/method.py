@@ -10,7 +10,7 @@ What a method never sees: the clean labels. ``Batch.target`` holds the *noisy* l
 so does the ``noisy_labels`` tensor handed to :meth:`Method.setup`.
 
 A new method is one Python file with a subclass of :class:`Method` and one YAML file under
-``conf/method/`` whose ``_target_`` names the class; see README.md, "Adding a method".
+``conf/method/`` whose ``_target_`` names the class; see docs/extending.md, "A method".
 """
 
 from __future__ import annotations

@@ -1515,6 +1515,14 @@ def _split(option: str | None) -> list[str] | None:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parse(argv)
+    if args.figures:  # before any work: not after the whole table has been printed
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UserError(
+                "--figures needs matplotlib; install the plots extra: "
+                "pip install 'noisybench[plots]' (or leave out --figures)"
+            )
     results = load_results(args.roots)
     if not results:
         raise UserError(

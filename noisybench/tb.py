@@ -127,6 +127,131 @@ def matrix_image(
     return np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1)
 
 
+def _as_matrix(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim == 1:
+        k = math.isqrt(m.size)
+        if k * k != m.size:
+            raise ValueError(f"a flat matrix needs a square number of entries, got {m.size}")
+        m = m.reshape(k, k)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"need a 2-D matrix, got shape {m.shape}")
+    return m
+
+
+def matrix_figure(
+    matrix: Sequence[Sequence[float]] | np.ndarray,
+    title: str,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    xlabel: str = "noisy label j",
+    ylabel: str = "clean label i",
+) -> Any:
+    """A matplotlib figure of a matrix with axes, a colour bar on a fixed scale
+    (``vmin``..``vmax``, so two runs' images compare) and each value written in its cell when
+    the matrix has at most 12 rows (more would not be legible)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    m = _as_matrix(matrix)
+    fig = Figure(figsize=(4.2, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    shown = ax.imshow(m, vmin=vmin, vmax=vmax, cmap="viridis")
+    fig.colorbar(shown, ax=ax)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if m.shape[0] <= 12 and m.shape[1] <= 12:
+        ax.set_xticks(range(m.shape[1]))
+        ax.set_yticks(range(m.shape[0]))
+        middle = (vmin + vmax) / 2
+        for (i, j), value in np.ndenumerate(m):
+            colour = "black" if value > middle else "white"
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color=colour)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(
+    accuracy: Sequence[float],
+    confidence: Sequence[float] | None = None,
+    count: Sequence[float] | None = None,
+) -> Any:
+    """A reliability diagram (Guo et al. 2017, Fig. 1) with axes: accuracy bars per
+    equal-width confidence bin, the gap to the bin's mean confidence as an outlined box beside
+    the bar's top (not over it), the diagonal of perfect calibration, and each bin's count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    acc = np.asarray(accuracy, dtype=np.float64)
+    n = acc.size
+    conf = None if confidence is None else np.asarray(confidence, dtype=np.float64)
+    cnt = None if count is None else np.asarray(count, dtype=np.float64)
+    centres = (np.arange(n) + 0.5) / n
+    fig = Figure(figsize=(4.2, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+    filled = np.isfinite(acc) & (cnt > 0 if cnt is not None else True)
+    ax.bar(
+        centres[filled],
+        acc[filled],
+        width=1 / n,
+        color="tab:blue",
+        edgecolor="white",
+        label="accuracy",
+    )
+    if conf is not None:
+        gap = conf - acc
+        ax.bar(
+            centres[filled],
+            gap[filled],
+            bottom=acc[filled],
+            width=1 / n,
+            fill=False,
+            edgecolor="tab:red",
+            hatch="//",
+            linewidth=0.8,
+            label="gap to confidence",
+        )
+    if cnt is not None:  # each bin's sample count at the foot of its bar
+        for x, c in zip(centres[filled], cnt[filled], strict=True):
+            ax.text(
+                x,
+                0.02,
+                f"{int(c)}",
+                ha="center",
+                fontsize=6,
+                bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "linewidth": 0},
+            )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence",
+        ylabel="accuracy",
+        title="reliability (n per bin)",
+    )
+    ax.legend(loc="upper left", fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def figure_image(fig: Any) -> np.ndarray:
+    """A matplotlib figure as an ``(H, W, 3)`` uint8 array."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _have_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def config_text(config: Mapping[str, Any]) -> str:
     """The resolved config as Markdown (a YAML code block indented for TensorBoard's text
     plugin, which renders Markdown)."""
@@ -157,9 +282,12 @@ def log_run_start(writer: Any, config: Mapping[str, Any], noise: Mapping[str, An
     writer.add_text("config", config_text(config), 0)
     transition = (noise or {}).get("transition")
     if transition:
-        writer.add_image(
-            "noise/transition", matrix_image(transition, vmin=0.0, vmax=1.0), 0, dataformats="HWC"
+        image = (
+            figure_image(matrix_figure(transition, "noise transition T[i, j]"))
+            if _have_matplotlib()
+            else matrix_image(transition, vmin=0.0, vmax=1.0)
         )
+        writer.add_image("noise/transition", image, 0, dataformats="HWC")
 
 
 def log_epoch_images(writer: Any, metrics: Mapping[str, Any], step: int) -> None:
@@ -171,25 +299,50 @@ def log_epoch_images(writer: Any, metrics: Mapping[str, Any], step: int) -> None
 
     acc = get("calibration/reliability/accuracy")
     if acc:
-        image = reliability_image(
-            acc, get("calibration/reliability/confidence"), get("calibration/reliability/count")
+        parts = (
+            acc,
+            get("calibration/reliability/confidence"),
+            get("calibration/reliability/count"),
+        )
+        image = (
+            figure_image(reliability_figure(*parts))
+            if _have_matplotlib()
+            else reliability_image(*parts)
         )
         writer.add_image("calibration/reliability", image, step, dataformats="HWC")
     mu = get("dark_knowledge/mu")
     if mu:
-        writer.add_image("dark_knowledge/mu", matrix_image(mu), step, dataformats="HWC")
+        image = (  # one colour scale, 0..1, for every epoch and run
+            figure_image(matrix_figure(mu, "dark knowledge mu", xlabel="class", ylabel="class"))
+            if _have_matplotlib()
+            else matrix_image(mu, vmin=0.0, vmax=1.0)
+        )
+        writer.add_image("dark_knowledge/mu", image, step, dataformats="HWC")
 
 
 def log_hparams(
-    writer: Any, config: Mapping[str, Any], final: Mapping[str, Any], run_name: str = "hparams"
+    writer: Any, config: Mapping[str, Any], final: Mapping[str, Any], step: int = 0
 ) -> None:
-    """At run end: the config's hyperparameters with the final metrics (finite numbers of
-    ``final``, e.g. ``test/acc`` of the last and best epochs as ``hparams/last/test/acc``),
-    so that the HParams tab compares a sweep. Written to ``<log dir>/<run_name>`` (fixed, so
-    a resumed run rewrites one entry)."""
+    """At run end: the hyperparameters that change an experiment (the run's identity,
+    :func:`noisybench.config.identity`: no paths, devices, loggers or progress settings) with
+    the final metrics (finite numbers of ``final``, e.g. ``test/acc`` of the last and best
+    epochs as ``hparams/last/test/acc``), so that the HParams tab compares a sweep.
+
+    Written into the run's own event files (one TensorBoard run per noisybench run), not into
+    a ``hparams`` sub-run as ``SummaryWriter.add_hparams`` does, which showed every run twice;
+    a resumed run's later entry is the one TensorBoard reads."""
+    from torch.utils.tensorboard.summary import hparams
+
+    from noisybench.config import identity
+
     metrics = {
         "hparams/" + k.replace(".", "/"): float(v)
         for k, v in flatten(final).items()
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
     }
-    writer.add_hparams(hparams_of(config), metrics, run_name=run_name)
+    experiment, start, end = hparams(hparams_of(identity(config)), metrics)
+    file_writer = writer._get_file_writer()
+    for summary in (experiment, start, end):
+        file_writer.add_summary(summary)
+    for key, value in metrics.items():
+        writer.add_scalar(key, value, step)

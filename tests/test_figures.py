@@ -27,7 +27,10 @@ def _run(root: Path, method: str, seed: int, evaluation: dict | None, gamma: flo
         "noise": {"name": "sym50", "seed": seed},
         "method": {"name": method, **({"gamma": gamma} if method == "bsd" else {})},
     }
-    history = [{"epoch": e, "test/acc": 0.5 + 0.05 * e + 0.01 * seed} for e in range(1, 6)]
+    history = [
+        {"epoch": e, "test/acc": 0.5 + 0.05 * e + 0.01 * seed, "memorisation/fit_given": 0.1 * e}
+        for e in range(1, 6)
+    ]
     body = {"status": "finished", "config": cfg, "seeds": {"train": seed}, "history": history}
     (run / "result.json").write_text(json.dumps(body))
     if evaluation is not None:
@@ -96,11 +99,14 @@ def test_every_figure_is_written_from_complete_inputs(tmp_path: Path) -> None:
     import matplotlib.image
 
     names = sorted(p.name for p in (tmp_path / "fig").iterdir())
+    figures = ("test_error", "memorisation", "reliability", "ece_severity", "mu", "kl")
     assert names == sorted(
-        f"{n}_digits_small_cnn_sym50.png"
-        for n in ("test_error", "reliability", "ece_severity", "mu", "kl")
+        f"{n}_digits_small_cnn_sym50.{ext}" for n in figures for ext in ("png", "pdf")
     )
     for name in names:
+        if name.endswith(".pdf"):  # vector output for LaTeX
+            assert (tmp_path / "fig" / name).read_bytes().startswith(b"%PDF")
+            continue
         image = matplotlib.image.imread(tmp_path / "fig" / name)
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
 
@@ -119,6 +125,47 @@ def test_figures_without_evaluation_are_skipped_with_a_note(tmp_path: Path, caps
         assert f"skipped {name}_digits_small_cnn_sym50.png: no {needs}" in err.replace(
             "{cifar_c,corruption}/", ""
         )
-    assert [p.name for p in (tmp_path / "fig").iterdir()] == [
-        "test_error_digits_small_cnn_sym50.png"
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == [
+        f"{n}_digits_small_cnn_sym50.{ext}"
+        for n in ("memorisation", "test_error")
+        for ext in ("pdf", "png")
     ]
+
+
+def test_memorisation_curve_and_shared_mu_scale(tmp_path: Path) -> None:
+    """The memorisation curve plots memorisation/fit_given in % per epoch (mean over seeds);
+    the mu panels of all methods share one colour scale (equal colours, equal values)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from noisybench import figures
+
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        _run(runs, "ce", seed, _evaluation(seed))
+        bsd = _evaluation(seed)
+        bsd["dark_knowledge/mu"] = [0.3 * v for v in bsd["dark_knowledge/mu"]]
+        _run(runs, "bsd", seed, bsd)
+    (setting,) = setting_groups(collect(load_results([runs]))).values()
+    saved = []
+    real_save = figures._save
+    figures._save = lambda plt_, fig, path: saved.append(fig)  # keep the figures to inspect
+    try:
+        assert figures._memorisation(plt, "s", setting, tmp_path / "m.png") is None
+        assert figures._mu(plt, "s", setting, tmp_path / "mu.png") is None
+    finally:
+        figures._save = real_save
+    memo, mu = saved
+    (ax,) = memo.axes
+    for line in ax.get_lines():
+        np.testing.assert_allclose(line.get_xdata(), [1, 2, 3, 4, 5])
+        np.testing.assert_allclose(line.get_ydata(), [10, 20, 30, 40, 50])  # 100 * 0.1 * e
+    assert ax.get_ylabel() == "noisy labels fitted (%)"
+    panels = [a for a in mu.axes if a.images]
+    assert len(panels) == 2
+    # off-diagonal means: ce 0.105, bsd 0.3 * 0.105 (the diagonal is blanked)
+    for panel in panels:
+        np.testing.assert_allclose(panel.images[0].get_clim(), (0.3 * 0.105, 0.105))
+    plt.close("all")

@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "noisybench.rundir": 3,
     "noisybench.callbacks": 3,
     "noisybench.selected": 3,
+    "noisybench.trackers": 3,
     # 4: one run; reports over many
     "noisybench.run": 4,
     "noisybench.report": 4,

@@ -159,7 +159,7 @@ def test_a_missing_data_path_is_one_line_and_no_skeleton(
     proc = cli(f"dataset={dataset}", "model=small_mlp", f"out_dir={out}", "epochs=1")
     assert proc.returncode == 2
     line = error_line(proc.stderr)
-    assert f"{key} is required and not set" in line and f"{key}=/data/mine" in line
+    assert f"{key} must be set" in line and f"{key}=/data/mine" in line
     assert not out.exists()
 
 

@@ -74,6 +74,7 @@ def test_events_are_readable_back_with_tensorboard(tmp_path: Path) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     config = {"seed": 1, "method": {"name": "bsd", "gamma": 0.9}, "noise": {"rate": 0.5}}
+    config |= {"data_dir": "/data", "progress": True, "device": "cpu", "out_dir": "runs"}
     writer = SummaryWriter(log_dir=str(tmp_path))
     log_run_start(writer, config, {"transition": [[0.8, 0.2], [0.3, 0.7]]})
     log_epoch_images(
@@ -98,18 +99,23 @@ def test_events_are_readable_back_with_tensorboard(tmp_path: Path) -> None:
         "dark_knowledge/mu",
     }
     image = acc.Images("calibration/reliability")[0]
-    assert image.step == 3 and image.width == 256 and image.height == 256
+    assert image.step == 3 and (image.width, image.height) == (420, 360)  # a figure with axes
     assert tags["tensors"] and "config/text_summary" in tags["tensors"]
     text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "gamma: 0.9" in text
 
-    hp = EventAccumulator(str(tmp_path / "hparams"))
+    # one TensorBoard run per noisybench run: the hparams are in the run's own events
+    assert not (tmp_path / "hparams").exists()
+    assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
+    hp = EventAccumulator(str(tmp_path))
     hp.Reload()
     content = hp.PluginTagToContent("hparams")
     info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     values = info.session_start_info.hparams
     assert values["method.gamma"].number_value == pytest.approx(0.9)
     assert values["method.name"].string_value == "bsd"
+    # only what changes an experiment (config.identity), not where or how it ran
+    assert set(values) == {"seed", "method.name", "method.gamma", "noise.rate"}
     exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
     metric_tags = {m.name.tag for m in exp.experiment.metric_infos}
     assert metric_tags == {"hparams/last/test/acc", "hparams/last/epoch"}
@@ -118,8 +124,9 @@ def test_events_are_readable_back_with_tensorboard(tmp_path: Path) -> None:
 
 def test_a_run_with_list_valued_config_keys_writes_its_hparams(cli, tmp_path: Path) -> None:
     """A config with lists (here an evaluation suite's corruption list; KD's teacher_runs is
-    another) reaches the TensorBoard logger as plain lists: the run ends with status 0 and the
-    hparams hold the list's JSON text."""
+    another) reaches the TensorBoard logger as plain lists: the run ends with status 0, with
+    its hparams in its own TensorBoard run (no ``tb/hparams`` sub-run), limited to the keys
+    that change an experiment."""
     from conftest import quick_run_dir
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -128,9 +135,39 @@ def test_a_run_with_list_valued_config_keys_writes_its_hparams(cli, tmp_path: Pa
     proc = cli(*extra, f"out_dir={tmp_path}", "logger=[tensorboard]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = quick_run_dir(tmp_path, "epochs=1")
-    hp = EventAccumulator(str(run / "tb" / "hparams"))
+    assert sorted(p.name for p in (run / "tb").iterdir() if p.is_dir()) == []  # one TB run
+    hp = EventAccumulator(str(run / "tb"))
     hp.Reload()
     content = hp.PluginTagToContent("hparams")
     info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     values = info.session_start_info.hparams
-    assert values["eval.suites.corruption.corruptions"].string_value == '["contrast"]'
+    # evaluation settings never change training (NON_IDENTITY_KEYS): not hyperparameters
+    assert values["method.name"].string_value == "ce"
+    assert not any(key.startswith(("eval.", "data_dir", "progress", "device")) for key in values)
+
+
+def test_matrix_figure_has_axes_values_and_a_fixed_colour_scale() -> None:
+    from noisybench.tb import figure_image, matrix_figure
+
+    fig = matrix_figure([[0.8, 0.2], [0.3, 0.7]], "noise transition")
+    ax, bar = fig.axes  # the heatmap and its colour bar
+    assert [t.get_text() for t in ax.texts] == ["0.80", "0.20", "0.30", "0.70"]
+    assert ax.get_xlabel() == "noisy label j" and ax.get_ylabel() == "clean label i"
+    assert ax.images[0].get_clim() == (0.0, 1.0)  # the same scale for every run and epoch
+    assert bar.get_ylim() == (0.0, 1.0)
+    assert figure_image(fig).shape == (360, 420, 3)
+
+
+def test_reliability_figure_draws_the_gap_beside_the_bars_and_the_counts() -> None:
+    from noisybench.tb import reliability_figure
+
+    fig = reliability_figure([0.2, float("nan"), 0.9], [0.3, 0.5, 0.8], [4, 0, 6])
+    (ax,) = fig.axes
+    bars, gaps = ax.containers  # accuracy bars, then the gap boxes
+    assert [round(b.get_height(), 6) for b in bars] == [0.2, 0.9]  # the empty bin has no bar
+    # each gap box starts at the accuracy (on top of the bar, not over it) and ends at the
+    # bin's mean confidence
+    assert [round(g.get_y(), 6) for g in gaps] == [0.2, 0.9]
+    assert [round(g.get_y() + g.get_height(), 6) for g in gaps] == [0.3, 0.8]
+    assert [t.get_text() for t in ax.texts] == ["4", "6"]
+    assert ax.get_xlabel() == "confidence" and ax.get_ylabel() == "accuracy"

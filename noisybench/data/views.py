@@ -61,12 +61,13 @@ Views run under ``torch.no_grad()``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from noisybench.data.advice import auto_padding
 from noisybench.data.autoaugment import RANGES, BatchedAutoAugment
 from noisybench.errors import UserError
 
@@ -98,7 +99,9 @@ class AugmentParams:
     """Parameters of the views, read from ``dataset.augment`` in the config.
 
     Attributes:
-        crop_padding: zero padding (pixels per side) before the random crop; 0 disables it.
+        crop_padding: zero padding (pixels per side) before the random crop; 0 disables it;
+            ``"auto"``: an eighth of the images' shorter side (CIFAR's 4 on 32x32; 1 on 8x8),
+            resolved by :func:`build_views` (:func:`noisybench.data.advice.auto_padding`).
         hflip: random horizontal flip with probability 1/2 (off for digits, where a flip
             changes the meaning of the image).
         autoaugment_ranges: ``"torchvision"`` or ``"original"`` magnitude ranges of the strong
@@ -109,7 +112,7 @@ class AugmentParams:
             for ViT-B/16.
     """
 
-    crop_padding: int = 4
+    crop_padding: int | str = 4
     hflip: bool = True
     autoaugment_ranges: str = "torchvision"
     erasing_p: float = 0.5
@@ -131,9 +134,12 @@ class AugmentParams:
                 f"unknown dataset.augment key(s) {unknown}; the known keys are {sorted(known)}"
             )
         params = cls(**augment)
-        if int(params.crop_padding) < 0:
+        if params.crop_padding == "auto":
+            pass
+        elif isinstance(params.crop_padding, str) or int(params.crop_padding) < 0:
             raise UserError(
-                f"dataset.augment.crop_padding={params.crop_padding} is negative; use 0 or more"
+                f"dataset.augment.crop_padding={params.crop_padding} is invalid; use 0 or more "
+                "pixels, or auto (an eighth of the image side)"
             )
         if params.autoaugment_ranges not in RANGES:
             raise UserError(
@@ -590,6 +596,8 @@ def build_views(
         raise UserError(f"view keys {list(keys)} repeat a key; give each view its own tag")
     params = AugmentParams.from_mapping(augment)
     size = _pair(image_size)
+    if params.crop_padding == "auto":
+        params = replace(params, crop_padding=auto_padding(size))
     views: dict[str, nn.Module] = {}
     for key in keys:
         kind = view_kind(str(key))
