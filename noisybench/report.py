@@ -54,6 +54,8 @@ from typing import Any
 from noisybench.config import NON_IDENTITY_KEYS as _NON_IDENTITY
 from noisybench.config import identity as _config_identity
 from noisybench.errors import UserError
+from noisybench.evaluation.selection import RULES as SELECTION_RULES
+from noisybench.evaluation.selection import best_record
 
 __all__ = [
     "METRICS",
@@ -76,10 +78,13 @@ EVALUATION_FILE = "evaluation.json"
 NON_IDENTITY_KEYS: tuple[str, ...] = (*_NON_IDENTITY, "seed", "noise.seed")
 
 # Selection rules: name -> (history key maximised, or None for the last epoch; header text).
+_HEADERS = {
+    "last": "last epoch",
+    "best_test": "best epoch selected on the test set",
+    "noisy_val": "epoch selected on noisy val split",
+}
 RULES: dict[str, tuple[str | None, str]] = {
-    "last": (None, "last epoch"),
-    "best_test": ("test/acc", "best epoch selected on the test set"),
-    "noisy_val": ("val/acc", "epoch selected on noisy val split"),
+    rule: (key, _HEADERS[rule]) for rule, (key, _) in SELECTION_RULES.items()
 }
 
 
@@ -291,13 +296,7 @@ def collect(results: Sequence[dict[str, Any]], include_unfinished: bool = False)
 
 def _select(history: Sequence[Mapping[str, Any]], rule: str) -> Mapping[str, Any] | None:
     """The history record ``rule`` selects (earliest on ties), or None."""
-    if not history:
-        return None
-    key = RULES[rule][0]
-    if key is None:
-        return history[-1]
-    scored = [r for r in history if isinstance(r.get(key), int | float) and not math.isnan(r[key])]
-    return max(scored, key=lambda r: r[key]) if scored else None
+    return best_record(history, RULES[rule][0])
 
 
 def run_value(result: Mapping[str, Any], metric: str, rule: str) -> float | None:
