@@ -69,7 +69,6 @@ class Experiment:
     build_model: Callable[[], torch.nn.Module]
     evaluators: list[Callable[..., Any]]
     validation: dict[str, Any] | None = None
-    train_model: torch.nn.Module | None = None  # the DDP wrapper in a multi-process run
 
     def trainer(self, callbacks: list[Any] | tuple[Any, ...] = ()) -> Trainer:
         """A :class:`Trainer` over these objects with the config's engine settings."""
@@ -90,7 +89,6 @@ class Experiment:
             train_diagnostics_every=int(cfg.eval.get("train_diagnostics_every") or 1),
             evaluators=self.evaluators,
             callbacks=list(callbacks),
-            train_model=self.train_model,
         )
 
 
@@ -552,20 +550,6 @@ def optimisation(
     return optimizer, scheduler
 
 
-def _data_parallel(rt: Runtime, nets: Networks) -> torch.nn.Module | None:
-    """The ``DistributedDataParallel`` wrapper of the model in a multi-process run (None with
-    one process); the method's extra modules get rank 0's values, as DDP does for the model."""
-    if rt.world == 1:
-        return None
-    from torch.nn.parallel import DistributedDataParallel
-
-    extra = [t for m in nets.method.extra_modules() for t in (*m.parameters(), *m.buffers())]
-    with torch.no_grad():
-        dist.broadcast_tensors([t.data for t in extra])
-    device_ids = [rt.device.index] if rt.device.type == "cuda" else None
-    return DistributedDataParallel(nets.model, device_ids=device_ids)
-
-
 def _reseed_rank(cfg: DictConfig, rt: Runtime) -> None:
     """Processes other than rank 0 reseed their global generators (rank 0 keeps a
     single-process run's stream) so that their augmentations differ."""
@@ -591,8 +575,8 @@ def build(
     In a multi-process run (an initialised process group, :mod:`noisybench.distributed`) the
     device is ``cuda:LOCAL_RANK`` (or the CPU), the loader yields this process's share of
     every global batch, the model is optionally converted to SyncBatchNorm
-    (``distributed.sync_batchnorm``) and wrapped in ``DistributedDataParallel``
-    (``Experiment.train_model``), and, once everything is built identically on every process
+    (``distributed.sync_batchnorm``; the trainer wraps it in ``DistributedDataParallel``,
+    :mod:`noisybench.processes`), and, once everything is built identically on every process
     (same seed), processes other than rank 0 reseed their global generators with
     :func:`noisybench.distributed.rank_seed` so that their augmentations differ.
 
@@ -606,7 +590,6 @@ def build(
     nets = networks(cfg, rt, data)
     loader, eval_data = source(cfg, rt, data, lab, nets)
     setup_method(cfg, nets, eval_data.train_given, data.num_classes, len(loader))
-    train_model = _data_parallel(rt, nets)
     optimizer, scheduler = optimisation(cfg, rt, nets, len(loader))
     _reseed_rank(cfg, rt)
     return Experiment(
@@ -625,7 +608,6 @@ def build(
         build_model=nets.build_model,
         evaluators=_evaluators(cfg, data, eval_data, rt.device),
         validation=lab.validation,
-        train_model=train_model,
     )
 
 

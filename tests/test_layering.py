@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "noisybench.stores": 0,
     "noisybench.losses": 0,
     "noisybench.distributed": 0,
+    "noisybench.processes": 0,
     # 1: data, models, methods, and the configuration
     "noisybench.config": 1,
     "noisybench.data": 1,
