@@ -532,8 +532,9 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         if self._gathers_state:  # a no-op after_step needs no global batch
-            batch, out = self.procs.global_step(batch, out, shares)
-        self.method.after_step(batch, out, epoch)
+            self.method.after_step(*self.procs.global_step(batch, out, shares), epoch)
+        else:
+            self.method.after_step(batch, out, epoch)
         sums.add(out, batch)
 
     def _reduced(self, sums: _EpochSums) -> _EpochSums:
