@@ -325,7 +325,7 @@ def _run_hydra(passthrough: bool) -> None:
             os.environ["HYDRA_FULL_ERROR"] = saved
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:  # noqa: C901
     """Entry point of the ``noisybench`` command and ``python -m noisybench``
     (``noisybench report ...`` and ``noisybench evaluate ...`` run those tools)."""
     args = list(sys.argv[1:] if argv is None else argv)

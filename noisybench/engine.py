@@ -315,7 +315,7 @@ class Trainer:
             evaluation and checkpoints use ``model``.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         *,
         model: nn.Module,

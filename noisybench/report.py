@@ -435,7 +435,7 @@ def _diff_text(part: Mapping[str, str], common: Mapping[str, str]) -> str:
     )
 
 
-def _merge_notes(
+def _merge_notes(  # noqa: PLR0913
     merged: Sequence[Sequence[int]],
     parts: Sequence[Mapping[str, str]],
     views: Sequence[Mapping[str, str]],
@@ -510,7 +510,7 @@ def _paper_match(entry: Mapping[str, Any], want: Mapping[str, Any], keys: Sequen
     return True
 
 
-def build_table(
+def build_table(  # noqa: C901
     groups: Sequence[Group],
     table: str = "generic",
     rules: Sequence[str] | None = None,
@@ -740,7 +740,7 @@ def _reference_rows(
     return list(rows.values())
 
 
-def _bold(rows: Sequence[Row], columns: Sequence[Column], layout: Layout) -> None:
+def _bold(rows: Sequence[Row], columns: Sequence[Column], layout: Layout) -> None:  # noqa: C901
     """Bold the best of our means along the method axis (ties by the shown precision):
     per column when methods are rows, per row (and metric, rule) when methods are columns.
     Only where at least two numbers compete."""

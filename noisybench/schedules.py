@@ -45,7 +45,7 @@ def cosine(
     return LambdaLR(optimizer, factor)
 
 
-def one_cycle(
+def one_cycle(  # noqa: PLR0913
     optimizer: Optimizer,
     total_steps: int,
     steps_per_epoch: int,

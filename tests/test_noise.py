@@ -531,7 +531,7 @@ def test_errors_load(tmp_path):
 
 def test_registry_extension(digits):
     @register_noise("_test_all_zero")
-    def _zero(labels, num_classes, rate, rng, *, asym_map, superclass, features):
+    def _zero(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
         return np.zeros_like(labels)
 
     try:

@@ -50,7 +50,7 @@ def _labels(arr: np.ndarray, key: str, n: int, path: Path) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def load_arrays(
+def load_arrays(  # noqa: C901, PLR0913
     path: str,
     name: str = "arrays",
     num_classes: int | None = None,

@@ -158,7 +158,7 @@ def scan_split(
     return files, labels, list(classes)
 
 
-def load_folder(
+def load_folder(  # noqa: PLR0913
     root: str,
     train: str = "train",
     val: str = "val",
@@ -400,7 +400,7 @@ class FolderLoader:
         prefetch_factor: batches each worker prepares ahead.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         data: FolderData,
         labels: Tensor,
@@ -537,7 +537,7 @@ class FolderLoader:
         return self.epoch(0)
 
 
-def eval_batches(
+def eval_batches(  # noqa: PLR0913
     data: FolderData,
     split: str,
     batch_size: int,

@@ -91,7 +91,7 @@ class DeviceLoader:
     ``len(loader)`` is the number of steps (optimizer updates) per epoch.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         images: Tensor,
         labels: Tensor,

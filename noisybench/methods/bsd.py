@@ -204,7 +204,7 @@ class BSD(Method):
 
     views = ("weak",)
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         gamma: float = 0.95,
         c: float = 1000.0,
