@@ -639,15 +639,25 @@ class Trainer:
 
     def predict(self, images: Tensor) -> Tensor:
         """Logits ``(N, K)`` of ``method.predict`` over uint8 ``images`` in eval mode (the
-        evaluation suites' entry point; device-resident images only)."""
-        self.model.eval()
-        self.method.eval()
-        logits = []
-        with torch.no_grad():
-            for x in self._view_batches(images, 0, images.shape[0]):
-                with self._autocast():
-                    logits.append(self.method.predict(self.model, x).float())
-        return torch.cat(logits)
+        evaluation suites' entry point; device-resident images only): the suites' one
+        ``predict`` (:func:`noisybench.evaluation.base.make_predict`) with this run's view,
+        batch size and mixed precision."""
+        if self.data.view is None:
+            raise UserError(
+                "this dataset is streamed, so evaluation suites that need its images in memory "
+                "cannot run; use an in-memory dataset (dataset=arrays) for them"
+            )
+        from noisybench.evaluation.base import make_predict
+
+        predict = make_predict(
+            self.model,
+            self.data.view,
+            self.device,
+            self.eval_batch_size,
+            self.method,
+            self._autocast,
+        )
+        return predict(images)
 
     def _diagnostics_due(self, epoch: int) -> bool:
         if not self.train_diagnostics:
