@@ -28,7 +28,7 @@ from noisybench.data.base import ImageData
 from noisybench.data.loader import DeviceLoader
 from noisybench.data.noise import NoiseRecord, apply_noise, make_noise_record
 from noisybench.data.views import ViewWrapper, build_views, input_stats
-from noisybench.engine import EvalData, Trainer
+from noisybench.engine import EvalData, Trainer, TrainSettings
 from noisybench.errors import UserError
 from noisybench.method import Method, MethodContext
 from noisybench.schedules import with_beta1_rampdown
@@ -80,13 +80,15 @@ class Experiment:
             scheduler=self.scheduler,
             loader=self.loader,
             data=self.eval_data,
-            epochs=int(cfg.epochs),
-            device=self.device,
-            amp_dtype=self.amp_dtype,
-            nonfinite=str(cfg.nonfinite),
-            eval_batch_size=eval_batch_size(cfg.eval.batch_size, self.device),
-            train_diagnostics=bool(cfg.eval.train_diagnostics),
-            train_diagnostics_every=int(cfg.eval.get("train_diagnostics_every") or 1),
+            settings=TrainSettings(
+                epochs=int(cfg.epochs),
+                device=self.device,
+                amp_dtype=self.amp_dtype,
+                nonfinite=str(cfg.nonfinite),
+                eval_batch_size=eval_batch_size(cfg.eval.batch_size, self.device),
+                train_diagnostics=bool(cfg.eval.train_diagnostics),
+                train_diagnostics_every=int(cfg.eval.get("train_diagnostics_every") or 1),
+            ),
             evaluators=self.evaluators,
             callbacks=list(callbacks),
         )

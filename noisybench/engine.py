@@ -96,6 +96,7 @@ __all__ = [
     "Callback",
     "EvalData",
     "Interrupted",
+    "TrainSettings",
     "Trainer",
     "TrainingDiverged",
     "rng_state",
@@ -287,6 +288,30 @@ class Callback:
         """After the last epoch."""
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """The engine's settings (what is not an object the loop calls).
+
+    Attributes:
+        epochs: total number of epochs.
+        device: the training device.
+        amp_dtype: ``torch.float16``/``torch.bfloat16`` to train in autocast, or None.
+        nonfinite: "stop" (raise :class:`TrainingDiverged`, keep the last good checkpoint) or
+            "skip" (skip the step and count it; costs one host sync per step).
+        eval_batch_size: batch size of evaluation passes.
+        train_diagnostics: evaluate the training set for the memorisation diagnostics.
+        train_diagnostics_every: ... every this many epochs (and at the last epoch).
+    """
+
+    epochs: int
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    nonfinite: str = "stop"
+    eval_batch_size: int = 1024
+    train_diagnostics: bool = True
+    train_diagnostics_every: int = 1
+
+
 class Trainer:
     """Fits ``model`` with ``method``: one visible place for backward, optimizer, schedule.
 
@@ -296,14 +321,7 @@ class Trainer:
         loader: yields :class:`noisybench.method.Batch` via ``loader.epoch(epoch, start_step)``
             and has ``len()`` steps per epoch.
         data: evaluation tensors (see :class:`EvalData`).
-        epochs: total number of epochs.
-        device: the training device.
-        amp_dtype: ``torch.float16``/``torch.bfloat16`` to train in autocast, or None.
-        nonfinite: "stop" (raise :class:`TrainingDiverged`, keep the last good checkpoint) or
-            "skip" (skip the step and count it; costs one host sync per step).
-        eval_batch_size: batch size of evaluation passes.
-        train_diagnostics: evaluate the training set for the memorisation diagnostics.
-        train_diagnostics_every: ... every this many epochs (and at the last epoch).
+        settings: epochs, device, precision, evaluation settings (:class:`TrainSettings`).
         evaluators: callables ``(epoch, predict) -> {name: value}`` (the evaluation suites;
             ``predict`` maps uint8 images to logits in eval mode): numbers join the epoch's
             record as ``eval/<name>``, other values (lists) are left for the callbacks in
@@ -324,13 +342,7 @@ class Trainer:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         loader: Any,
         data: EvalData,
-        epochs: int,
-        device: torch.device,
-        amp_dtype: torch.dtype | None = None,
-        nonfinite: str = "stop",
-        eval_batch_size: int = 1024,
-        train_diagnostics: bool = True,
-        train_diagnostics_every: int = 1,
+        settings: TrainSettings,
         evaluators: Sequence[Callable[[int, Callable[[Tensor], Tensor]], Mapping[str, float]]] = (),
         callbacks: Sequence[Callback] = (),
         processes: Processes | None = None,
@@ -347,18 +359,19 @@ class Trainer:
         self.scheduler = scheduler
         self.loader = loader
         self.data = data
-        self.epochs = epochs
-        self.device = device
-        self.amp_dtype = amp_dtype
+        self.settings = settings
+        self.epochs, self.device = settings.epochs, settings.device
+        self.amp_dtype = settings.amp_dtype
         self.scaler = torch.amp.GradScaler(
-            device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda"
+            self.device.type,
+            enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda",
         )
-        if nonfinite not in ("stop", "skip"):
-            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
-        self.nonfinite = nonfinite
-        self.eval_batch_size = eval_batch_size
-        self.train_diagnostics = train_diagnostics
-        self.train_diagnostics_every = max(1, int(train_diagnostics_every))
+        if settings.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {settings.nonfinite!r}")
+        self.nonfinite = settings.nonfinite
+        self.eval_batch_size = settings.eval_batch_size
+        self.train_diagnostics = settings.train_diagnostics
+        self.train_diagnostics_every = max(1, int(settings.train_diagnostics_every))
         self.evaluators = list(evaluators)
         self.eval_details: dict[str, Any] = {}
         self.callbacks = list(callbacks)
