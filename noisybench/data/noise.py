@@ -57,6 +57,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from noisybench.data.cifarn import HUMAN_SETS, read_human_labels
+from noisybench.data.labels_file import check_labels
 from noisybench.errors import UserError
 from noisybench.io import atomic_write
 
@@ -444,20 +445,7 @@ for _name in HUMAN_SETS:
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, what: str = "clean labels") -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise UserError(f"{what} must be a 1-D array, got shape {arr.shape}; pass labels (N,)")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise UserError(
-            f"{what} must be integers, got dtype {arr.dtype}; pass class indices, not one-hot "
-            "or float labels"
-        )
-    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-        raise UserError(
-            f"{what} must lie in [0, {num_classes}) but range over [{arr.min()}, {arr.max()}]; "
-            "check num_classes against the dataset"
-        )
-    return arr.astype(np.int64)  # a copy: the caller's array is never touched
+    return check_labels(labels, what, "check num_classes against the dataset", num_classes)
 
 
 def inject_noise(  # noqa: PLR0913
