@@ -96,7 +96,7 @@ class CoTeaching(Method):
 
     views = ("weak",)
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         forget_rate: float = 0.2,
         num_gradual: int = 10,

@@ -183,7 +183,7 @@ class DivideMix(Method):
 
     views = ("weak", "weak_2")
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         warm_up: int = 10,
         p_threshold: float = 0.5,

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisybench.errors import UserError
-from noisybench.method import Batch, Method, MethodContext, StepOutput
+from noisybench.method import Batch, Method, MethodContext, StepOutput, kl_from_log
 
 __all__ = ["DLB"]
 
@@ -69,7 +69,7 @@ def _kl_rows(teacher_logits: Tensor, student_logits: Tensor, T: float) -> Tensor
     """Per-row ``KL(softmax(teacher/T) || softmax(student/T))``."""
     log_p = F.log_softmax(teacher_logits.float() / T, dim=-1)
     log_q = F.log_softmax(student_logits.float() / T, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    return kl_from_log(log_p, log_q)
 
 
 class DLB(Method):

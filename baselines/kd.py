@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisybench.errors import UserError
-from noisybench.method import Batch, Method, MethodContext, StepOutput
+from noisybench.method import Batch, Method, MethodContext, StepOutput, kl_from_log
 from noisybench.teachers import Teacher, TeacherSource, make_teacher
 
 __all__ = ["KnowledgeDistillation", "teacher_log_probs"]
@@ -280,6 +280,6 @@ class KnowledgeDistillation(Method):
         logits = model(x)
         ce = F.cross_entropy(logits.float(), batch.target)
         log_q = F.log_softmax(logits.float() / self.T, dim=-1)
-        kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
+        kl = kl_from_log(log_p, log_q).mean()
         loss = (1.0 - self.beta) * ce + self.beta * self.T**2 * kl
         return StepOutput(loss=loss, logits=logits, extras={"ce": ce.detach(), "kl": kl.detach()})

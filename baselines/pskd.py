@@ -51,12 +51,11 @@ from noisybench.method import (
     SampleStore,
     StepOutput,
     label_rows,
+    resolve_dtype,
     soft_cross_entropy,
 )
 
 __all__ = ["PSKD"]
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class PSKD(Method):
@@ -75,10 +74,7 @@ class PSKD(Method):
         super().__init__()
         if not 0.0 <= alpha_T <= 1.0:
             raise UserError(f"method.alpha_T={alpha_T} is outside [0, 1]; use e.g. 0.8")
-        if store_dtype not in _DTYPES:
-            raise UserError(
-                f"method.store_dtype={store_dtype!r} is unknown; use one of {sorted(_DTYPES)}"
-            )
+        resolve_dtype(store_dtype)
         self.alpha_T = float(alpha_T)
         self.store_dtype = store_dtype
         self.epochs = 1
@@ -94,7 +90,7 @@ class PSKD(Method):
         labels = ctx.noisy_labels.to(device=ctx.device, dtype=torch.long)
         self.labels = labels
         # One-hot start built in place in the store's dtype (no int64 (N, K) one-hot).
-        start = label_rows(labels, ctx.num_classes, 1.0, 0.0, _DTYPES[self.store_dtype])
+        start = label_rows(labels, ctx.num_classes, 1.0, 0.0, resolve_dtype(self.store_dtype))
         self.store = SampleStore(self, "predictions", start)
         self.last_epoch = torch.full((), -1, dtype=torch.long, device=ctx.device)
 

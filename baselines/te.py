@@ -53,11 +53,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisybench.errors import UserError
-from noisybench.method import Batch, Method, MethodContext, SampleStore, StepOutput
+from noisybench.method import (
+    Batch,
+    Method,
+    MethodContext,
+    SampleStore,
+    StepOutput,
+    resolve_dtype,
+)
 
 __all__ = ["TemporalEnsembling", "rampup_weight"]
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def rampup_weight(epoch: int, w_max: float, rampup_epochs: int) -> float:
@@ -79,7 +84,7 @@ class TemporalEnsembling(Method):
         alpha: ensemble momentum ``a`` in ``[0, 1)`` (BSD paper: 0.6).
         w_max: maximum consistency weight (default 300; see the module docstring).
         rampup_epochs: ``T_r``, epochs of the Gaussian ramp-up (BSD paper: 100; 45 on ImageNet).
-        storage_dtype: dtype of the two ``(N, K)`` stores: "float32" (default), "float16" or
+        store_dtype: dtype of the two ``(N, K)`` stores: "float32" (default), "float16" or
             "bfloat16" (halves the memory, e.g. for ImageNet).
     """
 
@@ -95,7 +100,7 @@ class TemporalEnsembling(Method):
         alpha: float = 0.6,
         w_max: float = 300.0,
         rampup_epochs: int = 100,
-        storage_dtype: str = "float32",
+        store_dtype: str = "float32",
     ) -> None:
         super().__init__()
         alpha, w_max = float(alpha), float(w_max)
@@ -109,22 +114,18 @@ class TemporalEnsembling(Method):
             raise UserError(
                 f"method.rampup_epochs={rampup_epochs} must be a whole number >= 0; use e.g. 100."
             )
-        if storage_dtype not in _DTYPES:
-            raise UserError(
-                f"method.storage_dtype={storage_dtype!r} is not supported; use one of "
-                f"{sorted(_DTYPES)}."
-            )
+        resolve_dtype(store_dtype)
         self.alpha = alpha
         self.w_max = w_max
         self.rampup_epochs = int(rampup_epochs)
-        self.storage_dtype = storage_dtype
+        self.store_dtype = store_dtype
 
     def setup(self, ctx: MethodContext) -> None:
         """Allocate ``Z`` (``ensemble``), this epoch's predictions (``epoch_pred``), the
         seen-this-epoch mask and the per-sample update counts ``n_i``, all zero."""
         super().setup(ctx)
         n, k, dev = ctx.num_samples, ctx.num_classes, ctx.device
-        dtype = _DTYPES[self.storage_dtype]
+        dtype = resolve_dtype(self.store_dtype)
         self.ensemble_store = SampleStore(
             self, "ensemble", torch.zeros(n, k, dtype=dtype, device=dev)
         )

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from noisybench.callbacks import Checkpointer
-from noisybench.engine import EvalData, Trainer
+from noisybench.engine import EvalData, Trainer, TrainSettings
 from noisybench.io import load_checkpoint
 from noisybench.method import MethodContext
 from noisybench.methods.bsd import BSD
@@ -82,8 +82,7 @@ def trainer_for(case: str) -> Trainer:
         scheduler=scheduler,
         loader=[],
         data=EvalData(test_labels=empty, train_clean=empty, train_given=labels),
-        epochs=epochs,
-        device=torch.device("cpu"),
+        settings=TrainSettings(epochs=epochs, device=torch.device("cpu")),
     )
     record = {"epoch": 0, "train/loss": 1.0, "test/acc": 0.5, "test/nll": 1.5, "test/ece": 0.1}
     trainer.history = [{**record, "epoch": e + 1} for e in range(epochs)]

@@ -5,7 +5,7 @@ operator (Python, the dispatcher, the kernel launch: a few microseconds each) ca
 speed, so the number of operators a step issues matters there even when it does not on a CPU.
 This counts, with ``torch.profiler`` on the CPU, the innermost ATen operators that do work on
 tensor data (metadata-only operators such as ``view``, ``as_strided`` or ``empty`` excluded)
-in one training step (:meth:`noisybench.engine.Trainer._train_step`: forward, loss, backward,
+in one training step (:meth:`noisybench.engine.Trainer.train_step`: forward, loss, backward,
 optimizer and schedule, the method's ``after_step``) and in the drawing of one batch (the
 loader's views), for every method in ``conf/method/``, at batch 128 on CIFAR-shaped data
 (``dataset=synthetic``) with PreAct ResNet-18. On CUDA most counted operators are one kernel
@@ -97,10 +97,10 @@ def measure(method: str) -> dict[str, Any]:
     trainer.method.train()
     sums = _EpochSums.zeros(exp.device)
     batches = iter(exp.loader.epoch(1))
-    trainer._train_step(next(batches), 1, 0, sums)  # lazy state (momentum buffers) first
+    trainer.train_step(next(batches), 1, 0, sums)  # lazy state (momentum buffers) first
     drawn: list[Any] = []
     load, load_names = count_ops(lambda: drawn.append(next(batches)))
-    step, step_names = count_ops(lambda: trainer._train_step(drawn[0], 1, 1, sums))
+    step, step_names = count_ops(lambda: trainer.train_step(drawn[0], 1, 1, sums))
     return {
         "step_ops": step,
         "batch_drawing_ops": load,

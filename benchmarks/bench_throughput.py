@@ -144,7 +144,7 @@ def engine_benches(method: str, exp: Experiment) -> tuple[Bench, Bench]:
     counter = itertools.count()
 
     def step() -> None:
-        trainer._train_step(next(batches), 0, next(counter) % len(exp.loader), sums)
+        trainer.train_step(next(batches), 0, next(counter) % len(exp.loader), sums)
 
     def draw() -> None:
         next(drawn)

@@ -15,6 +15,7 @@ import random
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from noisybench.data.base import ImageData
 from noisybench.data.loader import DeviceLoader
 from noisybench.data.noise import NoiseRecord, apply_noise, make_noise_record
 from noisybench.data.views import ViewWrapper, build_views, input_stats
-from noisybench.engine import EvalData, Trainer
+from noisybench.engine import EvalData, Trainer, TrainSettings
 from noisybench.errors import UserError
 from noisybench.method import Method, MethodContext
 from noisybench.schedules import with_beta1_rampdown
@@ -40,6 +41,7 @@ __all__ = [
     "deterministic_for",
     "eval_batch_size",
     "optimizer_impl_kwargs",
+    "rebuild",
     "resolve_auto",
     "resolve_device",
     "set_determinism",
@@ -68,7 +70,6 @@ class Experiment:
     build_model: Callable[[], torch.nn.Module]
     evaluators: list[Callable[..., Any]]
     validation: dict[str, Any] | None = None
-    train_model: torch.nn.Module | None = None  # the DDP wrapper in a multi-process run
 
     def trainer(self, callbacks: list[Any] | tuple[Any, ...] = ()) -> Trainer:
         """A :class:`Trainer` over these objects with the config's engine settings."""
@@ -80,16 +81,17 @@ class Experiment:
             scheduler=self.scheduler,
             loader=self.loader,
             data=self.eval_data,
-            epochs=int(cfg.epochs),
-            device=self.device,
-            amp_dtype=self.amp_dtype,
-            nonfinite=str(cfg.nonfinite),
-            eval_batch_size=eval_batch_size(cfg.eval.batch_size, self.device),
-            train_diagnostics=bool(cfg.eval.train_diagnostics),
-            train_diagnostics_every=int(cfg.eval.get("train_diagnostics_every") or 1),
+            settings=TrainSettings(
+                epochs=int(cfg.epochs),
+                device=self.device,
+                amp_dtype=self.amp_dtype,
+                nonfinite=str(cfg.nonfinite),
+                eval_batch_size=eval_batch_size(cfg.eval.batch_size, self.device),
+                train_diagnostics=bool(cfg.eval.train_diagnostics),
+                train_diagnostics_every=int(cfg.eval.get("train_diagnostics_every") or 1),
+            ),
             evaluators=self.evaluators,
             callbacks=list(callbacks),
-            train_model=self.train_model,
         )
 
 
@@ -278,34 +280,34 @@ def make_noise(cfg: DictConfig, data: ImageData) -> tuple[np.ndarray, NoiseRecor
     )
 
 
-def build(
-    cfg: DictConfig,
-    device: torch.device | None = None,
-    noisy_labels: np.ndarray | None = None,
-) -> Experiment:
-    """Build every object of the experiment ``cfg`` describes (reads data files, writes none).
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the run computes, resolved once from the config's ``auto`` settings:
+    the device (``cuda:LOCAL_RANK`` with several processes), autocast dtype, channels-last,
+    ``torch.compile``, SyncBatchNorm, the evaluation batch size and the process layout."""
 
-    Sets the process's torch seed, thread count and determinism as the config says.
-    ``noisy_labels`` (tests, benchmarks) replaces the config's noise with given labels.
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    compiled: bool
+    sync_batchnorm: bool
+    eval_batch_size: int
+    world: int = 1
+    rank: int = 0
 
-    In a multi-process run (an initialised process group, :mod:`noisybench.distributed`) the
-    device is ``cuda:LOCAL_RANK`` (or the CPU), the loader yields this process's share of
-    every global batch, the model is optionally converted to SyncBatchNorm
-    (``distributed.sync_batchnorm``) and wrapped in ``DistributedDataParallel``
-    (``Experiment.train_model``), and, once everything is built identically on every process
-    (same seed), processes other than rank 0 reseed their global generators with
-    :func:`noisybench.distributed.rank_seed` so that their augmentations differ.
+
+def runtime(cfg: DictConfig, device: torch.device | None = None) -> Runtime:
+    """Resolve the config's device and speed settings and apply the process-wide ones (thread
+    count, determinism, the torch seed); the first part of :func:`build`.
 
     Raises:
-        UserError: bad input (missing or corrupt data, impossible sizes, a config that does not
-            build), with one actionable line.
+        UserError: an unusable device, precision or SyncBatchNorm setting.
     """
     if device is None:
         own = dist.device_for(str(cfg.device))  # cuda:LOCAL_RANK with several processes
         device = own if own is not None else resolve_device(str(cfg.device))
     world, rank = dist.world_size(), dist.rank()
-    dist_cfg = cfg.get("distributed") or {}
-    sync_bn = bool(dist_cfg.get("sync_batchnorm", False)) and world > 1
+    sync_bn = bool((cfg.get("distributed") or {}).get("sync_batchnorm", False)) and world > 1
     if sync_bn and device.type == "cpu":
         raise UserError(
             "distributed.sync_batchnorm=true needs GPUs (SyncBatchNorm has no CPU kernel); "
@@ -318,17 +320,67 @@ def build(
     channels_last = resolve_auto(cfg.get("channels_last", False), device, "channels_last")
     set_determinism(deterministic_for(cfg.deterministic, device), compiled)
     torch.manual_seed(int(cfg.seed) % 2**63)
+    return Runtime(
+        device=device,
+        amp_dtype=amp,
+        channels_last=channels_last,
+        compiled=compiled,
+        sync_batchnorm=sync_bn,
+        eval_batch_size=eval_batch_size(cfg.eval.batch_size, device),
+        world=world,
+        rank=rank,
+    )
 
-    streaming = bool(cfg.dataset.get("streaming", False))
-    if streaming:
+
+def read_data(cfg: DictConfig) -> Any:
+    """The dataset of ``cfg.dataset.reader`` (``ImageData``, or ``FolderData`` when streamed),
+    after refusing what a streamed dataset cannot do and a batch larger than the data."""
+    if bool(cfg.dataset.get("streaming", False)):
         _check_streaming(cfg)
     data: Any = instantiate(cfg.dataset.reader, f"dataset {cfg.dataset.name}")
-    n, k = data.train_labels.shape[0], data.num_classes
+    n = data.train_labels.shape[0]
     if int(cfg.batch_size) > n:
         raise UserError(
             f"batch_size={cfg.batch_size} is larger than the {n} training images of "
             f"{cfg.dataset.name}; set batch_size to at most {n}"
         )
+    return data
+
+
+@dataclass
+class Labels:
+    """The run's labels: ``noisy`` for all N training samples (the noise record covers all
+    of them) and, with a noisy validation split, the positions trained on (``train_idx``) and
+    held out (``val_idx``, stratified by the noisy labels; :func:`_holdout`)."""
+
+    noisy: np.ndarray
+    record: NoiseRecord | None
+    train_idx: np.ndarray | None = None
+    val_idx: np.ndarray | None = None
+    validation: dict[str, Any] | None = None
+
+    def train_clean(self, data: Any) -> torch.Tensor:
+        """The clean labels of the samples trained on."""
+        return data.train_labels if self.train_idx is None else data.train_labels[self.train_idx]
+
+    def train_noisy(self) -> np.ndarray:
+        """The noisy labels of the samples trained on."""
+        return self.noisy if self.train_idx is None else self.noisy[self.train_idx]
+
+    def val_labels(self, device: torch.device) -> torch.Tensor | None:
+        """The noisy labels of the held-out validation samples (None without a split)."""
+        if self.val_idx is None:
+            return None
+        return torch.as_tensor(self.noisy[self.val_idx], dtype=torch.long, device=device)
+
+
+def labels(cfg: DictConfig, data: Any, noisy_labels: np.ndarray | None = None) -> Labels:
+    """The noisy labels (given, the dataset's own, or drawn by ``cfg.noise``) and the noisy
+    validation split held out of them after the noise is drawn.
+
+    Raises:
+        UserError: noise asked for on a dataset that brings its own noisy labels.
+    """
     if noisy_labels is None and getattr(data, "given_labels", None) is not None:
         # A real-noise dataset brings its own noisy labels (folder / arrays readers).
         if str(cfg.noise.variant) != "none" or cfg.noise.get("label_file") is not None:
@@ -342,27 +394,48 @@ def build(
     else:
         noisy = np.asarray(noisy_labels, dtype=np.int64)
         record = make_noise_record(
-            data.train_labels.numpy(), noisy, k, variant="given", nominal_rate=0.0, seed=0
+            data.train_labels.numpy(),
+            noisy,
+            data.num_classes,
+            variant="given",
+            nominal_rate=0.0,
+            seed=0,
         )
-
-    # The noisy validation split (model selection under noise): held out of the noisy
-    # training set after the noise is drawn, so the noise record covers all N labels.
     train_idx, val_idx, validation = _holdout(cfg, noisy)
-    train_clean = data.train_labels[train_idx] if val_idx is not None else data.train_labels
-    train_noisy = noisy[train_idx] if val_idx is not None else noisy
-    n = int(train_clean.shape[0])
-    channels = 3 if streaming else int(data.train_images.shape[1])  # folders decode to RGB
+    return Labels(noisy, record, train_idx, val_idx, validation)
+
+
+@dataclass
+class Networks:
+    """The model, the method (not yet set up) and the model factory the method may call for
+    networks of its own (co-teaching's peer, DivideMix's second net)."""
+
+    model: torch.nn.Module
+    method: Method
+    build_model: Callable[[], torch.nn.Module]
+
+
+def networks(cfg: DictConfig, rt: Runtime, data: Any) -> Networks:
+    """The ``model`` and ``method`` groups instantiated on ``rt.device``, with SyncBatchNorm,
+    channels-last and ``torch.compile`` as ``rt`` says.
+
+    Raises:
+        UserError: a model or method that does not build, or a method that is no ``Method``.
+    """
+    k = data.num_classes
+    streamed = _is_streamed(data)
+    channels = 3 if streamed else int(data.train_images.shape[1])  # folders decode to RGB
     model_kwargs = without_name(cfg.model)
 
     def build_model() -> torch.nn.Module:
         model = instantiate(
             model_kwargs, f"model {cfg.model.name}", num_classes=k, in_channels=channels
-        ).to(device)
-        if sync_bn:
+        ).to(rt.device)
+        if rt.sync_batchnorm:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if channels_last:
+        if rt.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        if compiled:
+        if rt.compiled:
             # In place: the module's forward is compiled on first call, its state_dict keys
             # stay those of the plain module (checkpoints load either way).
             model.compile()
@@ -375,97 +448,104 @@ def build(
             f"method {cfg.method.name}: {cfg.method._target_} is not a noisybench.method.Method; "
             "point _target_ at a subclass of it"
         )
+    return Networks(model, method, build_model)
 
-    given = torch.as_tensor(train_noisy, dtype=torch.long, device=device)
-    mean, std = input_stats(model, data.mean, data.std)  # ImageNet's for pretrained weights
-    val_labels = (
-        None
-        if val_idx is None
-        else torch.as_tensor(noisy[val_idx], dtype=torch.long, device=device)
+
+def _advise(cfg: DictConfig, rt: Runtime, data: Any) -> None:
+    """One warning line for each way the model or crop does not fit the images (rank 0)."""
+    if rt.rank != 0:
+        return
+    streamed = _is_streamed(data)
+    seen = (cfg.dataset.reader.image_size,) * 2 if streamed else data.train_images.shape[-2:]
+    for line in fit_advice(cfg.model, seen, cfg.dataset.augment, streaming=streamed):
+        log.warning(line)
+
+
+def eval_view(
+    cfg: DictConfig, rt: Runtime, data: Any, model: torch.nn.Module
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The plain evaluation view of in-memory uint8 images, normalised with the model's own
+    input statistics (ImageNet's for pretrained weights, :func:`input_stats`), so that every
+    evaluation of this model (training, :func:`rebuild`) normalises as training did."""
+    mean, std = input_stats(model, data.mean, data.std)
+    size = tuple(data.train_images.shape[-2:])
+    plain = build_views(("plain",), cfg.dataset.augment, mean, std, size)["plain"]
+    if isinstance(plain, torch.nn.Module):
+        plain = plain.to(rt.device)
+    return ChannelsLast(plain) if rt.channels_last else plain
+
+
+def source(
+    cfg: DictConfig, rt: Runtime, data: Any, lab: Labels, nets: Networks
+) -> tuple[Any, EvalData]:
+    """The training loader and the evaluation data, in memory or streamed."""
+    given = torch.as_tensor(lab.train_noisy(), dtype=torch.long, device=rt.device)
+    subset = _diagnostic_subset(cfg, int(given.shape[0]), rt.device)
+    if _is_streamed(data):
+        loader, eval_data = _streaming_data(cfg, rt, data, lab, nets, given)
+        eval_data.train_subset = subset
+        return loader, eval_data
+    mean, std = input_stats(nets.model, data.mean, data.std)  # ImageNet's for pretrained weights
+    idx = lab.train_idx
+    train_images = (data.train_images if idx is None else data.train_images[idx]).to(rt.device)
+    views = build_views(
+        nets.method.views, cfg.dataset.augment, mean, std, tuple(data.train_images.shape[-2:])
     )
-    diagnostic_subset = _diagnostic_subset(cfg, n, device)
-    if rank == 0:  # a model or crop that does not fit the images: one warning line each
-        seen = (cfg.dataset.reader.image_size,) * 2 if streaming else data.train_images.shape[-2:]
-        for line in fit_advice(cfg.model, seen, cfg.dataset.augment, streaming=streaming):
-            log.warning(line)
-    if streaming:
-        loader, eval_data = _streaming_data(
-            cfg,
-            data,
-            device,
-            method,
-            given,
-            train_clean,
-            train_idx,
-            val_idx,
-            val_labels,
-            (mean, std),
-            channels_last,
-            rank,
-            world,
-        )
-        eval_data.train_subset = diagnostic_subset
-    else:
-        train_images = data.train_images[train_idx] if val_idx is not None else data.train_images
-        train_images = train_images.to(device)
-        size = tuple(data.train_images.shape[-2:])
-        views = build_views(method.views, cfg.dataset.augment, mean, std, size)
-        if channels_last:
-            views = {key: ChannelsLast(view) for key, view in views.items()}
-        loader = DeviceLoader(
-            train_images,
-            given,
-            int(cfg.batch_size),
-            views,
-            seed=int(cfg.seed),
-            carry_previous=float(type(method).carry_previous),
-            drop_last=bool(method.drop_last),
-            rank=rank,
-            world_size=world,
-        )
-        plain = build_views(("plain",), cfg.dataset.augment, mean, std, size)["plain"]
-        if isinstance(plain, torch.nn.Module):
-            plain = plain.to(device)
-        if channels_last:
-            plain = ChannelsLast(plain)
-        eval_data = EvalData(
-            test_labels=data.test_labels.to(device),
-            train_clean=train_clean.to(device),
-            train_given=given,
-            view=plain,
-            test_images=data.test_images.to(device),
-            train_images=train_images,
-            val_images=None if val_idx is None else data.train_images[val_idx].to(device),
-            val_labels=val_labels,
-            clean_known=bool(getattr(data, "clean_known", True)),
-            train_subset=diagnostic_subset,
-        )
-    method.setup(
+    if rt.channels_last:
+        views = {key: ChannelsLast(view) for key, view in views.items()}
+    loader = DeviceLoader(
+        train_images,
+        given,
+        int(cfg.batch_size),
+        views,
+        seed=int(cfg.seed),
+        carry_previous=float(type(nets.method).carry_previous),
+        drop_last=bool(nets.method.drop_last),
+        rank=rt.rank,
+        world_size=rt.world,
+    )
+    eval_data = EvalData(
+        test_labels=data.test_labels.to(rt.device),
+        train_clean=lab.train_clean(data).to(rt.device),
+        train_given=given,
+        view=eval_view(cfg, rt, data, nets.model),
+        test_images=data.test_images.to(rt.device),
+        train_images=train_images,
+        val_images=None if lab.val_idx is None else data.train_images[lab.val_idx].to(rt.device),
+        val_labels=lab.val_labels(rt.device),
+        clean_known=bool(getattr(data, "clean_known", True)),
+        train_subset=subset,
+    )
+    return loader, eval_data
+
+
+def setup_method(
+    cfg: DictConfig, nets: Networks, given: torch.Tensor, num_classes: int, steps: int
+) -> None:
+    """``method.setup`` with the run's sizes (the method's per-sample state is sized here),
+    then the method's modules moved to the device."""
+    nets.method.setup(
         MethodContext(
-            num_samples=n,
-            num_classes=k,
+            num_samples=int(given.shape[0]),
+            num_classes=num_classes,
             noisy_labels=given,
             epochs=int(cfg.epochs),
-            steps_per_epoch=len(loader),
-            device=device,
-            build_model=build_model,
+            steps_per_epoch=steps,
+            device=given.device,
+            build_model=nets.build_model,
         )
     )
-    method.to(device)
-    train_model = None
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
+    nets.method.to(given.device)
 
-        # DDP broadcasts rank 0's parameters and buffers; do the same for extra modules.
-        extra = [t for m in method.extra_modules() for t in (*m.parameters(), *m.buffers())]
-        with torch.no_grad():
-            dist.broadcast_tensors([t.data for t in extra])
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    params = [p for m in (model, *method.extra_modules()) for p in m.parameters()]
+
+def optimisation(
+    cfg: DictConfig, rt: Runtime, nets: Networks, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimizer over the model's and the method's extra modules' parameters, and its
+    per-step schedule (with the optional Adam beta1 ramp-down)."""
+    params = [p for m in (nets.model, *nets.method.extra_modules()) for p in m.parameters()]
     impl = optimizer_impl_kwargs(
-        str(cfg.get("optimizer_impl", "default")), str(cfg.optim.optimizer._target_), device
+        str(cfg.get("optimizer_impl", "default")), str(cfg.optim.optimizer._target_), rt.device
     )
     optimizer = instantiate(
         cfg.optim.optimizer, f"optimizer of optim {cfg.optim.name}", params=params, **impl
@@ -474,40 +554,149 @@ def build(
         cfg.optim.scheduler,
         f"scheduler of optim {cfg.optim.name}",
         optimizer=optimizer,
-        total_steps=int(cfg.epochs) * len(loader),
-        steps_per_epoch=len(loader),
+        total_steps=int(cfg.epochs) * steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
     )
     scheduler = with_beta1_rampdown(
         scheduler,
         epochs=int(cfg.epochs),
-        steps_per_epoch=len(loader),
+        steps_per_epoch=steps_per_epoch,
         rampdown_epochs=int(cfg.optim.get("beta1_rampdown_epochs", 0)),
         final_beta1=float(cfg.optim.get("beta1_final", 0.0)),
     )
-    if rank > 0:  # rank 0 keeps a single-process run's stream (see the docstring)
-        seed = dist.rank_seed(int(cfg.seed), rank)
+    return optimizer, scheduler
+
+
+def _reseed_rank(cfg: DictConfig, rt: Runtime) -> None:
+    """Processes other than rank 0 reseed their global generators (rank 0 keeps a
+    single-process run's stream) so that their augmentations differ."""
+    if rt.rank > 0:
+        seed = dist.rank_seed(int(cfg.seed), rt.rank)
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         random.seed(seed)
-    evaluators = _evaluators(cfg, data, eval_data, device)
+
+
+def build(
+    cfg: DictConfig,
+    device: torch.device | None = None,
+    noisy_labels: np.ndarray | None = None,
+) -> Experiment:
+    """Build every object of the experiment ``cfg`` describes (reads data files, writes none):
+    the short sequence runtime, data, labels, networks, source, method setup, optimisation,
+    suites.
+
+    Sets the process's torch seed, thread count and determinism as the config says.
+    ``noisy_labels`` (tests, benchmarks) replaces the config's noise with given labels.
+
+    In a multi-process run (an initialised process group, :mod:`noisybench.distributed`) the
+    device is ``cuda:LOCAL_RANK`` (or the CPU), the loader yields this process's share of
+    every global batch, the model is optionally converted to SyncBatchNorm
+    (``distributed.sync_batchnorm``; the trainer wraps it in ``DistributedDataParallel``,
+    :mod:`noisybench.processes`), and, once everything is built identically on every process
+    (same seed), processes other than rank 0 reseed their global generators with
+    :func:`noisybench.distributed.rank_seed` so that their augmentations differ.
+
+    Raises:
+        UserError: bad input (missing or corrupt data, impossible sizes, a config that does not
+            build), with one actionable line.
+    """
+    rt = runtime(cfg, device)
+    data = read_data(cfg)
+    lab = labels(cfg, data, noisy_labels)
+    nets = networks(cfg, rt, data)
+    _advise(cfg, rt, data)
+    loader, eval_data = source(cfg, rt, data, lab, nets)
+    setup_method(cfg, nets, eval_data.train_given, data.num_classes, len(loader))
+    optimizer, scheduler = optimisation(cfg, rt, nets, len(loader))
+    _reseed_rank(cfg, rt)
     return Experiment(
         cfg=cfg,
-        device=device,
+        device=rt.device,
         data=data,
-        noisy_labels=noisy,
-        noise=record,
-        model=model,
-        method=method,
+        noisy_labels=lab.noisy,
+        noise=lab.record,
+        model=nets.model,
+        method=nets.method,
         loader=loader,
         optimizer=optimizer,
         scheduler=scheduler,
         eval_data=eval_data,
-        amp_dtype=amp,
-        build_model=build_model,
-        evaluators=evaluators,
-        validation=validation,
-        train_model=train_model,
+        amp_dtype=rt.amp_dtype,
+        build_model=nets.build_model,
+        evaluators=_evaluators(cfg, data, eval_data, rt.device),
+        validation=lab.validation,
     )
+
+
+@dataclass
+class Rebuilt:
+    """A finished run's objects, rebuilt by :func:`rebuild` (states not loaded yet)."""
+
+    cfg: DictConfig
+    runtime: Runtime
+    data: Any
+    labels: Labels
+    networks: Networks
+    view: Callable[[torch.Tensor], torch.Tensor]
+    given: torch.Tensor  # the noisy labels of the samples trained on, on the device
+
+
+def rebuild(
+    config: dict[str, Any],
+    noisy_labels: np.ndarray | Path,
+    device: torch.device,
+    data_dir: str | None = None,
+) -> Rebuilt:
+    """The objects of a finished run (its resolved ``config`` and saved ``noisy_labels``) made
+    by the same parts as :func:`build`: the runtime, the data, the labels and the validation
+    split, the networks with the method set up, and the evaluation view with the model's own
+    input statistics. ``data_dir``: where the dataset moved to (replaces the reader's ``root``
+    when that was the run's ``data_dir``). ``noisybench.evaluate`` evaluates what this returns.
+
+    Raises:
+        UserError: a streamed dataset (the suites need images in memory), or a config that
+            no longer builds.
+    """
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(config)
+    if cfg.dataset.get("streaming"):
+        raise UserError(
+            f"the run trained on the streamed dataset {cfg.dataset.get('name')}; the "
+            "evaluation suites need its images in memory, so they run on in-memory datasets only"
+        )
+    if data_dir and cfg.dataset.reader.get("root") == cfg.get("data_dir"):
+        cfg.dataset.reader.root = data_dir  # the dataset moved with data_dir=
+    cfg.compile = False  # a few evaluation passes: compiling would cost more than it saves
+    rt = runtime(cfg, device)
+    data = instantiate(cfg.dataset.reader, f"dataset {cfg.dataset.name}")
+    if isinstance(noisy_labels, Path):
+        noisy_labels = _saved_labels(noisy_labels, data)
+    lab = labels(cfg, data, noisy_labels)
+    nets = networks(cfg, rt, data)
+    given = torch.as_tensor(lab.train_noisy(), dtype=torch.long, device=rt.device)
+    setup_method(cfg, nets, given, data.num_classes, 1)
+    view = eval_view(cfg, rt, data, nets.model)
+    return Rebuilt(cfg, rt, data, lab, nets, view, given)
+
+
+def _saved_labels(path: Path, data: Any) -> np.ndarray:
+    """A run directory's ``noisy_labels.npy``, refused in one line when it cannot be this
+    run's (missing, unreadable, not ``N`` integers in ``0..K-1``): the directory may be
+    someone else's (:func:`noisybench.rundir.check_label_array`)."""
+    from noisybench.rundir import check_label_array
+
+    if not path.is_file():
+        raise UserError(f"{path} is missing; the run directory is incomplete, rerun it")
+    try:
+        raw = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"{path} is not a readable .npy file ({type(err).__name__}); the run "
+            "directory is damaged, rerun the experiment (restart=true)"
+        ) from None
+    return check_label_array(raw, int(data.train_labels.shape[0]), data.num_classes, path)
 
 
 def _is_streamed(data: Any) -> bool:
@@ -551,18 +740,11 @@ def _diagnostic_subset(cfg: DictConfig, n: int, device: torch.device) -> torch.T
 
 def _streaming_data(
     cfg: DictConfig,
+    rt: Runtime,
     data: Any,
-    device: torch.device,
-    method: Method,
+    lab: Labels,
+    nets: Networks,
     given: torch.Tensor,
-    train_clean: torch.Tensor,
-    train_idx: np.ndarray | None,
-    val_idx: np.ndarray | None,
-    val_labels: torch.Tensor | None,
-    stats: tuple[tuple[float, ...], tuple[float, ...]],
-    channels_last: bool,
-    rank: int,
-    world: int,
 ) -> tuple[Any, EvalData]:
     """The loader and evaluation data of a streamed image folder
     (:mod:`noisybench.data.folder`): files are decoded and augmented in DataLoader workers,
@@ -571,8 +753,10 @@ def _streaming_data(
 
     from noisybench.data.folder import FolderLoader, eval_batches
 
+    train_idx, val_idx, val_labels = lab.train_idx, lab.val_idx, lab.val_labels(rt.device)
+    device, method = rt.device, nets.method
     files = list(data.train_files)
-    mean, std = stats
+    mean, std = input_stats(nets.model, data.mean, data.std)  # ImageNet's for pretrained weights
     train = dataclasses.replace(data, mean=mean, std=std)
     if train_idx is not None:
         train = dataclasses.replace(
@@ -599,8 +783,8 @@ def _streaming_data(
         workers=workers,
         carry_previous=float(type(method).carry_previous),
         drop_last=bool(method.drop_last),
-        rank=rank,
-        world_size=world,
+        rank=rt.rank,
+        world_size=rt.world,
         decoder=decoder,
         decode_device=decode_device,
         prefetch_factor=int(opts.get("prefetch_factor", 2)),
@@ -619,11 +803,11 @@ def _streaming_data(
             subset=order.tolist(),
         )
         for x, _, _ in batches:
-            yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            yield x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
 
     eval_data = EvalData(
         test_labels=data.test_labels.to(device),
-        train_clean=train_clean.to(device),
+        train_clean=lab.train_clean(data).to(device),
         train_given=given,
         val_labels=val_labels,
         clean_known=bool(getattr(data, "clean_known", True)),

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from noisybench.engine import Callback, Trainer
-from noisybench.evaluation.selection import selection_summary
+from noisybench.evaluation.selection import RULES, best_record, selection_summary
 from noisybench.io import atomic_write_text, disk_full
 from noisybench.provenance import result_fields
 from noisybench.rundir import RunDir
@@ -285,8 +285,7 @@ def summarise(history: list[dict[str, Any]]) -> dict[str, Any]:
     if not history:
         return {"last": None, "best": None}
     last = history[-1]
-    scored = [h for h in history if not math.isnan(h.get("test/acc", math.nan))]
-    best = max(scored, key=lambda h: h["test/acc"]) if scored else None
+    best = best_record(history, RULES["best_test"][0])
     pick = ("epoch", "test/acc", "test/ece", "test/nll")
     return {
         "last": {k: last.get(k) for k in pick},

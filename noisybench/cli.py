@@ -377,7 +377,7 @@ def _help_page() -> str:
     return string.Template(str(template)).safe_substitute()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:  # noqa: C901
     """Entry point of the ``noisybench`` command and ``python -m noisybench``
     (``noisybench report ...`` and ``noisybench evaluate ...`` run those tools)."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -636,7 +636,7 @@ def _floats(cfg: DictConfig) -> list[tuple[str, float]]:
     return out
 
 
-def check_config(cfg: DictConfig) -> None:
+def check_config(cfg: DictConfig) -> None:  # noqa: C901
     """Refuse impossible settings with one actionable line each (before anything is built
     or any file is touched).
 

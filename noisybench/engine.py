@@ -89,12 +89,14 @@ from noisybench import distributed as dist
 from noisybench import metrics
 from noisybench.errors import UserError
 from noisybench.method import Batch, Method, StepOutput
+from noisybench.processes import Processes, for_this_process
 from noisybench.rng import rng_state, set_rng_state
 
 __all__ = [
     "Callback",
     "EvalData",
     "Interrupted",
+    "TrainSettings",
     "Trainer",
     "TrainingDiverged",
     "rng_state",
@@ -225,6 +227,17 @@ class _EpochSums:
             "noise": self.noise,
         }
 
+    def add(self, out: StepOutput, batch: Batch) -> None:
+        """Add a step's loss, given-label accuracy and extras (device tensors, no sync)."""
+        n = int(out.logits.shape[0])
+        self.loss += out.loss.detach().float() * n
+        self.correct += (out.logits.detach().argmax(-1) == batch.target[:n]).sum()
+        self.seen += n
+        self.steps += 1
+        for key, value in out.extras.items():
+            value = value.detach().float()
+            self.extras[key] = self.extras[key] + value if key in self.extras else value
+
     @classmethod
     def from_state(cls, state: Mapping[str, Any], device: torch.device) -> _EpochSums:
         return cls(
@@ -311,6 +324,30 @@ class Callback:
         """After the last epoch."""
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """The engine's settings (what is not an object the loop calls).
+
+    Attributes:
+        epochs: total number of epochs.
+        device: the training device.
+        amp_dtype: ``torch.float16``/``torch.bfloat16`` to train in autocast, or None.
+        nonfinite: "stop" (raise :class:`TrainingDiverged`, keep the last good checkpoint) or
+            "skip" (skip the step and count it; costs one host sync per step).
+        eval_batch_size: batch size of evaluation passes.
+        train_diagnostics: evaluate the training set for the memorisation diagnostics.
+        train_diagnostics_every: ... every this many epochs (and at the last epoch).
+    """
+
+    epochs: int
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    nonfinite: str = "stop"
+    eval_batch_size: int = 1024
+    train_diagnostics: bool = True
+    train_diagnostics_every: int = 1
+
+
 class Trainer:
     """Fits ``model`` with ``method``: one visible place for backward, optimizer, schedule.
 
@@ -320,25 +357,19 @@ class Trainer:
         loader: yields :class:`noisybench.method.Batch` via ``loader.epoch(epoch, start_step)``
             and has ``len()`` steps per epoch.
         data: evaluation tensors (see :class:`EvalData`).
-        epochs: total number of epochs.
-        device: the training device.
-        amp_dtype: ``torch.float16``/``torch.bfloat16`` to train in autocast, or None.
-        nonfinite: "stop" (raise :class:`TrainingDiverged`, keep the last good checkpoint) or
-            "skip" (skip the step and count it; costs one host sync per step).
-        eval_batch_size: batch size of evaluation passes.
-        train_diagnostics: evaluate the training set for the memorisation diagnostics.
-        train_diagnostics_every: ... every this many epochs (and at the last epoch).
+        settings: epochs, device, precision, evaluation settings (:class:`TrainSettings`).
         evaluators: callables ``(epoch, predict) -> {name: value}`` (the evaluation suites;
             ``predict`` maps uint8 images to logits in eval mode): numbers join the epoch's
             record as ``eval/<name>``, other values (lists) are left for the callbacks in
             ``trainer.eval_details`` until the next epoch.
         callbacks: observers (checkpoints, result file, loggers, progress, fault injection).
-        train_model: what ``method.training_step`` gets in place of ``model`` (the
-            ``DistributedDataParallel`` wrapper of ``model`` in a multi-process run; default
-            ``model``). Evaluation and checkpoints use ``model``.
+        processes: how many processes train (:mod:`noisybench.processes`; default: those of
+            the initialised process group, or one). ``method.training_step`` gets
+            ``processes.wrap(model, method)`` (``DistributedDataParallel`` with several);
+            evaluation and checkpoints use ``model``.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         *,
         model: nn.Module,
@@ -347,21 +378,15 @@ class Trainer:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         loader: Any,
         data: EvalData,
-        epochs: int,
-        device: torch.device,
-        amp_dtype: torch.dtype | None = None,
-        nonfinite: str = "stop",
-        eval_batch_size: int = 1024,
-        train_diagnostics: bool = True,
-        train_diagnostics_every: int = 1,
+        settings: TrainSettings,
         evaluators: Sequence[Callable[[int, Callable[[Tensor], Tensor]], Mapping[str, float]]] = (),
         callbacks: Sequence[Callback] = (),
-        train_model: nn.Module | None = None,
+        processes: Processes | None = None,
     ) -> None:
+        self.procs = for_this_process() if processes is None else processes
         self.model = model
-        self.train_model = model if train_model is None else train_model
-        self.world = dist.world_size()
-        self.rank = dist.rank()
+        self.train_model = self.procs.wrap(model, method)
+        self.world, self.rank = self.procs.world, self.procs.rank
         self._extra_params = [p for m in method.extra_modules() for p in m.parameters()]
         self._all_params = [p for g in optimizer.param_groups for p in g["params"]]
         self._gathers_state = type(method).after_step is not Method.after_step
@@ -371,18 +396,19 @@ class Trainer:
         self.scheduler = scheduler
         self.loader = loader
         self.data = data
-        self.epochs = epochs
-        self.device = device
-        self.amp_dtype = amp_dtype
+        self.settings = settings
+        self.epochs, self.device = settings.epochs, settings.device
+        self.amp_dtype = settings.amp_dtype
         self.scaler = torch.amp.GradScaler(
-            device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda"
+            self.device.type,
+            enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda",
         )
-        if nonfinite not in ("stop", "skip"):
-            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
-        self.nonfinite = nonfinite
-        self.eval_batch_size = eval_batch_size
-        self.train_diagnostics = train_diagnostics
-        self.train_diagnostics_every = max(1, int(train_diagnostics_every))
+        if settings.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {settings.nonfinite!r}")
+        self.nonfinite = settings.nonfinite
+        self.eval_batch_size = settings.eval_batch_size
+        self.train_diagnostics = settings.train_diagnostics
+        self.train_diagnostics_every = max(1, int(settings.train_diagnostics_every))
         self.evaluators = list(evaluators)
         self.eval_details: dict[str, Any] = {}
         self.callbacks = list(callbacks)
@@ -414,15 +440,19 @@ class Trainer:
     def _gather_ranked(self, sums: _EpochSums | None) -> None:
         """Collect every process's RNG states (and running sums) for the next checkpoint;
         a collective: every process calls it at the same boundary."""
-        if self.world == 1:
+
+        def mine() -> dict[str, Any]:
+            own: dict[str, Any] = {"rng": rng_state()}
+            if sums is not None:
+                own["sums"] = {
+                    k: v.cpu() if isinstance(v, Tensor) else v for k, v in sums.state().items()
+                }
+                own["sums"]["extras"] = {k: v.cpu() for k, v in sums.extras.items()}
+            return own
+
+        gathered = self.procs.ranked(mine)  # None with one process: nothing is copied
+        if gathered is None:
             return
-        mine: dict[str, Any] = {"rng": rng_state()}
-        if sums is not None:
-            mine["sums"] = {
-                k: v.cpu() if isinstance(v, Tensor) else v for k, v in sums.state().items()
-            }
-            mine["sums"]["extras"] = {k: v.cpu() for k, v in sums.extras.items()}
-        gathered = dist.all_gather_object(mine)
         self._ranked = {"rng_ranks": [g["rng"] for g in gathered]}
         if sums is not None:
             self._ranked["epoch_sums_ranks"] = [g["sums"] for g in gathered]
@@ -441,12 +471,10 @@ class Trainer:
                 f"{self.world}; resume with the same number (torchrun --nproc_per_node="
                 f"{written_by}), or pass restart=true to start over"
             )
-        set_rng_state(ckpt["rng_ranks"][self.rank] if self.world > 1 else ckpt["rng"])
+        set_rng_state(self.procs.own(ckpt, "rng"))
         self.history = list(ckpt.get("history") or [])
         self.resumed = True
-        sums = ckpt.get("epoch_sums")
-        if self.world > 1 and sums is not None:
-            sums = ckpt["epoch_sums_ranks"][self.rank]
+        sums = self.procs.own(ckpt, "epoch_sums")
         return (
             int(ckpt["epoch"]),
             int(ckpt["step"]),
@@ -492,18 +520,12 @@ class Trainer:
         -1 (one host sync)."""
         if sums.first_bad is None:
             return -1
-        if self.world == 1:
-            return int(sums.first_bad)
-        big = torch.full_like(sums.first_bad, 2**62)
-        v = dist.all_reduce(torch.where(sums.first_bad < 0, big, sums.first_bad), "min")
-        return -1 if int(v) == 2**62 else int(v)
+        return self.procs.first(sums.first_bad)
 
     def _stop_agreed(self) -> bool:
         """Whether any process got SIGTERM/SIGINT (all-reduced over the processes, so all
         of them stop at the same boundary); adopts that signal locally."""
-        if self.world == 1:
-            return self.stop.signal is not None
-        signum = dist.control_max(self.stop.signal or 0)
+        signum = self.procs.any(self.stop.signal or 0)
         if signum and self.stop.signal is None:
             self.stop.signal = signum
         return bool(signum)
@@ -528,69 +550,21 @@ class Trainer:
             if self._stop_agreed():
                 raise self._interrupt(epoch, step, sums)
             batch = next(batches)
-            self._train_step(batch, epoch, step, sums)
+            self.train_step(batch, epoch, step, sums)
             self._emit("on_step_end", epoch, step)
         self._emit("on_train_epoch_end", epoch)
         return sums
 
-    def _shares(self, batch: Any, out: StepOutput) -> tuple[list[list[int]], list[str]]:
-        """Every process's ``[share size, carried, leading size of each gathered state
-        tensor]`` (host integers, one CPU collective) and the gathered state keys."""
-        keys = [k for k in sorted(out.state) if out.state[k].dim() >= 1]
-        if not self._gathers_state:
-            keys = []
-        dims = [int(out.state[k].shape[0]) for k in keys]
-        rows = dist.control_all_gather([int(batch.idx.shape[0]), int(batch.carried), *dims])
-        if any(len(r) != len(rows[0]) for r in rows):
-            raise RuntimeError(
-                "the method returned different StepOutput.state keys on different processes"
-            )
-        return rows, keys
-
-    def _gathered(
-        self, batch: Any, out: StepOutput, rows: list[list[int]], keys: list[str]
-    ) -> tuple[Batch, StepOutput]:
-        """The global batch and step output (see the module docstring) for ``after_step``."""
-        sizes = [r[0] for r in rows]
-        carried = [r[1] for r in rows]
-
-        def global_order(parts: list[Tensor]) -> Tensor:
-            head = [p[:c] for p, c in zip(parts, carried, strict=True)]
-            tail = [p[c:] for p, c in zip(parts, carried, strict=True)]
-            return torch.cat(head + tail)
-
-        idx = global_order(dist.all_gather_rows(batch.idx, sizes))
-        target = global_order(dist.all_gather_rows(batch.target, sizes))
-        logits = global_order(dist.all_gather_rows(out.logits.detach(), sizes))
-        state: dict[str, Tensor] = dict(out.state)
-        for j, key in enumerate(keys):
-            dims = [r[2 + j] for r in rows]
-            parts = dist.all_gather_rows(out.state[key].detach(), dims)
-            state[key] = global_order(parts) if dims == sizes else torch.cat(parts)
-        g_batch = Batch(idx=idx, target=target, views={}, carried=sum(carried))
-        return g_batch, StepOutput(loss=out.loss, logits=logits, extras=out.extras, state=state)
-
-    def _average_extra_grads(self) -> None:
-        """All-reduce the gradients of the method's extra trainable modules (mean over the
-        processes), as DDP does for the model's."""
-        for p in self._extra_params:
-            if p.grad is not None:
-                dist.all_reduce_sum(p.grad).div_(self.world)
-
-    def _train_step(self, batch: Any, epoch: int, step: int, sums: _EpochSums) -> None:
+    def train_step(self, batch: Batch, epoch: int, step: int, sums: _EpochSums) -> None:
+        """One optimizer step: the method's loss, ``backward``, the optimizer and the
+        schedule, the method's ``after_step`` with the global batch, the running sums."""
         with self._autocast():
             out = self.method.training_step(self.train_model, batch, epoch)
-        loss = out.loss
-        rows: list[list[int]] = []
-        keys: list[str] = []
-        if self.world > 1:
-            rows, keys = self._shares(batch, out)
-            total = sum(r[0] for r in rows)
-            if total != rows[self.rank][0] * self.world:  # unequal shares: weight by size
-                loss = loss * (self.world * rows[self.rank][0] / total)
+        shares = self.procs.shares(batch, out, self._gathers_state)
+        loss = self.procs.weight(out.loss, shares)
         finite = torch.isfinite(loss.detach())
         self.optimizer.zero_grad(set_to_none=True)
-        if self.nonfinite == "skip" and not self._all_finite(finite):  # host sync, skip only
+        if self.nonfinite == "skip" and self.procs.any(0 if bool(finite) else 1):  # host sync
             # Skip the update but keep the schedule on time: the scheduler is a function
             # of the step count, as it is when the AMP scaler skips an overflowing step.
             sums.skipped += 1
@@ -603,56 +577,35 @@ class Trainer:
         )
         with dist.guard_backward():
             self.scaler.scale(loss).backward()
-        if self.world > 1 and self._extra_params:
-            self._average_extra_grads()
+        self.procs.average_grads(self._extra_params)
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)  # true gradients for the norm; step skips it
         grads = [p.grad for p in self._all_params if p.grad is not None]
         norm = loss.detach().new_full((), float("nan"))  # no gradient: left out of the counts
         if grads:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        weight = rows[self.rank][0] / sum(r[0] for r in rows) if rows else 1.0
+        weight = self.procs.fraction(shares)
         sums.noise = _noise_record(sums.noise, len(self.loader), step, out.loss, norm, weight)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        if self.world > 1 and self._gathers_state:
-            self.method.after_step(*self._gathered(batch, out, rows, keys), epoch)
+        if self._gathers_state:  # a no-op after_step needs no global batch
+            self.method.after_step(*self.procs.global_step(batch, out, shares), epoch)
         else:
             self.method.after_step(batch, out, epoch)
-
-        n = int(out.logits.shape[0])
-        sums.loss += out.loss.detach().float() * n
-        sums.correct += (out.logits.detach().argmax(-1) == batch.target[:n]).sum()
-        sums.seen += n
-        sums.steps += 1
-        for key, value in out.extras.items():
-            value = value.detach().float()
-            sums.extras[key] = sums.extras[key] + value if key in sums.extras else value
-
-    def _all_finite(self, finite: Tensor) -> bool:
-        if self.world == 1:
-            return bool(finite)
-        return dist.control_max(0 if bool(finite) else 1) == 0
+        sums.add(out, batch)
 
     def _reduced(self, sums: _EpochSums) -> _EpochSums:
         """The epoch's sums over all processes (a copy; extras averaged over processes)."""
-        if self.world == 1:
-            return sums
-        vec = torch.stack(
-            [sums.loss.float(), sums.correct.float(), torch.tensor(float(sums.seen)).to(sums.loss)]
+        vec, extras = self.procs.reduce(
+            torch.stack([sums.loss.float(), sums.correct.float()]), sums.extras
         )
-        vec = dist.all_reduce_sum(vec.to(torch.float64))
-        extras = {
-            k: dist.all_reduce_sum(v.detach().clone().float()) / self.world
-            for k, v in sorted(sums.extras.items())
-        }
-        noise = None if sums.noise is None else dist.all_reduce_sum(sums.noise.clone())
+        noise = None if sums.noise is None else self.procs.sum(sums.noise)
         return _EpochSums(
             noise=noise,
             loss=vec[0],
             correct=vec[1],
-            seen=round(float(vec[2])),
+            seen=self.procs.total(sums.seen),
             steps=sums.steps,
             skipped=sums.skipped,
             first_bad=sums.first_bad,
@@ -707,7 +660,7 @@ class Trainer:
         (the same numbers as one process, up to the rounding of other batch compositions).
         """
         n = self.data.size(split) if subset is None else int(subset.shape[0])
-        lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
+        lo, hi = self.procs.block(n)
         empty = lo == hi
         if empty:  # fewer samples than processes: one sample gives the output's shape
             lo, hi = 0, min(1, n)
@@ -720,11 +673,7 @@ class Trainer:
                 with self._autocast():
                     parts.append(reduce(forward(x)))
         out = torch.cat(parts)[:0] if empty else torch.cat(parts)
-        if self.world > 1:
-            bounds = [r * n // self.world for r in range(self.world + 1)]
-            sizes = [bounds[r + 1] - bounds[r] for r in range(self.world)]
-            out = torch.cat(dist.all_gather_rows(out, sizes))
-        return out
+        return self.procs.gather_rows(out, n)
 
     def evaluate_train(self, module: nn.Module) -> Tensor:
         """``(N, K)`` float logits of ``module`` in eval mode over the training images, plain
@@ -750,15 +699,25 @@ class Trainer:
 
     def predict(self, images: Tensor) -> Tensor:
         """Logits ``(N, K)`` of ``method.predict`` over uint8 ``images`` in eval mode (the
-        evaluation suites' entry point; device-resident images only)."""
-        self.model.eval()
-        self.method.eval()
-        logits = []
-        with torch.no_grad():
-            for x in self._view_batches(images, 0, images.shape[0]):
-                with self._autocast():
-                    logits.append(self.method.predict(self.model, x).float())
-        return torch.cat(logits)
+        evaluation suites' entry point; device-resident images only): the suites' one
+        ``predict`` (:func:`noisybench.evaluation.base.make_predict`) with this run's view,
+        batch size and mixed precision."""
+        if self.data.view is None:
+            raise UserError(
+                "this dataset is streamed, so evaluation suites that need its images in memory "
+                "cannot run; use an in-memory dataset (dataset=arrays) for them"
+            )
+        from noisybench.evaluation.base import make_predict
+
+        predict = make_predict(
+            self.model,
+            self.data.view,
+            self.device,
+            self.eval_batch_size,
+            self.method,
+            self._autocast,
+        )
+        return predict(images)
 
     def _diagnostics_due(self, epoch: int) -> bool:
         if not self.train_diagnostics:
@@ -767,9 +726,8 @@ class Trainer:
 
     def epoch_record(self, epoch: int, sums: _EpochSums, epoch_time: float) -> dict[str, Any]:
         """Evaluate and assemble one epoch's numbers (the only host syncs of an epoch)."""
-        if self.world > 1:
-            sums = self._reduced(sums)
-            dist.broadcast_tensors(list(self.model.buffers()))
+        sums = self._reduced(sums)
+        self.procs.sync_buffers(self.model)
         values: dict[str, Tensor | float | int] = {}
         test = metrics.classification_metrics(
             self.predict_split("test", lambda z: z.float()), self.data.test_labels

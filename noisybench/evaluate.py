@@ -37,8 +37,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 from torch import nn
 
@@ -53,7 +51,7 @@ from noisybench.evaluation import (
     run_suites,
 )
 from noisybench.evaluation.selection import selection_summary
-from noisybench.rundir import RunDir, check_label_array, check_saved_config, read_evaluation
+from noisybench.rundir import RunDir, check_saved_config, read_evaluation
 from noisybench.safety import take_command_line
 
 __all__ = ["EVALUATION_FILE", "evaluate_run", "main", "rebuild_model"]
@@ -63,12 +61,41 @@ DEFAULT_SUITES = ("calibration", "temperature")
 
 
 def rebuild_model(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
-    """The run's model from its resolved config (the config's ``model`` node minus ``name``,
-    instantiated with ``num_classes`` and ``in_channels``), as ``noisybench.run`` builds it.
-    The one place to swap for the lead's ``build()``."""
+    """The run's model alone from its resolved config (the config's ``model`` node minus
+    ``name``, instantiated with ``num_classes`` and ``in_channels``); :func:`evaluate_run`
+    rebuilds the whole run with :func:`noisybench.build.rebuild` instead."""
     node = without_name(dict(config["model"]))
     what = f"model {config['model'].get('name')}"
     return instantiate(node, what, num_classes=num_classes, in_channels=in_channels)
+
+
+def _load_states(run_dir: Path, ckpt: dict[str, Any], model: nn.Module, method: Any) -> None:
+    """The checkpoint's model and method states, or one line saying why they do not fit."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UserError(
+            f"the checkpoint in {run_dir} does not fit the model of its config ({str(exc)[:80]})"
+        ) from exc
+    if isinstance(ckpt.get("method"), dict):
+        try:
+            method.load_state_dict(ckpt["method"])
+        except RuntimeError as exc:
+            raise UserError(
+                f"the method state in {run_dir / 'checkpoint.pt'} does not fit the method of its "
+                f"config ({str(exc).splitlines()[0][:100]}); was the run trained on a subset?"
+            ) from exc
+
+
+def _read_result(rd: RunDir) -> dict[str, Any]:
+    """The run's result.json, or one line saying it is missing."""
+    result = rd.read_result()
+    if not isinstance(result, dict) or not isinstance(result.get("config"), dict):
+        raise UserError(
+            f"{rd.path / 'result.json'} is missing or unreadable; pass a run directory of "
+            "noisybench (it holds result.json and checkpoint.pt)"
+        )
+    return result
 
 
 def evaluate_run(
@@ -79,19 +106,18 @@ def evaluate_run(
     batch_size: int = 1024,
     data_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one finished run with ``suites``; writes and returns its evaluation.json."""
-    from noisybench.data.views import build_views
-    from noisybench.io import atomic_write_json, load_checkpoint
-    from noisybench.method import Method, MethodContext
+    """Evaluate one finished run with ``suites``; writes and returns its evaluation.json.
+
+    The run is rebuilt by :func:`noisybench.build.rebuild`, the same parts that built it for
+    training, so the model sees its inputs normalised as in training (a pretrained ViT:
+    ImageNet's statistics, ``model.input_stats``).
+    """
+    from noisybench.build import rebuild
+    from noisybench.io import load_checkpoint
 
     run_dir = Path(run_dir)
     rd = RunDir(run_dir)
-    result = rd.read_result()
-    if not isinstance(result, dict) or not isinstance(result.get("config"), dict):
-        raise UserError(
-            f"{run_dir / 'result.json'} is missing or unreadable; pass a run directory of "
-            "noisybench (it holds result.json and checkpoint.pt)"
-        )
+    result = _read_result(rd)
     config = result["config"]
     # The run directory may be someone else's: nothing it names is imported or called unless
     # the allow-list admits it (noisybench.safety), and its shape is checked first.
@@ -106,101 +132,22 @@ def evaluate_run(
     dev = resolve_device(device)
     built = [load_suite(name, (overrides or {}).get(name)) for name in suites]
     ckpt = load_checkpoint(rd.checkpoint_file, map_location=dev)
-
-    if config["dataset"].get("streaming"):
-        raise UserError(
-            f"{run_dir} trained on the streamed dataset {config['dataset'].get('name')}; the "
-            "evaluation suites need its images in memory, so they run on in-memory datasets only"
-        )
-    reader = dict(config["dataset"]["reader"])
-    if data_dir and reader.get("root") == config.get("data_dir"):
-        reader["root"] = data_dir  # the dataset moved with data_dir=
-    data = instantiate(reader, f"dataset {config['dataset'].get('name')}")
-    k, c = data.num_classes, int(data.train_images.shape[1])
-    label_path = rd.label_file
-    if not label_path.is_file():
-        raise UserError(f"{label_path} is missing; the run directory is incomplete, rerun it")
-    try:
-        raw = np.load(label_path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(
-            f"{label_path} is not a readable .npy file ({type(err).__name__}); the run "
-            "directory is damaged, rerun the experiment (restart=true)"
-        ) from None
-    n_train = int(data.train_images.shape[0])
-    given = torch.from_numpy(check_label_array(raw, n_train, k, label_path))
-    train_images, train_clean = data.train_images, data.train_labels
-    validation = config.get("validation") or {}
-    if float(validation.get("fraction") or 0.0) > 0.0:
-        # The run trained on the rest of a held-out split (noisybench.data.split): the
-        # method's per-sample state and the dark-knowledge statistics cover that part only.
-        from noisybench.data.split import holdout_split
-
-        keep, _ = holdout_split(
-            int(given.numel()),
-            float(validation["fraction"]),
-            int(validation.get("seed", 0)),
-            labels=given.numpy(),
-        )
-        index = torch.as_tensor(keep)
-        given, train_images, train_clean = given[index], train_images[index], train_clean[index]
-
-    def build_model() -> nn.Module:
-        return rebuild_model(config, k, c).to(dev)
-
-    model = build_model()
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise UserError(
-            f"the checkpoint in {run_dir} does not fit the model of its config ({str(exc)[:80]})"
-        ) from exc
-    method = instantiate(
-        without_name(dict(config["method"])), f"method {config['method'].get('name')}"
-    )
-    if not isinstance(method, Method):
-        raise UserError(f"the run's method {config['method'].get('name')} is not a Method")
-    method.setup(
-        MethodContext(
-            num_samples=int(given.numel()),
-            num_classes=k,
-            noisy_labels=given.to(dev),
-            epochs=int(config["epochs"]),
-            steps_per_epoch=1,
-            device=dev,
-            build_model=build_model,
-        )
-    )
-    method.to(dev)
-    if isinstance(ckpt.get("method"), dict):
-        try:
-            method.load_state_dict(ckpt["method"])
-        except RuntimeError as exc:
-            raise UserError(
-                f"the method state in {run_dir / 'checkpoint.pt'} does not fit the method of its "
-                f"config ({str(exc).splitlines()[0][:100]}); was the run trained on a subset?"
-            ) from exc
-    view = build_views(
-        ("plain",),
-        config["dataset"].get("augment"),
-        data.mean,
-        data.std,
-        tuple(data.train_images.shape[-2:]),
-    )["plain"]
-    if isinstance(view, nn.Module):
-        view = view.to(dev)
-    predict = make_predict(model, view, dev, int(batch_size), method)
+    run = rebuild(config, rd.label_file, dev, data_dir)
+    model, method, data = run.networks.model, run.networks.method, run.data
+    _load_states(run_dir, ckpt, model, method)
+    idx = run.labels.train_idx  # a held-out split: the run trained on the rest
+    predict = make_predict(model, run.view, dev, int(batch_size), method)
     ctx = EvalContext(
-        num_classes=k,
+        num_classes=data.num_classes,
         test_images=data.test_images,
         test_labels=data.test_labels.to(dev),
         data_dir=Path(data_dir or config.get("data_dir") or "./data"),
         device=dev,
         dataset=str(config["dataset"].get("name", "")),
         seed=int(config.get("seed", 0)),
-        train_images=train_images,
-        train_labels=given.to(dev),
-        train_clean=train_clean.to(dev),
+        train_images=data.train_images if idx is None else data.train_images[idx],
+        train_labels=run.given,
+        train_clean=run.labels.train_clean(data).to(dev),
     )
     metrics = run_suites([s for s, _ in built], predict, ctx)
     if "dark_knowledge" in suites and (run_dir / "predictions").is_dir():
@@ -211,27 +158,40 @@ def evaluate_run(
         metrics["dark_knowledge/kl_epochs"] = [float(e) for e in epochs]
         metrics["dark_knowledge/kl_to_final"] = kl
         metrics["dark_knowledge/kl_temperature"] = temps
+    settings = {n: cfg for n, (_, cfg) in zip(suites, built, strict=True)}
+    return _write_evaluation(run_dir, result, ckpt.get("epoch"), settings, metrics, previous)
 
+
+def _write_evaluation(
+    run_dir: Path,
+    result: dict[str, Any],
+    epoch: Any,
+    settings: dict[str, dict[str, Any]],
+    metrics: dict[str, Any],
+    previous: dict[str, Any],
+) -> dict[str, Any]:
+    """evaluation.json: the earlier suites' results (``previous``) kept, the suites run now
+    replaced."""
+    from noisybench.io import atomic_write_json
+
+    config = result["config"]
     path = run_dir / EVALUATION_FILE
     old_metrics = {
         key: value
         for key, value in (previous.get("metrics") or {}).items()
-        if key.split("/")[0] not in suites
+        if key.split("/")[0] not in settings
     }
     out = {
         "run_dir": str(run_dir),
         "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "checkpoint_epoch": ckpt.get("epoch"),
+        "checkpoint_epoch": epoch,
         "status": result.get("status"),
         "dataset": config["dataset"].get("name"),
         "model": config["model"].get("name"),
         "noise": config.get("noise", {}).get("name"),
         "method": config["method"].get("name"),
         "seed": config.get("seed"),
-        "suites": {
-            **(previous.get("suites") or {}),
-            **{n: cfg for n, (_, cfg) in zip(suites, built, strict=True)},
-        },
+        "suites": {**(previous.get("suites") or {}), **settings},
         "metrics": {**old_metrics, **metrics},
         "selection": selection_summary(result.get("history") or []),
     }

@@ -227,7 +227,7 @@ def _cost(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def build_leaderboard(
+def build_leaderboard(  # noqa: PLR0913
     settings: Mapping[str, Sequence[tuple[str, Any]]],
     value_of: Callable[[Mapping[str, Any]], float | None],
     *,

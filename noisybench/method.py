@@ -32,6 +32,7 @@ __all__ = [
     "kl_from_log",
     "kl_to_target",
     "label_rows",
+    "resolve_dtype",
     "soft_cross_entropy",
 ]
 
@@ -213,4 +214,4 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
 # losses (noisybench.losses; ``soft_cross_entropy`` used to live here) and the per-sample
 # store (noisybench.stores).
 from noisybench.losses import kl_from_log, kl_to_target, soft_cross_entropy  # noqa: E402
-from noisybench.stores import SampleStore, label_rows  # noqa: E402
+from noisybench.stores import SampleStore, label_rows, resolve_dtype  # noqa: E402

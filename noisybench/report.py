@@ -58,6 +58,7 @@ from noisybench.config import conf_dir, paper_preset
 from noisybench.config import identity as _config_identity
 from noisybench.errors import UserError
 from noisybench.evaluation.selection import RULES as _SELECTION_RULES
+from noisybench.evaluation.selection import best_record
 
 __all__ = [
     "METRICS",
@@ -346,7 +347,7 @@ def load_paper_tables() -> dict[str, Any]:
     return yaml.safe_load(text)["tables"]
 
 
-def _shape_problem(result: Any) -> str | None:
+def _shape_problem(result: Any) -> str | None:  # noqa: C901
     """Why ``result`` (parsed JSON) does not have the shape of a result file, or None."""
     if not isinstance(result, dict):
         return f"a JSON {type(result).__name__}, not an object"
@@ -507,13 +508,10 @@ def collect(results: Sequence[dict[str, Any]], include_unfinished: bool = False)
 
 def _select(history: Sequence[Mapping[str, Any]], rule: str) -> Mapping[str, Any] | None:
     """The history record ``rule`` selects (earliest on ties), or None."""
-    if not history:
-        return None
     key = RULES[rule][0]
-    if key is None:
-        return history[-1]
-    scored = [r for r in history if _finite(r.get(key)) is not None]
-    return max(scored, key=lambda r: r[key]) if scored else None
+    # Foreign or damaged histories: only sane numbers compete (see _finite).
+    sane = history if key is None else [r for r in history if _finite(r.get(key)) is not None]
+    return best_record(sane, key)
 
 
 def _seed_of(run: Mapping[str, Any]) -> Any:
@@ -665,7 +663,7 @@ def _diff_text(part: Mapping[str, str], common: Mapping[str, str]) -> str:
     )
 
 
-def _merge_notes(
+def _merge_notes(  # noqa: PLR0913
     merged: Sequence[Sequence[int]],
     parts: Sequence[Mapping[str, str]],
     views: Sequence[Mapping[str, str]],
@@ -804,7 +802,7 @@ def _paper_match(entry: Mapping[str, Any], want: Mapping[str, Any], keys: Sequen
     return True
 
 
-def build_table(
+def build_table(  # noqa: C901
     groups: Sequence[Group],
     table: str = "generic",
     rules: Sequence[str] | None = None,
@@ -1076,7 +1074,7 @@ def _reference_rows(
     return list(rows.values())
 
 
-def _bold(rows: Sequence[Row], columns: Sequence[Column], layout: Layout) -> None:
+def _bold(rows: Sequence[Row], columns: Sequence[Column], layout: Layout) -> None:  # noqa: C901
     """Bold the best of our means along the method axis (ties by the shown precision):
     per column when methods are rows, per row (and metric, rule) when methods are columns.
     Only where at least two numbers compete."""
@@ -1513,7 +1511,7 @@ def _split(option: str | None) -> list[str] | None:
     return None if option is None else [x.strip() for x in option.split(",") if x.strip()]
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None) -> int:  # noqa: C901
     args = _parse(argv)
     if args.figures:  # before any work: not after the whole table has been printed
         import importlib.util

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,14 +164,32 @@ def _disk_full_message(rd: RunDir, error: OSError | None, epochs_kept: int | Non
 
 
 def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str, Any]:
+    """Build, restore, prepare the run directory, train, and write the result: the run
+    directory is not touched until everything is built and the checkpoint is read."""
     state = rd.inspect(config, restart=bool(cfg.restart))
     if state.finished is not None:
         log.info("%s", rd.finished_message(state.finished))
         return state.finished
-
-    # ---- read and build everything; the run directory is not touched until this succeeded
     exp = build(cfg)
-    noise = exp.noise.to_dict()
+    _log_noise(cfg, exp)
+    ckpt = state.checkpoint
+    if ckpt is not None:
+        _check_noise(rd, ckpt, exp)
+    parts = _callbacks(cfg, config, rd, exp)
+    trainer = exp.trainer(parts.callbacks)
+    start = _restore(trainer, ckpt, rd)
+    parts.result_writer.history = list(trainer.history)
+    _prepare_run_dir(rd, exp, resuming=ckpt is not None)
+    if ckpt is not None:
+        log.info("resuming %s at epoch %d, step %d", rd, start[0] + 1, start[1])
+    try:
+        _fit(cfg, rd, trainer, parts, start)
+    finally:
+        _close_all(parts.callbacks)
+    return _finish(rd, parts)
+
+
+def _log_noise(cfg: DictConfig, exp: Experiment) -> None:
     log.info(
         "noise %s (%s): nominal rate %.3f, realised %.4f, seed %d, labels sha256 %s",
         cfg.noise.name,
@@ -180,12 +199,25 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         exp.noise.seed,
         exp.noise.sha256[:16],
     )
-    rule = resolve_selection(cfg.get("selection"), exp.validation is not None)
-    ckpt = state.checkpoint
-    if ckpt is not None:
-        _check_noise(rd, ckpt, exp)
+
+
+@dataclass
+class _Callbacks:
+    """The run's callbacks, with the ones the loop and the result need by name."""
+
+    callbacks: list[Any]
+    result_writer: ResultWriter
+    checkpointer: Checkpointer | None
+    loggers: list[LoggerGuard]
+
+
+def _callbacks(cfg: DictConfig, config: dict[str, Any], rd: RunDir, exp: Experiment) -> _Callbacks:
+    """Checkpoints, the result file, loggers, snapshots and progress on the writing process;
+    the result writer (which writes nothing there) and fault injection on the others."""
     main = distributed.is_main()
     faults = FaultInjection.from_env(distributed.rank())
+    noise = exp.noise.to_dict()
+    rule = resolve_selection(cfg.get("selection"), exp.validation is not None)
     header = {
         "run_dir": str(rd),
         "config": config,
@@ -217,68 +249,83 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         min_interval_s=float(cfg.get("result_interval_s") or 0),
         checkpointer=checkpointer,
     )
-    loggers = _loggers(cfg, rd, header) if main else []
-    if main:
-        observers: list[Any] = list(loggers)
-        snapshots = cfg.eval.get("snapshots") or {}
-        if int(snapshots.get("size") or 0) > 0:
-            observers.append(
-                PredictionSnapshotWriter(
-                    rd,
-                    exp.eval_data.train_images,
-                    int(cfg.epochs),
-                    size=int(snapshots.size),
-                    every=int(snapshots.get("every") or 1),
-                    seed=int(snapshots.get("seed") or 0),
-                )
-            )
-        callbacks: list[Any] = [
-            SelectedWeights(rd.path, rule),  # before the checkpointer (see its docstring)
-            checkpointer,
-            *([faults] if faults is not None else []),
-            result_writer,
-            *observers,
-            ConsoleProgress(bars=bool(cfg.progress)),
-        ]
-    else:  # other processes write nothing
-        callbacks = [*([faults] if faults is not None else []), result_writer]
-    trainer = exp.trainer(callbacks)
-    start_epoch, start_step, sums = 0, 0, None
-    if ckpt is not None:
-        try:
-            start_epoch, start_step, sums = trainer.load_state_dict(ckpt)
-        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
-            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
-            raise UserError(
-                f"the checkpoint in {rd} does not fit this version of noisybench or this config "
-                f"({type(exc).__name__}: {reason}); pass restart=true to start over (old files "
-                "go to previous/), or resume with the noisybench version that wrote it"
-            ) from None
-        result_writer.history = list(trainer.history)
+    faulty = [faults] if faults is not None else []
+    if not main:  # other processes write nothing
+        return _Callbacks([*faulty, result_writer], result_writer, None, [])
+    loggers = _loggers(cfg, rd, header)
+    callbacks: list[Any] = [
+        SelectedWeights(rd.path, rule),  # before the checkpointer (see its docstring)
+        checkpointer,
+        *faulty,
+        result_writer,
+        *loggers,
+        *_snapshots(cfg, rd, exp),
+        ConsoleProgress(bars=bool(cfg.progress)),
+    ]
+    return _Callbacks(callbacks, result_writer, checkpointer, loggers)
 
-    # ---- from here on the run directory changes (rank 0 only, once every process has read it)
+
+def _snapshots(cfg: DictConfig, rd: RunDir, exp: Experiment) -> list[Any]:
+    """The prediction-snapshot writer when ``eval.snapshots.size`` > 0 (Figure 11)."""
+    snapshots = cfg.eval.get("snapshots") or {}
+    if int(snapshots.get("size") or 0) <= 0:
+        return []
+    writer = PredictionSnapshotWriter(
+        rd,
+        exp.eval_data.train_images,
+        int(cfg.epochs),
+        size=int(snapshots.size),
+        every=int(snapshots.get("every") or 1),
+        seed=int(snapshots.get("seed") or 0),
+    )
+    return [writer]
+
+
+def _restore(trainer: Any, ckpt: dict[str, Any] | None, rd: RunDir) -> tuple[int, int, Any]:
+    """Where to start: ``(epoch, step, running sums)`` from the checkpoint, or the start."""
+    if ckpt is None:
+        return 0, 0, None
+    try:
+        return trainer.load_state_dict(ckpt)
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise UserError(
+            f"the checkpoint in {rd} does not fit this version of noisybench or this config "
+            f"({type(exc).__name__}: {reason}); pass restart=true to start over (old files "
+            "go to previous/), or resume with the noisybench version that wrote it"
+        ) from None
+
+
+def _prepare_run_dir(rd: RunDir, exp: Experiment, resuming: bool) -> None:
+    """From here on the run directory changes (rank 0 only, once every process has read
+    it): earlier files moved aside, temporaries removed, the noisy labels (re)written."""
     distributed.barrier()
-    if main and ckpt is None:
+    if not distributed.is_main():
+        return
+    if not resuming:
         moved = rd.move_aside()
         if moved:
             log.info("earlier files of %s moved to %s", rd, moved)
-    if main:
-        rd.clean_temporaries()
-    if main and (not rd.label_file.exists() or not rd.labels_match(exp.noise.sha256)):
+    rd.clean_temporaries()
+    if not rd.label_file.exists() or not rd.labels_match(exp.noise.sha256):
         if rd.label_file.exists():
             log.warning("%s was damaged or stale; rewritten from the noise record", rd.label_file)
         rd.save_labels(exp.noisy_labels)
-    if ckpt is not None:
-        log.info("resuming %s at epoch %d, step %d", rd, start_epoch + 1, start_step)
 
+
+def _fit(
+    cfg: DictConfig, rd: RunDir, trainer: Any, parts: _Callbacks, start: tuple[int, int, Any]
+) -> None:
+    """Train; every way training can end becomes a result-file status and one error."""
+    result_writer = parts.result_writer
     try:
         try:
-            trainer.fit(start_epoch, start_step, sums)
+            trainer.fit(*start)
         except BaseException:
             # a checkpoint being written in the background finishes first, so that the
             # result file below holds exactly the epochs of the newest checkpoint
-            if checkpointer is not None:
-                checkpointer.close()
+            if parts.checkpointer is not None:
+                parts.checkpointer.close()
             result_writer.follow(trainer)
             raise
     except Interrupted as exc:
@@ -312,10 +359,14 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
         with contextlib.suppress(OSError):
             result_writer.write("failed", error=message)
         raise UserError(message) from None
-    finally:
-        _close_all(callbacks)
-    failures = [guard.failure for guard in loggers if guard.failure is not None]
-    result = result_writer.write("finished", **({"logger_failures": failures} if failures else {}))
+
+
+def _finish(rd: RunDir, parts: _Callbacks) -> dict[str, Any]:
+    """The finished result file (with the loggers' failures, if any)."""
+    failures = [guard.failure for guard in parts.loggers if guard.failure is not None]
+    result = parts.result_writer.write(
+        "finished", **({"logger_failures": failures} if failures else {})
+    )
     best, last = result["best"] or {}, result["last"] or {}
     log.info(
         "finished %s: last-epoch test acc %.4f, best %.4f at epoch %s (selected on the test set)",

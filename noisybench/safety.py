@@ -185,7 +185,7 @@ def _logging_callables(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
                 yield from _logging_callables(value, path + ".")
 
 
-def check_tree(node: Any, prefix: str = "") -> None:
+def check_tree(node: Any, prefix: str = "") -> None:  # noqa: C901
     """Refuse the first ``_target_`` in ``node`` (a whole config) that is not allowed, naming
     its key. A ``hydra`` node may also name Hydra's launchers and sweepers, and its logging
     configs Python's ``logging`` handlers."""

@@ -48,7 +48,7 @@ def cosine(
     return LambdaLR(optimizer, factor)
 
 
-def one_cycle(
+def one_cycle(  # noqa: PLR0913
     optimizer: Optimizer,
     total_steps: int,
     steps_per_epoch: int,
@@ -175,7 +175,7 @@ class _LinearDecay(LambdaLR):
                 group["betas"] = (beta1, group["betas"][1])
 
 
-def linear_decay(
+def linear_decay(  # noqa: PLR0913
     optimizer: Optimizer,
     total_steps: int,
     steps_per_epoch: int,

@@ -33,10 +33,14 @@ DTYPES: dict[str, torch.dtype] = {
 DEFAULT_CHUNK_ROWS = 65536
 
 
-def resolve_dtype(name: str, allowed: tuple[str, ...] = tuple(DTYPES), what: str = "store_dtype"):
-    """The torch dtype for ``name``; a one-line :class:`UserError` for anything else."""
+def resolve_dtype(name: str, allowed: tuple[str, ...] = tuple(DTYPES)) -> torch.dtype:
+    """The torch dtype of a per-sample store for ``method.store_dtype=name`` (the one table
+    and the one knob name of every method's ``(N, K)`` store); a one-line
+    :class:`UserError` for anything else."""
     if name not in allowed:
-        raise UserError(f"method.{what}={name!r} is not supported; use one of {sorted(allowed)}.")
+        raise UserError(
+            f"method.store_dtype={name!r} is not supported; use one of {sorted(allowed)}"
+        )
     return DTYPES[name]
 
 

@@ -171,7 +171,7 @@ def test_two_processes_stream_an_image_folder_like_one(tmp_path: Path) -> None:
     _compare_with_one_process(tmp_path, ["bsd folder"], [spec])
 
 
-def _compare_with_one_process(tmp_path: Path, names: list[str], specs: list[str]) -> None:
+def _compare_with_one_process(tmp_path: Path, names: list[str], specs: list[str]) -> None:  # noqa: C901
     """Train ``specs`` under two gloo processes and in this process; compare (see the
     module docstring for the tolerances)."""
     from noisybench.build import build

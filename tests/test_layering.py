@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "noisybench.distributed": 0,
     "noisybench.safety": 0,  # the allow-list of _target_s (issue 20)
     "noisybench.provenance": 0,
+    "noisybench.processes": 0,
     # 1: data, models, methods, and the configuration
     "noisybench.config": 1,
     "noisybench.data": 1,

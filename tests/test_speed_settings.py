@@ -46,7 +46,7 @@ def one_step(*overrides: str, base: list[str] = BASE) -> tuple[float, dict, obje
     trainer.model.train()
     sums = _EpochSums.zeros(exp.device)
     batch = next(iter(exp.loader.epoch(0)))
-    trainer._train_step(batch, 0, 0, sums)
+    trainer.train_step(batch, 0, 0, sums)
     params = {k: v.detach().clone() for k, v in exp.model.state_dict().items()}
     return float(sums.loss) / sums.seen, params, (exp, batch)
 

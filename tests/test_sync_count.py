@@ -5,7 +5,7 @@ On a GPU, any read of a device tensor's value by the host (``.item()``, ``bool(t
 values (``nonzero``, boolean-mask indexing, ``unique``, ``masked_select``) blocks the CPU until
 the GPU has caught up, which stalls the queue of kernels. On the CPU the same calls are cheap,
 so they are counted by patching those entry points of ``torch.Tensor``/``torch`` while
-``Trainer._train_step`` (forward, loss, backward, optimizer and scheduler step, the method's
+``Trainer.train_step`` (forward, loss, backward, optimizer and scheduler step, the method's
 ``after_step``, the engine's running sums) runs, for a few steps of the offline quickstart
 (digits, small CNN) with ``nonfinite=stop``. Expected: 0 for every method, and 0 in the
 drawing of each batch (the loader's views, BSD+'s strong views included), counted apart.
@@ -196,12 +196,12 @@ def _restore_torch_globals(restore_torch_globals: None) -> None:
 
 
 def count_syncs(method: str, extra: list[str], steps: int = STEPS) -> tuple[Counter, Counter]:
-    """Host reads per category inside ``Trainer._train_step`` and inside the loader's batch
+    """Host reads per category inside ``Trainer.train_step`` and inside the loader's batch
     drawing, over ``steps`` steps of epoch 1 (after one warm-up step of epoch 0)."""
     exp = build(compose([*BASE, f"method={method}", *extra]))
     trainer = exp.trainer()
     step_counter, load_counter = SyncCounter(), SyncCounter()
-    original = Trainer._train_step
+    original = Trainer.train_step
 
     def counted_step(self: Trainer, batch, epoch, step, sums) -> None:
         with step_counter.counting():
@@ -211,7 +211,7 @@ def count_syncs(method: str, extra: list[str], steps: int = STEPS) -> tuple[Coun
     from noisybench.engine import _EpochSums
 
     with step_counter.patched(), load_counter.patched():
-        trainer._train_step = counted_step.__get__(trainer)  # type: ignore[method-assign]
+        trainer.train_step = counted_step.__get__(trainer)  # type: ignore[method-assign]
         # Warm-up: the first step of the run (lazy state creation such as the optimizer's
         # momentum buffers) is not counted; then count ``steps`` steps of the next epoch.
         trainer.model.train()
@@ -228,7 +228,7 @@ def count_syncs(method: str, extra: list[str], steps: int = STEPS) -> tuple[Coun
         for step in range(steps):
             with load_counter.counting():
                 batch = next(batches)
-            trainer._train_step(batch, 1, step, sums)
+            trainer.train_step(batch, 1, step, sums)
     return step_counter.counts, load_counter.counts
 
 

@@ -254,7 +254,7 @@ def test_state_dict_round_trip_mid_epoch_gives_identical_next_step() -> None:
 
 def test_half_precision_storage() -> None:
     torch.manual_seed(7)
-    method, model = TemporalEnsembling(alpha=0.6, storage_dtype="float16"), IndexModel()
+    method, model = TemporalEnsembling(alpha=0.6, store_dtype="float16"), IndexModel()
     method.setup(context())
     assert method.ensemble.dtype == torch.float16
     logits = torch.randn(N, K)
@@ -271,5 +271,5 @@ def test_rejects_bad_config() -> None:
         TemporalEnsembling(rampup_epochs=-1)
     with pytest.raises(UserError, match="w_max"):
         TemporalEnsembling(w_max=-3)
-    with pytest.raises(UserError, match="storage_dtype"):
-        TemporalEnsembling(storage_dtype="int8")
+    with pytest.raises(UserError, match="store_dtype"):
+        TemporalEnsembling(store_dtype="int8")

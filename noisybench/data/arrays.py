@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from noisybench.data.base import ImageData
-from noisybench.data.labels_file import read_label_file
+from noisybench.data.labels_file import check_labels, read_label_file
 from noisybench.errors import UserError
 
 __all__ = ["load_arrays"]
@@ -66,18 +66,11 @@ def _images(arr: np.ndarray, key: str, path: Path) -> np.ndarray:
 
 
 def _labels(arr: np.ndarray, key: str, n: int, path: Path) -> np.ndarray:
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise UserError(f"{path}: {key} is {arr.dtype} {arr.shape}; use a 1-D integer array")
-    if arr.shape[0] != n:
-        raise UserError(
-            f"{path}: {key} has {arr.shape[0]} labels for {n} images; give one label per image"
-        )
-    if arr.size and arr.min() < 0:
-        raise UserError(f"{path}: {key} has negative labels; use classes 0 .. K-1")
-    return arr.astype(np.int64)
+    fix = "give one label per image, classes 0 .. K-1"
+    return check_labels(arr, f"{path}: {key}", fix, None, n)
 
 
-def load_arrays(
+def load_arrays(  # noqa: C901, PLR0913
     path: str,
     name: str = "arrays",
     num_classes: int | None = None,

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from noisybench.data.labels_file import check_labels
 from noisybench.errors import UserError
 
 __all__ = ["HUMAN_SETS", "HumanSet", "download_human_file", "read_human_labels"]
@@ -143,23 +144,11 @@ def _array(obj: dict, key: str, path: Path, n: int, k: int) -> np.ndarray:
             f"CIFAR-N label file {path} has no {key!r} (it has {sorted(map(str, obj))}); use "
             f"the official {'CIFAR-100' if k != 10 else 'CIFAR-10'}_human.pt for this noise set"
         )
-    arr = np.asarray(obj[key])
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise UserError(
-            f"{key!r} in {path} is a {arr.dtype} array of shape {arr.shape}, not 1-D integer "
-            "labels; download the official file again (noise.download=true)"
-        )
-    if arr.shape[0] != n:
-        raise UserError(
-            f"{key!r} in {path} has {arr.shape[0]} labels but the training set has {n}; "
-            "CIFAR-N labels fit the full CIFAR training set (50,000) only"
-        )
-    if arr.size and (arr.min() < 0 or arr.max() >= k):
-        raise UserError(
-            f"{key!r} in {path} has labels in [{arr.min()}, {arr.max()}], outside [0, {k}); "
-            "this noise set does not fit the dataset's classes"
-        )
-    return arr.astype(np.int64)
+    fix = (
+        "CIFAR-N labels fit the full CIFAR training set (50,000) and its classes only; "
+        "download the official file again (noise.download=true)"
+    )
+    return check_labels(obj[key], f"{key!r} in {path}", fix, k, n)
 
 
 def read_human_labels(

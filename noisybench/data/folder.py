@@ -135,7 +135,7 @@ def scan_split(
     )
 
 
-def load_folder(
+def load_folder(  # noqa: PLR0913
     root: str,
     train: str = "train",
     val: str = "val",
@@ -490,7 +490,7 @@ class FolderLoader:
         prefetch_factor: batches each worker prepares ahead.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         data: FolderData,
         labels: Tensor,
@@ -628,7 +628,7 @@ class FolderLoader:
         return self.epoch(0)
 
 
-def eval_batches(
+def eval_batches(  # noqa: PLR0913
     data: FolderData,
     split: str,
     batch_size: int,

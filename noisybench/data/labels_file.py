@@ -14,6 +14,34 @@ from noisybench.errors import UserError
 __all__ = ["read_label_file"]
 
 
+def check_labels(
+    values: object, what: str, fix: str, num_classes: int | None = None, count: int | None = None
+) -> np.ndarray:
+    """The one check of a label vector (clean labels, a saved or given noisy-label file, the
+    CIFAR-N sets, an arrays file): 1-D integers, ``count`` of them (when given) in
+    ``[0, num_classes)`` (``[0, K)`` with ``num_classes`` None: not negative); an int64 copy.
+
+    Raises:
+        UserError: one line naming ``what`` and ending with ``fix`` (what to do).
+    """
+    arr = np.asarray(values)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise UserError(
+            f"{what} is a {arr.dtype} array of shape {arr.shape}, not 1-D integer labels (labels "
+            f"must be integers: class indices, not one-hot or float); {fix}"
+        )
+    if count is not None and arr.shape[0] != count:
+        raise UserError(f"{what} has {arr.shape[0]} labels for {count} images; {fix}")
+    top = num_classes if num_classes is not None else None
+    if arr.size and (arr.min() < 0 or (top is not None and arr.max() >= top)):
+        bound = f"[0, {top})" if top is not None else "[0, K)"
+        raise UserError(
+            f"{what} has labels in [{arr.min()}, {arr.max()}], outside {bound}: labels must lie "
+            f"in {bound}; {fix}"
+        )
+    return arr.astype(np.int64)  # a copy: the caller's array is never touched
+
+
 def read_label_file(path: str | Path, num_samples: int, num_classes: int, what: str) -> Tensor:
     """Read ``num_samples`` integer labels in ``[0, num_classes)`` from ``path`` as int64.
 
@@ -32,20 +60,9 @@ def read_label_file(path: str | Path, num_samples: int, num_classes: int, what: 
             f"{what}: {path} is not a readable label file ({type(err).__name__}); write one "
             "integer per line or a .npy integer array"
         ) from err
-    values = np.asarray(values)
-    if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
-        raise UserError(
-            f"{what}: {path} holds a {values.dtype} array of shape {values.shape}; it must be "
-            "a 1-D integer array"
-        )
-    if values.shape[0] != num_samples:
-        raise UserError(
-            f"{what}: {path} has {values.shape[0]} labels for {num_samples} training samples; "
-            "give one label per sample in the reader's order (sorted classes, sorted files)"
-        )
-    if values.size and (values.min() < 0 or values.max() >= num_classes):
-        raise UserError(
-            f"{what}: {path} has labels in [{values.min()}, {values.max()}] outside "
-            f"[0, {num_classes}); use the reader's class indices (sorted class names)"
-        )
-    return torch.from_numpy(values.astype(np.int64))
+    fix = (
+        "give one label per sample in the reader's order (sorted classes, sorted files), "
+        "with the reader's class indices (sorted class names)"
+    )
+    labels = check_labels(values, f"{what}: {path}", fix, num_classes, num_samples)
+    return torch.from_numpy(labels)

@@ -103,7 +103,7 @@ class DeviceLoader:
     ``len(loader)`` is the number of steps (optimizer updates) per epoch.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         images: Tensor,
         labels: Tensor,

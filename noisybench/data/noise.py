@@ -57,6 +57,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from noisybench.data.cifarn import HUMAN_SETS, read_human_labels
+from noisybench.data.labels_file import check_labels
 from noisybench.errors import UserError
 from noisybench.io import atomic_write
 
@@ -80,7 +81,7 @@ __all__ = [
 class NoiseFn(Protocol):
     """Signature of a registered noise variant (validated inputs, a seeded generator)."""
 
-    def __call__(
+    def __call__(  # noqa: PLR0913
         self,
         labels: np.ndarray,
         num_classes: int,
@@ -305,13 +306,13 @@ def build_asym_map(
 
 
 @register_noise("none")
-def _noise_none(labels, num_classes, rate, rng, *, asym_map, superclass, features):
+def _noise_none(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
     """No noise: the clean labels."""
     return labels.copy()
 
 
 @register_noise("sym_incl")
-def _noise_sym_incl(labels, num_classes, rate, rng, *, asym_map, superclass, features):
+def _noise_sym_incl(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
     """Symmetric, include the true class (DivideMix/ELR): exactly round(r*N) samples, chosen
     without replacement, relabelled uniformly over all K classes. E[wrong] = r(1 - 1/K)."""
     noisy = labels.copy()
@@ -322,14 +323,14 @@ def _noise_sym_incl(labels, num_classes, rate, rng, *, asym_map, superclass, fea
 
 
 @register_noise("sym_excl")
-def _noise_sym_excl(labels, num_classes, rate, rng, *, asym_map, superclass, features):
+def _noise_sym_excl(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
     """Symmetric, exclude the true class, per-sample draw: T = (1-r) I + r/(K-1) (1 - I)."""
     flip = rng.random(labels.shape[0]) < rate
     return np.where(flip, _random_other_class(labels, num_classes, rng), labels)
 
 
 @register_noise("sym_balanced")
-def _noise_sym_balanced(labels, num_classes, rate, rng, *, asym_map, superclass, features):
+def _noise_sym_balanced(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
     """Symmetric, exact and class-balanced (SCE): exactly round(r*n_c) samples of each class c
     move to one of the other K-1 classes, uniformly."""
     noisy = labels.copy()
@@ -343,7 +344,7 @@ def _noise_sym_balanced(labels, num_classes, rate, rng, *, asym_map, superclass,
 
 
 @register_noise("asym", uses_asym_map=True)
-def _noise_asym(labels, num_classes, rate, rng, *, asym_map, superclass, features):
+def _noise_asym(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
     """Class-dependent (Tanaka 2018 for CIFAR-10, Patrini 2017 for digits, ...): exactly
     round(r*n_c) clean samples of every source class c go to map[c]."""
     target = build_asym_map(asym_map, num_classes, rng, superclass)
@@ -351,7 +352,7 @@ def _noise_asym(labels, num_classes, rate, rng, *, asym_map, superclass, feature
 
 
 @register_noise("pairflip")
-def _noise_pairflip(labels, num_classes, rate, rng, *, asym_map, superclass, features):
+def _noise_pairflip(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
     """Pair flip (Han et al. 2018, Co-teaching): c -> (c + 1) mod K, exactly round(r*n_c) of
     every class, drawn from the clean labels."""
     target = (np.arange(num_classes, dtype=np.int64) + 1) % num_classes
@@ -371,7 +372,7 @@ def _truncated_normal(mean: float, std: float, size: int, rng: np.random.Generat
 
 
 @register_noise("idn")
-def _noise_idn(labels, num_classes, rate, rng, *, asym_map, superclass, features):
+def _noise_idn(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
     """Instance-dependent noise, Xia et al. 2020 ("Part-dependent label noise"), the generation
     algorithm of their appendix / official ``get_instance_noisy_label``:
 
@@ -424,7 +425,7 @@ def _noise_idn(labels, num_classes, rate, rng, *, asym_map, superclass, features
 
 
 def _make_human_variant(name: str) -> NoiseFn:
-    def _human(labels, num_classes, rate, rng, *, asym_map, superclass, features):
+    def _human(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
         raise UserError(
             f"noise variant {name!r} reads real human labels from the CIFAR-N file and cannot be "
             "drawn; call apply_noise with file=... (noise.file in the noise config)"
@@ -444,23 +445,10 @@ for _name in HUMAN_SETS:
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, what: str = "clean labels") -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise UserError(f"{what} must be a 1-D array, got shape {arr.shape}; pass labels (N,)")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise UserError(
-            f"{what} must be integers, got dtype {arr.dtype}; pass class indices, not one-hot "
-            "or float labels"
-        )
-    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-        raise UserError(
-            f"{what} must lie in [0, {num_classes}) but range over [{arr.min()}, {arr.max()}]; "
-            "check num_classes against the dataset"
-        )
-    return arr.astype(np.int64)  # a copy: the caller's array is never touched
+    return check_labels(labels, what, "check num_classes against the dataset", num_classes)
 
 
-def inject_noise(
+def inject_noise(  # noqa: PLR0913
     variant: str,
     clean_labels: np.ndarray,
     num_classes: int,
@@ -544,7 +532,7 @@ class NoiseRecord:
         return asdict(self)
 
 
-def make_noise_record(
+def make_noise_record(  # noqa: PLR0913
     clean_labels: np.ndarray,
     noisy_labels: np.ndarray,
     num_classes: int,
@@ -644,7 +632,7 @@ def load_labels(path: str | os.PathLike[str], num_samples: int, num_classes: int
     return _check_labels(arr, num_classes, what=f"labels in {str(path)!r}")
 
 
-def apply_noise(
+def apply_noise(  # noqa: PLR0913
     clean_labels: np.ndarray,
     num_classes: int,
     *,

@@ -377,7 +377,7 @@ class StrongView(WeakView):
     each image (a device tensor; a diagnostic for the tests and the benchmark).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         mean: Sequence[float],
         std: Sequence[float],

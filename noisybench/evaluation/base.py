@@ -103,13 +103,19 @@ def make_predict(
     device: torch.device,
     batch_size: int = 1024,
     method: Any | None = None,
+    autocast: Callable[[], Any] | None = None,
 ) -> Predict:
-    """A reference ``predict`` callable: the evaluation view, eval mode, ``method.predict``
-    (or ``model`` itself when ``method`` is None), in batches, without gradients.
+    """The ``predict`` callable of the suites, during training (``Trainer.predict``) and on a
+    finished run (``noisybench evaluate``): the evaluation view, eval mode, ``method.predict``
+    (or ``model`` itself when ``method`` is None), in batches, without gradients, inside
+    ``autocast()`` when given (the run's mixed precision).
 
     The modules' train/eval modes are restored afterwards, so it is safe to call in the
     middle of training.
     """
+    from contextlib import nullcontext
+
+    precision = autocast or nullcontext
 
     @torch.no_grad()
     def predict(images: Tensor) -> Tensor:
@@ -121,7 +127,8 @@ def make_predict(
             outs = []
             for start in range(0, images.shape[0], batch_size):
                 x = view(images[start : start + batch_size].to(device, non_blocking=True))
-                logits = method.predict(model, x) if method is not None else model(x)
+                with precision():
+                    logits = method.predict(model, x) if method is not None else model(x)
                 outs.append(logits.float())
             if not outs:
                 return torch.zeros(0, 0, device=device)

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from noisybench.errors import UserError
 from noisybench.evaluation.base import EvalContext, EvalSuite, Metrics, Predict
+from noisybench.losses import kl_from_log
 
 __all__ = [
     "DarkKnowledgeSuite",
@@ -77,7 +78,7 @@ def sample_deviation(probs: Tensor, labels: Tensor, mu: Tensor) -> Tensor:
 
 def _mean_kl(p_log: Tensor, q_logits: Tensor) -> Tensor:
     """Mean over rows of ``KL(p || softmax(q_logits))`` with ``p_log`` log-probabilities."""
-    return (p_log.exp() * (p_log - F.log_softmax(q_logits, dim=-1))).sum(-1).mean()
+    return kl_from_log(p_log, F.log_softmax(q_logits, dim=-1)).mean()
 
 
 def temperature_adjusted_kl(

@@ -36,6 +36,7 @@ from noisybench.errors import UserError
 __all__ = [
     "OPTIMISTIC",
     "RULES",
+    "best_record",
     "check_tuning",
     "objective",
     "resolve",
@@ -53,6 +54,16 @@ RULES: dict[str, tuple[str | None, str]] = {
 OPTIMISTIC = frozenset({"best_test"})
 
 
+def best_record(history: Sequence[Mapping[str, Any]], key: str | None) -> Mapping[str, Any] | None:
+    """The record with the highest finite ``key`` (earliest on ties; the last record when
+    ``key`` is None), or None when no record has a finite ``key``: the one place a run's
+    epoch is selected (the result file's ``best``, :func:`select_epoch`, the report)."""
+    if key is None:
+        return history[-1] if history else None
+    scored = [r for r in history if isinstance(r.get(key), int | float) and r[key] == r[key]]
+    return max(scored, key=lambda r: r[key]) if scored else None
+
+
 def select_epoch(history: Sequence[Mapping[str, Any]], rule: str) -> dict[str, Any]:
     """The record that ``rule`` selects, plus ``selected_on`` and ``rule``."""
     if rule not in RULES:
@@ -60,21 +71,16 @@ def select_epoch(history: Sequence[Mapping[str, Any]], rule: str) -> dict[str, A
     if not history:
         raise UserError("the run has no finished epoch to select from; train it first")
     key, selected_on = RULES[rule]
-    if key is None:
-        chosen = history[-1]
-    else:
-        scored = [r for r in history if isinstance(r.get(key), int | float)]
-        if not scored:
-            raise UserError(
-                f"selection rule {rule} needs {key} in the run's history; "
-                + (
-                    "train with a noisy validation split"
-                    if rule == "noisy_val"
-                    else "the run recorded no test accuracy"
-                )
+    chosen = best_record(history, key)
+    if chosen is None:
+        raise UserError(
+            f"selection rule {rule} needs {key} in the run's history; "
+            + (
+                "train with a noisy validation split"
+                if rule == "noisy_val"
+                else "the run recorded no test accuracy"
             )
-        best = max(r[key] for r in scored)
-        chosen = next(r for r in scored if r[key] == best)
+        )
     return {**dict(chosen), "rule": rule, "selected_on": selected_on}
 
 

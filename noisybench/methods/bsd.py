@@ -91,11 +91,11 @@ from noisybench.augment import cutmix, cutout, mix_targets
 from noisybench.errors import UserError
 from noisybench.losses import soft_cross_entropy_per_sample
 from noisybench.method import Batch, Method, MethodContext, StepOutput
-from noisybench.stores import DEFAULT_CHUNK_ROWS, SampleStore, label_rows
+from noisybench.stores import DEFAULT_CHUNK_ROWS, SampleStore, label_rows, resolve_dtype
 
 __all__ = ["BSD", "dirichlet_prior", "discounted_update", "sharpen"]
 
-STORE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": torch.float32}
+STORE_DTYPES = ("float16", "float32")
 LOSS_SCALES = ("mean", "paper")
 MIX_HALF = (None, "cutmix", "cutout")
 _ENTROPY_CHUNK_ROWS = DEFAULT_CHUNK_ROWS
@@ -204,7 +204,7 @@ class BSD(Method):
 
     views = ("weak",)
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         gamma: float = 0.95,
         c: float = 1000.0,
@@ -225,10 +225,7 @@ class BSD(Method):
             raise UserError(f"BSD eps must be >= 0, got {eps}; use 0 or a small value.")
         if not tau > 0.0:
             raise UserError(f"BSD sharpening tau must be > 0, got {tau}; use 1 or e.g. 0.8.")
-        if store_dtype not in STORE_DTYPES:
-            raise UserError(
-                f"BSD store_dtype must be one of {sorted(STORE_DTYPES)}, got {store_dtype!r}."
-            )
+        resolve_dtype(store_dtype, STORE_DTYPES)
         if loss_scale not in LOSS_SCALES:
             raise UserError(f"BSD loss_scale must be one of {LOSS_SCALES}, got {loss_scale!r}.")
         if mix_half not in MIX_HALF:
@@ -269,7 +266,7 @@ class BSD(Method):
                 f"[{int(labels.min())}, {int(labels.max())}]; check the dataset's num_classes."
             )
         targets, counts = dirichlet_prior(
-            labels, ctx.num_classes, self.c, self.eps, STORE_DTYPES[self.store_dtype]
+            labels, ctx.num_classes, self.c, self.eps, resolve_dtype(self.store_dtype, STORE_DTYPES)
         )
         self.target_store = SampleStore(self, "targets", targets, renormalise=True)
         self.count_store = SampleStore(self, "counts", counts)

@@ -110,7 +110,7 @@ class BSDPlus(BSD):
         joint_forward: one forward pass over all views (True) or a weak and a strong pass.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         gamma: float = 0.95,
         c: float = 1000.0,

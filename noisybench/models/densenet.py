@@ -84,7 +84,7 @@ class DenseNet(nn.Module):
         imagenet_stem: use the original 7x7/2 convolution + 3x3/2 max-pool stem.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         blocks: tuple[int, ...],
         num_classes: int,

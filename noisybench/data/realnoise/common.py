@@ -140,7 +140,7 @@ def parse_label(text: str, num_classes: int, where: str) -> int:
     return value
 
 
-def read_pairs(
+def read_pairs(  # noqa: PLR0913
     path: Path,
     what: str,
     num_classes: int,
@@ -244,7 +244,7 @@ def _resolve(split: Split, missing: str) -> tuple[list[str], list[Entry], int]:
     return files, kept, len(absent)
 
 
-def build_data(
+def build_data(  # noqa: PLR0913
     name: str,
     class_names: Sequence[str],
     train: Split,

@@ -78,7 +78,7 @@ def _images_in(folder: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- Clothing1M
-def load_clothing1m(
+def load_clothing1m(  # noqa: PLR0913
     root: str,
     train_list: str = "noisy",
     missing: str = "refuse",
@@ -180,7 +180,7 @@ def load_clothing1m(
 
 
 # ----------------------------------------------------------------------------- WebVision
-def _imagenet_val(
+def _imagenet_val(  # noqa: C901
     root: Path, imagenet_root: str | None, imagenet_list: str | None, wnids: list[str], k: int
 ) -> Split | None:
     """The ILSVRC12 validation images of the first ``k`` classes, in one of three layouts:
@@ -242,7 +242,7 @@ def _imagenet_val(
     return None
 
 
-def load_webvision_mini(
+def load_webvision_mini(  # noqa: PLR0913
     root: str,
     num_classes: int = 50,
     imagenet: bool = True,
@@ -364,7 +364,7 @@ def _class_list(path: Path, what: str, hint: str) -> list[str]:
     return lines
 
 
-def load_food101n(
+def load_food101n(  # noqa: C901, PLR0913
     root: str,
     food101_root: str,
     exclude_verified_val: bool = False,
@@ -505,7 +505,7 @@ def _cnwl_flags(path: Path, names: list[str]) -> tuple[dict[str, int], int]:
     return flags, web
 
 
-def load_red_mini_imagenet(
+def load_red_mini_imagenet(  # noqa: PLR0913
     root: str,
     noise_rate: str | float = "0.4",
     color: str = "red",
