@@ -83,7 +83,7 @@ def test_noise_sums_survive_a_mid_epoch_checkpoint() -> None:
     trainer.model.train()
     batches = iter(exp.loader.epoch(0))
     for step in range(2):
-        trainer._train_step(next(batches), 0, step, sums)
+        trainer.train_step(next(batches), 0, step, sums)
     state = trainer.state_dict(0, 2, sums)
     assert state["epoch_sums"]["noise"] is not None
     _, _, restored = trainer.load_state_dict(state)

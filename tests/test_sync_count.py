@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from noisybench.baselines import CODE_DEFAULTS
 from torch import Tensor
 
 from noisybench.build import build
@@ -198,7 +199,8 @@ def _restore_torch_globals(restore_torch_globals: None) -> None:
 def count_syncs(method: str, extra: list[str], steps: int = STEPS) -> tuple[Counter, Counter]:
     """Host reads per category inside ``Trainer.train_step`` and inside the loader's batch
     drawing, over ``steps`` steps of epoch 1 (after one warm-up step of epoch 0)."""
-    exp = build(compose([*BASE, f"method={method}", *extra]))
+    # digits: no per-setting authors' value for DivideMix / ELR, so their code's defaults
+    exp = build(compose([*BASE, f"method={method}", *CODE_DEFAULTS.get(method, []), *extra]))
     trainer = exp.trainer()
     step_counter, load_counter = SyncCounter(), SyncCounter()
     original = Trainer.train_step
