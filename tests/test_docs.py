@@ -24,12 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOC_FILES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 _COMMAND = re.compile(r"(?:^|[\s;&|(])(?:python3? -m noisybench|noisybench)(?=\s|$)")
-# A schematic example names a placeholder: RUN_DIR, RUNS, NAME, DIR, "..." or /path/to/.
+# A schematic example names a placeholder: RUN_DIR, RUNS, NAME, DIR, "...", /path/to/ or <name>.
 _PLACEHOLDER = re.compile(
-    r"(?:^|[\s=/\[])(?:[A-Z][A-Z_]{2,}|\.\.\.)(?:\.\.\.)?(?=[\s\]/,]|$)|/path/to/"
+    r"(?:^|[\s=/\[])(?:[A-Z][A-Z_]{2,}|\.\.\.)(?:\.\.\.)?(?=[\s\]/,]|$)|/path/to/|<[a-z_]+>"
 )
 # check_config's refusals that depend on the machine, not on the example
-_ENVIRONMENT = re.compile(r"does not exist|is not available|not found|is not a file|no GPU")
+_ENVIRONMENT = re.compile(
+    r"does not exist|is not available|not found|is not a file|is not a folder|no GPU"
+)
 # Hydra flags that take no override and how many values each takes.
 _FLAGS = {"-m": 0, "--multirun": 0, "--resolve": 0, "--help": 0, "-h": 0, "--hydra-help": 0}
 _FLAGS |= {"--info": 0, "--cfg": 1, "-c": 1, "-p": 1, "--package": 1, "-sc": 1}
@@ -81,6 +83,8 @@ def command_examples() -> list[tuple[str, str]]:
 def _first_of_sweep(override: str) -> str:
     """``k=a,b`` -> ``k=a`` (a sweep composes like its first job); lists stay whole."""
     key, eq, value = override.partition("=")
+    if value.startswith(("interval(", "choice(")):  # an Optuna search space: its first value
+        return f"{key}={value.partition('(')[2].split(',')[0].rstrip(')')}"
     if not eq or value.startswith(("[", "{")) or "(" in value:
         return override
     depth, first = 0, ""
@@ -98,7 +102,7 @@ def split_command(command: str) -> tuple[str | None, list[str]]:
     tokens = shlex.split(command.replace("$PWD", str(ROOT)))
     start = next(i for i, tok in enumerate(tokens) if tok == "noisybench") + 1
     args = tokens[start:]
-    if args and args[0] in ("report", "evaluate"):
+    if args and args[0] in ("report", "evaluate", "suite"):
         return args[0], args[1:]
     return None, args
 
@@ -136,45 +140,63 @@ def test_first_of_sweep() -> None:
     assert _first_of_sweep("hydra.searchpath=[file:///a,file:///b]").endswith("file:///b]")
 
 
-@pytest.mark.parametrize(("where", "command"), EXAMPLES, ids=[c for _, c in EXAMPLES])
-def test_command_example_composes(where: str, command: str) -> None:
-    from omegaconf import OmegaConf
-
-    from noisybench import config
-
-    if _PLACEHOLDER.search(command.split("noisybench", 1)[1]):
-        pytest.skip("a schema with placeholders, not a command")
-    sub, args = split_command(command)
-    if sub is not None and not args:
+def _check_subcommand(where: str, sub: str, args: list[str]) -> None:
+    """``noisybench report|evaluate|suite ...``: parsed (report) or its names checked."""
+    if not args:
         return  # the subcommand named in prose ("`noisybench report`")
     if sub == "report":
         from noisybench import report
 
-        report._parse(args)  # argparse exits on an unknown option
-        return
-    if sub == "evaluate":
+        roots = [a for a in args if not a.startswith("-")]
+        report._parse(args if roots else ["runs", *args])  # argparse exits on an unknown option
+    elif sub == "suite":
+        name = next(a for a in args if not a.startswith("-"))
+        if not name.endswith(".yaml"):  # a suite file of the user's own
+            assert (ROOT / "conf" / "suite" / f"{name}.yaml").is_file(), (where, name)
+    else:
         for arg in args:
             if arg.startswith("eval="):
                 for suite in arg.partition("=")[2].strip("[]").split(","):
                     assert (ROOT / "conf" / "eval" / f"{suite}.yaml").is_file(), (where, suite)
+
+
+@pytest.mark.parametrize(("where", "command"), EXAMPLES, ids=[c for _, c in EXAMPLES])
+def test_command_example_composes(where: str, command: str) -> None:
+    from omegaconf import OmegaConf
+
+    from noisybench import config, safety
+
+    if _PLACEHOLDER.search(command.split("noisybench", 1)[1]):
+        pytest.skip("a schema with placeholders, not a command")
+    sub, args = split_command(command)
+    if sub is not None:
+        _check_subcommand(where, sub, args)
         return
-    overrides = overrides_of(args)
+    # allow_targets= is the command line's, never the config's (noisybench.safety)
+    allowance = [a for a in args if a.startswith("allow_targets=")]
+    overrides = overrides_of([a for a in args if a not in allowance])
     launchers = [o for o in overrides if o.startswith("hydra/launcher=")]
     for launcher in launchers:
         name = launcher.partition("=")[2]
         ours = (ROOT / "conf" / "hydra" / "launcher" / f"{name}.yaml").is_file()
         assert ours or name in ("joblib", "submitit_local", "submitit_slurm"), (where, name)
-    overrides = [o for o in overrides if not o.startswith(("hydra/", "hydra.launcher."))]
+    overrides = [
+        o for o in overrides if not o.startswith(("hydra/", "hydra.launcher.", "hydra.sweeper."))
+    ]
     config.validate_choices(overrides)
     dirs = config.search_dirs(overrides)
     cfg = config.compose(overrides, search_dirs=dirs[1:])
-    if "${hydra:" not in command:
-        config.resolved(cfg)
+    if "${hydra:" in command:
+        return  # resolves inside a Hydra job only
+    safety.allow(e for a in allowance for e in safety.parse_entries(a[14:], "allow_targets"))
     try:
+        config.resolved(cfg)
         config.check_config(cfg)
     except UserError as exc:  # a file or device of the example's machine is not this one's
         if not _ENVIRONMENT.search(str(exc)):
             raise
+    finally:
+        safety.reset()
     assert OmegaConf.select(cfg, "method.name")
 
 
