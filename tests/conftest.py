@@ -1,7 +1,14 @@
-"""Shared test setup: one torch thread, and a helper that runs the command line."""
+"""Shared test setup: one torch thread, a helper that runs the command line, and the small
+objects many tests build (a method context, a linear model, a batch of random images, a
+checkpoint round trip, the repository's composed config).
+
+Import the plain helpers with ``from conftest import tiny_ctx, tiny_batch, ...``; the
+fixtures (``cli``, ``restore_torch_globals``, which every test uses) pytest finds by name.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -13,11 +20,19 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
+
+# The conf/*.yaml files interpolate ${paper:...} and ${nb_variant:...}, resolvers that
+# importing noisybench.config registers. Registering them here makes every test that composes
+# the config independent of which test happened to import it first (pytest-xdist runs tests
+# in any order, in several processes).
+import noisybench.config  # noqa: F401
 
 # The tests' models are tiny; on a few shared cores one intra-op thread is much faster.
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
 KILL_ENV = "NOISYBENCH_TEST_KILL_AT"  # noisybench.engine.TEST_KILL_ENV (test-only hook)
 # The quick configuration of the command-line tests: digits + small CNN, no progress bars,
 # no loggers (tests that look at TensorBoard ask for logger=[tensorboard]).
@@ -151,9 +166,10 @@ def quick_run_dir(
     return out / "digits" / "small_cnn" / noise / method / variant / f"seed{seed}"
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def restore_torch_globals() -> Iterator[None]:
-    """run_experiment and build() set torch's thread count and deterministic mode; undo that."""
+    """run_experiment and build() set torch's thread count and deterministic mode; undo that
+    after every test, so that no test sees another's settings whatever the order (xdist)."""
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -184,3 +200,79 @@ class NaNAt(CrossEntropy):
         out.loss = torch.where(bad, torch.full_like(out.loss, float("nan")), out.loss)
         return out
 """
+
+
+# ------------------------------------------------------------------ small objects for unit tests
+def tiny_ctx(
+    labels: torch.Tensor,
+    num_classes: int = 10,
+    *,
+    epochs: int = 1,
+    steps_per_epoch: int = 1,
+    build_model: Callable[[], nn.Module] | None = None,
+) -> Any:
+    """A CPU :class:`noisybench.method.MethodContext` for the noisy ``labels`` (one sample per
+    label)."""
+    from noisybench.method import MethodContext
+
+    return MethodContext(
+        num_samples=labels.shape[0],
+        num_classes=num_classes,
+        noisy_labels=labels,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        device=torch.device("cpu"),
+        build_model=build_model,
+    )
+
+
+def tiny_model(seed: int | None = None, k: int = 10, in_features: int = 64) -> nn.Module:
+    """A linear classifier of flattened ``1x8x8`` images (``in_features`` inputs, ``k``
+    classes), initialised after ``torch.manual_seed(seed)`` when ``seed`` is given."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, k))
+
+
+def images(n: int, seed: int, shape: Sequence[int] = (1, 8, 8)) -> torch.Tensor:
+    """``n`` standard-normal images of ``shape`` from their own generator seeded ``seed``."""
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+def tiny_batch(
+    idx: Sequence[int] | torch.Tensor,
+    labels: torch.Tensor,
+    seed: int | None = None,
+    views: Sequence[str] = ("weak",),
+    shape: Sequence[int] = (1, 8, 8),
+    carried: int = 0,
+) -> Any:
+    """A :class:`noisybench.method.Batch` of samples ``idx`` with their ``labels`` and random
+    images for each view: view ``j`` from ``images(n, seed + 100 j)`` when ``seed`` is given,
+    else from torch's global RNG (one ``randn`` per view, in order)."""
+    from noisybench.method import Batch
+
+    i = torch.as_tensor(idx)
+    n = i.numel()
+    if seed is None:
+        v = {key: torch.randn(n, *shape) for key in views}
+    else:
+        v = {key: images(n, seed + 100 * j, shape) for j, key in enumerate(views)}
+    return Batch(idx=i, target=labels[i], views=v, carried=carried)
+
+
+def roundtrip(obj: Any) -> Any:
+    """A deep copy through ``torch.save`` / ``torch.load(weights_only=True)``, as a checkpoint
+    file would give it back."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def compose_config(*overrides: str, config_dir: Path = CONF_DIR) -> Any:
+    """The repository's ``config.yaml`` composed by Hydra with ``overrides`` (no run)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
