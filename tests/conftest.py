@@ -80,6 +80,57 @@ class CLI:
         )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the ``cli`` fixture starts ``python -m noisybench``: mark it
+    ``cli`` (tests that start Python another way carry ``@pytest.mark.cli`` themselves)."""
+    for item in items:
+        if "cli" in getattr(item, "fixturenames", ()) and item.get_closest_marker("cli") is None:
+            item.add_marker(pytest.mark.cli)
+
+
+def _starts_python(args: Any) -> bool:
+    if isinstance(args, (str, bytes, os.PathLike)):
+        args = str(args if not isinstance(args, bytes) else args.decode()).split()[:1]
+    argv = [str(a) for a in list(args)[:1]]
+    if not argv:
+        return False
+    name = Path(argv[0]).name
+    return argv[0] == sys.executable or name.startswith("python") or name == "torchrun"
+
+
+@pytest.fixture(autouse=True)
+def _python_processes_need_the_cli_marker(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """A test without the ``cli`` marker may not start a Python process (``python -m
+    noisybench``, torchrun, a worker script): each costs seconds of imports, and the quick
+    loop ``pytest -m "not slow and not cli"`` relies on the marker to leave them out. This
+    keeps the marker complete as tests are added: the unmarked test fails and says so."""
+    if request.node.get_closest_marker("cli") is not None:
+        yield
+        return
+    started: list[str] = []
+    original = subprocess.Popen.__init__
+
+    def guarded(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> None:
+        if _starts_python(args):
+            started.append(str(args)[:200])
+            raise RuntimeError(
+                f"{request.node.nodeid} starts a Python process but is not marked "
+                "@pytest.mark.cli; mark it (the quick loop leaves such tests out)"
+            )
+        original(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+    yield
+    if started:
+        pytest.fail(
+            f"{request.node.nodeid} started a Python process ({started[0]}) without "
+            "@pytest.mark.cli; mark it",
+            pytrace=False,
+        )
+
+
 @pytest.fixture(scope="session")
 def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CLI]:
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
