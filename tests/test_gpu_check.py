@@ -97,7 +97,7 @@ def test_a_phase_stops_before_an_item_it_has_no_time_left_for() -> None:
 
 def test_a_phase_past_its_hard_deadline_is_ended_and_the_check_goes_on() -> None:
     begin = time.perf_counter()
-    phase = gpu_check.run_phase("demo", 0.2, lambda p: time.sleep(5), hard_factor=1.5)
+    phase = gpu_check.run_phase("demo", 0.2, lambda p: time.sleep(5), hard_s=0.3)
     assert phase.status == "timeout"
     assert time.perf_counter() - begin < 2.0
 
