@@ -655,8 +655,12 @@ def settings(device: torch.device, profile: Profile, total_s: float) -> dict[str
     }
 
 
+NOT_RUN = {"status": "not run", "seconds": "", "budget_s": "", "items": {}, "notes": []}
+
+
 def markdown(report: dict[str, Any]) -> str:
-    s, phases = report["settings"], report["phases"]
+    s = report["settings"]
+    phases = {name: report["phases"].get(name, NOT_RUN) for name in BUDGETS_S}
     lines = [
         f"# GPU check{' (dry run: no measurement)' if s['dry'] else ''}",
         "",
@@ -675,10 +679,10 @@ def markdown(report: dict[str, Any]) -> str:
         "| method | losses | first run (s) | resumed run (s) | sync-checked steps | result |",
         "|---|---|---:|---:|---:|---|",
     ]
-    sync = phases["sync"]["items"]
-    for m, item in phases["methods"]["items"].items():
-        si = sync.get(m, {})
-        bad = [x for x in (item, si) if not x.get("ok", False)]
+    runs, sync = phases["methods"]["items"], phases["sync"]["items"]
+    for m in [*runs, *(m for m in sync if m not in runs)]:
+        item, si = runs.get(m, {}), sync.get(m, {})
+        bad = [x for x in (item, si) if x and not x.get("ok", False)]
         verdict = (
             "ok" if not bad else "; ".join(f"{b.get('error')} at {b.get('where')}" for b in bad)
         )
@@ -763,14 +767,20 @@ def check(profile: Profile, device: torch.device, out_dir: Path) -> dict[str, An
                 left = TOTAL_S - (time.perf_counter() - begin) - later
                 hard = max(min(budget * HARD_FACTOR, left), 5.0)
             phases[name] = run_phase(name, min(budget, hard), bodies[name], hard)
-    report["settings"] = settings(device, profile, time.perf_counter() - begin)
-    report["phases"] = {name: p.to_dict() for name, p in phases.items()}
-    report["ok"] = all(p.status in ("ok", "skipped") for p in phases.values())
-    stem = "gpu_check_dry" if profile.dry else "gpu_check"
+            # written after every phase: a check cut short by an outer timeout keeps its findings
+            report["settings"] = settings(device, profile, time.perf_counter() - begin)
+            report["phases"] = {n: p.to_dict() for n, p in phases.items()}
+            report["ok"] = len(phases) == len(names) and all(
+                p.status in ("ok", "skipped") for p in phases.values()
+            )
+            write_report(report, out_dir, "gpu_check_dry" if profile.dry else "gpu_check")
+    return report
+
+
+def write_report(report: dict[str, Any], out_dir: Path, stem: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out_dir / f"{stem}.md").write_text(markdown(report))
-    return report
 
 
 def main(argv: list[str] | None = None) -> int:
