@@ -38,6 +38,7 @@ KILL_ENV = "NOISYBENCH_TEST_KILL_AT"  # noisybench.engine.TEST_KILL_ENV (test-on
 # no loggers (tests that look at TensorBoard ask for logger=[tensorboard]).
 QUICK = ("experiment=quickstart", "progress=false", "logger=[]")
 TIMING_KEYS = ("epoch_time_s",)
+CLI_STARTS = pytest.StashKey[list]()  # command lines an unmarked test tried to start
 
 
 class CLI:
@@ -88,35 +89,50 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cli)
 
 
-def _starts_python(args: Any) -> bool:
+def starts_the_command_line(args: Any) -> bool:
+    """Whether ``subprocess.Popen(args)`` starts Python (or torchrun) on this project's code:
+    ``-m noisybench[.x]``, ``torch.distributed.run``, or a script or path inside the
+    repository (the tests' workers, the package itself). Python processes that torch starts
+    for itself (inductor's compile workers, from site-packages) are not the command line."""
     if isinstance(args, (str, bytes, os.PathLike)):
-        args = str(args if not isinstance(args, bytes) else args.decode()).split()[:1]
-    argv = [str(a) for a in list(args)[:1]]
+        args = os.fsdecode(args).split()
+    argv = [os.fsdecode(a) for a in args]
     if not argv:
         return False
-    name = Path(argv[0]).name
-    return argv[0] == sys.executable or name.startswith("python") or name == "torchrun"
+    prog = Path(argv[0]).name
+    if not (argv[0] == sys.executable or prog.startswith("python") or prog == "torchrun"):
+        return False
+    if prog == "torchrun":
+        return True
+    for arg in argv[1:]:
+        if arg in ("noisybench", "torch.distributed.run") or arg.startswith("noisybench."):
+            return True
+        if str(ROOT) in arg and "site-packages" not in arg:
+            return True
+    return False
 
 
 @pytest.fixture(autouse=True)
 def _python_processes_need_the_cli_marker(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
-    """A test without the ``cli`` marker may not start a Python process (``python -m
-    noisybench``, torchrun, a worker script): each costs seconds of imports, and the quick
-    loop ``pytest -m "not slow and not cli"`` relies on the marker to leave them out. This
-    keeps the marker complete as tests are added: the unmarked test fails and says so."""
+    """A test without the ``cli`` marker may not start the command line (``python -m
+    noisybench``, torchrun, a worker script; :func:`starts_the_command_line`): each costs
+    seconds of imports, and the quick loop ``pytest -m "not slow and not cli"`` relies on the
+    marker to leave them out. This keeps the marker complete as tests are added: the
+    unmarked test fails and says so."""
     if request.node.get_closest_marker("cli") is not None:
         yield
         return
     started: list[str] = []
+    request.node.stash[CLI_STARTS] = started  # tests/test_conftest.py reads (and clears) it
     original = subprocess.Popen.__init__
 
     def guarded(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> None:
-        if _starts_python(args):
+        if starts_the_command_line(args):
             started.append(str(args)[:200])
             raise RuntimeError(
-                f"{request.node.nodeid} starts a Python process but is not marked "
+                f"{request.node.nodeid} starts the command line but is not marked "
                 "@pytest.mark.cli; mark it (the quick loop leaves such tests out)"
             )
         original(self, args, *rest, **kwargs)
@@ -125,7 +141,7 @@ def _python_processes_need_the_cli_marker(
     yield
     if started:
         pytest.fail(
-            f"{request.node.nodeid} started a Python process ({started[0]}) without "
+            f"{request.node.nodeid} started the command line ({started[0]}) without "
             "@pytest.mark.cli; mark it",
             pytrace=False,
         )
