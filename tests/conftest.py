@@ -149,8 +149,17 @@ def _python_processes_need_the_cli_marker(
 
 @pytest.fixture(scope="session")
 def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CLI]:
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+    with ThreadPoolExecutor(max_workers=cli_threads()) as pool:
         yield CLI(tmp_path_factory.mktemp("cwd"), pool)
+
+
+def cli_threads() -> int:
+    """Command lines run side by side: one per CPU core, shared among pytest-xdist's worker
+    processes (``PYTEST_XDIST_WORKER_COUNT``); at least 2 without xdist, as before. The pool is
+    first in, first out, so a job that waits on an earlier one's result cannot deadlock."""
+    cores = os.cpu_count() or 2
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    return max(1, cores // workers) if workers else max(2, cores)
 
 
 def write_image_folder(
