@@ -551,7 +551,8 @@ def phase_jpeg(phase: Phase, profile: Profile, device: torch.device, work: Path)
     for name, decoder, dd in ways:
         plain[name] = [b.views["plain"] for b in loader("plain", decoder, dd).epoch(0)]
     a, b = (plain[name] for name, _, _ in ways)
-    grey = max(float(((x - y).abs() * std).max()) for x, y in zip(a, b, strict=True))
+    diff = torch.cat([((x - y).abs() * std).flatten() for x, y in zip(a, b, strict=True)])
+    grey = float(diff.max())
     rates = {}
     for name, decoder, dd in ways:
         weak = loader("weak", decoder, dd)
@@ -568,6 +569,8 @@ def phase_jpeg(phase: Phase, profile: Profile, device: torch.device, work: Path)
         "workers": profile.jpeg_workers,
         "max_grey_level_difference": round(grey, 4),
         "within_one_grey_level": grey <= 1.0 + 1e-3,
+        "mean_grey_level_difference": round(float(diff.mean()), 4),
+        "share_of_values_over_one_level": round(float((diff > 1.0 + 1e-3).float().mean()), 6),
         "images_per_s": {k: round(v, 1) for k, v in rates.items()},
     }
     if grey > 1.0 + 1e-3:
