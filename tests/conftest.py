@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -127,9 +128,12 @@ def _python_processes_need_the_cli_marker(
     started: list[str] = []
     request.node.stash[CLI_STARTS] = started  # tests/test_conftest.py reads (and clears) it
     original = subprocess.Popen.__init__
+    # Only the test's own thread: command lines queued on the cli fixture's pool by an earlier
+    # (marked) module may still be starting while this test runs.
+    owner = threading.get_ident()
 
     def guarded(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> None:
-        if starts_the_command_line(args):
+        if threading.get_ident() == owner and starts_the_command_line(args):
             started.append(str(args)[:200])
             raise RuntimeError(
                 f"{request.node.nodeid} starts the command line but is not marked "
