@@ -159,11 +159,11 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CLI]:
 
 def cli_threads() -> int:
     """Command lines run side by side: one per CPU core, shared among pytest-xdist's worker
-    processes (``PYTEST_XDIST_WORKER_COUNT``); at least 2 without xdist, as before. The pool is
-    first in, first out, so a job that waits on an earlier one's result cannot deadlock."""
+    processes (``PYTEST_XDIST_WORKER_COUNT``), but at least 2 per process, so that a worker
+    left alone with a module of command lines at the end of the run still fills two cores."""
     cores = os.cpu_count() or 2
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
-    return max(1, cores // workers) if workers else max(2, cores)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0) or 1
+    return max(2, cores // workers)
 
 
 def write_image_folder(
