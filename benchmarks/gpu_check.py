@@ -38,7 +38,8 @@ noisybench names this script relies on (public unless marked): ``config.compose`
 ``Trainer.fit``, ``engine.Callback``, ``engine.Interrupted``, ``run.run_experiment``,
 ``callbacks.TEST_KILL_ENV`` (test hook), ``data.folder.load_folder``,
 ``data.folder.FolderLoader``; and, through bench_throughput / bench_ops,
-``Trainer._train_step``, ``engine._EpochSums`` and ``Trainer.predict_split`` (internal).
+``Trainer._train_step`` (``train_step`` after the seams refactor), ``engine._EpochSums``,
+``Trainer.predict_split`` and ``Experiment.loader`` (internal; the two benchmarks follow them).
 """
 
 from __future__ import annotations
