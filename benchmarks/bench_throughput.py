@@ -421,26 +421,22 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per round")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds (median reported)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    parser.add_argument("--eval-images", type=int, default=None, help="images per eval pass")
-    parser.add_argument("--epochs", type=int, default=300, help="epochs of the paper run")
-    parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
-    parser.add_argument("--set", nargs="*", default=[], help="noisybench config overrides")
-    args = parser.parse_args()
-
-    device = resolve_device(args.device)
-    cpu = device.type == "cpu"
-    steps = args.steps or (3 if cpu else 50)
-    warmup = args.warmup if args.warmup is not None else (1 if cpu else 10)
+def measure(
+    device: torch.device,
+    *,
+    steps: int,
+    warmup: int,
+    repeats: int,
+    workers: int,
+    eval_images: int | None = None,
+    epochs: int = 300,
+    sets: list[str] | None = None,
+) -> dict[str, Any]:
+    """Build, warm up and time every configuration (see the module docstring); the result
+    dict that :func:`markdown` prints and ``main`` writes (also used by gpu_check.py)."""
+    sets = list(sets or [])
     loadavg_before = os.getloadavg()
-
-    exps = {m: experiment(m, device, list(args.set)) for m in METHODS}
+    exps = {m: experiment(m, device, sets) for m in METHODS}
     ce = exps["ce"]
     # Every configuration trains the same network object (CE's model, optimizer and
     # schedule): separately built copies of a model ran up to 6 % apart on the CPU (where
@@ -449,14 +445,14 @@ def main() -> None:
         exps[m] = dataclasses.replace(
             exps[m], model=ce.model, optimizer=ce.optimizer, scheduler=ce.scheduler
         )
-    eval_images = args.eval_images or (256 if cpu else int(ce.data.test_images.shape[0]))
+    eval_images = eval_images or int(ce.data.test_images.shape[0])
     benches: dict[str, Bench] = {
         "bare": bare_bench(ce),
         "bare x3": bare_bench(ce, 3 * BATCH, "bare x3"),
     }
     for m, exp in exps.items():
         benches[f"engine {m}"], benches[f"loader {m}"] = engine_benches(m, exp)
-    benches["peers"], benches["loader peers"] = peers_benches(ce, args.workers)
+    benches["peers"], benches["loader peers"] = peers_benches(ce, workers)
     benches["eval test"], benches["eval train"] = eval_benches(ce, eval_images)
 
     for bench in benches.values():
@@ -468,7 +464,7 @@ def main() -> None:
     # no configuration always runs after the same one (on the CPU a fixed order biased BSD /
     # CE by +4 %: tests of the same two steps in alternating order gave 0.97-1.02).
     turn = 0
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for i in range(steps):
             order = list(benches.values())
             for bench in order if turn % 2 == 0 else order[::-1]:
@@ -477,7 +473,7 @@ def main() -> None:
             turn += 1
 
     every = int(ce.cfg.eval.get("train_diagnostics_every") or 1)
-    result = summarise(benches, ce, args.epochs, every)
+    result = summarise(benches, ce, epochs, every)
     result["settings"] = {
         "device": str(device),
         "device_name": device_name(device),
@@ -494,15 +490,43 @@ def main() -> None:
         "batch_size": BATCH,
         "steps": steps,
         "warmup": warmup,
-        "repeats": args.repeats,
-        "workers": args.workers,
-        "epochs": args.epochs,
-        "overrides": list(args.set),
+        "repeats": repeats,
+        "workers": workers,
+        "epochs": epochs,
+        "overrides": sets,
         "loadavg_before": [round(v, 2) for v in loadavg_before],
         "loadavg_after": [round(v, 2) for v in os.getloadavg()],
         "step_times_s": {name: b.seconds for name, b in benches.items()},
         "step_cpu_times_s": {name: b.cpu_seconds for name, b in benches.items()},
     }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds (median reported)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--eval-images", type=int, default=None, help="images per eval pass")
+    parser.add_argument("--epochs", type=int, default=300, help="epochs of the paper run")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    parser.add_argument("--set", nargs="*", default=[], help="noisybench config overrides")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    cpu = device.type == "cpu"
+    result = measure(
+        device,
+        steps=args.steps or (3 if cpu else 50),
+        warmup=args.warmup if args.warmup is not None else (1 if cpu else 10),
+        repeats=args.repeats,
+        workers=args.workers,
+        eval_images=args.eval_images or (256 if cpu else None),
+        epochs=args.epochs,
+        sets=list(args.set),
+    )
     out = args.out or RESULTS / f"throughput_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_ctx
 from hydra.utils import instantiate
 from noisybench.baselines.ls import LabelSmoothing
 from noisybench.baselines.mixup import MixUp
@@ -73,14 +74,7 @@ def hand_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def context(n: int, k: int, labels: torch.Tensor | None = None) -> MethodContext:
     if labels is None:
         labels = torch.randint(0, k, (n,))
-    return MethodContext(
-        num_samples=n,
-        num_classes=k,
-        noisy_labels=labels,
-        epochs=3,
-        steps_per_epoch=1,
-        device=torch.device("cpu"),
-    )
+    return tiny_ctx(labels, k, epochs=3)
 
 
 def build_from_config(name: str, **overrides: object) -> Method:

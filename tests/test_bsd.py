@@ -7,39 +7,24 @@ the explicit Dirichlet parameters alpha (Eq. 2, 4 with discounting), the closed 
 
 from __future__ import annotations
 
-import io
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
+from conftest import compose_config, roundtrip, tiny_batch, tiny_ctx, tiny_model
 from hydra.utils import instantiate
-from torch import nn
 
 from noisybench.errors import UserError
-from noisybench.method import Batch, MethodContext, StepOutput
+from noisybench.method import Batch, StepOutput
 from noisybench.methods.bsd import BSD, discounted_update, sharpen
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 K = 5
-
-
-def make_ctx(labels: torch.Tensor, num_classes: int = K) -> MethodContext:
-    return MethodContext(
-        num_samples=labels.numel(),
-        num_classes=num_classes,
-        noisy_labels=labels,
-        epochs=1,
-        steps_per_epoch=1,
-        device=torch.device("cpu"),
-    )
 
 
 def make_method(labels: torch.Tensor, **kwargs) -> BSD:
     method = BSD(**kwargs)
-    method.setup(make_ctx(labels))
+    method.setup(tiny_ctx(labels, K))
     return method
 
 
@@ -60,14 +45,6 @@ def update(method: BSD, idx: torch.Tensor, probs: torch.Tensor) -> None:
 
 def random_probs(b: int, k: int = K, scale: float = 3.0) -> torch.Tensor:
     return torch.softmax(scale * torch.randn(b, k), dim=-1)
-
-
-def tiny_model(k: int = K) -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, k))
-
-
-def make_batch(idx: torch.Tensor, labels: torch.Tensor) -> Batch:
-    return Batch(idx=idx, target=labels[idx], views={"weak": torch.randn(idx.numel(), 1, 8, 8)})
 
 
 # ----------------------------------------------------------------------------- prior (Eq. 2)
@@ -152,7 +129,7 @@ def test_float16_rows_do_not_drift():
     n, k = 64, 10
     labels = torch.randint(0, k, (n,))
     m = BSD(gamma=0.95, c=1000.0, store_dtype="float16")
-    m.setup(make_ctx(labels, k))
+    m.setup(tiny_ctx(labels, k))
     idx = torch.arange(n)
     drift = 0.0
     for _ in range(300):
@@ -191,10 +168,10 @@ def test_large_c_gives_cross_entropy_gradients():
     n = 32
     labels = torch.randint(0, K, (n,))
     m = make_method(labels, c=1e12, gamma=0.95, tau=1.0, store_dtype="float32")
-    model = tiny_model()
+    model = tiny_model(k=K)
     for _ in range(4):  # targets stay (numerically) the given one-hot labels
         idx = torch.randperm(n)[:16]
-        batch = make_batch(idx, labels)
+        batch = tiny_batch(idx, labels)
         out = m.training_step(model, batch, 0)
         g_bsd = torch.autograd.grad(out.loss, list(model.parameters()))
         ce = F.cross_entropy(model(batch.views["weak"]), labels[idx])
@@ -207,7 +184,7 @@ def test_large_c_gives_cross_entropy_gradients():
     m_small = make_method(labels, c=2.0, gamma=0.5, store_dtype="float32")
     idx = torch.arange(16)
     update(m_small, idx, random_probs(16))
-    batch = make_batch(idx, labels)
+    batch = tiny_batch(idx, labels)
     out = m_small.training_step(model, batch, 0)
     assert not torch.allclose(out.loss, F.cross_entropy(model(batch.views["weak"]), labels[idx]))
 
@@ -267,12 +244,12 @@ def test_loss_uses_targets_from_before_the_step(loss_scale):
     n, gamma, c, tau = 20, 0.7, 3.0, 0.8
     labels = torch.randint(0, K, (n,))
     m = make_method(labels, gamma=gamma, c=c, tau=tau, store_dtype="float32", loss_scale=loss_scale)
-    model = tiny_model()
+    model = tiny_model(k=K)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     alpha = alpha_prior(labels, c, 0.0)
     for _ in range(6):
         idx = torch.randperm(n)[:8]
-        batch = make_batch(idx, labels)
+        batch = tiny_batch(idx, labels)
         with torch.no_grad():
             logits = model(batch.views["weak"]).double()
         prev = alpha[idx] / alpha[idx].sum(dim=1, keepdim=True)  # y^{t-1}
@@ -326,11 +303,11 @@ def test_resume_from_state_dict_is_identical(store_dtype):
     torch.manual_seed(9)
     n = 24
     labels = torch.randint(0, K, (n,))
-    batches = [make_batch(torch.randperm(n)[:8], labels) for _ in range(4)]
+    batches = [tiny_batch(torch.randperm(n)[:8], labels) for _ in range(4)]
 
     def fresh(seed):
         torch.manual_seed(seed)
-        model = tiny_model()
+        model = tiny_model(k=K)
         method = make_method(labels, gamma=0.8, c=5.0, tau=0.8, store_dtype=store_dtype)
         return model, method, torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
 
@@ -339,11 +316,8 @@ def test_resume_from_state_dict_is_identical(store_dtype):
 
     model_b, method_b, opt_b = fresh(0)
     run_steps(model_b, method_b, opt_b, batches[:3])
-    buf = io.BytesIO()
     state = {"model": model_b.state_dict(), "method": method_b.state_dict()}
-    torch.save({**state, "optimizer": opt_b.state_dict()}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
+    ckpt = roundtrip({**state, "optimizer": opt_b.state_dict()})
     model_c, method_c, opt_c = fresh(123)  # different init: everything must come from the file
     model_c.load_state_dict(ckpt["model"])
     method_c.load_state_dict(ckpt["method"])
@@ -381,8 +355,7 @@ def test_labels_out_of_range_raise_user_error():
 
 # ------------------------------------------------------------------------------ config
 def compose_method(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides)).method
+    return compose_config(*overrides).method
 
 
 def test_config_paper_values_for_bsd():

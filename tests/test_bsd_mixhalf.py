@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_ctx
 from torch import nn
 
 from noisybench.augment import cutout
 from noisybench.errors import UserError
-from noisybench.method import Batch, MethodContext
+from noisybench.method import Batch
 from noisybench.methods.bsd import BSD
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -41,16 +42,7 @@ class Recorder(nn.Module):
 
 def make(mix_half=None, c=10.0, eps=0.5, gamma=0.9, tau=1.0, **kw) -> BSD:
     method = BSD(gamma=gamma, c=c, eps=eps, tau=tau, store_dtype="float32", mix_half=mix_half, **kw)
-    method.setup(
-        MethodContext(
-            num_samples=N,
-            num_classes=K,
-            noisy_labels=LABELS,
-            epochs=1,
-            steps_per_epoch=1,
-            device=torch.device("cpu"),
-        )
-    )
+    method.setup(tiny_ctx(LABELS, K))
     return method
 
 
@@ -82,9 +74,7 @@ def test_null_is_plain_bsd_by_hand_and_bit_identical_to_default():
     batch = make_batch([3, 7, 1, 10, 5, 0])
     ref, m = make(), make(mix_half=None, cutmix_alpha=0.3, cutout_size=0.25)
     plain = BSD(gamma=0.9, c=10.0, eps=0.5, store_dtype="float32")
-    plain.setup(
-        MethodContext(N, K, LABELS, 1, 1, torch.device("cpu")),
-    )
+    plain.setup(tiny_ctx(LABELS, K))
     model = Recorder(2, 6, 6)
     outs = []
     for method in (plain, ref, m):

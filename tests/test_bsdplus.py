@@ -3,39 +3,25 @@ values and independent float64 formulas of Eq. 11 / 12."""
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
+from conftest import compose_config, roundtrip, tiny_batch, tiny_ctx
 from hydra.utils import instantiate
 from torch import nn
 
 from noisybench.augment import apply_box, cutmix, cutmix_box, mix_log_targets, mix_targets
 from noisybench.errors import UserError
-from noisybench.method import Batch, MethodContext
+from noisybench.method import Batch
 from noisybench.methods.bsd import BSD
 from noisybench.methods.bsdplus import BSDPlus, consistency_kl
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 K = 5
-
-
-def make_ctx(labels: torch.Tensor) -> MethodContext:
-    return MethodContext(
-        num_samples=labels.numel(),
-        num_classes=K,
-        noisy_labels=labels,
-        epochs=1,
-        steps_per_epoch=1,
-        device=torch.device("cpu"),
-    )
+VIEWS = ("weak", "strong_1", "strong_2")
 
 
 def setup(method, labels):
-    method.setup(make_ctx(labels))
+    method.setup(tiny_ctx(labels, K))
     return method
 
 
@@ -46,14 +32,6 @@ def mlp(k: int = K) -> nn.Module:
 def bn_net(k: int = K) -> nn.Module:
     return nn.Sequential(
         nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, k)
-    )
-
-
-def make_batch(idx, labels, views=("weak", "strong_1", "strong_2"), shape=(1, 8, 8)) -> Batch:
-    return Batch(
-        idx=idx,
-        target=labels[idx],
-        views={v: torch.randn(idx.numel(), *shape) for v in views},
     )
 
 
@@ -175,7 +153,7 @@ def test_views_shapes_and_finiteness():
     assert m.views == ("weak", "strong_1", "strong_2", "strong_3")
     assert BSDPlus(num_strong=2).views == ("weak", "strong_1", "strong_2")
     idx = torch.randperm(20)[:8]
-    out = m.training_step(mlp(), make_batch(idx, labels, m.views), 0)
+    out = m.training_step(mlp(), tiny_batch(idx, labels, views=m.views), 0)
     assert out.loss.dim() == 0 and bool(torch.isfinite(out.loss))
     assert out.logits.shape == (8, K)
     for value in out.extras.values():
@@ -225,7 +203,7 @@ def test_lambda_zero_is_bsd(joint_forward):
     model = mlp()
     for _ in range(3):
         idx = torch.randperm(n)[:8]
-        batch = make_batch(idx, labels, plus.views)
+        batch = tiny_batch(idx, labels, views=plus.views)
         out_p = plus.training_step(model, batch, 0)
         out_b = bsd.training_step(model, batch, 0)
         g_p = torch.autograd.grad(out_p.loss, list(model.parameters()))
@@ -253,7 +231,7 @@ def test_joint_and_separate_forward_agree_without_batchnorm():
             torch.manual_seed(6)
             model = model_fn()
             m = setup(BSDPlus(lambda_c=7.0, joint_forward=joint, cutmix_prob=1.0), labels)
-            batch = make_batch(idx, labels, m.views)  # same seed: same views and CutMix draws
+            batch = tiny_batch(idx, labels, views=m.views)  # same seed: same views and CutMix draws
             out = m.training_step(model, batch, 0)
             grads = torch.autograd.grad(out.loss, list(model.parameters()))
             results[(model_fn.__name__, joint)] = (out.loss.detach(), grads, out.state["probs"])
@@ -274,7 +252,7 @@ def test_update_uses_weak_prediction_of_the_step():
     m = setup(BSDPlus(gamma=gamma, c=c, store_dtype="float32", cutmix_prob=1.0), labels)
     model = mlp()
     idx = torch.tensor([1, 4, 7, 8])
-    batch = make_batch(idx, labels, m.views)
+    batch = tiny_batch(idx, labels, views=m.views)
     out = m.training_step(model, batch, 0)
     m.after_step(batch, out, 0)
     with torch.no_grad():
@@ -289,7 +267,7 @@ def test_resume_with_rng_state_is_identical():
     torch.manual_seed(8)
     n = 16
     labels = torch.randint(0, K, (n,))
-    batches = [make_batch(torch.randperm(n)[:8], labels) for _ in range(3)]
+    batches = [tiny_batch(torch.randperm(n)[:8], labels, views=VIEWS) for _ in range(3)]
 
     def fresh(seed):
         torch.manual_seed(seed)
@@ -312,11 +290,8 @@ def test_resume_with_rng_state_is_identical():
     model_b, method_b, opt_b = fresh(0)
     torch.manual_seed(100)
     steps(model_b, method_b, opt_b, batches[:2])
-    buf = io.BytesIO()
     state = {"model": model_b.state_dict(), "method": method_b.state_dict()}
-    torch.save({**state, "optimizer": opt_b.state_dict(), "rng": torch.get_rng_state()}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
+    ckpt = roundtrip({**state, "optimizer": opt_b.state_dict(), "rng": torch.get_rng_state()})
     model_c, method_c, opt_c = fresh(5)
     model_c.load_state_dict(ckpt["model"])
     method_c.load_state_dict(ckpt["method"])
@@ -348,8 +323,7 @@ def test_bad_arguments_raise_user_error(kwargs):
 
 # ------------------------------------------------------------------------------ config
 def compose_method(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides)).method
+    return compose_config(*overrides).method
 
 
 @pytest.mark.parametrize(

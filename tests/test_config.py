@@ -187,6 +187,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.cli
 def test_help_lists_the_user_groups_only(tmp_path: Path) -> None:
     proc = _cli("--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -196,6 +197,7 @@ def test_help_lists_the_user_groups_only(tmp_path: Path) -> None:
     assert "noisybench -m experiment=quickstart" in proc.stdout
 
 
+@pytest.mark.cli
 def test_hydra_flags_pass_through(tmp_path: Path) -> None:
     """--cfg, --info and -sc work as Hydra documents them and start no run."""
     job = _cli("--cfg", "job", "experiment=quickstart", "method=bsdplus", "--resolve", cwd=tmp_path)
@@ -209,6 +211,7 @@ def test_hydra_flags_pass_through(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("result.json"))
 
 
+@pytest.mark.cli
 def test_csv_logger_writes_one_row_per_epoch(tmp_path: Path) -> None:
     proc = _cli(
         "experiment=quickstart",
@@ -225,6 +228,7 @@ def test_csv_logger_writes_one_row_per_epoch(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("tb"))  # only the chosen logger ran
 
 
+@pytest.mark.cli
 @pytest.mark.slow
 def test_the_wheel_carries_its_configs_and_no_top_level_baselines(tmp_path: Path) -> None:
     proc = subprocess.run(

@@ -148,12 +148,14 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
 
 
+@pytest.mark.cli
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path: Path) -> None:
     specs = [f"{COMMON} {spec}" for spec in EXPERIMENTS.values()]
     _compare_with_one_process(tmp_path, list(EXPERIMENTS), specs)
 
 
+@pytest.mark.cli
 @pytest.mark.slow
 def test_two_processes_stream_an_image_folder_like_one(tmp_path: Path) -> None:
     """The streaming reader under two processes: each decodes its own share of every batch
@@ -240,6 +242,7 @@ def _run_dir(out: Path) -> Path:
     return found[0]
 
 
+@pytest.mark.cli
 @pytest.mark.slow
 def test_killed_or_stopped_process_resumes_exactly(tmp_path: Path) -> None:
     # Reference: an uninterrupted two-process run (random crops on, so every process's RNG
@@ -333,6 +336,7 @@ def test_launcher_environments(monkeypatch: pytest.MonkeyPatch) -> None:
         distributed.init("mpi")
 
 
+@pytest.mark.cli
 @pytest.mark.slow
 def test_srun_environment_trains_two_processes(tmp_path: Path) -> None:
     """Two processes started as srun starts them (SLURM_PROCID, SLURM_STEP_NUM_TASKS,

@@ -6,13 +6,13 @@ straightforward implementation written here; never from the methods' own output.
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import images, roundtrip, tiny_batch, tiny_ctx, tiny_model
 from noisybench.baselines.ensemble import Ensemble
 from noisybench.baselines.kd import KnowledgeDistillation
 from torch import nn
@@ -23,32 +23,8 @@ from noisybench.method import Batch, MethodContext
 K = 10
 
 
-def tiny_model(seed: int | None = None) -> nn.Module:
-    if seed is not None:
-        torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, K))
-
-
 def make_ctx(labels: torch.Tensor, build_model=tiny_model) -> MethodContext:
-    return MethodContext(
-        num_samples=labels.shape[0],
-        num_classes=K,
-        noisy_labels=labels,
-        epochs=3,
-        steps_per_epoch=2,
-        device=torch.device("cpu"),
-        build_model=build_model,
-    )
-
-
-def images(n: int, seed: int) -> torch.Tensor:
-    return torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
-
-
-def batch(idx: list[int], labels: torch.Tensor, seed: int, views=("weak",)) -> Batch:
-    i = torch.tensor(idx)
-    v = {key: images(len(idx), seed + 100 * j) for j, key in enumerate(views)}
-    return Batch(idx=i, target=labels[i], views=v)
+    return tiny_ctx(labels, K, epochs=3, steps_per_epoch=2, build_model=build_model)
 
 
 def params_of(module: nn.Module) -> torch.Tensor:
@@ -119,7 +95,7 @@ def test_ensemble_extra_modules_and_state_dict():
 def test_ensemble_loss_is_sum_of_member_ce_on_own_views():
     model, ens = make_ensemble(members=3)
     assert ens.views == ("weak", "weak_1", "weak_2")
-    b = batch([0, 1, 2, 3], LABELS, 5, views=ens.views)
+    b = tiny_batch([0, 1, 2, 3], LABELS, 5, views=ens.views)
     out = ens.training_step(model, b, 0)
     nets = (model, ens.members[0], ens.members[1])
     expected = sum(
@@ -148,7 +124,7 @@ def test_ensemble_members_follow_model_mode():
     torch.testing.assert_close(first, second)  # no dropout in any member
     assert not any(m.training for m in ens.members)
     model.train()
-    ens.training_step(model, batch([0, 1], LABELS, 3, views=ens.views), 0)
+    ens.training_step(model, tiny_batch([0, 1], LABELS, 3, views=ens.views), 0)
     assert all(m.training for m in ens.members)
 
 
@@ -231,7 +207,7 @@ def test_kd_loads_ensemble_run_and_averages(tmp_path):
     assert list(kd.parameters()) == []
 
     student = tiny_model(8)
-    b = batch([0, 1, 2, 3], LABELS, 4)
+    b = tiny_batch([0, 1, 2, 3], LABELS, 4)
     x = b.views["weak"]
     with torch.no_grad():
         p_t = sum(F.softmax(n(x) / 3.0, dim=-1) for n in nets) / 4  # "tempered" average
@@ -289,17 +265,10 @@ def test_kd_user_errors(tmp_path):
 # -------------------------------------------------------------------- checkpoint round trip
 
 
-def checkpoint(obj) -> dict:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 def round_trip(make_method, views, resume_at: int = 2, steps: int = 3):
     """Straight run vs. a state_dict round trip (model, method, optimizer) after
     ``resume_at`` steps: the following step must give identical losses and states."""
-    schedule = [batch([2 * s, 2 * s + 1, 7 - s], LABELS, 70 + s, views) for s in range(steps)]
+    schedule = [tiny_batch([2 * s, 2 * s + 1, 7 - s], LABELS, 70 + s, views) for s in range(steps)]
 
     def fresh(seed):
         model = tiny_model(seed)
@@ -328,7 +297,7 @@ def round_trip(make_method, views, resume_at: int = 2, steps: int = 3):
     losses_a = run(model_a, method_a, opt_a, schedule, 0)
     model_b, method_b, opt_b = fresh(0)
     run(model_b, method_b, opt_b, schedule[:resume_at], 0)
-    ckpt = checkpoint(
+    ckpt = roundtrip(
         {"model": model_b.state_dict(), "method": method_b.state_dict(), "opt": opt_b.state_dict()}
     )
     model_c, method_c, opt_c = fresh(99)

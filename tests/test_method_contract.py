@@ -25,7 +25,6 @@ per-epoch passes within two epochs).
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import roundtrip
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
@@ -107,11 +107,6 @@ def method_cfg(path: Path, request: pytest.FixtureRequest) -> DictConfig:
         request.getfixturevalue("plugin_importable")
         extra.append(f"hydra.searchpath=[file://{path.parent.parent}]")
     return compose_cfg(f"method={path.stem}", *extra)
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_globals(restore_torch_globals: None) -> None:
-    """run_experiment / build() set torch's thread count and determinism (conftest)."""
 
 
 @pytest.fixture(scope="module")
@@ -197,14 +192,6 @@ def wrong_labels(clean: Tensor, num_classes: int) -> Tensor:
     gen = torch.Generator().manual_seed(1)
     shift = torch.randint(1, num_classes, clean.shape, generator=gen)
     return (clean + shift) % num_classes
-
-
-def roundtrip(obj: Any) -> Any:
-    """A deep copy through torch.save / torch.load(weights_only=True), as a checkpoint."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 def all_tensors(obj: Any, seen: set[int] | None = None) -> Iterator[Tensor]:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_ctx
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from noisybench.baselines.coteaching import CoTeaching, forget_rate_at, small_loss_indices
@@ -37,15 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _ctx(n: int, k: int, noisy: Tensor | None = None, build=None) -> MethodContext:
     noisy = torch.zeros(n, dtype=torch.long) if noisy is None else noisy
-    return MethodContext(
-        num_samples=n,
-        num_classes=k,
-        noisy_labels=noisy,
-        epochs=10,
-        steps_per_epoch=4,
-        device=torch.device("cpu"),
-        build_model=build,
-    )
+    return tiny_ctx(noisy, k, epochs=10, steps_per_epoch=4, build_model=build)
 
 
 class FixedLogits(nn.Module):

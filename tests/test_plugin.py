@@ -89,6 +89,7 @@ def test_yaml_names_the_class() -> None:
     assert cfg.beta == 0.95
 
 
+@pytest.mark.cli
 @pytest.mark.slow
 def test_plugin_runs_from_outside_the_package(tmp_path: Path) -> None:
     """The README's command, on a copy of examples/plugin, from another working directory."""

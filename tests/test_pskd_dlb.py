@@ -6,12 +6,12 @@ straightforward implementation written here; never from the methods' own output.
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import roundtrip, tiny_batch, tiny_ctx, tiny_model
 from noisybench.baselines.dlb import DLB
 from noisybench.baselines.pskd import PSKD
 from torch import nn
@@ -22,30 +22,8 @@ from noisybench.method import Batch, MethodContext
 K = 10
 
 
-def tiny_model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, K))
-
-
-def images(n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 1, 8, 8, generator=g)
-
-
 def make_ctx(labels: torch.Tensor, epochs: int = 4, steps: int = 2) -> MethodContext:
-    return MethodContext(
-        num_samples=labels.shape[0],
-        num_classes=K,
-        noisy_labels=labels,
-        epochs=epochs,
-        steps_per_epoch=steps,
-        device=torch.device("cpu"),
-    )
-
-
-def batch(idx: list[int], labels: torch.Tensor, seed: int, carried: int = 0) -> Batch:
-    i = torch.tensor(idx)
-    return Batch(idx=i, target=labels[i], views={"weak": images(len(idx), seed)}, carried=carried)
+    return tiny_ctx(labels, K, epochs=epochs, steps_per_epoch=steps)
 
 
 def train_step(method, model, opt, b: Batch, epoch: int):
@@ -72,8 +50,8 @@ def test_pskd_first_epoch_target_is_one_hot():
     labels = torch.tensor([3, 1, 4, 1, 5, 9])
     m = PSKD(alpha_T=0.8)
     m.setup(make_ctx(labels, epochs=3))
-    model = tiny_model()
-    b = batch([0, 2, 5], labels, seed=1)
+    model = tiny_model(0)
+    b = tiny_batch([0, 2, 5], labels, seed=1)
     out = m.training_step(model, b, epoch=0)  # alpha_0 = 0.8/3 > 0, store is still one-hot
     expected = F.cross_entropy(model(b.views["weak"]), labels[[0, 2, 5]])
     torch.testing.assert_close(out.loss, expected)
@@ -120,14 +98,14 @@ def test_pskd_epoch2_uses_epoch1_predictions_not_newer_ones():
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     recorded = torch.zeros(6, K)
     for step, idx in enumerate([[0, 1, 2], [3, 4, 5]]):
-        b = batch(idx, labels, seed=10 + step)
+        b = tiny_batch(idx, labels, seed=10 + step)
         with torch.no_grad():
             recorded[idx] = F.softmax(model(b.views["weak"]), dim=-1)
         train_step(m, model, opt, b, 0)
     m.on_epoch_end(0)
     a = aT * 2 / E
     for step, idx in enumerate([[5, 0, 3], [2, 4, 1]]):  # reshuffled epoch 1
-        b = batch(idx, labels, seed=20 + step)
+        b = tiny_batch(idx, labels, seed=20 + step)
         with torch.no_grad():
             logp = F.log_softmax(model(b.views["weak"]), dim=-1)
         target = (1 - a) * F.one_hot(labels[idx], K).float() + a * recorded[idx]
@@ -198,7 +176,7 @@ def test_dlb_sequence_targets_are_previous_step_predictions():
     prev_logits = None
     for s, idx in enumerate(fresh):
         carried = fresh[s - 1] if s else []
-        b = batch(carried + idx, labels, seed=30 + s, carried=len(carried))
+        b = tiny_batch(carried + idx, labels, seed=30 + s, carried=len(carried))
         x = b.views["weak"]
         with torch.no_grad():
             logits = model(x)
@@ -211,7 +189,7 @@ def test_dlb_sequence_targets_are_previous_step_predictions():
         torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-5, atol=1e-6)
         prev_logits = logits[len(carried) :]  # fresh part, before this step's update
     # the loader may also carry only part of the batch, in any order: matched by index
-    b = batch([11, 9, 0, 1], labels, seed=40, carried=2)
+    b = tiny_batch([11, 9, 0, 1], labels, seed=40, carried=2)
     with torch.no_grad():
         logits = model(b.views["weak"])
     teacher = prev_logits[[3, 1]]  # rows of samples 11 and 9 in the previous fresh part
@@ -227,9 +205,9 @@ def test_dlb_zero_distillation_without_carried_samples():
     m.setup(make_ctx(labels))
     model = tiny_model(4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    train_step(m, model, opt, batch([0, 1, 2, 3], labels, seed=5), 0)
+    train_step(m, model, opt, tiny_batch([0, 1, 2, 3], labels, seed=5), 0)
     assert m.prev_idx.tolist() == [0, 1, 2, 3]  # store is filled ...
-    b = batch([0, 1, 4, 5], labels, seed=6, carried=0)  # ... but nothing is marked carried
+    b = tiny_batch([0, 1, 4, 5], labels, seed=6, carried=0)  # ... but nothing is marked carried
     out = m.training_step(model, b, 0)
     torch.testing.assert_close(out.loss, F.cross_entropy(model(b.views["weak"]), b.target))
     assert out.extras["kl"].item() == 0.0
@@ -241,10 +219,10 @@ def test_dlb_no_gradient_into_stored_logits():
     m.setup(make_ctx(labels))
     model = tiny_model(5)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    train_step(m, model, opt, batch([0, 1, 2, 3], labels, seed=7), 0)
+    train_step(m, model, opt, tiny_batch([0, 1, 2, 3], labels, seed=7), 0)
     assert not m.prev_logits.requires_grad and m.prev_logits.grad_fn is None
     stored = m.prev_logits.clone()
-    b = batch([0, 1, 2, 3, 4, 5, 6, 7], labels, seed=8, carried=4)
+    b = tiny_batch([0, 1, 2, 3, 4, 5, 6, 7], labels, seed=8, carried=4)
     out = m.training_step(model, b, 0)
     model.zero_grad()
     out.loss.backward()  # would fail if the previous step's graph were still attached
@@ -268,13 +246,6 @@ def test_dlb_bad_config():
 
 
 # -------------------------------------------------------------------- checkpoint round trip
-
-
-def checkpoint(obj) -> dict:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 def round_trip(make_method, labels, schedule, resume_at: int):
@@ -303,7 +274,7 @@ def round_trip(make_method, labels, schedule, resume_at: int):
     losses_a = run(model_a, method_a, opt_a, schedule)
     model_b, method_b, opt_b = fresh(0)
     run(model_b, method_b, opt_b, schedule[:resume_at])
-    ckpt = checkpoint(
+    ckpt = roundtrip(
         {"model": model_b.state_dict(), "method": method_b.state_dict(), "opt": opt_b.state_dict()}
     )
     model_c, method_c, opt_c = fresh(99)  # different init: everything must come from ckpt
@@ -319,9 +290,9 @@ def round_trip(make_method, labels, schedule, resume_at: int):
 def test_pskd_round_trip_equals_not_stopping():
     labels = torch.tensor([1, 7, 3, 3, 0, 9])
     schedule = [
-        (batch([0, 1, 2], labels, 50), 0, False),
-        (batch([3, 4, 5], labels, 51), 0, True),
-        (batch([4, 0, 2], labels, 52), 1, False),
+        (tiny_batch([0, 1, 2], labels, 50), 0, False),
+        (tiny_batch([3, 4, 5], labels, 51), 0, True),
+        (tiny_batch([4, 0, 2], labels, 52), 1, False),
     ]
     round_trip(lambda: PSKD(alpha_T=0.8), labels, schedule, resume_at=2)
 
@@ -329,9 +300,9 @@ def test_pskd_round_trip_equals_not_stopping():
 def test_dlb_round_trip_equals_not_stopping():
     labels = torch.tensor([1, 7, 3, 3, 0, 9])
     schedule = [
-        (batch([0, 1, 2], labels, 60), 0, False),
-        (batch([0, 1, 2, 3, 4, 5], labels, 61, carried=3), 0, True),
-        (batch([3, 4, 5, 2, 0, 1], labels, 62, carried=3), 1, False),  # carried across epochs
+        (tiny_batch([0, 1, 2], labels, 60), 0, False),
+        (tiny_batch([0, 1, 2, 3, 4, 5], labels, 61, carried=3), 0, True),
+        (tiny_batch([3, 4, 5, 2, 0, 1], labels, 62, carried=3), 1, False),  # carried across epochs
     ]
     round_trip(lambda: DLB(T=3.0, alpha=1.0), labels, schedule, resume_at=2)
 
@@ -359,12 +330,12 @@ def test_dlb_two_passes_update_batchnorm_twice_and_match_a_two_pass_reference(jo
     m = DLB(T=3.0, alpha=1.0, joint_forward=joint)
     m.setup(make_ctx(labels))
     model = _BNNet().train()
-    b1 = batch([0, 1, 2, 3], labels, seed=50)
+    b1 = tiny_batch([0, 1, 2, 3], labels, seed=50)
     m.after_step(b1, m.training_step(model, b1, 0), 0)
     teacher = m.prev_logits.clone()
     ref = copy.deepcopy(model)
     before = int(model.bn.num_batches_tracked)
-    b2 = batch([0, 1, 2, 3, 4, 5, 6, 7], labels, seed=51, carried=4)
+    b2 = tiny_batch([0, 1, 2, 3, 4, 5, 6, 7], labels, seed=51, carried=4)
     out = m.training_step(model, b2, 0)
     passes = int(model.bn.num_batches_tracked) - before
     # hand-written reference two-pass step

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 from conftest import quick_run_dir
 
+# Every test here runs ``python -m noisybench``.
+pytestmark = pytest.mark.cli
+
 TIMING_KEYS = ("epoch_time_s",)
 
 

@@ -251,6 +251,7 @@ def _pipe_into_head(argv: list[str]) -> tuple[str, int, str]:
     return out, writer.returncode, err
 
 
+@pytest.mark.cli
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux's")
 def test_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     for i in range(100):  # about 70 kB of JSON, far beyond the 4 KiB pipe

@@ -34,11 +34,6 @@ COMMON = ["experiment=quickstart", "epochs=3", "progress=false", "logger=[]", "d
 BASE = [*COMMON, "dataset.reader.test_size=1297"]  # digits: 500 training images
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals(restore_torch_globals: None) -> None:
-    """run_experiment / build() set torch's thread count and determinism (conftest)."""
-
-
 def one_step(*overrides: str, base: list[str] = BASE) -> tuple[float, dict, object]:
     """Loss of the first step and the parameters after it (same seed: same batch)."""
     exp = build(compose([*base, *overrides]))

@@ -191,11 +191,6 @@ def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals(restore_torch_globals: None) -> None:
-    """run_experiment / build() set torch's thread count and determinism (conftest)."""
-
-
 def count_syncs(method: str, extra: list[str], steps: int = STEPS) -> tuple[Counter, Counter]:
     """Host reads per category inside ``Trainer.train_step`` and inside the loader's batch
     drawing, over ``steps`` steps of epoch 1 (after one warm-up step of epoch 0)."""

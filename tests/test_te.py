@@ -4,12 +4,12 @@ Algorithm 2: the bias-corrected ensemble, the ramp-up, the consistency term, res
 from __future__ import annotations
 
 import copy
-import io
 import itertools
 import math
 
 import pytest
 import torch
+from conftest import roundtrip, tiny_ctx
 from noisybench.baselines.te import TemporalEnsembling, rampup_weight
 from torch import nn
 
@@ -20,14 +20,7 @@ N, K = 4, 3
 
 
 def context(n: int = N, k: int = K) -> MethodContext:
-    return MethodContext(
-        num_samples=n,
-        num_classes=k,
-        noisy_labels=torch.tensor([0, 1, 2, 0])[:n],
-        epochs=10,
-        steps_per_epoch=1,
-        device=torch.device("cpu"),
-    )
+    return tiny_ctx(torch.tensor([0, 1, 2, 0])[:n], k, epochs=10)
 
 
 def index_batch(idx: list[int], n: int = N) -> Batch:
@@ -223,12 +216,9 @@ def test_state_dict_round_trip_mid_epoch_gives_identical_next_step() -> None:
     method.on_epoch_end(0)
     step(method, model, opt, halves[0], 1)  # stop mid-epoch 1
 
-    buf = io.BytesIO()
-    torch.save(
-        {"method": method.state_dict(), "model": model.state_dict(), "opt": opt.state_dict()}, buf
+    ckpt = roundtrip(
+        {"method": method.state_dict(), "model": model.state_dict(), "opt": opt.state_dict()}
     )
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
     assert {"ensemble", "epoch_pred", "seen", "updates"} <= set(ckpt["method"])
 
     resumed = TemporalEnsembling(alpha=0.6, w_max=5.0, rampup_epochs=2)
