@@ -28,7 +28,24 @@ Magnitude ranges (``ranges``):
     (these three with a random sign); enhance factor ``bin/10 * 1.8 + 0.1`` (no sign);
     posterize ``4 - int(bin/10 * 4)`` bits; solarize threshold ``256 - int(bin/10 * 256)``.
 
-Pixel arithmetic follows torchvision's uint8 tensor ops exactly: the image is held as float
+``"lnl"`` (the per-image PIL port ``CIFAR10Policy`` in the ``autoaugment.py`` of the
+    noisy-label codebases that BSD+ is compared with in Table 4: CSOT, OT-Filter, UNICON,
+    DivideMix-derived code; its ``SubPolicy``)
+    shear ``linspace(0, 0.3)`` with a random sign, PIL bicubic resampling, grey (128) fill;
+    translate ``linspace(0, 150/331) * size`` pixels with a random sign, PIL nearest
+    (an integer shift ``floor(t + 0.5)``), grey fill; rotate ``linspace(0, 30)`` degrees
+    counter-clockwise, **no sign**, PIL nearest about the centre, the corners composited onto
+    grey through RGBA; Brightness, Color, Contrast, Sharpness ``ImageEnhance`` with factor
+    ``1 +/- linspace(0, 0.9)`` (random sign); posterize ``round(linspace(8, 4))`` bits;
+    solarize threshold ``linspace(256, 0)``; PIL's autocontrast / equalize / invert; an
+    operation applies when ``u < p``. Pixel arithmetic is PIL's: its RGB -> L integer luma,
+    ``Image.blend`` in float32, the SMOOTH filter summed in its order, the rotation in its
+    16.16 fixed point, the bicubic (``a = -1``) shear and autocontrast in double (float32 on
+    MPS, which has no float64). Bit-exact to Pillow run per image at every bin the policy
+    uses, on the CPU (tests/test_autoaugment_lnl.py).
+
+For ``"torchvision"`` and ``"original"``, pixel arithmetic follows torchvision's uint8 tensor
+ops exactly: the image is held as float
 values 0..255 and truncated to integers after every operation (as a uint8 image would be);
 brightness, colour, contrast and sharpness are bit-exact to ``torchvision.transforms.functional``
 (v1, what ``transforms.AutoAugment`` calls) at every bin (tested); ``transforms.v2.functional``
