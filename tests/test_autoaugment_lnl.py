@@ -258,3 +258,14 @@ def test_unknown_ranges_name_lnl_in_the_message() -> None:
 
     with pytest.raises(UserError, match="lnl"):
         BatchedAutoAugment("pil")
+
+
+def test_table4_bsdplus_preset_runs_the_port_and_others_keep_torchvision() -> None:
+    """Table 4 (lower) compares BSD+ with methods whose code runs the PIL port; the preset
+    runs it too (docs/methods/bsdplus.md); the global default stays torchvision's."""
+    from noisybench.config import compose
+
+    assert compose(["experiment=table4_bsdplus"]).dataset.augment.autoaugment_ranges == "lnl"
+    assert compose(["method=bsdplus"]).dataset.augment.autoaugment_ranges == "torchvision"
+    override = ["experiment=table4_bsdplus", "dataset.augment.autoaugment_ranges=torchvision"]
+    assert compose(override).dataset.augment.autoaugment_ranges == "torchvision"
