@@ -241,7 +241,8 @@ def _pil_shear_x(x: Tensor, k: Tensor, fill: float) -> Tensor:
     so PIL's vertical cubic returns the row itself) with its cubic ``a = -1`` kernel
     (``p1 = v2, p2 = v3 - v1, p3 = 2 (v1 - v2) + v3 - v4, p4 = v2 + v4 - v1 - v3``), taps
     clamped to the border, the result clipped and truncated; ``fill`` where ``u`` is outside
-    ``[0, w)``. Computed in float32 where PIL uses double (see the module docstring)."""
+    ``[0, w)``. Computed in double as PIL computes it (float32 on MPS); ``k`` should be the
+    double factor (its float32 rounding alone moves some samples by one level)."""
     _, _, h, w = x.shape
     dtype = x.dtype
     # PIL computes in double; so does this, except on devices without float64 (MPS)
