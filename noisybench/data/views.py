@@ -24,7 +24,8 @@ Design decisions (each is a deliberate departure from a per-image, PIL-based pip
 * AutoAugment is :class:`noisybench.data.autoaugment.BatchedAutoAugment`: one sub-policy per
   image, each operation's probability and signed magnitude per image, in one batched pass
   (kornia 0.9.0's ``AutoAugment`` is not the CIFAR-10 policy: see that module). Its magnitude
-  ranges are torchvision's by default (``autoaugment_ranges: original`` selects the TF code's).
+  ranges are torchvision's by default (``autoaugment_ranges: original`` selects the TF code's,
+  ``lnl`` the noisy-label codebases' PIL ``CIFAR10Policy``).
   The former ``strong_chunk`` setting is gone (every image draws its own sub-policy).
 * AutoAugment's colour operations need 3 channels. A 1-channel image (digits) is repeated to
   3 equal channels, augmented, and averaged back. Every operation of the policy maps an image
@@ -104,7 +105,7 @@ class AugmentParams:
             resolved by :func:`build_views` (:func:`noisybench.data.advice.auto_padding`).
         hflip: random horizontal flip with probability 1/2 (off for digits, where a flip
             changes the meaning of the image).
-        autoaugment_ranges: ``"torchvision"`` or ``"original"`` magnitude ranges of the strong
+        autoaugment_ranges: ``"torchvision"``, ``"original"`` or ``"lnl"`` ranges of the strong
             view's AutoAugment (see :mod:`noisybench.data.autoaugment`).
         erasing_p: probability of Random Erasing per image in the strong view.
         resize: ``None`` (keep the dataset's size) or the side in pixels that every view's
