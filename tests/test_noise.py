@@ -531,14 +531,16 @@ def test_errors_load(tmp_path):
 
 def test_registry_extension(digits):
     @register_noise("_test_all_zero")
-    def _zero(labels, num_classes, rate, rng, *, asym_map, superclass, features):
-        return np.zeros_like(labels)
+    class _Zero(nz.Noise):
+        def draw(self, data, rate, rng):
+            return np.zeros_like(data.labels)
 
     try:
+        assert _Zero.variant == "_test_all_zero"  # the registered name, recorded
         out = inject_noise("_test_all_zero", digits[0], 10, 0.1, 0)
         assert not out.any()
         with pytest.raises(ValueError, match="registered twice"):
-            register_noise("_test_all_zero")(_zero)
+            register_noise("_test_all_zero")(_Zero)
     finally:
         del NOISE_VARIANTS["_test_all_zero"]
     expected = {"none", "sym_incl", "sym_excl", "sym_balanced", "asym", "pairflip", "idn"}
@@ -561,14 +563,19 @@ def test_noise_configs():
     assert {"none", "sym20", "sym50", "sym80", "asym10", "asym20", "asym30", "asym40"} <= names
     for f in files:
         cfg = OmegaConf.load(f)
-        keys = {"name", "variant", "rate", "setting", "seed", "asym_map", "label_file"}
-        if cfg.get("setting") == "real":  # CIFAR-N: the official file and whether to fetch it
-            keys |= {"file", "download"}
+        # shared keys, then _target_ and the variant's own parameters (nothing else)
+        keys = {"name", "variant", "rate", "setting", "seed", "label_file", "_target_"}
+        cls = NOISE_VARIANTS[cfg.variant]
+        assert cfg._target_ == f"noisybench.data.noise.{cls.__name__}"
+        if cfg.get("setting") == "real":  # CIFAR-N: the set, the official file, fetch or not
+            keys |= {"label_set", "file", "download"}
+            assert OmegaConf.to_container(cfg)["label_set"] == "${.variant}"
+        if cfg.variant == "asym":
+            keys |= {"asym_map"}
         assert keys <= set(cfg.keys()) <= keys | {"preset_rate"}
         assert cfg.name == f.stem
-        assert cfg.variant in NOISE_VARIANTS
         assert 0.0 <= cfg.rate < 1.0
-        assert cfg.asym_map is None or cfg.asym_map in ASYM_MAPS
+        assert cfg.get("asym_map") is None or cfg.asym_map in ASYM_MAPS
         assert cfg.label_file is None
         assert OmegaConf.to_container(cfg)["seed"] == "${seed}"
         resolved = OmegaConf.merge({"seed": 31}, {"noise": cfg})
