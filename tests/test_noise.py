@@ -590,3 +590,137 @@ def test_noise_configs():
     for n in ("asym10", "asym20", "asym30", "asym40"):
         cfg = OmegaConf.load(CONF_NOISE / f"{n}.yaml")
         assert cfg.variant == "asym" and cfg.asym_map is None  # dataset default map
+
+
+# ------------------------------------------------------------------ variants by _target_
+
+_PLUGIN = '''
+import numpy as np
+
+from noisybench.data.noise import Noise, NoiseData
+
+
+class EveryKth(Noise):
+    """Moves every ``every``-th training sample to the next class (its own parameter)."""
+
+    variant = "every_kth"
+
+    def __init__(self, every: int) -> None:
+        self.every = int(every)
+
+    def draw(self, data: NoiseData, rate: float, rng: np.random.Generator) -> np.ndarray:
+        noisy = data.labels.copy()
+        noisy[:: self.every] = (noisy[:: self.every] + 1) % data.num_classes
+        return noisy
+'''
+
+_PLUGIN_YAML = """name: every5
+variant: every_kth
+rate: 0.2
+setting: sym
+seed: ${seed}
+label_file: null
+_target_: my_noise.EveryKth
+every: 5
+"""
+
+
+def _plugin(tmp_path: Path) -> tuple[Path, Path]:
+    code = tmp_path / "plug"
+    (code / "my_noise").mkdir(parents=True)
+    (code / "my_noise" / "__init__.py").write_text(_PLUGIN)
+    conf = tmp_path / "conf"
+    (conf / "noise").mkdir(parents=True)
+    (conf / "noise" / "every5.yaml").write_text(_PLUGIN_YAML)
+    return code, conf
+
+
+@pytest.mark.cli
+def test_noise_variant_from_outside_the_package_trains(cli, tmp_path: Path) -> None:
+    """A variant written outside noisybench (module on PYTHONPATH, YAML on Hydra's search path,
+    code allowed with allow_targets) draws the labels of a one-epoch run, with a parameter of
+    its own that no shipped signature knows."""
+    from conftest import error_line
+
+    from noisybench.data.digits import load_digits as read_digits
+
+    code, conf = _plugin(tmp_path)
+    args = ("noise=every5", f"hydra.searchpath=[file://{conf}]", "epochs=1")
+    refused = cli(*args, f"out_dir={tmp_path / 'refused'}", pythonpath=[code])
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "allow_targets" in error_line(refused.stderr)
+    assert not (tmp_path / "refused").exists()
+
+    runs = tmp_path / "runs"
+    proc = cli(*args, "allow_targets=[my_noise.]", f"out_dir={runs}", pythonpath=[code])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result_file,) = runs.rglob("result.json")
+    result = json.loads(result_file.read_text())
+    assert result["status"] == "finished" and len(result["history"]) == 1
+    assert "every5" in result_file.parts
+    # The labels, worked out here: every 5th clean training label moved up by one class.
+    clean = read_digits().train_labels.numpy().astype(np.int64)
+    want = clean.copy()
+    want[::5] = (want[::5] + 1) % 10
+    record = result["noise"]
+    assert record["sha256"] == hashlib.sha256(struct.pack(f"<{want.size}q", *want)).hexdigest()
+    assert record["variant"] == "every_kth" and record["nominal_rate"] == 0.2
+    assert record["realised_rate"] == pytest.approx(math.ceil(clean.size / 5) / clean.size)
+    assert record["asym_map"] is None and record["label_file"] is None
+    assert result["config"]["noise"]["every"] == 5
+
+
+def _composed(*overrides: str):
+    from noisybench.config import compose
+
+    return compose(["experiment=quickstart", *overrides])
+
+
+def test_noise_target_and_variant_must_agree(tmp_path: Path) -> None:
+    """``noise.variant`` names what the record, the report and the presets read; the class
+    that draws must be that variant's (refused before anything runs), and a variant's own
+    parameter reaches only its class."""
+    from noisybench.build import noise_variant
+    from noisybench.config import check_config
+
+    cfg = _composed("noise=sym50", "noise.variant=sym_excl")
+    with pytest.raises(UserError, match=r"drawn by noisybench\.data\.noise\.SymExcl"):
+        check_config(cfg)
+    cfg = _composed("noise=sym50", "noise.variant=sym_excl", "noise._target_=" + "x.Y")
+    with pytest.raises(UserError, match=r"allow_targets"):
+        check_config(cfg)
+    # the asymmetric map is Asym's parameter alone
+    asym = noise_variant(_composed("noise=asym40", "noise.asym_map=digits").noise)
+    assert isinstance(asym, nz.Asym) and asym.asym_map == "digits"
+    assert "asym_map" not in _composed("noise=sym50").noise
+    with pytest.raises(UserError, match=r"cannot build the noise sym50"):
+        noise_variant(_composed("noise=sym50", "+noise.asym_map=digits").noise)
+
+
+def test_noise_plugin_class_checked_when_built(tmp_path: Path, monkeypatch) -> None:
+    """A plug-in target that builds no Noise, or another variant than noise.variant: one line."""
+    from noisybench import safety
+    from noisybench.build import noise_variant
+
+    code, _ = _plugin(tmp_path)
+    monkeypatch.syspath_prepend(str(code))
+    safety.allow(["my_noise."])
+    try:
+        base = {"name": "x", "rate": 0.2, "seed": 0, "label_file": None}
+        node = OmegaConf.create({**base, "variant": "other", "_target_": "my_noise.EveryKth"})
+        node.every = 3
+        with pytest.raises(UserError, match=r"draws 'every_kth'.*noise.variant=every_kth"):
+            noise_variant(node)
+        node = OmegaConf.create({**base, "variant": "x", "_target_": "my_noise.NoiseData"})
+        node.labels, node.num_classes = [0, 1], 2
+        with pytest.raises(UserError, match=r"not a noise variant"):
+            noise_variant(node)
+        node = OmegaConf.create({**base, "variant": "every_kth", "_target_": "my_noise.EveryKth"})
+        node.every = 4
+        noise = noise_variant(node)
+        y = np.arange(10) % 3
+        noisy, rec = nz.noisy_labels(noise, nz.noise_data(y, 3), rate=0.2, seed=0)
+        assert noisy.tolist() == [1, 1, 2, 0, 2, 2, 0, 1, 0, 0]
+        assert rec.variant == "every_kth"
+    finally:
+        safety.reset()
