@@ -724,3 +724,20 @@ def test_noise_plugin_class_checked_when_built(tmp_path: Path, monkeypatch) -> N
         assert rec.variant == "every_kth"
     finally:
         safety.reset()
+
+
+def test_example_plugin_variant_matches_its_matrix(monkeypatch) -> None:
+    """examples/plugin's ToClass: T = (1 - r) I + r e_0 on the rows c != 0, row 0 clean."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples" / "plugin"))
+    from my_methods.noise import ToClass
+
+    y = np.repeat(np.arange(10), 2000)
+    noisy, rec = nz.noisy_labels(ToClass(target=0), nz.noise_data(y, 10), rate=0.3, seed=1)
+    t = np.array(rec.transition)
+    assert t[0, 0] == 1.0
+    for c in range(1, 10):  # binomial spread of 2000 draws: sd 0.0102; 5 sd
+        assert t[c, 0] == pytest.approx(0.3, abs=0.052) and t[c, c] == pytest.approx(1 - t[c, 0])
+    assert rec.realised_rate == pytest.approx(0.3 * 9 / 10, abs=0.02)
+    assert rec.variant == "to_class" and not np.shares_memory(noisy, y)
+    with pytest.raises(UserError, match=r"noise.target=10 is not a class"):
+        nz.noisy_labels(ToClass(target=10), nz.noise_data(y, 10), rate=0.3, seed=1)
