@@ -741,3 +741,20 @@ def test_example_plugin_variant_matches_its_matrix(monkeypatch) -> None:
     assert rec.variant == "to_class" and not np.shares_memory(noisy, y)
     with pytest.raises(UserError, match=r"noise.target=10 is not a class"):
         nz.noisy_labels(ToClass(target=10), nz.noise_data(y, 10), rate=0.3, seed=1)
+
+
+def test_runs_made_before_target_configs_keep_their_identity() -> None:
+    """A run directory saved with the old noise layout (every variant had asym_map, none had
+    _target_) is the same experiment as today's config: resume and the report's grouping
+    still match it. A real difference (another map) still counts."""
+    from noisybench.config import config_differences, resolved
+
+    old_sym = {"name": "sym50", "variant": "sym_incl", "rate": 0.5, "setting": "sym"}
+    old_sym |= {"seed": 0, "asym_map": None, "label_file": None}
+    new_sym = resolved(_composed("noise=sym50", "seed=0").noise)
+    assert "_target_" in new_sym and "asym_map" not in new_sym
+    assert config_differences({"noise": old_sym}, {"noise": new_sym}) == []
+    old_asym = {**old_sym, "name": "asym40", "variant": "asym", "rate": 0.4, "setting": "asym"}
+    new_asym = resolved(_composed("noise=asym40", "seed=0").noise)
+    assert config_differences({"noise": old_asym}, {"noise": new_asym}) == []
+    assert config_differences({"noise": {**old_asym, "asym_map": "digits"}}, {"noise": new_asym})
