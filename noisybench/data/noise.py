@@ -37,11 +37,15 @@ Conventions (T[i, j] = P(noisy = j | clean = i), K classes, nominal rate r, "rou
   ~ E[q] (the truncated-normal mean; r itself when r is more than ~0.3 from 0 and 1).
 * ``cifar10n_aggre``, ``cifar10n_random1..3``, ``cifar10n_worse``, ``cifar100n_noisy``,
   ``cifar100n_noisy_coarse`` (Wei et al. 2022, real human annotations): read from the official
-  CIFAR-N file (:mod:`noisybench.data.cifarn`) through :func:`apply_noise` with ``file=``;
+  CIFAR-N file (:mod:`noisybench.data.cifarn`) by :class:`HumanNoise` (``noise.file``);
   nothing is drawn, so rate and seed only go into the record.
 
-Every function draws from ``np.random.default_rng(seed)`` only, never mutates its input, and
-returns int64 labels. A nominal rate of 0 returns the clean labels for every variant.
+Each variant is a :class:`Noise` class whose own parameters are its constructor's (``asym_map``
+of :class:`Asym`; ``label_set``, ``file``, ``download`` of :class:`HumanNoise`), built from
+``conf/noise/NAME.yaml`` by its ``_target_`` (:func:`noisybench.build.noise_variant`), so a
+variant can also live outside noisybench. Every variant draws from
+``np.random.default_rng(seed)`` only, never mutates its input, and returns int64 labels. A
+nominal rate of 0 returns the clean labels for every drawn variant.
 """
 
 from __future__ import annotations
