@@ -758,3 +758,21 @@ def test_runs_made_before_target_configs_keep_their_identity() -> None:
     new_asym = resolved(_composed("noise=asym40", "seed=0").noise)
     assert config_differences({"noise": old_asym}, {"noise": new_asym}) == []
     assert config_differences({"noise": {**old_asym, "asym_map": "digits"}}, {"noise": new_asym})
+
+
+def test_a_saved_config_without_target_still_builds_its_variant(digits) -> None:
+    """``rebuild`` of a run saved before noise configs had a ``_target_`` names its variant
+    by ``variant`` alone; it draws the same labels as today's config of that variant."""
+    from noisybench.build import noise_variant
+
+    y = digits[0]
+    old = OmegaConf.create({"name": "asym40", "variant": "asym", "rate": 0.4, "seed": 3})
+    old.asym_map, old.label_file = "digits", None
+    new = _composed("noise=asym40", "noise.asym_map=digits", "noise.seed=3").noise
+    a, b = noise_variant(old), noise_variant(new)
+    assert type(a) is type(b) is nz.Asym
+    data = nz.noise_data(y, 10)
+    assert np.array_equal(a.labels(data, 0.4, 3), b.labels(data, 0.4, 3))
+    old_sym = OmegaConf.create({"name": "sym50", "variant": "sym_incl", "rate": 0.5, "seed": 3})
+    old_sym.asym_map, old_sym.label_file = None, None  # every old file had the map key
+    assert type(noise_variant(old_sym)) is nz.SymIncl
