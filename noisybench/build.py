@@ -23,11 +23,19 @@ import torch
 from omegaconf import DictConfig
 
 from noisybench import distributed as dist
-from noisybench.config import instantiate, without_name
+from noisybench.config import instantiate, resolved, without_name
 from noisybench.data.advice import fit_advice
 from noisybench.data.base import ImageData
 from noisybench.data.loader import DeviceLoader
-from noisybench.data.noise import NoiseRecord, apply_noise, make_noise_record
+from noisybench.data.noise import (
+    SHARED_KEYS,
+    Noise,
+    NoiseRecord,
+    make_noise_record,
+    noise_by_name,
+    noise_data,
+    noisy_labels,
+)
 from noisybench.data.views import ViewWrapper, build_views, input_stats
 from noisybench.engine import EvalData, Trainer, TrainSettings
 from noisybench.errors import UserError
@@ -263,20 +271,52 @@ class ChannelsLast(ViewWrapper):
         return out.contiguous(memory_format=torch.channels_last) if out.dim() == 4 else out
 
 
+def noise_variant(node: DictConfig) -> Noise:
+    """The ``noise`` group's variant: its ``_target_`` built with the node's own keys (all but
+    :data:`noisybench.data.noise.SHARED_KEYS`) through :func:`instantiate` (allow-list
+    checked). A config written before variants had a ``_target_`` names a registered one by
+    ``variant``.
+
+    Raises:
+        UserError: the target builds no :class:`Noise`, or draws another variant than
+            ``noise.variant`` (which the record, the report and the paper presets read).
+    """
+    own = {k: v for k, v in resolved(node).items() if k not in SHARED_KEYS}
+    variant = str(node.variant)
+    if own.get("_target_") is None:
+        own.pop("_target_", None)
+        return noise_by_name(variant, own)
+    noise = instantiate(own, f"noise {node.get('name', variant)}")
+    if not isinstance(noise, Noise):
+        raise UserError(
+            f"noise._target_={own['_target_']} built a {type(noise).__name__}, not a noise "
+            "variant; point it at a subclass of noisybench.data.noise.Noise"
+        )
+    if noise.variant != variant:
+        raise UserError(
+            f"noise.variant={variant} but noise._target_={own['_target_']} draws "
+            f"{noise.variant!r}; choose the noise config of that variant (noise=NAME) or set "
+            f"noise.variant={noise.variant}"
+        )
+    return noise
+
+
 def make_noise(cfg: DictConfig, data: ImageData) -> tuple[np.ndarray, NoiseRecord]:
-    """The run's noisy training labels: read from ``noise.label_file`` or drawn fresh."""
-    return apply_noise(
+    """The run's noisy training labels: read from ``noise.label_file`` or drawn fresh by the
+    ``noise`` group's variant (:func:`noise_variant`)."""
+    given = noise_data(
         data.train_labels.numpy(),
         data.num_classes,
-        variant=cfg.noise.variant,
-        rate=float(cfg.noise.rate),
-        seed=int(cfg.noise.seed),
-        asym_map=cfg.noise.asym_map or cfg.dataset.get("asym_map"),
-        label_file=cfg.noise.label_file,
         superclass=None if data.superclass is None else data.superclass.numpy(),
         features=None if _is_streamed(data) else data.train_images.numpy(),
-        file=cfg.noise.get("file"),  # CIFAR-N's official label file
-        download=bool(cfg.noise.get("download", False)),
+        asym_map=cfg.dataset.get("asym_map"),
+    )
+    return noisy_labels(
+        noise_variant(cfg.noise),
+        given,
+        rate=float(cfg.noise.rate),
+        seed=int(cfg.noise.seed),
+        label_file=cfg.noise.label_file,
     )
 
 

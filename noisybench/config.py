@@ -104,6 +104,11 @@ NON_IDENTITY_KEYS = (
     # config, so they are compared there (and runs made before these keys existed match).
     "noise.setting",
     "noise.preset_rate",
+    # The class that draws a noise variant and the CIFAR-N set: both follow noise.variant
+    # (build.noise_variant refuses a class that draws another variant), and runs made before
+    # noise configs had a _target_ match.
+    "noise._target_",
+    "noise.label_set",
     "method.seed_keys",
 )
 
@@ -143,6 +148,8 @@ def identity(config: Mapping[str, Any], *, with_seed: bool = True) -> dict[str, 
     :data:`NON_IDENTITY_KEYS` (values as JSON reads them back). ``with_seed=False`` also drops
     the training and noise seeds: the identity of a row of mean ± std over seeds."""
     flat = {k: _jsonish(v) for k, v in flatten(config).items() if not _non_identity(k)}
+    if flat.get("noise.asym_map", ...) is None:  # every variant had one before _target_ configs
+        del flat["noise.asym_map"]
     if not with_seed:
         flat.pop("seed", None)
         flat.pop("noise.seed", None)
@@ -643,7 +650,7 @@ def check_config(cfg: DictConfig) -> None:  # noqa: C901
     Raises:
         UserError: naming the bad key and value and what to set instead.
     """
-    from noisybench.data.noise import ASYM_MAPS, NOISE_VARIANTS
+    from noisybench.data.noise import ASYM_MAPS
     from noisybench.safety import check_tree
 
     # Code first: every _target_ must be allowed before anything reads, imports or calls it.
@@ -736,9 +743,7 @@ def check_config(cfg: DictConfig) -> None:  # noqa: C901
         raise UserError(
             f"noise.rate={rate} is not a number in [0, 1); choose a rate like noise.rate=0.4"
         )
-    if noise.variant not in NOISE_VARIANTS:
-        known = ", ".join(sorted(NOISE_VARIANTS))
-        raise UserError(f"noise.variant={noise.variant} is unknown; use one of {known}")
+    noise_class = _noise_class(noise)
     label_file = noise.get("label_file")
     if label_file is not None and Path(str(label_file)).expanduser().is_dir():
         raise UserError(
@@ -757,7 +762,7 @@ def check_config(cfg: DictConfig) -> None:  # noqa: C901
             f"noise.file={human_file} does not exist ({noise.name}'s official label file); "
             "put it there, point noise.file at it, or add noise.download=true to fetch it"
         )
-    uses_map = getattr(NOISE_VARIANTS[noise.variant], "uses_asym_map", False)
+    uses_map = noise_class is not None and noise_class.uses_asym_map
     if uses_map and label_file is None and float(rate) > 0:
         asym_map = noise.get("asym_map") or cfg.dataset.get("asym_map")
         if asym_map is None:
@@ -772,6 +777,32 @@ def check_config(cfg: DictConfig) -> None:  # noqa: C901
                 f"asymmetric map {asym_map} is unknown; set noise.asym_map to one of "
                 f"{', '.join(sorted(ASYM_MAPS))}"
             )
+
+
+def _noise_class(noise: DictConfig) -> type | None:
+    """The shipped class that draws ``noise.variant`` (None for a variant from outside
+    noisybench, which the run checks when it builds it).
+
+    Raises:
+        UserError: an unknown variant, or a noisybench ``_target_`` that draws another one.
+    """
+    from noisybench.data.noise import NOISE_VARIANTS
+
+    target = noise.get("_target_")
+    if target is not None and not str(target).startswith("noisybench."):
+        return None  # a plug-in: its module is imported only by instantiate (allow-list)
+    if noise.variant not in NOISE_VARIANTS:
+        known = ", ".join(sorted(NOISE_VARIANTS))
+        raise UserError(f"noise.variant={noise.variant} is unknown; use one of {known}")
+    cls = NOISE_VARIANTS[noise.variant]
+    expected = f"{cls.__module__}.{cls.__qualname__}"
+    if target is not None and str(target) != expected:
+        raise UserError(
+            f"noise.variant={noise.variant} is drawn by {expected}, not noise._target_="
+            f"{target}; choose the noise config of that variant (noise=NAME) or set "
+            f"noise._target_={expected}"
+        )
+    return cls
 
 
 # ------------------------------------------------------------------------------ instantiate

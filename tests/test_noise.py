@@ -531,14 +531,16 @@ def test_errors_load(tmp_path):
 
 def test_registry_extension(digits):
     @register_noise("_test_all_zero")
-    def _zero(labels, num_classes, rate, rng, *, asym_map, superclass, features):
-        return np.zeros_like(labels)
+    class _Zero(nz.Noise):
+        def draw(self, data, rate, rng):
+            return np.zeros_like(data.labels)
 
     try:
+        assert _Zero.variant == "_test_all_zero"  # the registered name, recorded
         out = inject_noise("_test_all_zero", digits[0], 10, 0.1, 0)
         assert not out.any()
         with pytest.raises(ValueError, match="registered twice"):
-            register_noise("_test_all_zero")(_zero)
+            register_noise("_test_all_zero")(_Zero)
     finally:
         del NOISE_VARIANTS["_test_all_zero"]
     expected = {"none", "sym_incl", "sym_excl", "sym_balanced", "asym", "pairflip", "idn"}
@@ -561,14 +563,19 @@ def test_noise_configs():
     assert {"none", "sym20", "sym50", "sym80", "asym10", "asym20", "asym30", "asym40"} <= names
     for f in files:
         cfg = OmegaConf.load(f)
-        keys = {"name", "variant", "rate", "setting", "seed", "asym_map", "label_file"}
-        if cfg.get("setting") == "real":  # CIFAR-N: the official file and whether to fetch it
-            keys |= {"file", "download"}
+        # shared keys, then _target_ and the variant's own parameters (nothing else)
+        keys = {"name", "variant", "rate", "setting", "seed", "label_file", "_target_"}
+        cls = NOISE_VARIANTS[cfg.variant]
+        assert cfg._target_ == f"noisybench.data.noise.{cls.__name__}"
+        if cfg.get("setting") == "real":  # CIFAR-N: the set, the official file, fetch or not
+            keys |= {"label_set", "file", "download"}
+            assert OmegaConf.to_container(cfg)["label_set"] == "${.variant}"
+        if cfg.variant == "asym":
+            keys |= {"asym_map"}
         assert keys <= set(cfg.keys()) <= keys | {"preset_rate"}
         assert cfg.name == f.stem
-        assert cfg.variant in NOISE_VARIANTS
         assert 0.0 <= cfg.rate < 1.0
-        assert cfg.asym_map is None or cfg.asym_map in ASYM_MAPS
+        assert cfg.get("asym_map") is None or cfg.asym_map in ASYM_MAPS
         assert cfg.label_file is None
         assert OmegaConf.to_container(cfg)["seed"] == "${seed}"
         resolved = OmegaConf.merge({"seed": 31}, {"noise": cfg})
@@ -583,3 +590,189 @@ def test_noise_configs():
     for n in ("asym10", "asym20", "asym30", "asym40"):
         cfg = OmegaConf.load(CONF_NOISE / f"{n}.yaml")
         assert cfg.variant == "asym" and cfg.asym_map is None  # dataset default map
+
+
+# ------------------------------------------------------------------ variants by _target_
+
+_PLUGIN = '''
+import numpy as np
+
+from noisybench.data.noise import Noise, NoiseData
+
+
+class EveryKth(Noise):
+    """Moves every ``every``-th training sample to the next class (its own parameter)."""
+
+    variant = "every_kth"
+
+    def __init__(self, every: int) -> None:
+        self.every = int(every)
+
+    def draw(self, data: NoiseData, rate: float, rng: np.random.Generator) -> np.ndarray:
+        noisy = data.labels.copy()
+        noisy[:: self.every] = (noisy[:: self.every] + 1) % data.num_classes
+        return noisy
+'''
+
+_PLUGIN_YAML = """name: every5
+variant: every_kth
+rate: 0.2
+setting: sym
+seed: ${seed}
+label_file: null
+_target_: my_noise.EveryKth
+every: 5
+"""
+
+
+def _plugin(tmp_path: Path) -> tuple[Path, Path]:
+    code = tmp_path / "plug"
+    (code / "my_noise").mkdir(parents=True)
+    (code / "my_noise" / "__init__.py").write_text(_PLUGIN)
+    conf = tmp_path / "conf"
+    (conf / "noise").mkdir(parents=True)
+    (conf / "noise" / "every5.yaml").write_text(_PLUGIN_YAML)
+    return code, conf
+
+
+@pytest.mark.cli
+def test_noise_variant_from_outside_the_package_trains(cli, tmp_path: Path) -> None:
+    """A variant written outside noisybench (module on PYTHONPATH, YAML on Hydra's search path,
+    code allowed with allow_targets) draws the labels of a one-epoch run, with a parameter of
+    its own that no shipped signature knows."""
+    from conftest import error_line
+
+    from noisybench.data.digits import load_digits as read_digits
+
+    code, conf = _plugin(tmp_path)
+    args = ("noise=every5", f"hydra.searchpath=[file://{conf}]", "epochs=1")
+    refused = cli(*args, f"out_dir={tmp_path / 'refused'}", pythonpath=[code])
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "allow_targets" in error_line(refused.stderr)
+    assert not (tmp_path / "refused").exists()
+
+    runs = tmp_path / "runs"
+    proc = cli(*args, "allow_targets=[my_noise.]", f"out_dir={runs}", pythonpath=[code])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result_file,) = runs.rglob("result.json")
+    result = json.loads(result_file.read_text())
+    assert result["status"] == "finished" and len(result["history"]) == 1
+    assert "every5" in result_file.parts
+    # The labels, worked out here: every 5th clean training label moved up by one class.
+    clean = read_digits().train_labels.numpy().astype(np.int64)
+    want = clean.copy()
+    want[::5] = (want[::5] + 1) % 10
+    record = result["noise"]
+    assert record["sha256"] == hashlib.sha256(struct.pack(f"<{want.size}q", *want)).hexdigest()
+    assert record["variant"] == "every_kth" and record["nominal_rate"] == 0.2
+    assert record["realised_rate"] == pytest.approx(math.ceil(clean.size / 5) / clean.size)
+    assert record["asym_map"] is None and record["label_file"] is None
+    assert result["config"]["noise"]["every"] == 5
+
+
+def _composed(*overrides: str):
+    from noisybench.config import compose
+
+    return compose(["experiment=quickstart", *overrides])
+
+
+def test_noise_target_and_variant_must_agree(tmp_path: Path) -> None:
+    """``noise.variant`` names what the record, the report and the presets read; the class
+    that draws must be that variant's (refused before anything runs), and a variant's own
+    parameter reaches only its class."""
+    from noisybench.build import noise_variant
+    from noisybench.config import check_config
+
+    cfg = _composed("noise=sym50", "noise.variant=sym_excl")
+    with pytest.raises(UserError, match=r"drawn by noisybench\.data\.noise\.SymExcl"):
+        check_config(cfg)
+    cfg = _composed("noise=sym50", "noise.variant=sym_excl", "noise._target_=" + "x.Y")
+    with pytest.raises(UserError, match=r"allow_targets"):
+        check_config(cfg)
+    # the asymmetric map is Asym's parameter alone
+    asym = noise_variant(_composed("noise=asym40", "noise.asym_map=digits").noise)
+    assert isinstance(asym, nz.Asym) and asym.asym_map == "digits"
+    assert "asym_map" not in _composed("noise=sym50").noise
+    with pytest.raises(UserError, match=r"\+noise\.asym_map=\.\.\. adds a key"):
+        _composed("noise=sym50", "+noise.asym_map=digits")
+
+
+def test_noise_plugin_class_checked_when_built(tmp_path: Path, monkeypatch) -> None:
+    """A plug-in target that builds no Noise, or another variant than noise.variant: one line."""
+    from noisybench import safety
+    from noisybench.build import noise_variant
+
+    code, _ = _plugin(tmp_path)
+    monkeypatch.syspath_prepend(str(code))
+    safety.allow(["my_noise."])
+    try:
+        base = {"name": "x", "rate": 0.2, "seed": 0, "label_file": None}
+        node = OmegaConf.create({**base, "variant": "other", "_target_": "my_noise.EveryKth"})
+        node.every = 3
+        with pytest.raises(UserError, match=r"draws 'every_kth'.*noise.variant=every_kth"):
+            noise_variant(node)
+        node = OmegaConf.create({**base, "variant": "x", "_target_": "my_noise.NoiseData"})
+        node.labels, node.num_classes = [0, 1], 2
+        with pytest.raises(UserError, match=r"not a noise variant"):
+            noise_variant(node)
+        node = OmegaConf.create({**base, "variant": "every_kth", "_target_": "my_noise.EveryKth"})
+        node.every = 4
+        noise = noise_variant(node)
+        y = np.arange(10) % 3
+        noisy, rec = nz.noisy_labels(noise, nz.noise_data(y, 3), rate=0.2, seed=0)
+        assert noisy.tolist() == [1, 1, 2, 0, 2, 2, 0, 1, 0, 0]
+        assert rec.variant == "every_kth"
+    finally:
+        safety.reset()
+
+
+def test_example_plugin_variant_matches_its_matrix(monkeypatch) -> None:
+    """examples/plugin's ToClass: T = (1 - r) I + r e_0 on the rows c != 0, row 0 clean."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples" / "plugin"))
+    from my_methods.noise import ToClass
+
+    y = np.repeat(np.arange(10), 2000)
+    noisy, rec = nz.noisy_labels(ToClass(target=0), nz.noise_data(y, 10), rate=0.3, seed=1)
+    t = np.array(rec.transition)
+    assert t[0, 0] == 1.0
+    for c in range(1, 10):  # binomial spread of 2000 draws: sd 0.0102; 5 sd
+        assert t[c, 0] == pytest.approx(0.3, abs=0.052) and t[c, c] == pytest.approx(1 - t[c, 0])
+    assert rec.realised_rate == pytest.approx(0.3 * 9 / 10, abs=0.02)
+    assert rec.variant == "to_class" and not np.shares_memory(noisy, y)
+    with pytest.raises(UserError, match=r"noise.target=10 is not a class"):
+        nz.noisy_labels(ToClass(target=10), nz.noise_data(y, 10), rate=0.3, seed=1)
+
+
+def test_runs_made_before_target_configs_keep_their_identity() -> None:
+    """A run directory saved with the old noise layout (every variant had asym_map, none had
+    _target_) is the same experiment as today's config: resume and the report's grouping
+    still match it. A real difference (another map) still counts."""
+    from noisybench.config import config_differences, resolved
+
+    old_sym = {"name": "sym50", "variant": "sym_incl", "rate": 0.5, "setting": "sym"}
+    old_sym |= {"seed": 0, "asym_map": None, "label_file": None}
+    new_sym = resolved(_composed("noise=sym50", "seed=0").noise)
+    assert "_target_" in new_sym and "asym_map" not in new_sym
+    assert config_differences({"noise": old_sym}, {"noise": new_sym}) == []
+    old_asym = {**old_sym, "name": "asym40", "variant": "asym", "rate": 0.4, "setting": "asym"}
+    new_asym = resolved(_composed("noise=asym40", "seed=0").noise)
+    assert config_differences({"noise": old_asym}, {"noise": new_asym}) == []
+    assert config_differences({"noise": {**old_asym, "asym_map": "digits"}}, {"noise": new_asym})
+
+
+def test_a_saved_config_without_target_still_builds_its_variant(digits) -> None:
+    """``rebuild`` of a run saved before noise configs had a ``_target_`` names its variant
+    by ``variant`` alone; it draws the same labels as today's config of that variant."""
+    from noisybench.build import noise_variant
+
+    y = digits[0]
+    old = OmegaConf.create({"name": "asym40", "variant": "asym", "rate": 0.4, "seed": 3})
+    old.asym_map, old.label_file = "digits", None
+    new = _composed("noise=asym40", "noise.asym_map=digits", "noise.seed=3").noise
+    a, b = noise_variant(old), noise_variant(new)
+    assert type(a) is type(b) is nz.Asym
+    data = nz.noise_data(y, 10)
+    assert np.array_equal(a.labels(data, 0.4, 3), b.labels(data, 0.4, 3))
+    old_sym = OmegaConf.create({"name": "sym50", "variant": "sym_incl", "rate": 0.5, "seed": 3})
+    old_sym.asym_map, old_sym.label_file = None, None  # every old file had the map key
+    assert type(noise_variant(old_sym)) is nz.SymIncl

@@ -190,6 +190,8 @@ def test_streaming_refuses_what_needs_images_in_memory(cli, folder: Path, tmp_pa
         extra = [override]
         if override == "eval=[calibration]":
             extra.append("eval.suites.calibration.every=1")
+        if override == "noise.variant=idn":  # the class that draws it follows the name
+            extra.append("noise._target_=noisybench.data.noise.InstanceDependent")
         proc = cli(*_stream_args(folder, tmp_path / "out", *extra), base=())
         assert proc.returncode == 2, (override, proc.stderr[-2000:])
         assert message in error_line(proc.stderr), override

@@ -37,22 +37,27 @@ Conventions (T[i, j] = P(noisy = j | clean = i), K classes, nominal rate r, "rou
   ~ E[q] (the truncated-normal mean; r itself when r is more than ~0.3 from 0 and 1).
 * ``cifar10n_aggre``, ``cifar10n_random1..3``, ``cifar10n_worse``, ``cifar100n_noisy``,
   ``cifar100n_noisy_coarse`` (Wei et al. 2022, real human annotations): read from the official
-  CIFAR-N file (:mod:`noisybench.data.cifarn`) through :func:`apply_noise` with ``file=``;
+  CIFAR-N file (:mod:`noisybench.data.cifarn`) by :class:`HumanNoise` (``noise.file``);
   nothing is drawn, so rate and seed only go into the record.
 
-Every function draws from ``np.random.default_rng(seed)`` only, never mutates its input, and
-returns int64 labels. A nominal rate of 0 returns the clean labels for every variant.
+Each variant is a :class:`Noise` class whose own parameters are its constructor's (``asym_map``
+of :class:`Asym`; ``label_set``, ``file``, ``download`` of :class:`HumanNoise`), built from
+``conf/noise/NAME.yaml`` by its ``_target_`` (:func:`noisybench.build.noise_variant`), so a
+variant can also live outside noisybench. Every variant draws from
+``np.random.default_rng(seed)`` only, never mutates its input, and returns int64 labels. A
+nominal rate of 0 returns the clean labels for every drawn variant.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -64,6 +69,8 @@ from noisybench.io import atomic_write
 __all__ = [
     "ASYM_MAPS",
     "NOISE_VARIANTS",
+    "Noise",
+    "NoiseData",
     "NoiseRecord",
     "apply_noise",
     "build_asym_map",
@@ -71,6 +78,9 @@ __all__ = [
     "label_hash",
     "load_labels",
     "make_noise_record",
+    "noise_by_name",
+    "noise_data",
+    "noisy_labels",
     "register_asym_map",
     "register_noise",
     "save_labels",
@@ -78,26 +88,69 @@ __all__ = [
 ]
 
 
-class NoiseFn(Protocol):
-    """Signature of a registered noise variant (validated inputs, a seeded generator)."""
+@dataclass(frozen=True)
+class NoiseData:
+    """What a noise variant draws from: the training set's clean labels (validated int64) and
+    number of classes, and what the dataset provides besides (``superclass``: fine -> coarse
+    class; ``features``: the (N, ...) training images, for ``idn``; ``asym_map``: the dataset's
+    default class map, ``dataset.asym_map``). Every variant gets the same object and reads what
+    it needs, so a variant's own parameters live on the variant, never in a shared signature."""
 
-    def __call__(  # noqa: PLR0913
-        self,
-        labels: np.ndarray,
-        num_classes: int,
-        rate: float,
-        rng: np.random.Generator,
-        *,
-        asym_map: str | None,
-        superclass: np.ndarray | None,
-        features: np.ndarray | None,
-    ) -> np.ndarray: ...
+    labels: np.ndarray
+    num_classes: int
+    superclass: np.ndarray | None = None
+    features: np.ndarray | None = None
+    asym_map: str | None = None
 
+
+class Noise:
+    """A noise variant: built from its ``conf/noise/NAME.yaml`` (``_target_`` plus the variant's
+    own parameters as constructor arguments, through :func:`noisybench.config.instantiate`),
+    then asked for the noisy labels of a training set.
+
+    A subclass implements :meth:`draw`; ``variant`` is the name the run records (the config's
+    ``noise.variant`` must equal it). The nominal rate and the seed are the same for every
+    variant (``noise.rate``, ``noise.seed``; the paper presets and the record read them), so
+    they are arguments, not parameters.
+    """
+
+    variant: ClassVar[str] = ""
+    uses_asym_map: ClassVar[bool] = False  # check_config validates the map of such variants
+
+    def draw(self, data: NoiseData, rate: float, rng: np.random.Generator) -> np.ndarray:
+        """The noisy labels at nominal ``rate`` (0 < rate < 1), drawn from ``rng`` only; never
+        modifies ``data.labels``."""
+        raise NotImplementedError
+
+    def labels(self, data: NoiseData, rate: float, seed: int) -> np.ndarray:
+        """Validated ``rate`` and ``seed``; the clean labels at rate 0, else :meth:`draw` from
+        ``np.random.default_rng(seed)``, as contiguous int64."""
+        rate = _check_rate(rate)
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise UserError(
+                f"noise seed must be a non-negative integer, got {seed!r}; set noise.seed"
+            )
+        if rate == 0.0:
+            return data.labels
+        noisy = self.draw(data, rate, np.random.default_rng(seed))
+        return np.ascontiguousarray(noisy, dtype=np.int64)
+
+    def map_name(self, data: NoiseData) -> str | None:
+        """The class map the record names (None: the variant uses none)."""
+        return None
+
+    def source(self) -> str | None:
+        """The file the labels were read from, for the record (None: drawn)."""
+        return None
+
+
+N = TypeVar("N", bound=Noise)
 
 AsymMapFn = Callable[[int, np.random.Generator, "np.ndarray | None"], np.ndarray]
 
-NOISE_VARIANTS: dict[str, NoiseFn] = {}
-"""Variant name -> function. Add a variant with ``@register_noise("name")``."""
+NOISE_VARIANTS: dict[str, type[Noise]] = {}
+"""Variant name -> the :class:`Noise` class that draws it (the shipped ones; a variant from
+outside noisybench needs no entry: its ``conf/noise`` file names its class by ``_target_``)."""
 
 ASYM_MAPS: dict[str, AsymMapFn] = {}
 """Map name -> ``f(num_classes, rng, superclass) -> target`` (int64 (K,), target[c] == c means
@@ -111,19 +164,18 @@ _DATASET_MAP_HINT = (
 )
 
 
-def register_noise(name: str, *, uses_asym_map: bool = False) -> Callable[[NoiseFn], NoiseFn]:
-    """Register a noise variant under ``name`` (a new variant = one function + this decorator).
+def register_noise(name: str) -> Callable[[type[N]], type[N]]:
+    """Register a :class:`Noise` class under ``name`` in :data:`NOISE_VARIANTS`, so that the
+    name-based helpers (:func:`inject_noise`, :func:`apply_noise`) and ``noise.variant`` find it.
+    A class without a ``variant`` of its own takes ``name``."""
 
-    ``uses_asym_map`` marks variants for which ``asym_map`` matters; for the others the record
-    stores ``asym_map=None`` even when the dataset supplies a default map.
-    """
-
-    def decorator(fn: NoiseFn) -> NoiseFn:
+    def decorator(cls: type[N]) -> type[N]:
         if name in NOISE_VARIANTS:
             raise ValueError(f"noise variant {name!r} is registered twice")
-        fn.uses_asym_map = uses_asym_map  # type: ignore[attr-defined]
-        NOISE_VARIANTS[name] = fn
-        return fn
+        if not cls.__dict__.get("variant"):
+            cls.variant = name
+        NOISE_VARIANTS[name] = cls
+        return cls
 
     return decorator
 
@@ -306,57 +358,83 @@ def build_asym_map(
 
 
 @register_noise("none")
-def _noise_none(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
+class NoNoise(Noise):
     """No noise: the clean labels."""
-    return labels.copy()
+
+    def draw(self, data: NoiseData, rate: float, rng: np.random.Generator) -> np.ndarray:
+        return data.labels.copy()
 
 
 @register_noise("sym_incl")
-def _noise_sym_incl(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
+class SymIncl(Noise):
     """Symmetric, include the true class (DivideMix/ELR): exactly round(r*N) samples, chosen
     without replacement, relabelled uniformly over all K classes. E[wrong] = r(1 - 1/K)."""
-    noisy = labels.copy()
-    k = _round_half_up(rate * labels.shape[0])
-    idx = rng.choice(labels.shape[0], size=k, replace=False)
-    noisy[idx] = rng.integers(0, num_classes, size=k)
-    return noisy
+
+    def draw(self, data: NoiseData, rate: float, rng: np.random.Generator) -> np.ndarray:
+        labels, num_classes = data.labels, data.num_classes
+        noisy = labels.copy()
+        k = _round_half_up(rate * labels.shape[0])
+        idx = rng.choice(labels.shape[0], size=k, replace=False)
+        noisy[idx] = rng.integers(0, num_classes, size=k)
+        return noisy
 
 
 @register_noise("sym_excl")
-def _noise_sym_excl(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
+class SymExcl(Noise):
     """Symmetric, exclude the true class, per-sample draw: T = (1-r) I + r/(K-1) (1 - I)."""
-    flip = rng.random(labels.shape[0]) < rate
-    return np.where(flip, _random_other_class(labels, num_classes, rng), labels)
+
+    def draw(self, data: NoiseData, rate: float, rng: np.random.Generator) -> np.ndarray:
+        labels, num_classes = data.labels, data.num_classes
+        flip = rng.random(labels.shape[0]) < rate
+        return np.where(flip, _random_other_class(labels, num_classes, rng), labels)
 
 
 @register_noise("sym_balanced")
-def _noise_sym_balanced(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
+class SymBalanced(Noise):
     """Symmetric, exact and class-balanced (SCE): exactly round(r*n_c) samples of each class c
     move to one of the other K-1 classes, uniformly."""
-    noisy = labels.copy()
-    for c in range(num_classes):
-        idx = np.flatnonzero(labels == c)
-        k = _round_half_up(rate * idx.shape[0])
-        if k:
-            chosen = rng.choice(idx, size=k, replace=False)
-            noisy[chosen] = _random_other_class(labels[chosen], num_classes, rng)
-    return noisy
+
+    def draw(self, data: NoiseData, rate: float, rng: np.random.Generator) -> np.ndarray:
+        labels, num_classes = data.labels, data.num_classes
+        noisy = labels.copy()
+        for c in range(num_classes):
+            idx = np.flatnonzero(labels == c)
+            k = _round_half_up(rate * idx.shape[0])
+            if k:
+                chosen = rng.choice(idx, size=k, replace=False)
+                noisy[chosen] = _random_other_class(labels[chosen], num_classes, rng)
+        return noisy
 
 
-@register_noise("asym", uses_asym_map=True)
-def _noise_asym(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
+@register_noise("asym")
+@dataclass
+class Asym(Noise):
     """Class-dependent (Tanaka 2018 for CIFAR-10, Patrini 2017 for digits, ...): exactly
     round(r*n_c) clean samples of every source class c go to map[c]."""
-    target = build_asym_map(asym_map, num_classes, rng, superclass)
-    return _flip_exact_per_class(labels, target, rate, rng)
+
+    asym_map: str | None = None  # a name in ASYM_MAPS; None: the dataset's default map
+    uses_asym_map: ClassVar[bool] = True
+
+    def map_name(self, data: NoiseData) -> str | None:
+        """The map in use: this variant's ``asym_map``, else the dataset's."""
+        return self.asym_map or data.asym_map
+
+    def draw(self, data: NoiseData, rate: float, rng: np.random.Generator) -> np.ndarray:
+        labels, num_classes = data.labels, data.num_classes
+        asym_map, superclass = self.map_name(data), data.superclass
+        target = build_asym_map(asym_map, num_classes, rng, superclass)
+        return _flip_exact_per_class(labels, target, rate, rng)
 
 
 @register_noise("pairflip")
-def _noise_pairflip(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
+class PairFlip(Noise):
     """Pair flip (Han et al. 2018, Co-teaching): c -> (c + 1) mod K, exactly round(r*n_c) of
     every class, drawn from the clean labels."""
-    target = (np.arange(num_classes, dtype=np.int64) + 1) % num_classes
-    return _flip_exact_per_class(labels, target, rate, rng)
+
+    def draw(self, data: NoiseData, rate: float, rng: np.random.Generator) -> np.ndarray:
+        labels, num_classes = data.labels, data.num_classes
+        target = (np.arange(num_classes, dtype=np.int64) + 1) % num_classes
+        return _flip_exact_per_class(labels, target, rate, rng)
 
 
 def _truncated_normal(mean: float, std: float, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -372,7 +450,7 @@ def _truncated_normal(mean: float, std: float, size: int, rng: np.random.Generat
 
 
 @register_noise("idn")
-def _noise_idn(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
+class InstanceDependent(Noise):
     """Instance-dependent noise, Xia et al. 2020 ("Part-dependent label noise"), the generation
     algorithm of their appendix / official ``get_instance_noisy_label``:
 
@@ -385,119 +463,183 @@ def _noise_idn(labels, num_classes, rate, rng, *, asym_map, superclass, features
     which makes softmax(s_i) nearly one-hot. Scaling x only sharpens or flattens the choice of
     the wrong class; the flip probability q_i does not depend on it.
     """
-    if features is None:
-        raise UserError(
-            "noise variant 'idn' needs per-sample features (the flattened training images) but "
-            "none were given; pass features=train_images to inject_noise or pick another "
-            "noise variant"
-        )
-    n = labels.shape[0]
-    x = np.asarray(features)
-    x = x.reshape(x.shape[0], -1) if x.ndim else x.reshape(1, 1)
-    if x.shape[0] != n:
-        raise UserError(
-            f"idn features have {x.shape[0]} rows but there are {n} labels; pass one feature "
-            "row (flattened image) per training sample"
-        )
-    if not (np.issubdtype(x.dtype, np.number) and not np.iscomplexobj(x)):
-        raise UserError(f"idn features must be real numbers, got dtype {x.dtype}; pass images")
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-        raise UserError("idn features contain NaN or infinity; pass finite image values")
-    q = _truncated_normal(rate, 0.1, n, rng)  # step 1
-    u = rng.random(n)  # one uniform per sample for step 4
-    noisy = labels.copy()
-    chunk = max(1, 2**22 // x.shape[1])  # rows per matmul: ~32 MB of float64 scores input
-    for c in range(num_classes):  # W_c is drawn for every class, in class order (determinism)
-        w = rng.standard_normal((x.shape[1], num_classes))  # step 2
-        idx = np.flatnonzero(labels == c)
-        for start in range(0, idx.shape[0], chunk):
-            part = idx[start : start + chunk]
-            scores = x[part].astype(np.float64) @ w  # step 3
-            scores[:, c] = -np.inf
-            scores -= scores.max(axis=1, keepdims=True)
-            p = np.exp(scores)
-            p *= (q[part] / p.sum(axis=1))[:, None]
-            p[:, c] = 1.0 - q[part]
-            cdf = np.cumsum(p, axis=1)  # step 4: inverse-CDF draw from p_i
-            pick = (cdf <= (u[part] * cdf[:, -1])[:, None]).sum(axis=1)
-            noisy[part] = np.minimum(pick, num_classes - 1)
-    return noisy
+
+    def draw(self, data: NoiseData, rate: float, rng: np.random.Generator) -> np.ndarray:
+        labels, num_classes = data.labels, data.num_classes
+        features = data.features
+        if features is None:
+            raise UserError(
+                "noise variant 'idn' needs per-sample features (the flattened training images) but "
+                "none were given; pass features=train_images to inject_noise or pick another "
+                "noise variant"
+            )
+        n = labels.shape[0]
+        x = np.asarray(features)
+        x = x.reshape(x.shape[0], -1) if x.ndim else x.reshape(1, 1)
+        if x.shape[0] != n:
+            raise UserError(
+                f"idn features have {x.shape[0]} rows but there are {n} labels; pass one feature "
+                "row (flattened image) per training sample"
+            )
+        if not (np.issubdtype(x.dtype, np.number) and not np.iscomplexobj(x)):
+            raise UserError(f"idn features must be real numbers, got dtype {x.dtype}; pass images")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise UserError("idn features contain NaN or infinity; pass finite image values")
+        q = _truncated_normal(rate, 0.1, n, rng)  # step 1
+        u = rng.random(n)  # one uniform per sample for step 4
+        noisy = labels.copy()
+        chunk = max(1, 2**22 // x.shape[1])  # rows per matmul: ~32 MB of float64 scores input
+        for c in range(num_classes):  # W_c is drawn for every class, in class order (determinism)
+            w = rng.standard_normal((x.shape[1], num_classes))  # step 2
+            idx = np.flatnonzero(labels == c)
+            for start in range(0, idx.shape[0], chunk):
+                part = idx[start : start + chunk]
+                scores = x[part].astype(np.float64) @ w  # step 3
+                scores[:, c] = -np.inf
+                scores -= scores.max(axis=1, keepdims=True)
+                p = np.exp(scores)
+                p *= (q[part] / p.sum(axis=1))[:, None]
+                p[:, c] = 1.0 - q[part]
+                cdf = np.cumsum(p, axis=1)  # step 4: inverse-CDF draw from p_i
+                pick = (cdf <= (u[part] * cdf[:, -1])[:, None]).sum(axis=1)
+                noisy[part] = np.minimum(pick, num_classes - 1)
+        return noisy
 
 
-def _make_human_variant(name: str) -> NoiseFn:
-    def _human(labels, num_classes, rate, rng, *, asym_map, superclass, features):  # noqa: PLR0913
+@dataclass
+class HumanNoise(Noise):
+    """Real human annotations, CIFAR-N (Wei et al. 2022): ``label_set`` (``cifar10n_aggre``,
+    ``cifar10n_random1..3``, ``cifar10n_worse``, ``cifar100n_noisy``, ``cifar100n_noisy_coarse``)
+    read from the official file ``file`` (fetched first when missing if ``download``) and
+    verified against the clean labels (:func:`noisybench.data.cifarn.read_human_labels`).
+    Nothing is drawn: the rate (the published realised rate) and the seed only go into the
+    record, and the record names ``file`` as its label file."""
+
+    label_set: str
+    file: str | os.PathLike[str] | None = None
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        if self.label_set not in HUMAN_SETS:
+            raise UserError(
+                f"unknown CIFAR-N label set {self.label_set!r}; set noise.variant to one of "
+                f"{sorted(HUMAN_SETS)}"
+            )
+        self.variant = self.label_set  # type: ignore[misc]  # the record's name
+
+    def draw(self, data: NoiseData, rate: float, rng: np.random.Generator) -> np.ndarray:
         raise UserError(
-            f"noise variant {name!r} reads real human labels from the CIFAR-N file and cannot be "
-            "drawn; call apply_noise with file=... (noise.file in the noise config)"
+            f"noise variant {self.label_set!r} reads real human labels from the CIFAR-N file and "
+            "cannot be drawn; call apply_noise with file=... (noise.file in the noise config)"
         )
 
-    _human.__doc__ = f"CIFAR-N set {name!r} (read by apply_noise from the official file)."
-    _human.human = True  # type: ignore[attr-defined]
-    return _human
+    def labels(self, data: NoiseData, rate: float, seed: int) -> np.ndarray:
+        """The label set read from ``file`` (whatever the rate and seed)."""
+        if self.file is None:
+            raise UserError(
+                f"noise variant {self.label_set!r} needs the CIFAR-N label file; set noise.file "
+                f"to the path of {HUMAN_SETS[self.label_set].file}"
+            )
+        return read_human_labels(
+            self.label_set, self.file, data.labels, data.num_classes, download=self.download
+        )
+
+    def source(self) -> str | None:
+        """The official file, named in the record like a saved label file."""
+        return None if self.file is None else str(self.file)
 
 
 for _name in HUMAN_SETS:
-    register_noise(_name)(_make_human_variant(_name))
+    NOISE_VARIANTS[_name] = HumanNoise
 
 
 # --------------------------------------------------------------------------------------------
 # Public entry points
+
+# The keys of a ``conf/noise`` file that every variant shares (read by the run, the record,
+# the paper presets and the report); the remaining keys but ``_target_`` are the variant's own
+# constructor arguments.
+SHARED_KEYS: tuple[str, ...] = (
+    "name",
+    "variant",
+    "rate",
+    "seed",
+    "setting",
+    "preset_rate",
+    "label_file",
+)
+_DATA_KEYS = ("superclass", "features")
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, what: str = "clean labels") -> np.ndarray:
     return check_labels(labels, what, "check num_classes against the dataset", num_classes)
 
 
-def inject_noise(  # noqa: PLR0913
-    variant: str,
-    clean_labels: np.ndarray,
-    num_classes: int,
-    rate: float,
-    seed: int,
-    *,
-    asym_map: str | None = None,
-    superclass: np.ndarray | None = None,
-    features: np.ndarray | None = None,
-) -> np.ndarray:
-    """Return int64 noisy labels for ``clean_labels`` under noise ``variant`` at nominal ``rate``.
-
-    Dispatches through ``NOISE_VARIANTS`` (see the module docstring for each convention, REFERENCE
-    section 4, and the BSD paper, Section 4.2.3). ``asym_map`` is used only by ``asym``,
-    ``superclass`` only by the ``cifar100_superclass`` map, ``features`` ((N, ...) numbers) only
-    by ``idn``; passing them to other variants is harmless. The input is never modified; the same
-    inputs and ``seed`` give the same output (``np.random.default_rng(seed)``).
-    """
-    if variant not in NOISE_VARIANTS:
-        raise UserError(
-            f"unknown noise variant {variant!r}; set noise.variant to one of "
-            f"{sorted(NOISE_VARIANTS)}"
-        )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise UserError(f"num_classes must be an integer, got {num_classes!r}")
-    if num_classes < 2:
-        raise UserError(f"num_classes must be at least 2, got {num_classes}")
+def _check_rate(rate: Any) -> float:
     try:
         rate = float(rate)
     except (TypeError, ValueError):
         raise UserError(f"noise rate must be a number in [0, 1), got {rate!r}") from None
     if not (0.0 <= rate < 1.0):
         raise UserError(f"noise rate must be in [0, 1), got {rate}; set noise.rate, e.g. 0.2")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserError(f"noise seed must be a non-negative integer, got {seed!r}; set noise.seed")
+    return rate
+
+
+def noise_data(clean_labels: np.ndarray, num_classes: int, **given: Any) -> NoiseData:
+    """Validated :class:`NoiseData`: the labels checked against ``num_classes``; ``given`` may
+    hold ``superclass``, ``features`` and ``asym_map`` (the dataset's default map)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
+        raise UserError(f"num_classes must be an integer, got {num_classes!r}")
+    if num_classes < 2:
+        raise UserError(f"num_classes must be at least 2, got {num_classes}")
     labels = _check_labels(clean_labels, int(num_classes))
-    if rate == 0.0:
-        return labels
-    rng = np.random.default_rng(seed)
-    noisy = NOISE_VARIANTS[variant](
-        labels,
-        int(num_classes),
-        rate,
-        rng,
-        asym_map=asym_map,
-        superclass=superclass,
-        features=features,
-    )
-    return np.ascontiguousarray(noisy, dtype=np.int64)
+    return NoiseData(labels, int(num_classes), **given)
+
+
+def noise_by_name(variant: str, options: dict[str, Any]) -> Noise:
+    """The registered variant ``variant`` built from those of ``options`` its constructor
+    takes (the name-based helpers below pass one set of options to every variant, as the
+    pre-``_target_`` configs did: ``asym_map`` is ignored by all but ``asym``)."""
+    if variant not in NOISE_VARIANTS:
+        raise UserError(
+            f"unknown noise variant {variant!r}; set noise.variant to one of "
+            f"{sorted(NOISE_VARIANTS)}"
+        )
+    cls = NOISE_VARIANTS[variant]
+    accepted = inspect.signature(cls).parameters
+    kwargs = {k: v for k, v in options.items() if k in accepted}
+    if "label_set" in accepted:
+        kwargs["label_set"] = variant
+    return cls(**kwargs)
+
+
+def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    data = {k: options.pop(k) for k in _DATA_KEYS if k in options}
+    return data, options
+
+
+def inject_noise(
+    variant: str,
+    clean_labels: np.ndarray,
+    num_classes: int,
+    rate: float,
+    seed: int,
+    **options: Any,
+) -> np.ndarray:
+    """Return int64 noisy labels for ``clean_labels`` under the registered noise ``variant`` at
+    nominal ``rate``.
+
+    Dispatches through ``NOISE_VARIANTS`` (see the module docstring for each convention,
+    REFERENCE section 4, and the BSD paper, Section 4.2.3). ``options`` holds what the dataset
+    provides (``superclass``, used only by the ``cifar100_superclass`` map; ``features``,
+    (N, ...) numbers, only by ``idn``) and the variant's own parameters (``asym_map`` of
+    ``asym``); passing them to other variants is harmless. The input is never modified; the
+    same inputs and ``seed`` give the same output (``np.random.default_rng(seed)``).
+    """
+    data, params = _split(dict(options))
+    noise = noise_by_name(variant, params)
+    # Noise.labels, not noise.labels: drawn, never read (a CIFAR-N set cannot be drawn).
+    return Noise.labels(noise, noise_data(clean_labels, num_classes, **data), rate, seed)
 
 
 def label_hash(labels: np.ndarray) -> str:
@@ -632,64 +774,56 @@ def load_labels(path: str | os.PathLike[str], num_samples: int, num_classes: int
     return _check_labels(arr, num_classes, what=f"labels in {str(path)!r}")
 
 
-def apply_noise(  # noqa: PLR0913
+def noisy_labels(
+    noise: Noise,
+    data: NoiseData,
+    *,
+    rate: float,
+    seed: int,
+    label_file: str | os.PathLike[str] | None = None,
+) -> tuple[np.ndarray, NoiseRecord]:
+    """The run's one call: the noisy labels of ``noise`` (built from the ``noise`` config
+    group) and their record.
+
+    With ``label_file`` set, the labels are read from it (reproducing exactly the noise that
+    produced the file) instead of being generated; the record then names the file. A CIFAR-N
+    variant reads its official file and names it the same way (:class:`HumanNoise`); every
+    record holds the realised rate, the empirical transition matrix and the labels' sha256.
+    """
+    if label_file is not None:
+        noisy = load_labels(label_file, data.labels.shape[0], data.num_classes)
+    else:
+        noisy = noise.labels(data, rate, seed)
+    record = make_noise_record(
+        data.labels,
+        noisy,
+        data.num_classes,
+        variant=noise.variant,
+        nominal_rate=rate,
+        seed=seed,
+        asym_map=noise.map_name(data),
+        label_file=label_file if label_file is not None else noise.source(),
+    )
+    return noisy, record
+
+
+def apply_noise(
     clean_labels: np.ndarray,
     num_classes: int,
     *,
     variant: str,
     rate: float,
     seed: int,
-    asym_map: str | None = None,
-    label_file: str | os.PathLike[str] | None = None,
-    superclass: np.ndarray | None = None,
-    features: np.ndarray | None = None,
-    file: str | os.PathLike[str] | None = None,
-    download: bool = False,
+    **options: Any,
 ) -> tuple[np.ndarray, NoiseRecord]:
-    """The run's one call: noisy labels and their record, from the ``noise`` config group.
+    """:func:`noisy_labels` of the registered ``variant``, by name (tests, scripts).
 
-    With ``label_file`` set, the labels are read from it (reproducing exactly the noise that
-    produced the file) instead of being generated; the record then names the file.
-
-    A CIFAR-N variant (``cifar10n_*``, ``cifar100n_*``) reads its label set from the official
-    file ``file`` (``noise.file``), fetched first when missing if ``download`` is true, and
-    verified against ``clean_labels`` (:func:`noisybench.data.cifarn.read_human_labels`); its
-    record names the file in ``label_file`` and holds the realised rate, the empirical
-    transition matrix and the labels' sha256 like any other variant.
+    ``options``: ``label_file`` (see :func:`noisy_labels`), what the dataset provides
+    (``superclass``, ``features``) and the variant's own parameters (``asym_map`` of ``asym``,
+    ``file`` and ``download`` of a CIFAR-N set); a variant ignores the parameters of others.
     """
-    if variant in HUMAN_SETS and label_file is None:
-        if file is None:
-            raise UserError(
-                f"noise variant {variant!r} needs the CIFAR-N label file; set noise.file to the "
-                f"path of {HUMAN_SETS[variant].file}"
-            )
-        clean = _check_labels(clean_labels, num_classes)
-        noisy = read_human_labels(variant, file, clean, num_classes, download=download)
-        label_file = file
-    elif label_file is not None:
-        clean = _check_labels(clean_labels, num_classes)
-        noisy = load_labels(label_file, clean.shape[0], num_classes)
-    else:
-        clean = clean_labels
-        noisy = inject_noise(
-            variant,
-            clean_labels,
-            num_classes,
-            rate,
-            seed,
-            asym_map=asym_map,
-            superclass=superclass,
-            features=features,
-        )
-    uses_map = getattr(NOISE_VARIANTS.get(variant), "uses_asym_map", False)
-    record = make_noise_record(
-        clean,
-        noisy,
-        num_classes,
-        variant=variant,
-        nominal_rate=rate,
-        seed=seed,
-        asym_map=asym_map if uses_map else None,
-        label_file=label_file,
-    )
-    return noisy, record
+    label_file = options.pop("label_file", None)
+    given, params = _split(dict(options))
+    noise = noise_by_name(variant, params)
+    data = noise_data(clean_labels, num_classes, **given)
+    return noisy_labels(noise, data, rate=rate, seed=seed, label_file=label_file)
