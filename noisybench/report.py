@@ -527,8 +527,9 @@ def _seed_order(seed: Any) -> tuple[int, Any]:
 def run_value(result: Mapping[str, Any], metric: str, rule: str) -> float | None:
     """One run's value of ``metric`` at the epoch ``rule`` selects (as stored, unscaled).
 
-    Per-epoch history keys first; for the last epoch, ``evaluation.json`` of the final
-    checkpoint next (only when it was evaluated at the run's last epoch)."""
+    Per-epoch history keys first; ``evaluation.json`` next, only when the weights it evaluated
+    are those of the selected epoch (its ``checkpoint_epoch``: the last checkpoint's, or the
+    selected epoch's ``selected.pt``, which ``noisybench evaluate`` uses by default)."""
     m = METRICS[metric]
     history = result.get("history") or []
     record = _select(history, rule)
@@ -540,9 +541,11 @@ def run_value(result: Mapping[str, Any], metric: str, rule: str) -> float | None
             return value
     # evaluation.json was cleaned on loading (_clean_evaluation): epochs and values are sane.
     evaluation = result.get("evaluation") or {}
-    if rule == "last" and m.evaluation:
+    if m.evaluation:
         epoch = evaluation.get("checkpoint_epoch")
-        if epoch is not None and history and epoch != _epoch(history[-1].get("epoch", -1)):
+        if epoch is None and rule != "last":  # an old file: the last checkpoint's numbers
+            return None
+        if epoch is not None and epoch != _epoch(record.get("epoch", -1)):
             return None
         metrics = evaluation.get("metrics") or {}
         for key in m.evaluation:

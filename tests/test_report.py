@@ -222,6 +222,14 @@ def test_noisy_validation_rule_and_evaluation_json(tmp_path: Path, capsys) -> No
     (row,) = [r for r in table["rows"] if r["source"] == "ours"]
     assert not any("SCE" in k for k in row["cells"] if "last" in k)
     assert all("|sce|last" not in k for k in row["cells"])
+    # An evaluation of the selected epoch's weights (noisybench evaluate's default,
+    # selected.pt at epoch 3 = the noisy_val epoch) is that rule's number, not the last's.
+    ev["checkpoint_epoch"] = 3
+    (run / "evaluation.json").write_text(json.dumps(ev))
+    table = _run_json(capsys, str(tmp_path), "--table", "table7", "--select", "noisy_val,last")
+    assert _cell(table, "digits / small_cnn / sym50 / ce", "SCE", "noisy_val")["mean"] == 1.23
+    (row,) = [r for r in table["rows"] if r["source"] == "ours"]
+    assert all("|sce|last" not in k for k in row["cells"])
 
 
 def test_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
