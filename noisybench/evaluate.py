@@ -2,7 +2,8 @@
 evaluation suites on finished runs.
 
 For every run directory it reads ``result.json`` (the resolved config is under ``config``),
-``checkpoint.pt`` and ``noisy_labels.npy``, rebuilds the dataset, the model and the method
+``checkpoint.pt`` (and ``selected.pt``, the selected epoch's weights) and ``noisy_labels.npy``,
+rebuilds the dataset, the model and the method
 from the saved config (:func:`rebuild_model`), runs the chosen suites (``conf/eval/<name>.yaml``;
 default: calibration and temperature) and writes ``evaluation.json`` into the run directory
 atomically. Results of suites run earlier are kept; a suite run again replaces its keys.
@@ -12,11 +13,20 @@ Options (Hydra-style ``key=value``, or ``--eval a,b``):
 * ``eval=[a,b]`` or ``eval=a,b``: the suites (``eval=all``: every suite with a YAML file);
 * ``<suite>.<setting>=<value>``: a suite setting, e.g. ``ood.source=sklearn_patches``;
 * ``device=auto|cpu|cuda``, ``batch_size=1024``, ``data_dir=PATH`` (where suites look for
-  their files; default: the run's ``data_dir``).
+  their files; default: the run's ``data_dir``);
+* ``weights=selected|last``: which model is evaluated (issue 22). ``selected`` (the default):
+  the weights of the epoch the run's selection rule picked (``selected.pt``, written by
+  :mod:`noisybench.selected`; for a run whose rule is ``last`` that is the last checkpoint);
+  ``last``: the last checkpoint's;
+* ``allow_unfinished=true``: evaluate a run that has not finished (interrupted or still
+  running); without it such a run is refused, so no number of a half-trained model is taken
+  for a result by accident.
 
 evaluation.json::
 
-    {"run_dir": ..., "checkpoint_epoch": E, "method": ..., "seed": ..., "noise": ...,
+    {"run_dir": ..., "checkpoint_epoch": E (the epoch of the weights evaluated),
+     "weights": {"used": "selected" | "last", "file", "epoch", "rule", "selected_on",
+                 "last_epoch"}, "unfinished": bool, "method": ..., "seed": ..., "noise": ...,
      "suites": {name: settings}, "metrics": {"<suite>/<key>": float | [floats]},
      "selection": {"last" | "best_test" | "noisy_val": {"epoch", "selected_on", "test/acc", ...}}}
 
@@ -57,6 +67,7 @@ from noisybench.safety import take_command_line
 __all__ = ["EVALUATION_FILE", "evaluate_run", "main", "rebuild_model"]
 
 EVALUATION_FILE = "evaluation.json"
+WEIGHTS = ("selected", "last")
 DEFAULT_SUITES = ("calibration", "temperature")
 
 
@@ -98,15 +109,20 @@ def _read_result(rd: RunDir) -> dict[str, Any]:
     return result
 
 
-def evaluate_run(
+def evaluate_run(  # noqa: PLR0913 (the command line's options, keyword by keyword)
     run_dir: str | Path,
     suites: Sequence[str],
     overrides: dict[str, dict[str, Any]] | None = None,
     device: str = "auto",
     batch_size: int = 1024,
     data_dir: str | None = None,
+    weights: str = "selected",
+    allow_unfinished: bool = False,
 ) -> dict[str, Any]:
     """Evaluate one finished run with ``suites``; writes and returns its evaluation.json.
+
+    ``weights``: ``selected`` (the epoch the run's selection rule picked, ``selected.pt``) or
+    ``last`` (the last checkpoint); an unfinished run only with ``allow_unfinished``.
 
     The run is rebuilt by :func:`noisybench.build.rebuild`, the same parts that built it for
     training, so the model sees its inputs normalised as in training (a pretrained ViT:
@@ -123,18 +139,30 @@ def evaluate_run(
     # the allow-list admits it (noisybench.safety), and its shape is checked first.
     check_saved_config(config, run_dir / "result.json")
     previous = read_evaluation(run_dir / EVALUATION_FILE)  # a damaged one is not overwritten
-    if result.get("status") != "finished":
+    if weights not in WEIGHTS:
+        raise UserError(f"weights={weights} is not one of {', '.join(WEIGHTS)}; e.g. weights=last")
+    unfinished = result.get("status") != "finished"
+    if unfinished and not allow_unfinished:
+        raise UserError(
+            f"{run_dir} is not finished (status {result.get('status')!r}): its numbers are not "
+            "a result; resume it with the same command, or pass allow_unfinished=true to "
+            "evaluate its last checkpoint as it is"
+        )
+    if unfinished:
         print(
             f"noisybench.evaluate: warning: {run_dir} is not finished (status "
-            f"{result.get('status')!r}); its checkpoint is evaluated as it is",
+            f"{result.get('status')!r}); evaluated as it is (allow_unfinished=true)",
             file=sys.stderr,
         )
     dev = resolve_device(device)
     built = [load_suite(name, (overrides or {}).get(name)) for name in suites]
     ckpt = load_checkpoint(rd.checkpoint_file, map_location=dev)
+    chosen = _choose_weights(run_dir, result, ckpt, weights, dev, check=not unfinished)
     run = rebuild(config, rd.label_file, dev, data_dir)
     model, method, data = run.networks.model, run.networks.method, run.data
-    _load_states(run_dir, ckpt, model, method)
+    # The method's state (second networks, running targets) is the last checkpoint's: selected.pt
+    # keeps the model's weights only (noisybench.selected).
+    _load_states(run_dir, {**ckpt, "model": chosen.pop("state")}, model, method)
     idx = run.labels.train_idx  # a held-out split: the run trained on the rest
     predict = make_predict(model, run.view, dev, int(batch_size), method)
     ctx = EvalContext(
@@ -159,13 +187,76 @@ def evaluate_run(
         metrics["dark_knowledge/kl_to_final"] = kl
         metrics["dark_knowledge/kl_temperature"] = temps
     settings = {n: cfg for n, (_, cfg) in zip(suites, built, strict=True)}
-    return _write_evaluation(run_dir, result, ckpt.get("epoch"), settings, metrics, previous)
+    return _write_evaluation(run_dir, result, chosen, settings, metrics, previous)
+
+
+def _choose_weights(
+    run_dir: Path,
+    result: dict[str, Any],
+    ckpt: dict[str, Any],
+    weights: str,
+    device: Any,
+    check: bool,
+) -> dict[str, Any]:
+    """The model weights to evaluate and where they come from (evaluation.json's ``weights``).
+
+    ``selected``: ``selected.pt`` when the run's rule (result.json's ``selection_rule``) picks
+    epochs by a validation or test number; the last checkpoint when the rule is ``last`` (or
+    the run predates ``selection_rule``, when only the last checkpoint was kept). On a
+    finished run the file's epoch must be the one its history selects (``check``): a stale or
+    foreign ``selected.pt`` is refused rather than reported as the selected model.
+    """
+    from noisybench.evaluation.selection import select_epoch
+    from noisybench.io import load_checkpoint
+    from noisybench.selected import SELECTED_FILE
+
+    last_epoch = ckpt.get("epoch")
+    rule = str(result.get("selection_rule") or "last")
+    if weights == "last" or rule == "last":
+        return {
+            "state": ckpt["model"],
+            "used": "last",
+            "file": "checkpoint.pt",
+            "epoch": last_epoch,
+            "rule": rule,
+            "selected_on": None if weights == "last" else "none (last epoch)",
+            "last_epoch": last_epoch,
+        }
+    path = run_dir / SELECTED_FILE
+    if not path.is_file():
+        raise UserError(
+            f"{path} is missing, though the run selects its epoch by '{rule}'; pass "
+            "weights=last to evaluate the last checkpoint instead"
+        )
+    try:
+        sel = load_checkpoint(path, map_location=device)
+    except UserError as exc:
+        raise UserError(
+            f"{str(exc).split('; ')[0]}; pass weights=last to evaluate the last checkpoint instead"
+        ) from exc
+    if check:
+        want = select_epoch(result.get("history") or [], rule).get("epoch")
+        if sel.get("epoch") != want or sel.get("rule") != rule:
+            raise UserError(
+                f"{path} holds epoch {sel.get('epoch')} (rule {sel.get('rule')!r}) but the run's "
+                f"history selects epoch {want} by '{rule}'; it is stale or from another run: "
+                "pass weights=last to evaluate the last checkpoint instead"
+            )
+    return {
+        "state": sel["model"],
+        "used": "selected",
+        "file": SELECTED_FILE,
+        "epoch": sel.get("epoch"),
+        "rule": rule,
+        "selected_on": sel.get("selected_on"),
+        "last_epoch": last_epoch,
+    }
 
 
 def _write_evaluation(
     run_dir: Path,
     result: dict[str, Any],
-    epoch: Any,
+    chosen: dict[str, Any],
     settings: dict[str, dict[str, Any]],
     metrics: dict[str, Any],
     previous: dict[str, Any],
@@ -184,8 +275,10 @@ def _write_evaluation(
     out = {
         "run_dir": str(run_dir),
         "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "checkpoint_epoch": epoch,
+        "checkpoint_epoch": chosen["epoch"],  # the epoch whose weights were evaluated
+        "weights": chosen,
         "status": result.get("status"),
+        "unfinished": result.get("status") != "finished",
         "dataset": config["dataset"].get("name"),
         "model": config["model"].get("name"),
         "noise": config.get("noise", {}).get("name"),
@@ -224,7 +317,7 @@ def _parse(
             suites = available_suites() if names == ["all"] else names
             if not suites:
                 raise UserError("eval= names no suite; e.g. eval=[calibration,ood]")
-        elif key in ("device", "batch_size", "data_dir"):
+        elif key in ("device", "batch_size", "data_dir", "weights", "allow_unfinished"):
             options[key] = value
         elif "." in key:
             suite, setting = key.split(".", 1)
@@ -232,7 +325,7 @@ def _parse(
         else:
             raise UserError(
                 f"unknown option {key}=; use eval=[...], <suite>.<setting>=..., device=, "
-                "batch_size= or data_dir="
+                "batch_size=, data_dir=, weights=selected|last or allow_unfinished=true"
             )
     if not runs:
         raise UserError(
@@ -255,6 +348,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size = options.get("batch_size", "1024")
         if not batch_size.isdigit() or int(batch_size) < 1:
             raise UserError(f"batch_size={batch_size} is not a positive integer; e.g. 1024")
+        weights = options.get("weights", "selected")
+        if weights not in WEIGHTS:
+            raise UserError(
+                f"weights={weights} is not one of {', '.join(WEIGHTS)}; e.g. weights=last"
+            )
+        allow = options.get("allow_unfinished", "false").lower()
+        if allow not in ("true", "false"):
+            raise UserError(f"allow_unfinished={allow} is not true or false")
         for run in runs:
             out = evaluate_run(
                 run,
@@ -263,6 +364,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 device=options.get("device", "auto"),
                 batch_size=int(batch_size),
                 data_dir=options.get("data_dir"),
+                weights=weights,
+                allow_unfinished=allow == "true",
+            )
+            w = out["weights"]
+            print(
+                f"{Path(run)}: evaluated the {w['used']} weights ({w['file']}, epoch {w['epoch']}"
+                + (f", selected by '{w['rule']}'" if w["used"] == "selected" else "")
+                + ")"
             )
             n = sum(1 for v in out["metrics"].values() if isinstance(v, float | int))
             print(f"{Path(run) / EVALUATION_FILE}: {n} numbers from {', '.join(suites)}")

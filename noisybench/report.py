@@ -465,6 +465,54 @@ def setting_name(noise_config: Mapping[str, Any], record: Mapping[str, Any] | No
     return f"{variant} rate={rate:g}" if rate is not None else f"{variant} ({name})"
 
 
+TEACHER_KIND = "method.teacher.kind"
+
+
+@functools.cache
+def _default_teacher() -> tuple[tuple[str, str], ...]:
+    """The identity entries of ``conf/teacher/ensemble.yaml`` (``method.teacher.*``): KD's
+    behaviour without ``+teacher=`` is that teacher (the mean softmax of every network of its
+    teacher runs, on the fly; docs/teachers.md)."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load((conf_dir() / "teacher" / "ensemble.yaml").read_text("utf-8"))
+    except (OSError, yaml.YAMLError):
+        spec = None
+    spec = spec if isinstance(spec, dict) else {"kind": "ensemble"}
+    return tuple((f"method.teacher.{k}", json.dumps(v, sort_keys=True)) for k, v in spec.items())
+
+
+def _with_teacher_kind(ident: dict[str, str], config: Mapping[str, Any]) -> dict[str, str]:
+    """A KD student's identity with its teacher's kind (issue 27's ``method.teacher.kind``:
+    deterministic, ensemble, mc_dropout, swag, laplace), so that students are grouped and
+    labelled by it; a KD run without ``method.teacher`` (a ``method.teacher_runs`` key and no
+    teacher node) counts as the ``ensemble`` teacher it uses, with that file's settings."""
+    method = config.get("method")
+    if not isinstance(method, Mapping) or "teacher_runs" not in method:
+        return ident
+    if any(k.startswith("method.teacher.") for k in ident):
+        return ident
+    return {**ident, **dict(_default_teacher())}
+
+
+def _method_text(part: Mapping[str, str], name: Any) -> str:
+    """A method's name in a label, with a KD student's teacher kind: ``kd [swag]``."""
+    kind = part.get(TEACHER_KIND)
+    return str(name) if kind is None else f"{name} [{json.loads(kind)}]"
+
+
+def _follows_from_kind(
+    key: str, part: Mapping[str, str], same: Sequence[Mapping[str, str]]
+) -> bool:
+    """Whether a teacher setting (``method.teacher.samples``) is the same for every part with
+    ``part``'s teacher kind: it follows from the kind shown in the name and is not listed."""
+    if not key.startswith("method.teacher.") or key == TEACHER_KIND:
+        return False
+    peers = [q for q in same if q.get(TEACHER_KIND) == part.get(TEACHER_KIND)]
+    return len({q.get(key) for q in peers}) < 2
+
+
 def _seed_key(result: Mapping[str, Any]) -> str:
     seeds = result.get("seeds") or {}
     return json.dumps([seeds.get("train"), seeds.get("noise")], sort_keys=True, default=str)
@@ -486,7 +534,7 @@ def collect(results: Sequence[dict[str, Any]], include_unfinished: bool = False)
         if result.get("status") != "finished" and not include_unfinished:
             continue
         config = result.get("config") or {}
-        ident = identity(config)
+        ident = _with_teacher_kind(identity(config), config)
         noise = config.get("noise") or {}
         ident["noise.name"] = json.dumps(setting_name(noise, result.get("noise")))
         key = json.dumps(ident, sort_keys=True)
@@ -527,8 +575,9 @@ def _seed_order(seed: Any) -> tuple[int, Any]:
 def run_value(result: Mapping[str, Any], metric: str, rule: str) -> float | None:
     """One run's value of ``metric`` at the epoch ``rule`` selects (as stored, unscaled).
 
-    Per-epoch history keys first; for the last epoch, ``evaluation.json`` of the final
-    checkpoint next (only when it was evaluated at the run's last epoch)."""
+    Per-epoch history keys first; ``evaluation.json`` next, only when the weights it evaluated
+    are those of the selected epoch (its ``checkpoint_epoch``: the last checkpoint's, or the
+    selected epoch's ``selected.pt``, which ``noisybench evaluate`` uses by default)."""
     m = METRICS[metric]
     history = result.get("history") or []
     record = _select(history, rule)
@@ -540,9 +589,11 @@ def run_value(result: Mapping[str, Any], metric: str, rule: str) -> float | None
             return value
     # evaluation.json was cleaned on loading (_clean_evaluation): epochs and values are sane.
     evaluation = result.get("evaluation") or {}
-    if rule == "last" and m.evaluation:
+    if m.evaluation:
         epoch = evaluation.get("checkpoint_epoch")
-        if epoch is not None and history and epoch != _epoch(history[-1].get("epoch", -1)):
+        if epoch is None and rule != "last":  # an old file: the last checkpoint's numbers
+            return None
+        if epoch is not None and epoch != _epoch(record.get("epoch", -1)):
             return None
         metrics = evaluation.get("metrics") or {}
         for key in m.evaluation:
@@ -614,6 +665,10 @@ def _labels(parts: Sequence[Mapping[str, str]], names: Sequence[str]) -> list[st
         for k in keys:
             if k in names or k.endswith("._target_") or len({q.get(k) for q in same}) < 2:
                 continue
+            if k == TEACHER_KIND and "method.name" in names:
+                continue  # in the method's name: kd [swag]
+            if _follows_from_kind(k, p, same):
+                continue
             group = k.split(".")[0] if "." in k else None
             gname = f"{group}.name"
             if group and gname in keys and len({q.get(gname) for q in same}) > 1:
@@ -625,7 +680,11 @@ def _labels(parts: Sequence[Mapping[str, str]], names: Sequence[str]) -> list[st
                 if len({q.get(k) for q in peers}) < 2:
                     continue  # follows from the group's choice
             extra.append(f"{k}={_fmt_value(json.loads(p[k])) if k in p else '-'}")
-        bits = [str(json.loads(p[k])) for k in names if k in p]
+        bits = [
+            _method_text(p, json.loads(p[k])) if k == "method.name" else str(json.loads(p[k]))
+            for k in names
+            if k in p
+        ]
         label = " / ".join(bits) if bits else "run"
         out.append(label + (f" ({', '.join(extra)})" if extra else ""))
     return out
@@ -704,10 +763,14 @@ def _column_labels(parts: Sequence[Mapping[str, str]], group: str) -> list[str]:
         differing = sorted(
             k
             for k in set().union(*[q.keys() for q in same])
-            if len({q.get(k) for q in same}) > 1 and not k.endswith("._target_")
+            if len({q.get(k) for q in same}) > 1
+            and not k.endswith("._target_")
+            and not (group == "method" and k == TEACHER_KIND)  # in the name: kd [swag]
+            and not (group == "method" and _follows_from_kind(k, p, same))
         )
         extra = [f"{k}={_fmt_value(json.loads(p[k])) if k in p else '-'}" for k in differing]
-        out.append(str(names[i]) + (f" ({', '.join(extra)})" if extra else ""))
+        name = _method_text(p, names[i]) if group == "method" else str(names[i])
+        out.append(name + (f" ({', '.join(extra)})" if extra else ""))
     return out
 
 

@@ -74,6 +74,28 @@ def _check_noise(run_dir: RunDir, ckpt: dict[str, Any], exp: Experiment) -> None
         )
 
 
+def _dataset_manifest(exp: Experiment) -> dict[str, Any] | None:
+    """A real-noise dataset's manifest summary (name, manifest SHA-256, split sizes, missing
+    images skipped; :func:`noisybench.data.realnoise.summary`), recorded in result.json's
+    header and the checkpoint as ``dataset_manifest`` (issue 24): the images cannot be
+    redistributed, so the manifest hash is what makes two groups' runs comparable. None for
+    other datasets."""
+    from noisybench.data.realnoise import RealNoiseData, summary
+
+    return summary(exp.data) if isinstance(exp.data, RealNoiseData) else None
+
+
+def _check_manifest(run_dir: RunDir, ckpt: dict[str, Any], exp: Experiment) -> None:
+    """Refuse to resume a real-noise run on other files or labels than it started with (the
+    checkpoint's manifest SHA-256 against the data read now); a checkpoint without one (an
+    older run, another dataset) passes."""
+    from noisybench.data.realnoise import RealNoiseData, check_manifest
+
+    saved = ckpt.get("dataset_manifest")
+    if isinstance(exp.data, RealNoiseData):
+        check_manifest(saved if isinstance(saved, dict) else None, exp.data, str(run_dir))
+
+
 def _loggers(cfg: DictConfig, run_dir: RunDir, header: dict[str, Any]) -> list[LoggerGuard]:
     """The ``logger`` group's callbacks, each in a :class:`LoggerGuard` (a failing logger is
     switched off, not the run); each is built with ``run_dir=`` and ``header=`` (the result
@@ -175,6 +197,7 @@ def _run_locked(cfg: DictConfig, config: dict[str, Any], rd: RunDir) -> dict[str
     ckpt = state.checkpoint
     if ckpt is not None:
         _check_noise(rd, ckpt, exp)
+        _check_manifest(rd, ckpt, exp)
     parts = _callbacks(cfg, config, rd, exp)
     trainer = exp.trainer(parts.callbacks)
     start = _restore(trainer, ckpt, rd)
@@ -218,6 +241,8 @@ def _callbacks(cfg: DictConfig, config: dict[str, Any], rd: RunDir, exp: Experim
     faults = FaultInjection.from_env(distributed.rank())
     noise = exp.noise.to_dict()
     rule = resolve_selection(cfg.get("selection"), exp.validation is not None)
+    manifest = _dataset_manifest(exp)
+    extra = {} if manifest is None else {"dataset_manifest": manifest}
     header = {
         "run_dir": str(rd),
         "config": config,
@@ -230,12 +255,13 @@ def _callbacks(cfg: DictConfig, config: dict[str, Any], rd: RunDir, exp: Experim
         "train_images": len(exp.noisy_labels),  # per epoch: the cost's images per second
         "selection_rule": rule,  # the headline number's epoch, and selected.pt's
         "processes": distributed.world_size(),
+        **extra,  # a real-noise dataset's manifest summary
     }
     background = resolve_auto(cfg.get("checkpoint_async", False), exp.device, "checkpoint_async")
     checkpointer = (
         Checkpointer(
             rd,
-            {"config": config, "noise": noise},
+            {"config": config, "noise": noise, **extra},
             before_replace=None if faults is None else faults.before_checkpoint_replace,
             background=background,
         )

@@ -172,3 +172,92 @@ def test_evaluate_not_a_run(tmp_path, capsys) -> None:
     assert main([str(tmp_path)]) == 2
     assert "result.json is missing" in capsys.readouterr().err
     assert main([]) == 2
+
+
+@pytest.fixture(scope="module")
+def selected_run(cli, tmp_path_factory) -> Path:
+    """A 3-epoch digits run with a noisy validation split whose noisy_val rule selects an
+    earlier epoch than the last (80 % noise, seed 0: val/acc peaks at epoch 1)."""
+    from conftest import quick_run_dir
+
+    out = tmp_path_factory.mktemp("selected")
+    args = ("epochs=3", "validation.fraction=0.2")
+    proc = cli(f"out_dir={out}", "noise=sym80", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return quick_run_dir(out, *args, noise="sym80")
+
+
+def _selected_epoch(history: list[dict]) -> int:
+    """The noisy_val rule worked out here: the highest val/acc, the earliest on ties."""
+    best = max(r["val/acc"] for r in history)
+    return next(r["epoch"] for r in history if r["val/acc"] == best)
+
+
+@pytest.mark.cli
+def test_evaluate_uses_the_selected_epochs_weights(selected_run: Path, capsys) -> None:
+    """Issue 22 item 1: evaluate's default is the selected epoch's model (selected.pt), and
+    its test accuracy is the one the run recorded at that epoch; weights=last is the last."""
+    history = json.loads((selected_run / "result.json").read_text())["history"]
+    chosen = _selected_epoch(history)
+    assert chosen != history[-1]["epoch"]  # otherwise the test could not tell them apart
+    acc_at = {r["epoch"]: r["test/acc"] for r in history}
+
+    assert main([str(selected_run), "eval=[calibration]", "device=cpu"]) == 0
+    out = json.loads((selected_run / "evaluation.json").read_text())
+    assert out["checkpoint_epoch"] == chosen and out["unfinished"] is False
+    assert out["weights"]["used"] == "selected" and out["weights"]["file"] == "selected.pt"
+    assert out["weights"]["rule"] == "noisy_val" and out["weights"]["last_epoch"] == 3
+    assert out["metrics"]["calibration/acc"] == pytest.approx(acc_at[chosen], abs=1e-6)
+    assert "epoch 1, selected by 'noisy_val'" in capsys.readouterr().out
+
+    assert main([str(selected_run), "eval=[calibration]", "device=cpu", "weights=last"]) == 0
+    out = json.loads((selected_run / "evaluation.json").read_text())
+    assert out["checkpoint_epoch"] == 3 and out["weights"]["used"] == "last"
+    assert out["metrics"]["calibration/acc"] == pytest.approx(acc_at[3], abs=1e-6)
+
+
+@pytest.mark.cli
+def test_evaluate_refuses_missing_or_stale_selected_weights(
+    selected_run: Path, tmp_path: Path, capsys
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(selected_run, run)
+    (run / "evaluation.json").unlink(missing_ok=True)
+    sel = torch.load(run / "selected.pt", weights_only=True)
+    sel["epoch"] = 3  # not the epoch the history selects
+    torch.save(sel, run / "selected.pt")
+    assert main([str(run), "eval=[calibration]", "device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds epoch 3" in err and "weights=last" in err
+    (run / "selected.pt").unlink()
+    assert main([str(run), "eval=[calibration]", "device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "selected.pt is missing" in err
+    assert not (run / "evaluation.json").exists()
+    assert main([str(run), "eval=[calibration]", "device=cpu", "weights=best"]) == 2
+    assert "weights=best is not one of selected, last" in capsys.readouterr().err
+    assert main([str(run), "eval=[calibration]", "device=cpu", "weights=last"]) == 0
+
+
+def test_evaluate_refuses_an_unfinished_run_unless_told(run_dir: Path, tmp_path, capsys) -> None:
+    """Issue 22 item 1: an interrupted run is evaluated only with allow_unfinished=true, and
+    evaluation.json says it was unfinished."""
+    result = json.loads((run_dir / "result.json").read_text())
+    result["status"] = "running"
+    other = tmp_path / "run"
+    other.mkdir()
+    (other / "result.json").write_text(json.dumps(result))
+    for name in ("checkpoint.pt", "noisy_labels.npy"):
+        (other / name).write_bytes((run_dir / name).read_bytes())
+    assert main([str(other), "eval=[calibration]", "device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not finished" in err and "allow_unfinished=true" in err
+    assert not (other / "evaluation.json").exists()
+    args = [str(other), "eval=[calibration]", "device=cpu", "allow_unfinished=true"]
+    assert main(args) == 0
+    assert "warning" in capsys.readouterr().err
+    out = json.loads((other / "evaluation.json").read_text())
+    assert out["unfinished"] is True and out["status"] == "running"
+    assert out["checkpoint_epoch"] == 2 and out["weights"]["used"] == "last"

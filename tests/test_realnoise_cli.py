@@ -149,3 +149,58 @@ def test_clothing1m_dividemix_experiment_streams_two_views(cli, trees, tmp_path)
     assert result["config"]["method"]["warm_up"] == 1
     assert result["config"]["method"]["confidence_penalty"] is True
     np.testing.assert_array_equal(np.load(_run_dir(tmp_path / "out") / "noisy_labels.npy"), given)
+
+
+def test_clothing1m_run_records_its_manifest_and_refuses_other_data(cli, tmp_path) -> None:
+    """Issue 24 wiring: result.json's header and the checkpoint hold the manifest summary
+    (SHA-256 of a serialisation written here from the tree's own lists, split sizes, missing
+    counts); the noise record's rate and transition matrix are those on the 28 samples with
+    both labels (14 of them flipped c -> c+1: rate 1/2, T[c][c] = T[c][c+1] = 1/2); a resume
+    on a tree whose lists changed is refused in one line, nothing written."""
+    import hashlib
+    import json
+
+    import torch
+    from conftest import assert_only_hydra_added, snapshot
+
+    root = tmp_path / "c1m"
+    spec = lay.clothing1m(root, images_dir=False)
+    args = _args("clothing1m", tmp_path / "out", f"dataset.reader.root={root}", "epochs=2")
+    cut = cli(*args, base=(), env={KILL_ENV: "2:1:TERM"})
+    assert cut.returncode != 0 and "stopped by SIGTERM at epoch 2" in cut.stderr
+    run = _run_dir(tmp_path / "out")
+    result = json.loads((run / "result.json").read_text())
+
+    rows = [("train", k, g, c, -1) for k, g, c in spec["train"]]
+    rows += [("val", f"{c}/v/v{c}_0.jpg", c, c, -1) for c in range(14)]
+    rows += [("test", f"{c}/t/t{c}_0.jpg", c, c, -1) for c in range(14)]
+    text = "# noisybench-manifest v1 clothing1m\nsplit\tpath\tgiven\tclean\tverified\n"
+    text += "".join("\t".join(str(v) for v in row) + "\n" for row in rows)
+    manifest = result["dataset_manifest"]
+    assert manifest["name"] == "clothing1m"
+    assert manifest["manifest_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert manifest["splits"] == {"train": 42, "val": 14, "test": 14}
+    assert manifest["missing_skipped"] == {"train": 0, "val": 0, "test": 0}
+    assert manifest["clean_known_train"] == 28
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["dataset_manifest"] == manifest
+
+    noise = result["noise"]
+    assert noise["realised_rate"] == pytest.approx(0.5)
+    expected = np.zeros((14, 14))
+    for c in range(14):
+        expected[c, c] = expected[c, (c + 1) % 14] = 0.5
+    np.testing.assert_allclose(np.array(noise["transition"]), expected, atol=1e-12)
+    # the labels' hash is still that of all 42 given labels (little-endian int64)
+    given = np.array([g for _, g, _ in spec["train"]], dtype="<i8")
+    assert noise["sha256"] == hashlib.sha256(given.tobytes()).hexdigest()
+
+    # one clean test image dropped from its list: same noisy labels, another manifest
+    test_list = root / "clean_test_key_list.txt"
+    test_list.write_text("".join(test_list.read_text().splitlines(keepends=True)[1:]))
+    before = snapshot(run)
+    proc = cli(*args, base=())
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"trained on clothing1m with manifest {manifest['manifest_sha256'][:16]}" in lines[-1]
+    assert_only_hydra_added(before, snapshot(run))

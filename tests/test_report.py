@@ -222,6 +222,14 @@ def test_noisy_validation_rule_and_evaluation_json(tmp_path: Path, capsys) -> No
     (row,) = [r for r in table["rows"] if r["source"] == "ours"]
     assert not any("SCE" in k for k in row["cells"] if "last" in k)
     assert all("|sce|last" not in k for k in row["cells"])
+    # An evaluation of the selected epoch's weights (noisybench evaluate's default,
+    # selected.pt at epoch 3 = the noisy_val epoch) is that rule's number, not the last's.
+    ev["checkpoint_epoch"] = 3
+    (run / "evaluation.json").write_text(json.dumps(ev))
+    table = _run_json(capsys, str(tmp_path), "--table", "table7", "--select", "noisy_val,last")
+    assert _cell(table, "digits / small_cnn / sym50 / ce", "SCE", "noisy_val")["mean"] == 1.23
+    (row,) = [r for r in table["rows"] if r["source"] == "ours"]
+    assert all("|sce|last" not in k for k in row["cells"])
 
 
 def test_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
@@ -359,3 +367,48 @@ def test_table2_methods_as_columns_bold_the_lower_error_per_row(tmp_path: Path, 
     # The paper's CIFAR-100 rows are reference rows: BSD's ResNet-50 ECE 7.17 ± 0.40, bold.
     ref = _cell(table, "paper: cifar100 / resnet50 · ECE (%)", "bsd", "paper")
     assert (ref["mean"], ref["std"], ref["bold"]) == (7.17, 0.4, True)
+
+
+def test_kd_students_grouped_and_labelled_by_teacher_kind(tmp_path: Path, capsys) -> None:
+    """Issue 22 / 27: KD rows name their teacher's kind (method.teacher.kind); a KD run
+    without it is the ensemble teacher (conf/teacher/ensemble.yaml: store false, seed 0) and
+    shares a row with +teacher=ensemble runs; a kind's own settings are not listed."""
+    kd = {"T": 3.0, "beta": 0.9, "seed_keys": ["teacher_runs"]}
+    ens = {"kind": "ensemble", "store": False, "seed": 0}
+    swag = {"kind": "swag", "samples": 30, "scale": 0.5, "store": True, "seed": 0}
+    accs = {  # seed -> (teacher node or None, last-epoch accuracy)
+        0: (None, 0.60),
+        1: (None, 0.70),
+        2: (ens, 0.80),
+        3: (swag, 0.50),
+        4: (swag, 0.55),
+    }
+    for seed, (teacher, acc) in accs.items():
+        extra = {} if teacher is None else {"teacher": teacher}
+        config = _config("kd", "sym50", seed, teacher_runs=[f"/t/{seed}"], **kd, **extra)
+        _write(tmp_path, config, [0.1, acc])
+    _write(tmp_path, _config("ce", "sym50", 0), [0.2, 0.4])
+    table = _run_json(capsys, str(tmp_path), "--table", "table4", "--select", "last")
+    labels = sorted(r["label"] for r in table["rows"] if r["source"] == "ours")
+    assert labels == ["ce", "kd [ensemble]", "kd [swag]"]
+    cell = _cell(table, "kd [ensemble]", "sym50", "last")
+    assert cell["n"] == 3 and cell["mean"] == pytest.approx(70.0)
+    assert cell["std"] == pytest.approx(float(np.std([60.0, 70.0, 80.0], ddof=1)))
+    cell = _cell(table, "kd [swag]", "sym50", "last")
+    assert cell["n"] == 2 and cell["mean"] == pytest.approx(52.5)
+    # a setting that differs within one kind is still listed
+    config = _config("kd", "sym50", 0, teacher_runs=["/t/x"], **kd, teacher={**swag, "samples": 5})
+    _write(tmp_path, config, [0.1, 0.3])
+    table = _run_json(capsys, str(tmp_path), "--table", "table4", "--select", "last")
+    labels = sorted(r["label"] for r in table["rows"] if r["source"] == "ours")
+    assert labels == [
+        "ce",
+        "kd [ensemble]",
+        "kd [swag] (method.teacher.samples=30)",
+        "kd [swag] (method.teacher.samples=5)",
+    ]
+    # the leaderboard and figures label methods the same way (setting_groups)
+    from noisybench.report import setting_groups
+
+    (methods,) = setting_groups(collect(load_results([tmp_path]))).values()
+    assert [label for label, _ in methods] == labels

@@ -237,14 +237,25 @@ def test_evaluate_checks_the_run_directory(
 
 
 @pytest.mark.cli
-def test_evaluate_warns_about_an_unfinished_run(cli: CLI, finished: Path, tmp_path: Path) -> None:
+def test_evaluate_refuses_an_unfinished_run_unless_told(
+    cli: CLI, finished: Path, tmp_path: Path
+) -> None:
+    """Issue 22: an unfinished run is refused (one line, nothing written) unless
+    allow_unfinished=true, which evaluates it with a warning."""
+
     def unfinish(run: Path) -> None:
         result = json.loads((run / "result.json").read_text())
         result["status"] = "running"
         (run / "result.json").write_text(json.dumps(result))
 
     run = _damaged(finished, tmp_path, unfinish)
+    before = snapshot(run)
     proc = cli("evaluate", str(run), "eval=[calibration]", base=())
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "not finished" in lines[0] and "allow_unfinished=true" in lines[0]
+    assert snapshot(run) == before
+    proc = cli("evaluate", str(run), "eval=[calibration]", "allow_unfinished=true", base=())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warning" in proc.stderr and "not finished" in proc.stderr
 
