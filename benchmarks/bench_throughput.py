@@ -421,7 +421,7 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def measure(
+def measure(  # noqa: PLR0913
     device: torch.device,
     *,
     steps: int,
