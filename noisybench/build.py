@@ -638,8 +638,7 @@ class Rebuilt:
     data: Any
     labels: Labels
     networks: Networks
-    view: Callable[[torch.Tensor], torch.Tensor]
-    given: torch.Tensor  # the noisy labels of the samples trained on, on the device
+    source: DataSource  # in memory: the images, labels and evaluation view of training
 
 
 def rebuild(
@@ -650,9 +649,10 @@ def rebuild(
 ) -> Rebuilt:
     """The objects of a finished run (its resolved ``config`` and saved ``noisy_labels``) made
     by the same parts as :func:`build`: the runtime, the data, the labels and the validation
-    split, the networks with the method set up, and the evaluation view with the model's own
-    input statistics. ``data_dir``: where the dataset moved to (replaces the reader's ``root``
-    when that was the run's ``data_dir``). ``noisybench.evaluate`` evaluates what this returns.
+    split, the networks with the method set up, and the data source (whose evaluation view
+    has the model's own input statistics). ``data_dir``: where the dataset moved to (replaces
+    the reader's ``root`` when that was the run's ``data_dir``). ``noisybench.evaluate``
+    evaluates what this returns.
 
     Raises:
         UserError: a streamed dataset (the suites need images in memory), or a config that
@@ -675,10 +675,9 @@ def rebuild(
         noisy_labels = _saved_labels(noisy_labels, data)
     lab = labels(cfg, data, noisy_labels)
     nets = networks(cfg, rt, data)
-    given = torch.as_tensor(lab.train_noisy(), dtype=torch.long, device=rt.device)
-    setup_method(cfg, nets, given, data.num_classes, 1)
-    view = eval_view(cfg, rt, data, nets.model)
-    return Rebuilt(cfg, rt, data, lab, nets, view, given)
+    src = source(cfg, rt, data, lab, nets)
+    setup_method(cfg, nets, src.labels.train_given, data.num_classes, len(src))
+    return Rebuilt(cfg, rt, data, lab, nets, src)
 
 
 def _saved_labels(path: Path, data: Any) -> np.ndarray:
@@ -754,32 +753,40 @@ def _holdout(
     return train_idx, val_idx, split_record(fraction, seed, train_idx, val_idx)
 
 
+def suite_context(
+    cfg: DictConfig, data: Any, src: DataSource, device: torch.device, data_dir: str | None = None
+) -> Any:
+    """The suites' one :class:`noisybench.evaluation.EvalContext`, from the run's data source
+    (its in-memory images and labels), during training and on a rebuilt run alike.
+    ``data_dir``: where the suites' files moved to (default: the config's)."""
+    from noisybench.evaluation import EvalContext
+
+    return EvalContext(
+        num_classes=data.num_classes,
+        test_images=src.images("test"),
+        test_labels=src.labels.test,
+        data_dir=Path(str(data_dir or cfg.get("data_dir") or "./data")),
+        device=device,
+        dataset=str(cfg.dataset.get("name", "")),
+        seed=int(cfg.get("seed", 0)),
+        train_images=src.images("train"),
+        train_labels=src.labels.train_given,
+        train_clean=src.labels.train_clean,
+    )
+
+
 def _evaluators(
     cfg: DictConfig, data: ImageData, src: DataSource, device: torch.device
 ) -> list[Callable[..., Any]]:
     """The evaluation suites chosen in the ``eval`` group (``eval=[calibration,ood]``) that
     run during training (their ``every`` > 0), as engine evaluators."""
-    from pathlib import Path
-
-    from noisybench.evaluation import EvalContext, SuiteRunner, build_suites
+    from noisybench.evaluation import SuiteRunner, build_suites
 
     nodes = cfg.eval.get("suites") or {}
     suites = [s for s in build_suites(nodes) if s.every > 0]
     if not suites:
         return []
-    ctx = EvalContext(
-        num_classes=data.num_classes,
-        test_images=src.images("test"),
-        test_labels=src.labels.test,
-        data_dir=Path(str(cfg.data_dir)),
-        device=device,
-        dataset=str(cfg.dataset.name),
-        seed=int(cfg.seed),
-        train_images=src.images("train"),
-        train_labels=src.labels.train_given,
-        train_clean=src.labels.train_clean,
-    )
-    runner = SuiteRunner(suites, ctx)
+    runner = SuiteRunner(suites, suite_context(cfg, data, src, device))
 
     def evaluate(epoch: int, predict: Callable[..., Any]) -> dict[str, Any]:
         return dict(runner.after_epoch(epoch, predict))

@@ -44,7 +44,6 @@ from noisybench.build import resolve_device
 from noisybench.config import instantiate, without_name
 from noisybench.errors import UserError
 from noisybench.evaluation import (
-    EvalContext,
     available_suites,
     load_suite,
     make_predict,
@@ -112,7 +111,7 @@ def evaluate_run(
     training, so the model sees its inputs normalised as in training (a pretrained ViT:
     ImageNet's statistics, ``model.input_stats``).
     """
-    from noisybench.build import rebuild
+    from noisybench.build import rebuild, suite_context
     from noisybench.io import load_checkpoint
 
     run_dir = Path(run_dir)
@@ -133,22 +132,11 @@ def evaluate_run(
     built = [load_suite(name, (overrides or {}).get(name)) for name in suites]
     ckpt = load_checkpoint(rd.checkpoint_file, map_location=dev)
     run = rebuild(config, rd.label_file, dev, data_dir)
-    model, method, data = run.networks.model, run.networks.method, run.data
+    model, method = run.networks.model, run.networks.method
     _load_states(run_dir, ckpt, model, method)
-    idx = run.labels.train_idx  # a held-out split: the run trained on the rest
-    predict = make_predict(model, run.view, dev, int(batch_size), method)
-    ctx = EvalContext(
-        num_classes=data.num_classes,
-        test_images=data.test_images,
-        test_labels=data.test_labels.to(dev),
-        data_dir=Path(data_dir or config.get("data_dir") or "./data"),
-        device=dev,
-        dataset=str(config["dataset"].get("name", "")),
-        seed=int(config.get("seed", 0)),
-        train_images=data.train_images if idx is None else data.train_images[idx],
-        train_labels=run.given,
-        train_clean=run.labels.train_clean(data).to(dev),
-    )
+    assert run.source.view is not None  # rebuild refuses streamed datasets
+    predict = make_predict(model, run.source.view, dev, int(batch_size), method)
+    ctx = suite_context(run.cfg, run.data, run.source, dev, data_dir)
     metrics = run_suites([s for s, _ in built], predict, ctx)
     if "dark_knowledge" in suites and (run_dir / "predictions").is_dir():
         from noisybench.evaluation.dark_knowledge import kl_to_final, load_snapshots
