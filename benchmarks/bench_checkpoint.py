@@ -30,12 +30,14 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from noisybench.callbacks import Checkpointer
-from noisybench.engine import EvalData, Trainer, TrainSettings
+from noisybench.data.source import EvalLabels
+from noisybench.engine import Trainer, TrainSettings
 from noisybench.io import load_checkpoint
 from noisybench.method import MethodContext
 from noisybench.methods.bsd import BSD
@@ -80,8 +82,8 @@ def trainer_for(case: str) -> Trainer:
         method=method,
         optimizer=optimizer,
         scheduler=scheduler,
-        loader=[],
-        data=EvalData(test_labels=empty, train_clean=empty, train_given=labels),
+        # a checkpoint never reads the data: labels only, no batches
+        source=SimpleNamespace(labels=EvalLabels(empty, empty, labels)),
         settings=TrainSettings(epochs=epochs, device=torch.device("cpu")),
     )
     record = {"epoch": 0, "train/loss": 1.0, "test/acc": 0.5, "test/nll": 1.5, "test/ece": 0.1}

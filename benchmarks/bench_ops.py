@@ -96,7 +96,7 @@ def measure(method: str) -> dict[str, Any]:
     trainer.model.train()
     trainer.method.train()
     sums = _EpochSums.zeros(exp.device)
-    batches = iter(exp.loader.epoch(1))
+    batches = iter(exp.source.epoch(1))
     trainer.train_step(next(batches), 1, 0, sums)  # lazy state (momentum buffers) first
     drawn: list[Any] = []
     load, load_names = count_ops(lambda: drawn.append(next(batches)))
@@ -104,7 +104,7 @@ def measure(method: str) -> dict[str, Any]:
     return {
         "step_ops": step,
         "batch_drawing_ops": load,
-        "views": list(exp.loader.views),
+        "views": list(exp.source.loader.views),
         "top_step_ops": dict(step_names.most_common(8)),
         "top_drawing_ops": dict(load_names.most_common(8)),
     }

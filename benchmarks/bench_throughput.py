@@ -131,7 +131,7 @@ def experiment(method: str, device: torch.device, sets: list[str]) -> Experiment
 
 def endless(exp: Experiment) -> Iterator[Any]:
     for epoch in itertools.count():
-        yield from exp.loader.epoch(epoch)
+        yield from exp.source.epoch(epoch)
 
 
 def engine_benches(method: str, exp: Experiment) -> tuple[Bench, Bench]:
@@ -144,7 +144,7 @@ def engine_benches(method: str, exp: Experiment) -> tuple[Bench, Bench]:
     counter = itertools.count()
 
     def step() -> None:
-        trainer.train_step(next(batches), 0, next(counter) % len(exp.loader), sums)
+        trainer.train_step(next(batches), 0, next(counter) % len(exp.source), sums)
 
     def draw() -> None:
         next(drawn)

@@ -35,7 +35,7 @@ def snapshot_trainer(size: int, seed: int) -> type[Trainer]:
             record = super().epoch_record(epoch, sums, epoch_time)
             if not hasattr(self, "_snapshots"):
                 self._snapshots = PredictionSnapshots(
-                    self.run_dir, self.data.train_images, self.epochs, size=size, seed=seed
+                    self.run_dir, self.source.images("train"), self.epochs, size=size, seed=seed
                 )
             self._snapshots(epoch, self.predict)
             return record

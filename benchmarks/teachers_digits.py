@@ -101,14 +101,12 @@ def teacher_metrics(kind: str, run: Path, epochs: int, seed: int) -> dict[str, A
             count += 1
     seconds = time.perf_counter() - begin
     assert acc is not None
-    m = metrics.classification_metrics(
-        (acc / count).clamp(min=1e-12).log(), exp.eval_data.test_labels
-    )
+    m = metrics.classification_metrics((acc / count).clamp(min=1e-12).log(), exp.source.labels.test)
     params = sum(p.numel() for p in exp.model.parameters())
     extra = {"deterministic": 0, "ensemble": 2 * params, "mc_dropout": 0}
     head = exp.model.head  # Laplace: the N x H training features and 2 K (H + 1) floats
     extra["laplace"] = (
-        exp.eval_data.train_given.numel() * head.in_features + 2 * head.weight.numel()
+        exp.source.labels.train_given.numel() * head.in_features + 2 * head.weight.numel()
     )
     ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     swag_floats = sum(

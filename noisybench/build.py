@@ -9,11 +9,12 @@ directory and the callbacks around it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ from noisybench import distributed as dist
 from noisybench.config import instantiate, resolved, without_name
 from noisybench.data.advice import fit_advice
 from noisybench.data.base import ImageData
-from noisybench.data.loader import DeviceLoader
 from noisybench.data.noise import (
     SHARED_KEYS,
     Noise,
@@ -36,8 +36,15 @@ from noisybench.data.noise import (
     noise_data,
     noisy_labels,
 )
+from noisybench.data.source import (
+    DataSource,
+    EvalLabels,
+    InMemorySource,
+    LoaderSpec,
+    StreamedSource,
+)
 from noisybench.data.views import ViewWrapper, build_views, input_stats
-from noisybench.engine import EvalData, Trainer, TrainSettings
+from noisybench.engine import Trainer, TrainSettings
 from noisybench.errors import UserError
 from noisybench.method import Method, MethodContext
 from noisybench.schedules import with_beta1_rampdown
@@ -70,10 +77,9 @@ class Experiment:
     noise: NoiseRecord
     model: torch.nn.Module
     method: Method
-    loader: Any  # DeviceLoader, or FolderLoader for a streamed dataset
+    source: DataSource  # in memory, or streamed (noisybench.data.source)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    eval_data: EvalData
     amp_dtype: torch.dtype | None
     build_model: Callable[[], torch.nn.Module]
     evaluators: list[Callable[..., Any]]
@@ -87,8 +93,7 @@ class Experiment:
             method=self.method,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
-            loader=self.loader,
-            data=self.eval_data,
+            source=self.source,
             settings=TrainSettings(
                 epochs=int(cfg.epochs),
                 device=self.device,
@@ -533,48 +538,44 @@ def eval_view(
     return ChannelsLast(plain) if rt.channels_last else plain
 
 
-def source(
-    cfg: DictConfig, rt: Runtime, data: Any, lab: Labels, nets: Networks
-) -> tuple[Any, EvalData]:
-    """The training loader and the evaluation data, in memory or streamed."""
+def source(cfg: DictConfig, rt: Runtime, data: Any, lab: Labels, nets: Networks) -> DataSource:
+    """The run's data source (:mod:`noisybench.data.source`): in memory
+    (:class:`InMemorySource`) or streamed (:class:`StreamedSource`, when the reader returned
+    a ``FolderData``), normalised with the model's own input statistics (ImageNet's for
+    pretrained weights)."""
     given = torch.as_tensor(lab.train_noisy(), dtype=torch.long, device=rt.device)
-    subset = _diagnostic_subset(cfg, int(given.shape[0]), rt.device)
+    eval_labels = EvalLabels(
+        test=data.test_labels.to(rt.device),
+        train_clean=lab.train_clean(data).to(rt.device),
+        train_given=given,
+        val=lab.val_labels(rt.device),
+        clean_known=bool(getattr(data, "clean_known", True)),
+        train_subset=_diagnostic_subset(cfg, int(given.shape[0]), rt.device),
+    )
+    mean, std = input_stats(nets.model, data.mean, data.std)
+    spec = dict(
+        batch_size=int(cfg.batch_size),
+        seed=int(cfg.seed),
+        device=rt.device,
+        carry_previous=float(type(nets.method).carry_previous),
+        drop_last=bool(nets.method.drop_last),
+        rank=rt.rank,
+        world_size=rt.world,
+        channels_last=rt.channels_last,
+    )
+    holdout = (lab.train_idx, lab.val_idx)
     if _is_streamed(data):
-        loader, eval_data = _streaming_data(cfg, rt, data, lab, nets, given)
-        eval_data.train_subset = subset
-        return loader, eval_data
-    mean, std = input_stats(nets.model, data.mean, data.std)  # ImageNet's for pretrained weights
-    idx = lab.train_idx
-    train_images = (data.train_images if idx is None else data.train_images[idx]).to(rt.device)
+        streamed = dataclasses.replace(data, mean=mean, std=std)
+        reading = cfg.dataset.get("loader") or {}
+        named = LoaderSpec(views=tuple(nets.method.views), **spec)
+        return StreamedSource(streamed, eval_labels, named, reading, holdout)
     views = build_views(
         nets.method.views, cfg.dataset.augment, mean, std, tuple(data.train_images.shape[-2:])
     )
     if rt.channels_last:
         views = {key: ChannelsLast(view) for key, view in views.items()}
-    loader = DeviceLoader(
-        train_images,
-        given,
-        int(cfg.batch_size),
-        views,
-        seed=int(cfg.seed),
-        carry_previous=float(type(nets.method).carry_previous),
-        drop_last=bool(nets.method.drop_last),
-        rank=rt.rank,
-        world_size=rt.world,
-    )
-    eval_data = EvalData(
-        test_labels=data.test_labels.to(rt.device),
-        train_clean=lab.train_clean(data).to(rt.device),
-        train_given=given,
-        view=eval_view(cfg, rt, data, nets.model),
-        test_images=data.test_images.to(rt.device),
-        train_images=train_images,
-        val_images=None if lab.val_idx is None else data.train_images[lab.val_idx].to(rt.device),
-        val_labels=lab.val_labels(rt.device),
-        clean_known=bool(getattr(data, "clean_known", True)),
-        train_subset=subset,
-    )
-    return loader, eval_data
+    view = eval_view(cfg, rt, data, nets.model)
+    return InMemorySource(data, eval_labels, LoaderSpec(views=views, **spec), view, holdout)
 
 
 def setup_method(
@@ -664,9 +665,9 @@ def build(
     lab = labels(cfg, data, noisy_labels)
     nets = networks(cfg, rt, data)
     _advise(cfg, rt, data)
-    loader, eval_data = source(cfg, rt, data, lab, nets)
-    setup_method(cfg, nets, eval_data.train_given, data.num_classes, len(loader))
-    optimizer, scheduler = optimisation(cfg, rt, nets, len(loader))
+    src = source(cfg, rt, data, lab, nets)
+    setup_method(cfg, nets, src.labels.train_given, data.num_classes, len(src))
+    optimizer, scheduler = optimisation(cfg, rt, nets, len(src))
     _reseed_rank(cfg, rt)
     return Experiment(
         cfg=cfg,
@@ -676,13 +677,12 @@ def build(
         noise=lab.record,
         model=nets.model,
         method=nets.method,
-        loader=loader,
+        source=src,
         optimizer=optimizer,
         scheduler=scheduler,
-        eval_data=eval_data,
         amp_dtype=rt.amp_dtype,
         build_model=nets.build_model,
-        evaluators=_evaluators(cfg, data, eval_data, rt.device),
+        evaluators=_evaluators(cfg, data, src, rt.device),
         validation=lab.validation,
     )
 
@@ -696,8 +696,7 @@ class Rebuilt:
     data: Any
     labels: Labels
     networks: Networks
-    view: Callable[[torch.Tensor], torch.Tensor]
-    given: torch.Tensor  # the noisy labels of the samples trained on, on the device
+    source: DataSource  # in memory: the images, labels and evaluation view of training
 
 
 def rebuild(
@@ -708,9 +707,10 @@ def rebuild(
 ) -> Rebuilt:
     """The objects of a finished run (its resolved ``config`` and saved ``noisy_labels``) made
     by the same parts as :func:`build`: the runtime, the data, the labels and the validation
-    split, the networks with the method set up, and the evaluation view with the model's own
-    input statistics. ``data_dir``: where the dataset moved to (replaces the reader's ``root``
-    when that was the run's ``data_dir``). ``noisybench.evaluate`` evaluates what this returns.
+    split, the networks with the method set up, and the data source (whose evaluation view
+    has the model's own input statistics). ``data_dir``: where the dataset moved to (replaces
+    the reader's ``root`` when that was the run's ``data_dir``). ``noisybench.evaluate``
+    evaluates what this returns.
 
     Raises:
         UserError: a streamed dataset (the suites need images in memory), or a config that
@@ -733,10 +733,9 @@ def rebuild(
         noisy_labels = _saved_labels(noisy_labels, data)
     lab = labels(cfg, data, noisy_labels)
     nets = networks(cfg, rt, data)
-    given = torch.as_tensor(lab.train_noisy(), dtype=torch.long, device=rt.device)
-    setup_method(cfg, nets, given, data.num_classes, 1)
-    view = eval_view(cfg, rt, data, nets.model)
-    return Rebuilt(cfg, rt, data, lab, nets, view, given)
+    src = source(cfg, rt, data, lab, nets)
+    setup_method(cfg, nets, src.labels.train_given, data.num_classes, len(src))
+    return Rebuilt(cfg, rt, data, lab, nets, src)
 
 
 def _saved_labels(path: Path, data: Any) -> np.ndarray:
@@ -796,84 +795,6 @@ def _diagnostic_subset(cfg: DictConfig, n: int, device: torch.device) -> torch.T
     return idx.sort().values.to(device)
 
 
-def _streaming_data(
-    cfg: DictConfig,
-    rt: Runtime,
-    data: Any,
-    lab: Labels,
-    nets: Networks,
-    given: torch.Tensor,
-) -> tuple[Any, EvalData]:
-    """The loader and evaluation data of a streamed image folder
-    (:mod:`noisybench.data.folder`): files are decoded and augmented in DataLoader workers,
-    evaluation reads resize + centre-crop batches of the requested samples."""
-    import dataclasses
-
-    from noisybench.data.folder import FolderLoader, eval_batches
-
-    train_idx, val_idx, val_labels = lab.train_idx, lab.val_idx, lab.val_labels(rt.device)
-    device, method = rt.device, nets.method
-    files = list(data.train_files)
-    mean, std = input_stats(nets.model, data.mean, data.std)  # ImageNet's for pretrained weights
-    train = dataclasses.replace(data, mean=mean, std=std)
-    if train_idx is not None:
-        train = dataclasses.replace(
-            train,
-            train_files=[files[i] for i in train_idx],
-            train_labels=data.train_labels[torch.as_tensor(train_idx)],
-        )
-    held_out = None
-    if val_idx is not None and val_labels is not None:
-        held_out = dataclasses.replace(
-            train, test_files=[files[i] for i in val_idx], test_labels=val_labels.cpu()
-        )
-    opts = cfg.dataset.get("loader") or {}
-    workers = int(opts.get("workers", 4))
-    decoder = str(opts.get("decoder", "torchvision"))
-    decode_device = opts.get("decode_device")
-    loader = FolderLoader(
-        train,
-        given,
-        int(cfg.batch_size),
-        tuple(method.views),
-        seed=int(cfg.seed),
-        device=device,
-        workers=workers,
-        carry_previous=float(type(method).carry_previous),
-        drop_last=bool(method.drop_last),
-        rank=rt.rank,
-        world_size=rt.world,
-        decoder=decoder,
-        decode_device=decode_device,
-        prefetch_factor=int(opts.get("prefetch_factor", 2)),
-    )
-
-    def stream(split: str, order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-        source = held_out if split == "val" else train
-        batches = eval_batches(
-            source,
-            "train" if split == "train" else "test",
-            batch_size,
-            device=device,
-            workers=workers,
-            decoder=decoder,
-            decode_device=decode_device,
-            subset=order.tolist(),
-        )
-        for x, _, _ in batches:
-            yield x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
-
-    eval_data = EvalData(
-        test_labels=data.test_labels.to(device),
-        train_clean=lab.train_clean(data).to(device),
-        train_given=given,
-        val_labels=val_labels,
-        clean_known=bool(getattr(data, "clean_known", True)),
-        stream=stream,
-    )
-    return loader, eval_data
-
-
 def _holdout(
     cfg: DictConfig, noisy: np.ndarray
 ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any] | None]:
@@ -890,32 +811,40 @@ def _holdout(
     return train_idx, val_idx, split_record(fraction, seed, train_idx, val_idx)
 
 
+def suite_context(
+    cfg: DictConfig, data: Any, src: DataSource, device: torch.device, data_dir: str | None = None
+) -> Any:
+    """The suites' one :class:`noisybench.evaluation.EvalContext`, from the run's data source
+    (its in-memory images and labels), during training and on a rebuilt run alike.
+    ``data_dir``: where the suites' files moved to (default: the config's)."""
+    from noisybench.evaluation import EvalContext
+
+    return EvalContext(
+        num_classes=data.num_classes,
+        test_images=src.images("test"),
+        test_labels=src.labels.test,
+        data_dir=Path(str(data_dir or cfg.get("data_dir") or "./data")),
+        device=device,
+        dataset=str(cfg.dataset.get("name", "")),
+        seed=int(cfg.get("seed", 0)),
+        train_images=src.images("train"),
+        train_labels=src.labels.train_given,
+        train_clean=src.labels.train_clean,
+    )
+
+
 def _evaluators(
-    cfg: DictConfig, data: ImageData, eval_data: EvalData, device: torch.device
+    cfg: DictConfig, data: ImageData, src: DataSource, device: torch.device
 ) -> list[Callable[..., Any]]:
     """The evaluation suites chosen in the ``eval`` group (``eval=[calibration,ood]``) that
     run during training (their ``every`` > 0), as engine evaluators."""
-    from pathlib import Path
-
-    from noisybench.evaluation import EvalContext, SuiteRunner, build_suites
+    from noisybench.evaluation import SuiteRunner, build_suites
 
     nodes = cfg.eval.get("suites") or {}
     suites = [s for s in build_suites(nodes) if s.every > 0]
     if not suites:
         return []
-    ctx = EvalContext(
-        num_classes=data.num_classes,
-        test_images=eval_data.test_images,
-        test_labels=eval_data.test_labels,
-        data_dir=Path(str(cfg.data_dir)),
-        device=device,
-        dataset=str(cfg.dataset.name),
-        seed=int(cfg.seed),
-        train_images=eval_data.train_images,
-        train_labels=eval_data.train_given,
-        train_clean=eval_data.train_clean,
-    )
-    runner = SuiteRunner(suites, ctx)
+    runner = SuiteRunner(suites, suite_context(cfg, data, src, device))
 
     def evaluate(epoch: int, predict: Callable[..., Any]) -> dict[str, Any]:
         return dict(runner.after_epoch(epoch, predict))

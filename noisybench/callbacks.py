@@ -601,7 +601,7 @@ class ConsoleProgress(Callback):
             from tqdm.auto import tqdm
 
             self._step_bar = tqdm(
-                total=len(trainer.loader),
+                total=len(trainer.source),
                 initial=step,
                 desc=f"epoch {epoch + 1}/{trainer.epochs}",
                 leave=False,

@@ -10,8 +10,10 @@ done by callbacks (:mod:`noisybench.callbacks`) that observe and persist: they r
 trainer and its records at fixed points (:class:`Callback`) and never touch gradients, the
 optimizer or the method's state.
 
-Evaluation reads its images through :class:`EvalData`: device-resident uint8 tensors, or a
-streaming reader (an image folder decoded in DataLoader workers) for data that does not fit.
+The engine reads its data through a :class:`noisybench.data.source.DataSource` (training
+batches, evaluation batches, labels, the images when in memory): device-resident uint8 tensors,
+or a streaming reader (an image folder decoded in DataLoader workers) for data that does not
+fit. Which of the two is decided when the source is made; nothing here branches on it.
 
 GPU-friendly by construction: the data stay on the device, per-step numbers are accumulated
 as device tensors and converted to Python numbers once per epoch (no per-step ``.item()``),
@@ -80,7 +82,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -92,9 +94,11 @@ from noisybench.method import Batch, Method, StepOutput
 from noisybench.processes import Processes, for_this_process
 from noisybench.rng import rng_state, set_rng_state
 
+if TYPE_CHECKING:
+    from noisybench.data.source import DataSource
+
 __all__ = [
     "Callback",
-    "EvalData",
     "Interrupted",
     "TrainSettings",
     "Trainer",
@@ -127,41 +131,6 @@ class Interrupted(RuntimeError):
     def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
         super().__init__(message)
         self.signum = int(signum)
-
-
-#: ``stream(split, indices, batch_size)``: normalised evaluation-view float batches of the
-#: samples ``indices`` (in that order) of ``split`` (``"test"``, ``"train"`` or ``"val"``),
-#: on the training device (a streaming reader: :func:`noisybench.data.folder.eval_batches`).
-Stream = Callable[[str, Tensor, int], Iterator[Tensor]]
-
-
-@dataclass
-class EvalData:
-    """What the engine evaluates on: the labels (int64, on the device) and the images, either
-    device-resident (uint8 tensors, mapped through ``view``) or streamed (``stream``).
-
-    ``train_subset``: the fixed training indices the memorisation diagnostics use (None: all).
-    """
-
-    test_labels: Tensor
-    train_clean: Tensor
-    train_given: Tensor
-    view: Callable[[Tensor], Tensor] | None = None
-    test_images: Tensor | None = None
-    train_images: Tensor | None = None
-    val_images: Tensor | None = None
-    val_labels: Tensor | None = None
-    clean_known: bool = True  # False: real noise without clean labels (no diagnostics)
-    stream: Stream | None = None
-    train_subset: Tensor | None = None
-
-    def images(self, split: str) -> Tensor | None:
-        """The device-resident uint8 images of ``split`` (None when streamed)."""
-        return {"test": self.test_images, "train": self.train_images, "val": self.val_images}[split]
-
-    def size(self, split: str) -> int:
-        labels = {"test": self.test_labels, "train": self.train_given, "val": self.val_labels}
-        return 0 if labels[split] is None else int(labels[split].shape[0])
 
 
 def _noise_record(
@@ -354,9 +323,9 @@ class Trainer:
     Args:
         model, method: the network and the training objective (already on ``device``).
         optimizer, scheduler: the scheduler is stepped once per optimizer step.
-        loader: yields :class:`noisybench.method.Batch` via ``loader.epoch(epoch, start_step)``
-            and has ``len()`` steps per epoch.
-        data: evaluation tensors (see :class:`EvalData`).
+        source: the data (:class:`noisybench.data.source.DataSource`): ``len()`` steps per
+            epoch, the :class:`noisybench.method.Batch` es of ``source.epoch(epoch,
+            start_step)``, evaluation batches and labels.
         settings: epochs, device, precision, evaluation settings (:class:`TrainSettings`).
         evaluators: callables ``(epoch, predict) -> {name: value}`` (the evaluation suites;
             ``predict`` maps uint8 images to logits in eval mode): numbers join the epoch's
@@ -376,8 +345,7 @@ class Trainer:
         method: Method,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
-        loader: Any,
-        data: EvalData,
+        source: DataSource,
         settings: TrainSettings,
         evaluators: Sequence[Callable[[int, Callable[[Tensor], Tensor]], Mapping[str, float]]] = (),
         callbacks: Sequence[Callback] = (),
@@ -394,8 +362,7 @@ class Trainer:
         self.method = method
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.loader = loader
-        self.data = data
+        self.source = source
         self.settings = settings
         self.epochs, self.device = settings.epochs, settings.device
         self.amp_dtype = settings.amp_dtype
@@ -543,8 +510,8 @@ class Trainer:
         self.train_model.train()  # the DDP wrapper, if any, and the model inside it
         self.method.train()
         sums = sums or _EpochSums.zeros(self.device)
-        total = len(self.loader)
-        batches = iter(self.loader.epoch(epoch, start_step))
+        total = len(self.source)
+        batches = iter(self.source.epoch(epoch, start_step))
         for step in range(start_step, total):
             self._emit("on_step_start", epoch, step)
             if self._stop_agreed():
@@ -585,7 +552,7 @@ class Trainer:
         if grads:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         weight = self.procs.fraction(shares)
-        sums.noise = _noise_record(sums.noise, len(self.loader), step, out.loss, norm, weight)
+        sums.noise = _noise_record(sums.noise, len(self.source), step, out.loss, norm, weight)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -613,35 +580,6 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------- evaluation
-    def _view_batches(
-        self, images: Tensor, lo: int, hi: int, subset: Tensor | None = None
-    ) -> Iterator[Tensor]:
-        """Evaluation-view float batches of the device-resident uint8 ``images`` ``lo:hi``
-        (or of the positions ``subset[lo:hi]``)."""
-        if self.data.view is None:
-            raise UserError(
-                "this dataset is streamed, so evaluation suites that need its images in memory "
-                "cannot run; use an in-memory dataset (dataset=arrays) for them"
-            )
-        for start in range(lo, hi, self.eval_batch_size):
-            stop = min(start + self.eval_batch_size, hi)
-            if subset is None:
-                chunk = images[start:stop]
-            else:
-                chunk = images.index_select(0, subset[start:stop].to(images.device))
-            yield self.data.view(chunk)
-
-    def _inputs(self, split: str, lo: int, hi: int, subset: Tensor | None) -> Iterator[Tensor]:
-        """Evaluation-view float batches of samples ``lo:hi`` of ``split`` (positions in
-        ``subset`` when given), from device memory or from the streaming reader."""
-        if self.data.stream is not None:
-            order = torch.arange(lo, hi) if subset is None else subset[lo:hi].cpu()
-            yield from self.data.stream(split, order, self.eval_batch_size)
-            return
-        images = self.data.images(split)
-        assert images is not None
-        yield from self._view_batches(images, lo, hi, subset)
-
     def split_outputs(
         self,
         split: str,
@@ -659,17 +597,18 @@ class Trainer:
         blocks are all-gathered in rank order, so every process returns the whole result
         (the same numbers as one process, up to the rounding of other batch compositions).
         """
-        n = self.data.size(split) if subset is None else int(subset.shape[0])
+        n = self.source.labels.size(split) if subset is None else int(subset.shape[0])
         lo, hi = self.procs.block(n)
         empty = lo == hi
         if empty:  # fewer samples than processes: one sample gives the output's shape
             lo, hi = 0, min(1, n)
+        samples = range(lo, hi) if subset is None else subset[lo:hi]
         parts: list[Tensor] = []
         # inference_mode (no autograd bookkeeping at all; ~8 % faster than no_grad on the
         # CPU) only where the outputs feed metrics; evaluate_train's logits may meet autograd.
         mode = torch.inference_mode() if inference else torch.no_grad()
         with mode:
-            for x in self._inputs(split, lo, hi, subset):
+            for x in self.source.eval_batches(split, samples, self.eval_batch_size):
                 with self._autocast():
                     parts.append(reduce(forward(x)))
         out = torch.cat(parts)[:0] if empty else torch.cat(parts)
@@ -702,7 +641,7 @@ class Trainer:
         evaluation suites' entry point; device-resident images only): the suites' one
         ``predict`` (:func:`noisybench.evaluation.base.make_predict`) with this run's view,
         batch size and mixed precision."""
-        if self.data.view is None:
+        if self.source.view is None:
             raise UserError(
                 "this dataset is streamed, so evaluation suites that need its images in memory "
                 "cannot run; use an in-memory dataset (dataset=arrays) for them"
@@ -711,7 +650,7 @@ class Trainer:
 
         predict = make_predict(
             self.model,
-            self.data.view,
+            self.source.view,
             self.device,
             self.eval_batch_size,
             self.method,
@@ -728,14 +667,15 @@ class Trainer:
         """Evaluate and assemble one epoch's numbers (the only host syncs of an epoch)."""
         sums = self._reduced(sums)
         self.procs.sync_buffers(self.model)
+        labels = self.source.labels
         values: dict[str, Tensor | float | int] = {}
         test = metrics.classification_metrics(
-            self.predict_split("test", lambda z: z.float()), self.data.test_labels
+            self.predict_split("test", lambda z: z.float()), labels.test
         )
         values.update({f"test/{k}": v for k, v in test.items()})
-        if self.data.val_labels is not None:
+        if labels.val is not None:
             val_pred = self.predict_split("val", _argmax)
-            values["val/acc"] = (val_pred == self.data.val_labels).float().mean()
+            values["val/acc"] = (val_pred == labels.val).float().mean()
         seen = max(sums.seen, 1)
         values["train/loss"] = sums.loss / seen
         values["train/acc_given"] = sums.correct / seen
@@ -743,21 +683,19 @@ class Trainer:
             values[f"train/{key}"] = value / max(sums.steps, 1)
         if sums.noise is not None:  # convergence noise across the epoch's steps (issue 27)
             values.update(_noise_values(sums.noise, self.world))
-        if self._diagnostics_due(epoch) and self.data.clean_known:
+        if self._diagnostics_due(epoch) and labels.clean_known:
             # On the whole training set or on a fixed subset of it (eval.train_diagnostics_subset).
-            subset = self.data.train_subset
+            subset = labels.train_subset
             pred = self.predict_split("train", _argmax, subset)
-            given, clean = self.data.train_given, self.data.train_clean
+            given, clean = labels.train_given, labels.train_clean
             if subset is not None:
                 given, clean = given[subset], clean[subset]
             mem = metrics.memorisation(pred, given, clean)
             values.update({f"memorisation/{k}": v for k, v in mem.items()})
         # In chunks: no (N, K) float32 temporary at ImageNet size.
         rec = (
-            metrics.label_recovery_chunked(
-                self.method, self.data.train_given, self.data.train_clean
-            )
-            if self.data.clean_known
+            metrics.label_recovery_chunked(self.method, labels.train_given, labels.train_clean)
+            if labels.clean_known
             else None
         )
         if rec is not None:

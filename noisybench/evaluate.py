@@ -54,7 +54,6 @@ from noisybench.build import resolve_device
 from noisybench.config import instantiate, without_name
 from noisybench.errors import UserError
 from noisybench.evaluation import (
-    EvalContext,
     available_suites,
     load_suite,
     make_predict,
@@ -128,7 +127,7 @@ def evaluate_run(  # noqa: PLR0913 (the command line's options, keyword by keywo
     training, so the model sees its inputs normalised as in training (a pretrained ViT:
     ImageNet's statistics, ``model.input_stats``).
     """
-    from noisybench.build import rebuild
+    from noisybench.build import rebuild, suite_context
     from noisybench.io import load_checkpoint
 
     run_dir = Path(run_dir)
@@ -159,24 +158,13 @@ def evaluate_run(  # noqa: PLR0913 (the command line's options, keyword by keywo
     ckpt = load_checkpoint(rd.checkpoint_file, map_location=dev)
     chosen = _choose_weights(run_dir, result, ckpt, weights, dev, check=not unfinished)
     run = rebuild(config, rd.label_file, dev, data_dir)
-    model, method, data = run.networks.model, run.networks.method, run.data
+    model, method = run.networks.model, run.networks.method
     # The method's state (second networks, running targets) is the last checkpoint's: selected.pt
     # keeps the model's weights only (noisybench.selected).
     _load_states(run_dir, {**ckpt, "model": chosen.pop("state")}, model, method)
-    idx = run.labels.train_idx  # a held-out split: the run trained on the rest
-    predict = make_predict(model, run.view, dev, int(batch_size), method)
-    ctx = EvalContext(
-        num_classes=data.num_classes,
-        test_images=data.test_images,
-        test_labels=data.test_labels.to(dev),
-        data_dir=Path(data_dir or config.get("data_dir") or "./data"),
-        device=dev,
-        dataset=str(config["dataset"].get("name", "")),
-        seed=int(config.get("seed", 0)),
-        train_images=data.train_images if idx is None else data.train_images[idx],
-        train_labels=run.given,
-        train_clean=run.labels.train_clean(data).to(dev),
-    )
+    assert run.source.view is not None  # rebuild refuses streamed datasets
+    predict = make_predict(model, run.source.view, dev, int(batch_size), method)
+    ctx = suite_context(run.cfg, run.data, run.source, dev, data_dir)
     metrics = run_suites([s for s, _ in built], predict, ctx)
     if "dark_knowledge" in suites and (run_dir / "predictions").is_dir():
         from noisybench.evaluation.dark_knowledge import kl_to_final, load_snapshots

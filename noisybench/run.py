@@ -298,7 +298,7 @@ def _snapshots(cfg: DictConfig, rd: RunDir, exp: Experiment) -> list[Any]:
         return []
     writer = PredictionSnapshotWriter(
         rd,
-        exp.eval_data.train_images,
+        exp.source.images("train"),
         int(cfg.epochs),
         size=int(snapshots.size),
         every=int(snapshots.get("every") or 1),

@@ -81,7 +81,7 @@ def test_noise_sums_survive_a_mid_epoch_checkpoint() -> None:
     trainer.load_state_dict(full)
     sums = _EpochSums.zeros(exp.device)
     trainer.model.train()
-    batches = iter(exp.loader.epoch(0))
+    batches = iter(exp.source.epoch(0))
     for step in range(2):
         trainer.train_step(next(batches), 0, step, sums)
     state = trainer.state_dict(0, 2, sums)

@@ -166,13 +166,13 @@ def build(cfg: DictConfig, data: ImageData, noisy: Tensor) -> Parts:
         num_classes=data.num_classes,
         noisy_labels=noisy.to(DEVICE),
         epochs=int(cfg.epochs),
-        steps_per_epoch=len(exp.loader),
+        steps_per_epoch=len(exp.source),
         device=DEVICE,
         build_model=exp.build_model,
     )
     exp.model.train()
     exp.method.train()
-    return Parts(exp.model, exp.method, exp.loader, exp.optimizer, exp.scheduler, ctx)
+    return Parts(exp.model, exp.method, exp.source, exp.optimizer, exp.scheduler, ctx)
 
 
 def train_step(parts: Parts, batch: Batch, epoch: int) -> StepOutput:

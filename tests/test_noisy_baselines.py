@@ -209,8 +209,8 @@ def test_coteaching_drop_last_reaches_the_loader() -> None:
     base += ["dataset.reader.test_size=1297", "progress=false", "cpu_threads=1"]  # 500 images
     # The code's DataLoader(drop_last=True): 500 // 128 = 3 steps instead of ceil = 4
     # (CIFAR-10: 390 instead of 391).
-    assert len(build(compose_cfg([*base, "method.drop_last=true"])).loader) == 3
-    assert len(build(compose_cfg(base)).loader) == 4
+    assert len(build(compose_cfg([*base, "method.drop_last=true"])).source) == 3
+    assert len(build(compose_cfg(base)).source) == 4
 
 
 def test_small_loss_selection_and_cross_update() -> None:

@@ -388,6 +388,43 @@ def test_balanced_subset_per_epoch() -> None:
     assert int(counts.max()) == math.ceil(64000 / 14)
 
 
+def test_streamed_source_trains_each_epoch_on_the_balanced_subset(c1m) -> None:
+    """Clothing1M read with subset_per_epoch=14 (14 classes, 3 noisy samples each): every
+    epoch of the streamed source trains on 14 distinct samples, one per class
+    (``ceil(14 / 14)``), in ceil(14 / 4) = 4 steps; the subset changes with the epoch, is the
+    one ``balanced_subset`` draws from (seed, epoch), and a resumed epoch replays its batches."""
+    from noisybench.data.source import EvalLabels, LoaderSpec, StreamedSource
+
+    root, _ = c1m
+    data = load_clothing1m(str(root), image_size=16, resize=18, subset_per_epoch=14)
+    given = data.given_labels
+    assert torch.bincount(given, minlength=14).tolist() == [3] * 14
+    labels = EvalLabels(test=data.test_labels, train_clean=given, train_given=given)
+    spec = LoaderSpec(batch_size=4, seed=3, views=("weak",), device=torch.device("cpu"))
+    source = StreamedSource(data, labels, spec, {"workers": 0})
+    assert len(source) == 4
+    seen = []
+    for epoch in (0, 1):
+        batches = list(source.epoch(epoch))
+        assert [len(b.idx) for b in batches] == [4, 4, 4, 2]
+        idx = torch.cat([b.idx for b in batches])
+        assert sorted(idx.tolist()) == sorted(set(idx.tolist()))
+        assert sorted(given[idx].tolist()) == list(range(14))
+        assert all(torch.equal(b.target, given[b.idx]) for b in batches)
+        assert sorted(idx.tolist()) == balanced_subset(given, 14, 3, epoch).tolist()
+        resumed = list(source.epoch(epoch, start_step=2))
+        assert [b.idx.tolist() for b in resumed] == [b.idx.tolist() for b in batches[2:]]
+        for a, b in zip(resumed, batches[2:], strict=True):
+            assert torch.equal(a.views["weak"], b.views["weak"])
+        seen.append(sorted(idx.tolist()))
+    assert seen[0] != seen[1]
+    # too small a subset for the batch: one line
+    small = load_clothing1m(str(root), image_size=16, resize=18, subset_per_epoch=3)
+    with pytest.raises(UserError) as err:
+        StreamedSource(small, labels, spec, {"workers": 0})
+    assert "set batch_size to at most 3" in one_line(err)
+
+
 # ----------------------------------------------------------------------------- models
 @pytest.mark.parametrize("arch", ["resnet50", "vgg19_bn"])
 def test_torchvision_models_load_offline_imagenet_weights(tmp_path, arch: str) -> None:

@@ -40,7 +40,7 @@ def one_step(*overrides: str, base: list[str] = BASE) -> tuple[float, dict, obje
     trainer = exp.trainer()
     trainer.model.train()
     sums = _EpochSums.zeros(exp.device)
-    batch = next(iter(exp.loader.epoch(0)))
+    batch = next(iter(exp.source.epoch(0)))
     trainer.train_step(batch, 0, 0, sums)
     params = {k: v.detach().clone() for k, v in exp.model.state_dict().items()}
     return float(sums.loss) / sums.seen, params, (exp, batch)
@@ -65,7 +65,7 @@ def test_channels_last_changes_layout_not_values() -> None:
     assert convs and all(p.stride(1) == 1 for p in convs)
     assert any(p.shape[1] > 1 for p in convs)
     assert batch.views["weak"].stride(1) == 1
-    assert exp.eval_data.view(exp.eval_data.test_images[:4]).stride(1) == 1
+    assert exp.source.view(exp.source.images("test")[:4]).stride(1) == 1
     assert batch_ref.views["weak"].stride(1) == 16 * 16  # the default NCHW layout
     torch.testing.assert_close(batch.views["weak"], batch_ref.views["weak"])  # same draws
     assert loss_cl == pytest.approx(loss_ref, rel=1e-5)

@@ -166,7 +166,7 @@ def test_streamed_validation_split(folder: Path, restore_torch_globals) -> None:
 
     args = _stream_args(folder, Path("/nonexistent"), "validation.fraction=0.2", "epochs=1")
     exp = build(compose([*args, "dataset.loader.workers=0"]))
-    assert exp.eval_data.size("val") == 40 and exp.eval_data.size("train") == 160
+    assert exp.source.labels.size("val") == 40 and exp.source.labels.size("train") == 160
     history = exp.trainer().fit()
     _, held = holdout_split(200, 0.2, 0, labels=exp.noisy_labels)
     files = [exp.data.train_files[i] for i in held]
@@ -207,13 +207,13 @@ def test_train_diagnostics_on_a_fixed_subset(restore_torch_globals) -> None:
     cfg = compose(["experiment=quickstart", "epochs=1", "eval.train_diagnostics_subset=300"])
     exp = build(cfg)
     record = exp.trainer().fit()[-1]
-    n = exp.eval_data.size("train")
+    n = exp.source.labels.size("train")
     gen = torch.Generator().manual_seed(0)
     subset = torch.randperm(n, generator=gen)[:300].sort().values
     exp.model.eval()
     with torch.no_grad():
-        pred = exp.model(exp.eval_data.view(exp.eval_data.train_images[subset])).argmax(-1)
-    given, clean = exp.eval_data.train_given[subset], exp.eval_data.train_clean[subset]
+        pred = exp.model(exp.source.view(exp.source.images("train")[subset])).argmax(-1)
+    given, clean = exp.source.labels.train_given[subset], exp.source.labels.train_clean[subset]
     noisy = given != clean
     assert int(noisy.sum()) > 50
     assert record["memorisation/fit_given"] == pytest.approx(

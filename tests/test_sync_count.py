@@ -214,14 +214,14 @@ def count_syncs(method: str, extra: list[str], steps: int = STEPS) -> tuple[Coun
         trainer.model.train()
         trainer.method.train()
         sums = _EpochSums.zeros(exp.device)
-        batches = iter(exp.loader.epoch(0))
+        batches = iter(exp.source.epoch(0))
         original(trainer, next(batches), 0, 0, sums)
         step_counter.host_tensors = {
             id(state["step"])
             for state in trainer.optimizer.state.values()
             if isinstance(state.get("step"), Tensor) and state["step"].dim() == 0
         }
-        batches = iter(exp.loader.epoch(1))
+        batches = iter(exp.source.epoch(1))
         for step in range(steps):
             with load_counter.counting():
                 batch = next(batches)
