@@ -124,9 +124,14 @@ def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def plugin_importable() -> Iterator[None]:
-    """``examples/plugin`` on ``sys.path``, as ``PYTHONPATH=examples/plugin`` would put it."""
+    """``examples/plugin`` on ``sys.path``, as ``PYTHONPATH=examples/plugin`` would put it,
+    and its package allowed as ``allow_targets=[my_methods.]`` would (noisybench.safety)."""
+    from noisybench import safety
+
     sys.path.insert(0, str(PLUGIN))
+    safety.allow(["my_methods."])
     yield
+    safety.reset()
     sys.path.remove(str(PLUGIN))
     for module in [m for m in sys.modules if m == "my_methods" or m.startswith("my_methods.")]:
         del sys.modules[module]
