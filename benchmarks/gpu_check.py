@@ -17,7 +17,7 @@ overruns by half or would leave the later phases less than their budgets before
 2. ``sync``: every method's step path (batch drawing, forward, loss, backward, optimizer,
    schedule, ``after_step``) under ``torch.cuda.set_sync_debug_mode("error")`` after warm-up
    steps, through a :class:`noisybench.engine.Callback`, so that a host synchronisation fails
-   with its place (the GPU counterpart of ``tests/test_sync_count.py``).
+   with its place (the GPU counterpart of ``tests/test_engine_host_sync.py``).
 3. ``throughput``: ``bench_throughput.measure`` (bare loop, engine CE / BSD / BSD+, the peers'
    PIL + DataLoader pipeline, loaders alone, evaluation share) and its targets, and the
    extrapolated wall time of a 300-epoch CIFAR-10 run.

@@ -101,6 +101,7 @@ def test_selected_weights_are_kept(tmp_path: Path) -> None:
     assert same == (best == 3)
 
 
+@pytest.mark.cli
 def test_optuna_refuses_to_tune_on_the_test_set(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     out = tmp_path / "out"

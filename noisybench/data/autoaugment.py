@@ -42,7 +42,7 @@ Magnitude ranges (``ranges``):
     ``Image.blend`` in float32, the SMOOTH filter summed in its order, the rotation in its
     16.16 fixed point, the bicubic (``a = -1``) shear and autocontrast in double (float32 on
     MPS, which has no float64). Bit-exact to Pillow run per image at every bin the policy
-    uses, on the CPU (tests/test_autoaugment_lnl.py).
+    uses, on the CPU (tests/test_data_autoaugment_lnl.py).
 
 For ``"torchvision"`` and ``"original"``, pixel arithmetic follows torchvision's uint8 tensor
 ops exactly: the image is held as float

@@ -52,7 +52,8 @@ interpolating uint8 images. Memory: a 224x224 float batch is 49x a 32x32 one; lo
 ``eval.batch_size`` accordingly.
 
 Randomness comes only from torch's global generator of the device the batch is on, which the
-engine saves and restores; no view reads a value back to the host (``tests/test_sync_count.py``).
+engine saves and restores; no view reads a value back to the host
+(``tests/test_engine_host_sync.py``).
 Random views split into ``draw(x)`` (every random number of one call, in call order) and
 ``apply(x, drawn)`` (no draw), so that views with equal ``joint_key`` run in one pass over
 copies of the batch (:func:`apply_jointly`) with exactly the output of one call each.
@@ -221,7 +222,7 @@ class RandomErasing(nn.Module):
     ``floor(U(0, 1) * (W - w + 1))``, ``floor(U(0, 1) * (H - h + 1))``; filled with ``value``.
     This is the distribution of kornia 0.9.0's ``RandomErasing`` (torchvision's defaults for
     scale and ratio), drawn in the same order from torch's generator of the batch's device,
-    so the output equals kornia's bit for bit (``tests/test_views_loader.py``). Written here
+    so the output equals kornia's bit for bit (``tests/test_data_views_loader.py``). Written here
     because kornia's, moved to a GPU, draws its parameters there and copies them to the host
     (four blocking device-to-host copies per call, i.e. per strong view and step); this one
     reads nothing back."""
@@ -455,7 +456,7 @@ def apply_jointly(views: Sequence[nn.Module], x: Tensor) -> list[Tensor]:
     Each view draws its own random numbers, one view after the other, in the order a call
     of each would; the augmentation then runs once over ``len(views)`` copies of ``x`` with
     the drawn numbers side by side. The outputs equal those of calling the views one after
-    the other (every operation is per image; ``tests/test_views_loader.py``), with one set
+    the other (every operation is per image; ``tests/test_data_views_loader.py``), with one set
     of operators instead of one per view: BSD+'s two strong views issue about 380 operators
     fewer per batch (``benchmarks/bench_ops.py``), host work that bounds a GPU step.
     """

@@ -245,8 +245,8 @@ def test_draws_follow_the_port() -> None:
 
 def test_no_host_sync_with_lnl_ranges() -> None:
     """BSD+'s strong view with ``autoaugment_ranges=lnl``: no host read on the step path
-    or in batch drawing (the counter of tests/test_sync_count.py)."""
-    from test_sync_count import count_syncs
+    or in batch drawing (the counter of tests/test_engine_host_sync.py)."""
+    from test_engine_host_sync import count_syncs
 
     step_counts, load_counts = count_syncs("bsdplus", ["dataset.augment.autoaugment_ranges=lnl"])
     assert sum(step_counts.values()) == 0, dict(step_counts)
