@@ -69,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_throughput, be
 
 import bench_ops
 import bench_throughput as bt
+from noisybench.baselines import CODE_DEFAULTS
 
 from noisybench.build import build, resolve_device
 from noisybench.callbacks import TEST_KILL_ENV
@@ -96,8 +97,11 @@ HARD_FACTOR = 1.5  # a phase still running at 1.5 x its budget is ended (see che
 # The paper's methods first, so that a phase short of time has checked them.
 FIRST = ("ce", "bsd", "bsdplus")
 # Overrides a method needs for its whole step path to run in two short epochs.
+# Synthetic data has no per-setting authors' value (conf/baseline_presets.yaml): their codes'
+# defaults (noisybench.baselines.CODE_DEFAULTS), then this check's own settings.
 METHOD_EXTRA = {
-    "dividemix": ["method.warm_up=1"],  # epoch 2 runs the co-divide and MixMatch phase
+    **CODE_DEFAULTS,
+    "dividemix": [*CODE_DEFAULTS["dividemix"], "method.warm_up=1"],  # epoch 2: co-divide + MixMatch
     "gce": ["method.truncated=true", "method.start_prune=2", "method.prune_every=1"],
 }
 GOALS_MIN = {"ce": 6.0, "bsdplus": 15.0}  # issue 26: 300-epoch CIFAR-10 run on one H100

@@ -77,6 +77,7 @@ def test_bad_suites_are_one_line(tmp_path: Path, capsys) -> None:
     assert len(err) == 1 and "model, method, seed" in err[0]
 
 
+@pytest.mark.cli
 def test_a_suite_runs_resumes_and_ends_in_the_leaderboard(tmp_path: Path) -> None:
     import os
     import subprocess
