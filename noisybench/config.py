@@ -258,6 +258,32 @@ def _rate_matches(entry: Mapping[str, Any], rate: float) -> bool:
     return any(abs(rate - r) < 1e-9 for r in rates)
 
 
+def _value_at(entries: list[dict[str, Any]], rate: float, key: str) -> tuple[bool, Any, str]:
+    """``(found, value, rates shown)``: the value of ``key`` in the first preset entry whose
+    noise levels include ``rate`` (paper and authors' presets alike), else the levels that
+    have one, for the refusal."""
+    levels: list[float] = []
+    for entry in entries:
+        if key not in entry["values"]:
+            continue
+        levels.extend(float(r) for r in entry["rates"])
+        if _rate_matches(entry, rate):
+            return True, entry["values"][key], ""
+    return False, None, ", ".join(f"{r:g}" for r in sorted(set(levels))) or "none"
+
+
+def _noise_of(root: Any) -> tuple[str, float]:
+    """The run's noise setting and the rate its presets are chosen by (``preset_rate`` when
+    a noise config names one, else its rate)."""
+    noise = root.get("noise")
+    if noise is None:
+        return "none", 0.0
+    rate = noise.get("preset_rate", None)
+    if rate is None:
+        rate = noise.get("rate", 0.0)
+    return str(noise.get("setting", "none")), float(rate)
+
+
 def paper_preset(method: str, setting: str, rate: float, key: str) -> Any:
     """The paper's value of ``method.<key>`` for noise of ``setting`` at ``rate``.
 
@@ -277,14 +303,9 @@ def paper_preset(method: str, setting: str, rate: float, key: str) -> Any:
             f"{known}); set method.{key}=... explicitly, or add the setting to "
             f"{CONF_DIR / 'paper_presets.yaml'}"
         )
-    levels: list[float] = []
-    for entry in entries:
-        if key not in entry["values"]:
-            continue
-        levels.extend(float(r) for r in entry["rates"])
-        if _rate_matches(entry, rate):
-            return entry["values"][key]
-    shown = ", ".join(f"{r:g}" for r in sorted(set(levels))) or "none"
+    found, value, shown = _value_at(entries, rate, key)
+    if found:
+        return value
     raise UserError(
         f"method {method}'s paper value of {key} under {setting} noise was calibrated for "
         f"rates {shown}, not {rate:g}; set method.{key}=... explicitly, or choose one of those "
@@ -294,13 +315,8 @@ def paper_preset(method: str, setting: str, rate: float, key: str) -> Any:
 
 def _paper_resolver(key: str, *, _parent_: Any, _root_: Any) -> Any:
     """``${paper:KEY}`` inside a method config: the paper's value for the run's noise."""
-    method = str(_parent_.get("name"))
-    noise = _root_.get("noise")
-    setting = "none" if noise is None else str(noise.get("setting", "none"))
-    rate = 0.0 if noise is None else noise.get("preset_rate", None)
-    if rate is None:
-        rate = noise.get("rate", 0.0)
-    return paper_preset(method, setting, float(rate), key)
+    setting, rate = _noise_of(_root_)
+    return paper_preset(str(_parent_.get("name")), setting, rate, key)
 
 
 def _authors_presets() -> dict[str, Any]:
@@ -345,14 +361,9 @@ def authors_preset(
             f"'{setting}' noise (they do for: {', '.join(known) or 'none'}); set {explicit} "
             f"explicitly (see {path})"
         )
-    levels: list[float] = []
-    for entry in entries:
-        if key not in entry["values"]:
-            continue
-        levels.extend(float(r) for r in entry["rates"])
-        if _rate_matches(entry, rate):
-            return entry["values"][key]
-    shown = ", ".join(f"{r:g}" for r in sorted(set(levels))) or "none"
+    found, value, shown = _value_at(entries, rate, key)
+    if found:
+        return value
     raise UserError(
         f"the authors of {method} give {key} on {dataset} under {setting} noise for rates "
         f"{shown}, not {rate:g}; set method.{key}=... explicitly, or choose one of those rates"
@@ -366,11 +377,7 @@ def _authors_resolver(key: str, *, _parent_: Any, _root_: Any) -> Any:
     gate = (_authors_presets().get(method) or {}).get("needed_if")
     if gate is not None and not bool(_parent_.get(gate)):
         return None  # the key is unused unless method.<gate> is true
-    noise = _root_.get("noise")
-    setting = "none" if noise is None else str(noise.get("setting", "none"))
-    rate = 0.0 if noise is None else noise.get("preset_rate", None)
-    if rate is None:
-        rate = noise.get("rate", 0.0)
+    setting, rate = _noise_of(_root_)
     dataset = _root_.get("dataset")
     name = "none" if dataset is None else str(dataset.get("name"))
     pending = [
@@ -379,7 +386,7 @@ def _authors_resolver(key: str, *, _parent_: Any, _root_: Any) -> Any:
         if OmegaConf.is_interpolation(_parent_, k)
         and str(_parent_._get_node(k)._value()).startswith("${authors:")
     ]
-    return authors_preset(method, name, setting, float(rate), key, pending)
+    return authors_preset(method, name, setting, rate, key, pending)
 
 
 def _groups_resolver() -> str:
