@@ -21,7 +21,7 @@ from noisybench.config import CONF_DIR, compose
 from noisybench.evaluate import evaluate_run
 from noisybench.run import run_experiment
 
-DEEP = {"densenet169", "densenet201", "resnet101", "resnet152"}  # 7-24 s each on 2 CPU cores
+DEEP = {"densenet169", "densenet201", "resnet101", "resnet152", "tv_vgg19_bn"}  # 7-24 s each
 MODELS = [
     pytest.param(m, marks=pytest.mark.slow) if m in DEEP else m
     for m in sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))

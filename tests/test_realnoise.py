@@ -426,7 +426,10 @@ def test_streamed_source_trains_each_epoch_on_the_balanced_subset(c1m) -> None:
 
 
 # ----------------------------------------------------------------------------- models
-@pytest.mark.parametrize("arch", ["resnet50", "vgg19_bn"])
+@pytest.mark.parametrize(
+    "arch",
+    ["resnet50", pytest.param("vgg19_bn", marks=pytest.mark.slow)],  # 140M parameters
+)
 def test_torchvision_models_load_offline_imagenet_weights(tmp_path, arch: str) -> None:
     """A torchvision 1000-class state dict loads strictly into the backbone; the K-way head is
     new; the penultimate features equal torchvision's own network's (same weights)."""
