@@ -108,14 +108,7 @@ def matrix_image(
     ``cell x cell`` block at row ``i``, column ``j``; values scaled linearly from ``vmin``
     (darkest) to ``vmax`` (brightest), by default the matrix's finite minimum and maximum.
     NaN entries are drawn white."""
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.ndim == 1:
-        k = math.isqrt(m.size)
-        if k * k != m.size:
-            raise ValueError(f"a flat matrix needs a square number of entries, got {m.size}")
-        m = m.reshape(k, k)
-    if m.ndim != 2 or m.size == 0:
-        raise ValueError(f"need a 2-D matrix, got shape {m.shape}")
+    m = _as_matrix(matrix)
     finite = m[np.isfinite(m)]
     lo = float(finite.min()) if vmin is None and finite.size else (vmin or 0.0)
     hi = (
