@@ -86,6 +86,9 @@ class TemporalEnsembling(Method):
         rampup_epochs: ``T_r``, epochs of the Gaussian ramp-up (BSD paper: 100; 45 on ImageNet).
         store_dtype: dtype of the two ``(N, K)`` stores: "float32" (default), "float16" or
             "bfloat16" (halves the memory, e.g. for ImageNet).
+        drop_last: drop each epoch's last, smaller batch, as the original's
+            ``iterate_minibatches_augment_tempens`` does (``experiment=ref_te``); a dropped
+            sample keeps its ``Z_i`` (see the module docstring).
     """
 
     views = ("weak",)
@@ -101,6 +104,7 @@ class TemporalEnsembling(Method):
         w_max: float = 300.0,
         rampup_epochs: int = 100,
         store_dtype: str = "float32",
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         alpha, w_max = float(alpha), float(w_max)
@@ -119,6 +123,7 @@ class TemporalEnsembling(Method):
         self.w_max = w_max
         self.rampup_epochs = int(rampup_epochs)
         self.store_dtype = store_dtype
+        self.drop_last = bool(drop_last)
 
     def setup(self, ctx: MethodContext) -> None:
         """Allocate ``Z`` (``ensemble``), this epoch's predictions (``epoch_pred``), the

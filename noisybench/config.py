@@ -409,6 +409,17 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("nb_variant", _variant_resolver)
     if not OmegaConf.has_resolver("nb_data_fingerprint"):
         OmegaConf.register_new_resolver("nb_data_fingerprint", _fingerprint_resolver)
+    if not OmegaConf.has_resolver("nb_required"):
+        OmegaConf.register_new_resolver("nb_required", _required_resolver)
+
+
+def _required_resolver(message: str) -> Any:
+    """``${nb_required:MESSAGE}``: a value a config cannot state (e.g. a reference protocol
+    whose source gives none, ``conf/experiment/ref_dlb.yaml``) and the user must give on the
+    command line, which replaces the interpolation; left as it is, the run is refused with
+    ``MESSAGE`` in one line. (OmegaConf's ``???`` cannot do this in an experiment file: a
+    missing value merged onto a group's value leaves that value in place.)"""
+    raise UserError(str(message))
 
 
 def _fingerprint_resolver(*, _parent_: Any) -> str | None:
@@ -650,6 +661,20 @@ def _floats(cfg: DictConfig) -> list[tuple[str, float]]:
     return out
 
 
+def _missing_keys(cfg: DictConfig) -> set[str]:
+    """``OmegaConf.missing_keys``, which resolves interpolations on its way: a refusal raised
+    by a resolver (``${nb_required:...}``, ``${authors:...}``) stays one line."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.missing_keys(cfg)
+    except OmegaConfBaseException as exc:
+        inner = _user_error_in(exc)
+        if inner is not None:
+            raise UserError(str(inner)) from None
+        raise
+
+
 def check_config(cfg: DictConfig) -> None:  # noqa: C901
     """Refuse impossible settings with one actionable line each (before anything is built
     or any file is touched).
@@ -662,7 +687,7 @@ def check_config(cfg: DictConfig) -> None:  # noqa: C901
 
     # Code first: every _target_ must be allowed before anything reads, imports or calls it.
     check_tree(cfg)
-    missing = sorted(OmegaConf.missing_keys(cfg)) if isinstance(cfg, DictConfig) else []
+    missing = sorted(_missing_keys(cfg)) if isinstance(cfg, DictConfig) else []
     if missing:  # ``???`` in a config: a value only the user can give (dataset=arrays' path)
         key = missing[0]
         example = "/data/mine.npz" if key.endswith(".path") else "/data/mine"

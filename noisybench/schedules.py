@@ -20,6 +20,7 @@ __all__ = [
     "constant",
     "cosine",
     "cosine_restarts",
+    "gaussian_ramps",
     "linear_decay",
     "multistep",
     "one_cycle",
@@ -194,6 +195,34 @@ def linear_decay(  # noqa: PLR0913
     return _LinearDecay(
         optimizer, spe, n, int(decay_start), int(epoch_offset), (beta1_before, beta1_after)
     )
+
+
+def gaussian_ramps(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    rampup_epochs: int = 80,
+    rampdown_epochs: int = 50,
+) -> LRScheduler:
+    """Temporal Ensembling's lr plan (Laine & Aila 2017, Sec. 3 / Appendix; s-laine/tempens
+    ``train.py`` ``rampup`` and ``rampdown``), set once per epoch ``e`` (0-based) of ``E``:
+    ``lr * up(e) * down(e)`` with ``up(e) = exp(-5 (1 - e / rampup_epochs)^2)`` for
+    ``e < rampup_epochs`` (so ``exp(-5)`` at epoch 0), else 1, and ``down(e) = exp(-(d / 2)^2
+    / rampdown_epochs)`` with ``d = e - (E - rampdown_epochs)`` over the last
+    ``rampdown_epochs`` epochs, else 1. Adam's beta1 follows the same ramp-down through
+    ``optim.beta1_rampdown_epochs`` (:func:`adam_beta1`)."""
+    spe = max(1, int(steps_per_epoch))
+    epochs = -(-int(total_steps) // spe)
+    up_len, down_len = int(rampup_epochs), int(rampdown_epochs)
+
+    def factor(step: int) -> float:
+        e = step // spe
+        up = math.exp(-5.0 * (1.0 - e / up_len) ** 2) if e < up_len else 1.0
+        d = e - (epochs - down_len)
+        down = math.exp(-((d * 0.5) ** 2) / down_len) if down_len > 0 and d >= 0 else 1.0
+        return up * down
+
+    return LambdaLR(optimizer, factor)
 
 
 def adam_beta1(

@@ -2,13 +2,20 @@
 GCE (AlanChou/Truncated-Loss main.py defaults and README commands, unofficial), ELR
 (shengliu66/ELR config_cifar10.json), Co-teaching (bhanML/Co-teaching main.py), DivideMix (the
 paper Sec. 4.1 and Train_cifar.py), SCE (train_models.py, util.get_lr_scheduler), PS-KD / LS
-(lgcnsai/PS-KD-Pytorch README), mixup (facebookresearch/mixup-cifar10 train.py)."""
+(lgcnsai/PS-KD-Pytorch README), mixup (facebookresearch/mixup-cifar10 train.py), TE
+(s-laine/tempens config.py "SVHN with label corruption", train.py), DLB (Meta-knowledge-Lab/DLB
+dlb.py)."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import pytest
+import torch
 
 from noisybench.config import compose, resolved
+from noisybench.errors import UserError
 
 # name: (model, noise variant, rate, optimizer, lr, weight decay, milestones, epochs, batch)
 EXPECTED = {
@@ -20,6 +27,7 @@ EXPECTED = {
     "pskd": ("preact_resnet18_dividemix", None, 0.0, "SGD", 0.1, 5e-4, [150, 225], 300, 128),
     "ls": ("preact_resnet18_dividemix", None, 0.0, "SGD", 0.1, 5e-4, [150, 225], 300, 128),
     "mixup": ("preact_resnet18", "sym_incl", 0.5, "SGD", 0.1, 1e-4, [100, 150], 200, 128),
+    "te": ("coteaching_cnn", "sym_incl", 0.2, "Adam", 0.001, 0.0, None, 300, 100),
 }
 
 
@@ -59,3 +67,124 @@ def test_reference_protocol_specifics() -> None:
     dm = resolved(compose(["experiment=ref_dividemix"]))
     assert (dm["method"]["lambda_u"], dm["method"]["warm_up"]) == (25.0, 10)  # CIFAR-10 sym 50 %
     assert resolved(compose(["experiment=ref_pskd"]))["optim"]["optimizer"]["nesterov"] is True
+
+
+def test_te_reference_protocol_is_the_label_corruption_run() -> None:
+    """config.py's "SVHN with label corruption" run: all labels, lr max 0.001, w_max 300 below
+    50 % corruption, 300 epochs of 100 with the last partial batch dropped; Gaussian lr ramps
+    (80 up, 50 down) and beta1 0.9 -> 0.5 over the last 50 epochs; no mirroring, 2-pixel
+    translation; the ensemble's ramp-up is the code's 80 epochs (not the BSD paper's 100)."""
+    te = resolved(compose(["experiment=ref_te"]))
+    assert te["dataset"]["name"] == "arrays"  # SVHN given as arrays: no SVHN reader here
+    assert (te["dataset"]["augment"]["crop_padding"], te["dataset"]["augment"]["hflip"]) == (
+        2,
+        False,
+    )
+    m = te["method"]
+    assert (m["alpha"], m["w_max"], m["rampup_epochs"], m["drop_last"]) == (0.6, 300.0, 80, True)
+    o = te["optim"]
+    assert o["optimizer"]["betas"] == [0.9, 0.999] and o["optimizer"]["eps"] == 1e-8
+    assert o["scheduler"]["_target_"] == "noisybench.schedules.gaussian_ramps"
+    assert (o["scheduler"]["rampup_epochs"], o["scheduler"]["rampdown_epochs"]) == (80, 50)
+    # the experiment's beta1 target (the code's 0.5) wins over method_optim/te.yaml's 0 (BSD's)
+    assert (o["beta1_rampdown_epochs"], o["beta1_final"]) == (50, 0.5)
+    assert te["model"]["dropout"] == 0.5
+
+
+def test_dlb_reference_protocol_and_its_unstated_values() -> None:
+    """dlb.py: SGD Nesterov, momentum 0.9, weight decay 5e-4 (its argparse defaults), MultiStepLR
+    gamma 0.1; T 3, alpha 1; CIFAR-100 (its default dataset), clean labels. lr, batch size,
+    epochs and milestones have no default in the code: refused in one line until given."""
+    with pytest.raises(UserError, match=r"set optim\.optimizer\.lr=\.\.\. optim\.scheduler"):
+        resolved(compose(["experiment=ref_dlb"]))
+    given = ["optim.optimizer.lr=0.1", "optim.scheduler.milestones=[2]", "epochs=3"]
+    with pytest.raises(UserError, match="batch_size"):  # one missing is still refused
+        resolved(compose(["experiment=ref_dlb", *given]))
+    dlb = resolved(compose(["experiment=ref_dlb", *given, "batch_size=64"]))
+    o = dlb["optim"]["optimizer"]
+    assert o["_target_"] == "torch.optim.SGD"
+    assert (o["lr"], o["momentum"], o["weight_decay"], o["nesterov"]) == (0.1, 0.9, 5e-4, True)
+    assert dlb["optim"]["scheduler"]["gamma"] == 0.1
+    assert (dlb["method"]["T"], dlb["method"]["alpha"]) == (3.0, 1.0)
+    assert (dlb["dataset"]["name"], dlb["noise"]["name"]) == ("cifar100", "none")
+    assert (dlb["epochs"], dlb["batch_size"]) == (3, 64)
+
+
+def test_dlb_reference_refusal_is_one_line_on_the_command_line(cli, tmp_path: Path) -> None:
+    proc = cli(f"out_dir={tmp_path}", "experiment=ref_dlb", "dataset=digits")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "noisybench: error: experiment=ref_dlb needs the values the DLB code (dlb.py) takes "
+        "with no default and that are not stated here: set optim.optimizer.lr=... "
+        "optim.scheduler.milestones=[...] epochs=... batch_size=... (docs/baselines.md, "
+        "Reference protocols)"
+    ]
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+# Digits smoke runs: the reference protocol's method, optimiser, schedule and loader settings
+# train on the quickstart data (the small CNN stands in for the protocols' networks, to keep the
+# test short; TE's 80 / 50-epoch ramps are shortened to the 2-epoch run, else its lr stays
+# at exp(-5) of the maximum throughout).
+SMOKE = {
+    "te": [
+        "model=small_cnn",
+        "batch_size=128",
+        "optim.scheduler.rampup_epochs=1",
+        "optim.scheduler.rampdown_epochs=1",
+        "optim.beta1_rampdown_epochs=1",
+        "method.rampup_epochs=1",
+    ],
+    "dlb": [
+        "optim.optimizer.lr=0.05",
+        "optim.scheduler.milestones=[1]",
+        "batch_size=64",
+        "model=small_cnn",
+    ],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_reference_protocol_trains_on_digits(name: str, tmp_path: Path) -> None:
+    from noisybench.run import run_experiment
+
+    overrides = [
+        f"experiment=ref_{name}",
+        "dataset=digits",
+        "noise=sym50",
+        "epochs=2",
+        "dataset.reader.test_size=1297",  # 500 training images
+        "progress=false",
+        "logger=[]",
+        "device=cpu",
+        "cpu_threads=1",
+        *SMOKE[name],
+    ]
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    root = Path(__file__).resolve().parents[1]
+    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=overrides)
+    threads = torch.get_num_threads()
+    try:
+        result = run_experiment(cfg, run_dir=tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert result["status"] == "finished"
+    history = result["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(math.isfinite(h["train/loss"]) for h in history)
+    assert history[-1]["test/acc"] > 0.1  # better than chance (10 classes) after 2 epochs
+
+
+def test_te_drop_last_reaches_the_loader() -> None:
+    """The original's iterate_minibatches_augment_tempens yields only full batches: 500 // 128
+    = 3 steps on 500 digits (4 without drop_last)."""
+    from noisybench.build import build
+
+    base = ["experiment=quickstart", "method=te", "batch_size=128", "logger=[]"]
+    base += ["dataset.reader.test_size=1297", "progress=false", "cpu_threads=1"]  # 500 images
+    assert len(build(compose([*base, "method.drop_last=true"])).source) == 3
+    assert len(build(compose(base)).source) == 4

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, MultiStepLR
 
-from noisybench.schedules import cosine_restarts, linear_decay, multistep
+from noisybench.schedules import (
+    adam_beta1,
+    cosine_restarts,
+    gaussian_ramps,
+    linear_decay,
+    multistep,
+)
 
 SPE = 3  # steps per epoch
 
@@ -98,3 +106,35 @@ def test_linear_decay_state_round_trips_through_a_checkpoint(tmp_path) -> None:
     sched.step()
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
     assert opt2.param_groups[0]["betas"] == opt.param_groups[0]["betas"] == (0.1, 0.999)
+
+
+# Temporal Ensembling's ramps, transcribed from s-laine/tempens train.py (config: rampup_length
+# 80, rampdown_length 50, num_epochs 300, learning_rate_max, adam_beta1 0.9,
+# rampdown_beta1_target 0.5): the values its training loop sets once per epoch.
+def _tempens_rampup(epoch: int, rampup_length: int = 80) -> float:
+    if epoch < rampup_length:
+        p = max(0.0, float(epoch)) / float(rampup_length)
+        p = 1.0 - p
+        return math.exp(-p * p * 5.0)
+    return 1.0
+
+
+def _tempens_rampdown(epoch: int, num_epochs: int = 300, rampdown_length: int = 50) -> float:
+    if epoch >= (num_epochs - rampdown_length):
+        ep = (epoch - (num_epochs - rampdown_length)) * 0.5
+        return math.exp(-(ep * ep) / rampdown_length)
+    return 1.0
+
+
+def test_gaussian_ramps_and_beta1_equal_temporal_ensembling_code() -> None:
+    epochs, lr_max = 300, 0.001
+    expected_lr = [_tempens_rampup(e) * _tempens_rampdown(e) * lr_max for e in range(epochs)]
+    opt = _opt("adam", lr=lr_max)
+    ours = _per_epoch(opt, gaussian_ramps(opt, epochs * SPE, SPE, 80, 50), epochs)
+    np.testing.assert_allclose(ours, expected_lr, rtol=1e-12)
+    assert ours[0] == pytest.approx(lr_max * math.exp(-5.0))  # not 0 at epoch 0
+    expected_beta1 = [
+        _tempens_rampdown(e) * 0.9 + (1.0 - _tempens_rampdown(e)) * 0.5 for e in range(epochs)
+    ]
+    got = [adam_beta1(0.9, 0.5, e, epochs, 50) for e in range(epochs)]
+    np.testing.assert_allclose(got, expected_beta1, rtol=1e-12)
