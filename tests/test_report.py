@@ -412,3 +412,38 @@ def test_kd_students_grouped_and_labelled_by_teacher_kind(tmp_path: Path, capsys
 
     (methods,) = setting_groups(collect(load_results([tmp_path]))).values()
     assert [label for label, _ in methods] == labels
+
+
+def _ref_run(root: Path, method: str, noise: str, rate: float, seed: int, accs, **where) -> None:
+    config = _config(method, noise, seed, **where)
+    variant = "sym_excl" if noise.startswith("sym_excl") else "sym_incl"
+    config["noise"] = {"name": noise, "variant": variant, "rate": rate, "seed": seed}
+    _write(root, config, accs)
+
+
+def test_reference_protocol_table_puts_the_published_number_beside_ours(
+    tmp_path: Path, capsys
+) -> None:
+    """``--table ref_<method>``: our runs of a baseline's own protocol beside the number its
+    source publishes (paper_tables.yaml): ELR README, CIFAR-10 sym 40 % 91.43; DivideMix
+    Table 1 Best, CIFAR-10 sym 80 % 93.2 (by dataset, method and noise; the model is ours).
+    A protocol without published numbers (ref_gce) shows ours alone, no paper column."""
+    c10 = {"dataset": "cifar10", "model": "resnet34"}
+    _ref_run(tmp_path, "elr", "sym40", 0.4, 0, [0.5, 0.9], **c10)
+    _ref_run(tmp_path, "elr", "sym40", 0.4, 1, [0.6, 0.8], **c10)
+    table = _run_json(capsys, str(tmp_path), "--table", "ref_elr")
+    ours = _cell(table, "elr", "sym_incl rate=0.4", "last")
+    assert ours["mean"] == pytest.approx(85.0) and ours["n"] == 2
+    paper = _cell(table, "elr", "sym_incl rate=0.4", "paper")
+    assert paper["mean"] == 91.43 and paper["std"] is None
+    notes = " ".join(table["notes"])
+    assert "shengliu66/ELR" in notes and "BSD paper" not in notes
+    dm = tmp_path / "dm"
+    _ref_run(dm, "dividemix", "sym80", 0.8, 0, [0.7, 0.9], dataset="cifar10", model="x")
+    table = _run_json(capsys, str(dm), "--table", "ref_dividemix")
+    assert _cell(table, "dividemix", "sym80", "paper")["mean"] == 93.2
+    gce = tmp_path / "gce"
+    _ref_run(gce, "gce", "sym_excl40", 0.4, 0, [0.5, 0.7], **c10)
+    table = _run_json(capsys, str(gce), "--table", "ref_gce")
+    assert _cell(table, "gce", "sym_excl rate=0.4", "last")["mean"] == pytest.approx(70.0)
+    assert not [c for c in table["columns"] if c["selection"] == "paper"]
