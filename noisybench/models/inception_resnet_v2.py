@@ -7,7 +7,8 @@ Reduction-A (Fig. 7) to 17 x 17, Inception-ResNet-B blocks (Fig. 17), Reduction-
 8 x 8, Inception-ResNet-C blocks (Fig. 19), average pooling, dropout and the classifier
 (Fig. 15). Each residual block adds its branches' concatenation, brought back to the trunk's
 width by a linear 1 x 1 convolution and scaled down (Sec. 3.3: 0.17, 0.10, 0.20 for A, B, C),
-to its input, then applies a ReLU; the last C block has no ReLU.
+to its input, then applies a ReLU; the last C block has no ReLU (and, in the released network,
+no scaling: factor 1.0).
 
 The field does not train the network of the paper's figures but the one Google released with
 the ImageNet checkpoint (TF-slim ``inception_resnet_v2``), which every PyTorch port follows
@@ -196,19 +197,20 @@ def _reduction_b() -> Branches:
     )
 
 
-def _block_c(relu: bool = True) -> ResidualInception:
+def _block_c(scale: float = 0.20, relu: bool = True) -> ResidualInception:
     """Inception-ResNet-C on 8 x 8 x 2080 (Fig. 19): a 1 x 1 path and a 1x3 / 3x1 path."""
     mix = Branches(
         chain(2080, (192, 1, 1, 0)),
         chain(2080, (192, 1, 1, 0), (224, (1, 3), 1, (0, 1)), (256, (3, 1), 1, (1, 0))),
     )
-    return ResidualInception(mix, 192 + 256, 2080, scale=0.20, relu=relu)
+    return ResidualInception(mix, 192 + 256, 2080, scale=scale, relu=relu)
 
 
 class InceptionResNetV2(nn.Module):
     """Inception-ResNet-v2 as released with Google's ImageNet checkpoint (see the module
     docstring): stem, 10 x A, Reduction-A, 20 x B, Reduction-B, 10 x C (the last without
-    ReLU), a 1 x 1 convolution to 1536 channels, global average pooling, dropout, linear."""
+    ReLU or scaling), a 1 x 1 convolution to 1536 channels, global average pooling, dropout,
+    linear."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, dropout: float = 0.0) -> None:
         super().__init__()
@@ -217,7 +219,10 @@ class InceptionResNetV2(nn.Module):
         self.reduction_a = _reduction_a()
         self.blocks_b = nn.Sequential(*(_block_b() for _ in range(20)))
         self.reduction_b = _reduction_b()
-        self.blocks_c = nn.Sequential(*(_block_c(relu=i < 9) for i in range(10)))
+        # the tenth C block: no ReLU and no down-scaling (TF-slim's ``block8(net,
+        # activation_fn=None)`` keeps its default scale 1.0, as do all the ports)
+        self.blocks_c = nn.Sequential(*(_block_c() for _ in range(9)))
+        self.blocks_c.append(_block_c(scale=1.0, relu=False))
         self.final = ConvUnit(2080, NUM_FEATURES, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
