@@ -124,7 +124,9 @@ class ResidualInception(nn.Module):
     Sec. 3.3 / Fig. 20); ``project`` is a linear 1 x 1 convolution with bias and no BatchNorm
     (the "1x1 Conv (linear)" boxes); ``relu=False`` for the network's last block."""
 
-    def __init__(self, mix: Branches, inner: int, width: int, scale: float, relu: bool = True):
+    def __init__(
+        self, mix: Branches, inner: int, width: int, scale: float, relu: bool = True
+    ) -> None:
         super().__init__()
         self.mix = mix
         self.project = nn.Conv2d(inner, width, 1, bias=True)
