@@ -350,10 +350,11 @@ def inception_resnet_v2(
             f"{NAME}: ImageNet weights take RGB images, the dataset has {in_channels} "
             "channel(s); set model.weights=null or use a colour dataset"
         )
+    stats = _resolve_stats(input_stats, weights)  # before the (seconds-long) build
     model = InceptionResNetV2(num_classes, in_channels, float(dropout))
     if weights is not None:
         state = _backbone_state(load_weights(NAME, weights), str(weights))
         state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
         load_into(NAME, model, state, str(weights))
-    model.input_stats = _resolve_stats(input_stats, weights)
+    model.input_stats = stats
     return model
