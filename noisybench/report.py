@@ -128,6 +128,11 @@ METRICS: dict[str, Metric] = {
         "noisy labels fitted (%)", ("memorisation/fit_given",), higher_is_better=False
     ),
     "recovered": Metric("noisy labels recovered (%)", ("recovery/recovered",)),
+    # mini-WebVision's tables: top-1 / top-5 on the WebVision val and on ILSVRC12's val
+    "top5": Metric("top-5 acc (%)", ("test/top5",)),
+    "imagenet_acc": Metric("ILSVRC12 acc (%)", ("test_imagenet/acc",)),
+    "imagenet_top5": Metric("ILSVRC12 top-5 (%)", ("test_imagenet/top5",)),
+    "clean_val_acc": Metric("clean val acc (%)", ("val/clean_acc",)),
 }
 
 
