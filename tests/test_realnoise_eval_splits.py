@@ -254,3 +254,57 @@ def test_report_shows_the_second_test_set_at_the_clean_val_epoch(tmp_path: Path,
     cells = {key.rsplit("|", 1)[-1]: cell for key, cell in row["cells"].items()}
     assert cells["clean_val"]["mean"] == pytest.approx(40.0)
     assert cells["last"]["mean"] == pytest.approx(30.0)
+
+
+def _write_run(root: Path, dataset: str, model: str, history: list[dict]) -> None:
+    import json
+
+    body = {
+        "status": "finished",
+        "config": {
+            "seed": 0,
+            "epochs": len(history),
+            "dataset": {"name": dataset},
+            "model": {"name": model},
+            "noise": {"name": "none", "variant": "none", "rate": 0.0, "setting": "none", "seed": 0},
+            "method": {"name": "dividemix"},
+        },
+        "seeds": {"train": 0, "noise": 0},
+        "noise": {"realised_rate": 0.0},
+        "history": history,
+    }
+    (root / dataset).mkdir(parents=True)
+    (root / dataset / "result.json").write_text(json.dumps(body))
+
+
+def test_published_real_noise_numbers_stand_beside_the_same_network_only(
+    tmp_path: Path, capsys
+) -> None:
+    """DivideMix's Clothing1M number (74.76, ResNet-50) stands in the row of a Clothing1M
+    DivideMix run with torchvision's ResNet-50, its note names DivideMix (not the BSD paper);
+    its mini-WebVision numbers (77.32 and 75.2, Inception-ResNet-v2) never stand beside a
+    ResNet-50 run: they are a separate reference row."""
+    import json
+
+    from noisybench.report import main
+
+    _write_run(tmp_path / "c", "clothing1m", "tv_resnet50",
+               [{"epoch": 1, "test/acc": 0.70, "val/clean_acc": 0.71}])  # fmt: skip
+    assert main([str(tmp_path / "c"), "--table", "real_clothing1m", "--format", "json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    (ours,) = [r for r in table["rows"] if r["source"] == "ours"]
+    paper = {c["key"] for c in table["columns"] if c["selection"] == "paper"}
+    assert [c["mean"] for k, c in ours["cells"].items() if k in paper] == [74.76]
+    (note,) = [n for n in table["notes"] if n.startswith("paper:")]
+    assert "DivideMix (Li et al. 2020)" in note and "BSD paper" not in note
+
+    _write_run(tmp_path / "w", "webvision_mini", "tv_resnet50",
+               [{"epoch": 1, "test/acc": 0.6, "test_imagenet/acc": 0.5}])  # fmt: skip
+    assert main([str(tmp_path / "w"), "--table", "real_webvision", "--format", "json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    (ours,) = [r for r in table["rows"] if r["source"] == "ours"]
+    paper = {c["key"] for c in table["columns"] if c["selection"] == "paper"}
+    assert all(ours["cells"].get(k) is None for k in paper)
+    refs = [r for r in table["rows"] if r["source"] != "ours"]
+    values = sorted(c["mean"] for r in refs for c in r["cells"].values() if c)
+    assert values == [75.2, 77.32]
