@@ -173,6 +173,7 @@ def check_tuning(config: Mapping[str, Any], sweeper: str | None) -> None:
         raise UserError(
             f"{sweeper.rsplit('.', 1)[-1]} would tune on the test set (selection={rule}"
             f"{'' if _has_validation(config) else ', no validation split'}); hold out a "
-            "noisy validation split (validation.fraction=0.1) or pass tune_on_test=true to "
-            "do it knowingly"
+            "noisy validation split (validation.fraction=0.1), select on a dataset's clean "
+            "validation labels (selection=clean_val), or pass tune_on_test=true to do it "
+            "knowingly"
         )
