@@ -326,7 +326,7 @@ def test_dividemix_step_targets_follow_the_other_networks_division(monkeypatch) 
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     gen = torch.Generator().manual_seed(6)
     z1, z2 = torch.randn(n, k, generator=gen), torch.randn(n, k, generator=gen)
-    method = DivideMix(warm_up=0, lambda_u=1.0, rampup_length=1)
+    method = DivideMix(warm_up=0, lambda_u=1.0, rampup_length=1, loader="in_batch")
     method.setup(_ctx(n, k, y, build=lambda: FixedLogits(z2)))
     method.prob.copy_(torch.tensor([[0.1] * 6, [0.9, 0.8, 0.2, 0.7, 0.3, 0.6]]))
     method.step.fill_(100)  # ramp-up finished

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from torch import Tensor
 
 from noisybench.build import build
 from noisybench.config import CONF_DIR, compose
+from noisybench.data.loader import plan_seed
 from noisybench.engine import Trainer
 
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
@@ -214,14 +216,22 @@ def count_syncs(method: str, extra: list[str], steps: int = STEPS) -> tuple[Coun
         trainer.model.train()
         trainer.method.train()
         sums = _EpochSums.zeros(exp.device)
-        batches = iter(exp.source.epoch(0))
+
+        def epoch(e: int) -> Iterator:
+            """The epoch's batches, laid out by the method when it plans its epochs (DivideMix's
+            reference loaders); a planned epoch checks its plan once, at its first batch."""
+            plan = trainer.method.epoch_plan(e, plan_seed(exp.source.seed, e))
+            batches = iter(exp.source.epoch(e, 0, plan))
+            return batches if plan is None else itertools.chain([next(batches)], batches)
+
+        batches = epoch(0)
         original(trainer, next(batches), 0, 0, sums)
         step_counter.host_tensors = {
             id(state["step"])
             for state in trainer.optimizer.state.values()
             if isinstance(state.get("step"), Tensor) and state["step"].dim() == 0
         }
-        batches = iter(exp.source.epoch(1))
+        batches = epoch(1)
         for step in range(steps):
             with load_counter.counting():
                 batch = next(batches)
@@ -250,3 +260,16 @@ def test_nonfinite_skip_reads_once_per_step() -> None:
     which shows the counter sees the engine's own reads."""
     step_counts, _ = count_syncs("ce", ["nonfinite=skip"])
     assert dict(step_counts) == {"Tensor.__bool__": STEPS}
+
+
+@pytest.mark.parametrize("loader", ["reference", "in_batch"])
+def test_dividemix_co_training_steps_have_no_host_sync(loader: str) -> None:
+    """DivideMix past the warm-up (warm_up=0: co-training from epoch 0), with each loader:
+    MixMatch's lambda drawn on the device without the distribution's argument check, one-hot
+    targets without F.one_hot's range check; the reference step reads its layout from the
+    Python numbers the epoch plan left, never a tensor."""
+    step_counts, load_counts = count_syncs(
+        "dividemix", ["method.warm_up=0", f"method.loader={loader}"]
+    )
+    assert sum(step_counts.values()) == 0, dict(step_counts)
+    assert sum(load_counts.values()) == 0, dict(load_counts)
