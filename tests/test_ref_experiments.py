@@ -66,6 +66,8 @@ def test_reference_protocol_specifics() -> None:
     assert gce["method"]["truncated"] and gce["method"]["start_prune"] == 40
     dm = resolved(compose(["experiment=ref_dividemix"]))
     assert (dm["method"]["lambda_u"], dm["method"]["warm_up"]) == (25.0, 10)  # CIFAR-10 sym 50 %
+    # the code's loaders: --batch_size 64 labelled + 64 unlabelled a step from batch_size 128
+    assert (dm["method"]["loader"], dm["method"]["batch_size"]) == ("reference", 128)
     assert resolved(compose(["experiment=ref_pskd"]))["optim"]["optimizer"]["nesterov"] is True
 
 
