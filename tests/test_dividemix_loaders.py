@@ -300,3 +300,24 @@ def test_loader_stream_restarts_and_leaves_out_a_batch_of_one() -> None:
     assert flat[8:].tolist() == [0, 1, 2, 3]  # the next pass; sample 8 left out of the first
     assert [batches_per_pass(n, 4) for n in (0, 1, 2, 4, 5, 6)] == [0, 0, 1, 1, 1, 2]
     assert loader_stream(lambda: torch.arange(1), 1, 4, 2)[1] == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("world", "width", "real"), [(2, 64, 40), (3, 64, 64), (4, 6, 1), (3, 5, 0)]
+)
+def test_each_process_keeps_the_real_rows_of_its_share(monkeypatch, world, width, real) -> None:
+    """With several processes each part's rows are split like torch.tensor_split; a process
+    keeps the real rows (the first ``real`` of the part's ``width``) that fall into its share:
+    together exactly the real rows, each once."""
+    from noisybench.baselines import dividemix
+
+    kept = []
+    for rank in range(world):
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda: world)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        share = torch.tensor_split(torch.arange(width), world)[rank]
+        local = dividemix._local_rows(real, width)
+        assert share[:local].tolist() == [i for i in share.tolist() if i < real]
+        kept += share[:local].tolist()
+    assert kept == list(range(real))
