@@ -57,6 +57,17 @@ def _method(*overrides: str) -> dict:
 
 
 # ------------------------------------------------------------------------------ composition
+# Values an experiment refuses to run without (${nb_required:...}; its source gives none).
+MUST_GIVE = {
+    "ref_dlb": [
+        "optim.optimizer.lr=0.1",
+        "optim.scheduler.milestones=[1]",
+        "epochs=2",
+        "batch_size=64",
+    ],
+}
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_its_objects_build(experiment: str) -> None:
     """Each experiment file composes with the method it is meant for, and its model, method
@@ -64,7 +75,7 @@ def test_every_experiment_composes_and_its_objects_build(experiment: str) -> Non
     # an experiment file named ..._<method> is meant for that method
     suffix = experiment.rsplit("_", 1)[-1]
     method = suffix if (CONF_DIR / "method" / f"{suffix}.yaml").is_file() else "bsd"
-    cfg = compose([f"experiment={experiment}", f"method={method}"])
+    cfg = compose([f"experiment={experiment}", f"method={method}", *MUST_GIVE.get(experiment, [])])
     # everything but the dataset reader (its fingerprint reads the data, not here in tests)
     config = {key: resolved(cfg[key]) for key in ("model", "method", "optim")}
     model_kwargs = without_name(cfg.model)
