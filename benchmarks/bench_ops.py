@@ -28,6 +28,7 @@ from bench_throughput import experiment
 from torch.profiler import ProfilerActivity, profile
 
 from noisybench.config import CONF_DIR
+from noisybench.data.loader import plan_seed
 from noisybench.engine import _EpochSums
 
 OUT = Path(__file__).resolve().parent / "results" / "ops_per_step.json"
@@ -96,7 +97,9 @@ def measure(method: str) -> dict[str, Any]:
     trainer.model.train()
     trainer.method.train()
     sums = _EpochSums.zeros(exp.device)
-    batches = iter(exp.source.epoch(1))
+    # the epoch as the engine draws it: the method's own plan if it lays epochs out itself
+    plan = trainer.method.epoch_plan(1, plan_seed(exp.source.seed, 1))
+    batches = iter(exp.source.epoch(1, 0, plan))
     trainer.train_step(next(batches), 1, 0, sums)  # lazy state (momentum buffers) first
     drawn: list[Any] = []
     load, load_names = count_ops(lambda: drawn.append(next(batches)))
