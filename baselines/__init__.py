@@ -20,6 +20,8 @@ CODE_DEFAULTS: dict[str, list[str]] = {
         "method.loss_history=1",
         "method.confidence_penalty=false",
     ],
+    # DULC: UNICON Train_cifar.py's cifar10 warm-up (DULC's own code could not be read)
+    "dulc": ["method.warm_up=10"],
     # shengliu66/ELR ELR/config_cifar10.json
     "elr": ["method.beta=0.7", "method.lam=3"],
 }

@@ -290,6 +290,7 @@ def test_paper_tables_file() -> None:
         "ref_elr": 10,  # ELR README: 2 datasets x (4 sym + 1 asym)
         "ref_pskd": 1,  # PS-KD README: CIFAR-100 PreAct ResNet-18
         "ref_ls": 1,  # PS-KD README: its label-smoothing row
+        "ref_dulc": 14,  # DULC Table 2: 2 datasets x (4 sym + 3 asym)
     }
     assert {t: len(v["entries"]) for t, v in tables.items()} == expected
     for name, table in tables.items():
