@@ -378,3 +378,87 @@ def test_published_numbers_are_table_2() -> None:
         52.8,
     ]
     assert rows["cifar100", "asym40_c100super"] == 75.8
+
+
+# ------------------------------------------------------------------ through the engine
+ENGINE = [
+    "experiment=quickstart",
+    "method=dulc",
+    "epochs=3",
+    "batch_size=128",
+    "progress=false",
+    "logger=[]",
+    "method.warm_up=1",
+    "method.decay_epochs=2",
+]
+
+
+def _run(tmp_path, overrides: list[str]) -> dict:
+    from noisybench.run import run_experiment
+
+    threads = torch.get_num_threads()
+    try:
+        return run_experiment(compose([*ENGINE, *overrides]), run_dir=tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_digits_run_trains(tmp_path) -> None:
+    """Three epochs on digits (small CNN, sym 50 %): one warm-up epoch, then two of label
+    correction. The network learns (test accuracy far above the 10 % of chance), the
+    epoch-start pass fills alpha (its mean is logged) and gives the mislabelled samples the
+    larger weights, and the checkpoint carries the projection head."""
+    import numpy as np
+    from hydra.utils import instantiate
+
+    from noisybench.rundir import LABEL_FILE
+
+    result = _run(tmp_path, [])
+    assert result["status"] == "finished"
+    history = result["history"]
+    assert len(history) == 3
+    assert "method/alpha_mean" not in history[0]  # warm-up epoch: no correction yet
+    for h in history[1:]:
+        assert 0.0 < h["method/alpha_mean"] < 1.0
+        assert math.isfinite(h["train/l_c"]) and h["train/l_c"] > 0
+    assert history[-1]["test/acc"] > 0.5, [h["test/acc"] for h in history]
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert any(k.startswith("projection.") for k in saved["model"])
+    alpha = saved["method"]["alpha"]
+    clean = instantiate(compose(ENGINE).dataset.reader).train_labels
+    noisy = torch.from_numpy(np.load(tmp_path / LABEL_FILE))
+    wrong = noisy != clean
+    assert alpha.shape == clean.shape
+    assert float(alpha[wrong].mean()) > float(alpha[~wrong].mean()) + 0.2
+
+
+def test_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch) -> None:
+    """Killed in epoch 2 after its epoch-start pass (alpha recomputed) and one step; the
+    resumed run ends with the same history and weights as an uninterrupted one."""
+    from noisybench.engine import Interrupted
+
+    whole = _run(tmp_path / "whole", [])
+    monkeypatch.setenv("NOISYBENCH_TEST_KILL_AT", "2:1:TERM")  # epoch 2, before step 1
+    with pytest.raises(Interrupted):
+        _run(tmp_path / "killed", [])
+    monkeypatch.delenv("NOISYBENCH_TEST_KILL_AT")
+    resumed = _run(tmp_path / "killed", [])
+    assert resumed["status"] == "finished"
+    keys = ("train/loss", "train/l_ce", "train/l_c", "method/alpha_mean", "test/acc")
+    for a, b in zip(whole["history"], resumed["history"], strict=True):
+        assert {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}
+    wa = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    wb = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
+    for key, value in wa["model"].items():
+        assert torch.equal(value, wb["model"][key]), key
+    assert torch.equal(wa["method"]["alpha"], wb["method"]["alpha"])
+
+
+def test_no_host_sync_on_the_correction_step() -> None:
+    """The correction phase's step (weak forward, MixUp, contrastive loss) reads nothing
+    back to the host (the shared check runs the warm-up phase under CODE_DEFAULTS)."""
+    from test_engine_host_sync import count_syncs
+
+    step_counts, load_counts = count_syncs("dulc", ["method.warm_up=0"])
+    assert sum(step_counts.values()) == 0, dict(step_counts)
+    assert sum(load_counts.values()) == 0, dict(load_counts)

@@ -90,6 +90,8 @@ EXTRA_OVERRIDES: dict[str, Callable[[pytest.FixtureRequest], list[str]]] = {
         "method.confidence_penalty=false",
     ],
     "elr": lambda _: ["method.beta=0.7", "method.lam=3"],
+    # No warm-up: the first step already trains the correction, MixUp and the projection head.
+    "dulc": lambda _: ["method.warm_up=0"],
     # Truncated L_q with pruning from epoch 2 on: the pruning pass runs in the test.
     "gce": lambda _: ["method.truncated=true", "method.start_prune=2", "method.prune_every=1"],
 }
