@@ -72,7 +72,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from noisybench.baselines.dividemix import sharpen  # Eq. 4 (MixMatch's sharpening)
 from torch import Tensor, nn
 
 from noisybench.errors import UserError
@@ -123,6 +122,12 @@ def decay_beta(epoch: int, a: float, decay_epochs: int) -> float:
 def correction_weight(jsd_norm: Tensor, beta: float, gamma: float) -> Tensor:
     """Eq. 10: ``alpha = (1 - beta) JSD_norm + gamma beta`` (``gamma beta``: the floor)."""
     return (1.0 - beta) * jsd_norm + gamma * beta
+
+
+def sharpen(probs: Tensor, temperature: float) -> Tensor:
+    """Eq. 4: ``p_j^(1/T) / sum_k p_k^(1/T)`` (the sharpening of MixMatch / DivideMix)."""
+    pt = probs.pow(1.0 / temperature)
+    return pt / pt.sum(dim=1, keepdim=True)
 
 
 def corrected_target(alpha: Tensor, p_hat: Tensor, labels: Tensor) -> Tensor:
