@@ -354,6 +354,9 @@ def test_reference_protocol_and_presets() -> None:
         resolved(compose(["experiment=quickstart", "method=dulc"]))
     quick = resolved(compose(["experiment=quickstart", "method=dulc", *CODE_DEFAULTS["dulc"]]))
     assert quick["method"]["warm_up"] == 10
+    # Table 4 (lower) protocol: BSD+'s setting, DULC in place of BSD+, the same noise
+    t4 = resolved(compose(["experiment=table4_bsdplus", "method=dulc", "noise=asym40"]))
+    assert (t4["method"]["name"], t4["method"]["warm_up"], t4["epochs"]) == ("dulc", 10, 300)
 
 
 def test_published_numbers_are_table_2() -> None:
