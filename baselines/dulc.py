@@ -163,7 +163,10 @@ class DULCNetwork(nn.Module):
 
     ``forward(x)`` returns the logits of ``model`` unchanged; ``forward(x, heads=True)`` returns
     ``(logits, projection)`` from one pass, the projection taken on the input of the model's
-    final linear layer ``model.head`` (the pooled features, as UNICON's ``projection_head``).
+    final linear layer ``model.head`` (the pooled features, as UNICON's ``projection_head``),
+    read by a forward pre-hook on ``head``: the model's own forward runs unchanged (the small
+    models apply their dropout, if any, between ``forward_features`` and ``head``, so
+    ``head(forward_features(x))`` would not be their logits), and one pass gives both.
     """
 
     def __init__(self, model: nn.Module, proj_dim: int = 128) -> None:
@@ -172,14 +175,13 @@ class DULCNetwork(nn.Module):
         self.projection = nn.Sequential(
             nn.Linear(int(model.num_features), proj_dim), nn.BatchNorm1d(proj_dim)
         )
+        self._capturing = False
         self._captured: list[Tensor] = []
         model.head.register_forward_pre_hook(self._capture)
 
     def _capture(self, _module: nn.Module, args: tuple[Tensor, ...]) -> None:
         if self._capturing:
             self._captured.append(args[0])
-
-    _capturing = False
 
     def forward(self, x: Tensor, heads: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         if not heads:
