@@ -30,6 +30,7 @@ from noisybench.baselines.dulc import (
     mix,
     sharpen,
     unicon_contrastive_loss,
+    uniform_prior_penalty,
 )
 
 from noisybench.config import compose, resolved
@@ -241,6 +242,20 @@ def test_contrastive_loss_matches_uniconss_code(seed: int) -> None:
     torch.testing.assert_close(b.grad, rb.grad, atol=1e-5, rtol=1e-5)
 
 
+def test_uniform_prior_penalty_by_hand_and_against_uniconss_code() -> None:
+    # mean softmax [0.75, 0.25]: 0.5 log(0.5 / 0.75) + 0.5 log(0.5 / 0.25)
+    #   = 0.5 * (-0.4054651) + 0.5 * 0.6931472 = 0.1438410
+    logits = torch.log(torch.tensor([[0.9, 0.1], [0.6, 0.4]]))
+    assert float(uniform_prior_penalty(logits)) == pytest.approx(0.1438410, abs=1e-6)
+    # UNICON Train_cifar.py train: prior = ones(K) / K; pred_mean = softmax(logits).mean(0);
+    # penalty = sum(prior * log(prior / pred_mean))
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(32, 10, generator=g)
+    prior = torch.ones(10) / 10
+    theirs = torch.sum(prior * torch.log(prior / torch.softmax(z, dim=1).mean(0)))
+    torch.testing.assert_close(uniform_prior_penalty(z), theirs, **TOL)
+
+
 # ------------------------------------------------------------------ the network with heads
 def test_network_adds_the_projection_without_changing_the_logits() -> None:
     from noisybench.models import create_model
@@ -321,6 +336,14 @@ def test_training_step_targets_and_loss_by_hand(monkeypatch) -> None:
     torch.testing.assert_close(out.extras["l_c"], lc, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.loss, ce + 0.1 * lc, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.logits, logits)
+    assert "penalty" not in out.extras  # the paper's Eq. 12 has no prior penalty
+
+    method.prior_penalty = True  # UNICON's penalty on the mixed rows' mean prediction
+    out = method.training_step(net, batch, epoch=5)
+    mean = mixed_logits.softmax(1).mean(0)
+    penalty = (0.5 * torch.log(0.5 / mean)).sum()
+    torch.testing.assert_close(out.extras["penalty"], penalty, **TOL)
+    torch.testing.assert_close(out.loss, ce + 0.1 * out.extras["l_c"] + penalty, atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------ configuration
