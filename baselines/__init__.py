@@ -22,4 +22,6 @@ CODE_DEFAULTS: dict[str, list[str]] = {
     ],
     # shengliu66/ELR ELR/config_cifar10.json
     "elr": ["method.beta=0.7", "method.lam=3"],
+    # ryl0427/Code-for-OT-Filter Train_CIFAR.py (warm_up = 10: its cifar10 value)
+    "otfilter": ["method.warm_up=10"],
 }

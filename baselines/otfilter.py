@@ -71,12 +71,19 @@ Deviations from the code (each kept on purpose):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from noisybench.baselines.dividemix import sharpen
-from torch import Tensor
+from torch import Tensor, nn
+
+from noisybench.errors import UserError
+from noisybench.method import Batch, EpochPlan, Method, MethodContext, StepOutput
 
 __all__ = [
+    "OTFilter",
+    "OTFilterNet",
     "class_barycenters",
     "filter_labels",
     "label_regularised_sinkhorn",
@@ -296,3 +303,195 @@ def streams(
         chunks.append(unlabelled[torch.randperm(n_u, generator=generator)][:per_pass])
         total += per_pass
     return steps, rows_l, torch.cat(chunks)[:need]
+
+
+# ----------------------------------------------------------------------------- the method
+class OTFilterNet(nn.Module):
+    """The code's network: the backbone, then ``linear1: D -> 128`` (the OT feature), then
+    ``linear2: 128 -> K`` with nothing in between (``model.py``, ``ResNet.forward``).
+
+    ``linear1`` takes the place of the backbone's own head (so the backbone's dropout, for
+    the models that have one, stays before it); ``forward`` returns the logits.
+    """
+
+    def __init__(self, model: nn.Module, feature_dim: int = 128) -> None:
+        super().__init__()
+        head = getattr(model, "head", None)
+        if not isinstance(head, nn.Linear):
+            raise UserError(
+                f"method=otfilter replaces the model's final nn.Linear `head`, which "
+                f"{type(model).__name__} does not have; pick a noisybench model"
+            )
+        model.head = nn.Linear(head.in_features, int(feature_dim))
+        self.backbone = model
+        self.classifier = nn.Linear(int(feature_dim), head.out_features)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The ``feature_dim``-d feature the transport is computed on (the code's ``feature``)."""
+        return self.backbone(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.backbone(x))
+
+
+class _Features(nn.Module):
+    """``evaluate_train`` runs a module's ``forward``; this one's is the OT feature."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.features(x)
+
+
+class OTFilter(Method):
+    """OT-Filter (see the module docstring).
+
+    Args:
+        warm_up: cross-entropy epochs before the first filter (code: 10 CIFAR-10, 30
+            CIFAR-100).
+        batch_size: B of the labelled and unlabelled streams (the run's ``batch_size``; code
+            128).
+        temperature: sharpening T of the unlabelled targets (0.5).
+        alpha: MixMatch Beta(alpha, alpha) (4).
+        lambda_u: weight of the unlabelled loss (25).
+        feature_dim: width of the OT feature layer (128).
+        reg: entropic regularisation of the transport (the code's ``lambd``, 10).
+        penalty_p, penalty_eps, rounds: the label regularisation's ``p``, ``epsilon`` and
+            ``iters`` (0.5, 1e-6, 5).
+    """
+
+    views = ("weak", "weak_2", "strong", "strong_2")
+
+    def __init__(  # noqa: PLR0913
+        self,
+        warm_up: int = 10,
+        batch_size: int = 128,
+        temperature: float = 0.5,
+        alpha: float = 4.0,
+        lambda_u: float = 25.0,
+        feature_dim: int = 128,
+        reg: float = 10.0,
+        penalty_p: float = 0.5,
+        penalty_eps: float = 1e-6,
+        rounds: int = 5,
+    ) -> None:
+        super().__init__()
+        if int(warm_up) < 0 or int(batch_size) < 1 or int(feature_dim) < 1 or int(rounds) < 1:
+            raise UserError(
+                f"method.warm_up={warm_up}, batch_size={batch_size}, feature_dim={feature_dim} "
+                f"and rounds={rounds} must be >= 0, >= 1, >= 1, >= 1; the code uses 10, 128, "
+                "128 and 5"
+            )
+        if min(float(temperature), float(alpha), float(reg), float(penalty_eps)) <= 0:
+            raise UserError(
+                f"method.temperature={temperature}, alpha={alpha}, reg={reg} and penalty_eps="
+                f"{penalty_eps} must be positive; the code uses 0.5, 4, 10 and 1e-6"
+            )
+        self.warm_up = int(warm_up)
+        self.batch_size = int(batch_size)
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+        self.lambda_u = float(lambda_u)
+        self.feature_dim = int(feature_dim)
+        self.ot = {"reg": float(reg), "p": float(penalty_p), "eps": float(penalty_eps)}
+        self.rounds = int(rounds)
+        self.noisy: Tensor
+        self.labelled: Tensor
+        self.ot_first: Tensor
+        self.ot_label: Tensor
+
+    def network(self, model: nn.Module) -> nn.Module:
+        """The ``D -> 128 -> K`` head around the run's backbone (:class:`OTFilterNet`)."""
+        return OTFilterNet(model, self.feature_dim)
+
+    def setup(self, ctx: MethodContext) -> None:
+        """The division (everything labelled until the first filter) and both rounds' OT
+        labels, in registered buffers: a checkpoint written mid-epoch carries the epoch's
+        division, and :meth:`epoch_plan` rebuilds the same streams from it."""
+        super().setup(ctx)
+        n, dev = ctx.num_samples, ctx.device
+        self.register_buffer("noisy", ctx.noisy_labels.clone(), persistent=False)
+        self.register_buffer("labelled", torch.ones(n, dtype=torch.bool, device=dev))
+        self.register_buffer("ot_first", ctx.noisy_labels.clone().long())
+        self.register_buffer("ot_label", ctx.noisy_labels.clone().long())
+
+    @torch.no_grad()
+    def on_epoch_start(
+        self, model: nn.Module, epoch: int, evaluate_train: Callable[[nn.Module], Tensor]
+    ) -> None:
+        """The filter: features of the whole training set, two transport rounds, the
+        division ``labelled = (second OT label == given label)``."""
+        if epoch < self.warm_up:
+            return
+        feats = evaluate_train(_Features(model))
+        first, second = filter_labels(
+            feats, self.noisy, self.num_classes, rounds=self.rounds, **self.ot
+        )
+        self.ot_first.copy_(first)
+        self.ot_label.copy_(second)
+        self.labelled.copy_(second == self.noisy)
+
+    def epoch_plan(self, epoch: int, seed: int) -> EpochPlan | None:
+        """The code's two loaders (:func:`streams`) from the stored division, shuffled by a
+        generator seeded with ``(seed, epoch)``; None (the ordinary epoch) during warm-up."""
+        if epoch < self.warm_up:
+            return None
+        labelled = self.labelled.cpu()  # once per epoch
+        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+        steps, rows_l, rows_u = streams(
+            labelled.nonzero().flatten(),
+            (~labelled).nonzero().flatten(),
+            self.batch_size,
+            generator,
+        )
+        dev = self.labelled.device
+        b = self.batch_size
+        return EpochPlan(
+            steps, {"unlabelled": (rows_u.to(dev), b), "labelled": (rows_l.to(dev), b)}
+        )
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int) -> dict[str, Tensor]:
+        if epoch < self.warm_up:
+            return {}
+        return {
+            "labelled": self.labelled.float().mean(),
+            "ot_agrees_first": (self.ot_first == self.noisy).float().mean(),
+        }
+
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        if epoch < self.warm_up or not batch.parts:
+            logits = model(batch.views["weak"]).float()
+            return StepOutput(loss=F.cross_entropy(logits, batch.target), logits=logits)
+        return self._mixmatch(model, batch)
+
+    def _draw(self, rows: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """MixMatch's ``lambda = max(l, 1 - l)``, ``l ~ Beta(alpha, alpha)``, and the row
+        permutation (the code: ``np.random.beta`` and ``torch.randperm``)."""
+        conc = torch.tensor(self.alpha, device=device)
+        lam = torch.distributions.Beta(conc, conc).sample()
+        return torch.maximum(lam, 1 - lam), torch.randperm(rows, device=device)
+
+    def _mixmatch(self, model: nn.Module, batch: Batch) -> StepOutput:
+        lab, unl = batch.part("labelled"), batch.part("unlabelled")
+        strong, strong_2 = batch.views["strong"], batch.views["strong_2"]
+        with torch.no_grad():  # the code guesses in train mode, one forward per weak view
+            z1 = model(batch.views["weak"][unl]).float()
+            z2 = model(batch.views["weak_2"][unl]).float()
+            guess = sharpen((z1.softmax(1) + z2.softmax(1)) / 2, self.temperature)
+        onehot = F.one_hot(batch.target[lab], self.num_classes).float()
+        inputs = torch.cat([strong[lab], strong_2[lab], strong[unl], strong_2[unl]])
+        targets = torch.cat([onehot, onehot, guess, guess])
+        lam, perm = self._draw(inputs.shape[0], inputs.device)
+        mixed = lam * inputs + (1 - lam) * inputs[perm]
+        mixed_targets = lam * targets + (1 - lam) * targets[perm]
+        logits = model(mixed)
+        rows_l = 2 * onehot.shape[0]
+        lx, lu = mixmatch_loss(logits, mixed_targets, rows_l)
+        if rows_l == 0:  # a process's share without labelled rows
+            lx = torch.zeros((), device=logits.device)
+        loss = lx + self.lambda_u * lu
+        extras = {"lx": lx.detach(), "lu": lu.detach()}
+        return StepOutput(loss=loss, logits=z1, extras=extras)

@@ -16,6 +16,7 @@ EXPECTED = {
     "elr": ("resnet34", "sym_incl", 0.4, "SGD", 0.02, 1e-3, None, 150, 128),
     "coteaching": ("coteaching_cnn", "sym_excl", 0.5, "Adam", 0.001, 0.0, None, 199, 128),
     "dividemix": ("preact_resnet18_dividemix", "sym_incl", 0.5, "SGD", 0.02, 5e-4, [150], 300, 128),
+    "otfilter": ("preact_resnet18_dividemix", "sym_incl", 0.5, "SGD", 0.02, 5e-4, [150], 300, 128),
     "sce": ("sce_cnn8", "sym_excl", 0.4, "SGD", 0.01, 1e-4, [41, 81], 120, 128),
     "pskd": ("preact_resnet18_dividemix", None, 0.0, "SGD", 0.1, 5e-4, [150, 225], 300, 128),
     "ls": ("preact_resnet18_dividemix", None, 0.0, "SGD", 0.1, 5e-4, [150, 225], 300, 128),
@@ -58,4 +59,13 @@ def test_reference_protocol_specifics() -> None:
     assert gce["method"]["truncated"] and gce["method"]["start_prune"] == 40
     dm = resolved(compose(["experiment=ref_dividemix"]))
     assert (dm["method"]["lambda_u"], dm["method"]["warm_up"]) == (25.0, 10)  # CIFAR-10 sym 50 %
+    otf = resolved(compose(["experiment=ref_otfilter"]))  # Train_CIFAR.py: cifar10, warm_up 10
+    assert (otf["method"]["warm_up"], otf["method"]["lambda_u"], otf["method"]["reg"]) == (
+        10,
+        25.0,
+        10.0,
+    )
+    assert otf["dataset"]["augment"]["erasing_p"] == 0.0  # transform_strong_10: no erasing
+    otf100 = resolved(compose(["experiment=ref_otfilter", "dataset=cifar100"]))
+    assert otf100["method"]["warm_up"] == 30
     assert resolved(compose(["experiment=ref_pskd"]))["optim"]["optimizer"]["nesterov"] is True
