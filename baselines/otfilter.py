@@ -435,11 +435,12 @@ class OTFilter(Method):
 
     def epoch_plan(self, epoch: int, seed: int) -> EpochPlan | None:
         """The code's two loaders (:func:`streams`) from the stored division, shuffled by a
-        generator seeded with ``(seed, epoch)``; None (the ordinary epoch) during warm-up."""
+        CPU generator seeded with the engine's ``(run seed, epoch)`` seed; None (the ordinary
+        epoch) during warm-up."""
         if epoch < self.warm_up:
             return None
         labelled = self.labelled.cpu()  # once per epoch
-        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+        generator = torch.Generator().manual_seed(int(seed))
         steps, rows_l, rows_u = streams(
             labelled.nonzero().flatten(),
             (~labelled).nonzero().flatten(),

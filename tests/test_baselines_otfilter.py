@@ -9,6 +9,7 @@ The reference functions below are transcribed from github.com/ryl0427/Code-for-O
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 
@@ -17,6 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from noisybench.baselines.otfilter import (
+    OTFilter,
+    OTFilterNet,
     class_barycenters,
     filter_labels,
     label_regularised_sinkhorn,
@@ -26,6 +29,10 @@ from noisybench.baselines.otfilter import (
     streams,
 )
 from scipy.spatial.distance import cdist
+
+from noisybench.config import compose
+from noisybench.engine import Interrupted
+from noisybench.run import run_experiment
 
 ot = pytest.importorskip("ot")  # the dev extra's second implementation
 
@@ -362,3 +369,101 @@ def test_streams_small_sets() -> None:
     assert rows_u.numel() == 8 and set(rows_u.tolist()) <= {10, 11, 12}
     steps, rows_l, rows_u = streams(torch.arange(20), torch.arange(0), 8, g)
     assert steps == 2 and rows_l.numel() == 16 and rows_u.numel() == 0
+
+
+# ------------------------------------------------------------------------ through the engine
+BASE = [
+    "experiment=quickstart",
+    "method=otfilter",
+    "method.warm_up=1",
+    "epochs=3",
+    "batch_size=64",
+    "dataset.reader.test_size=1297",  # 500 training images
+    "progress=false",
+    "logger=[]",
+    "device=cpu",
+]
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals(restore_torch_globals: None) -> None:
+    """run_experiment sets torch's thread count and determinism (conftest)."""
+
+
+def _mixmatch_spy(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    seen: list[dict] = []
+    original = OTFilter._mixmatch
+
+    def spy(self, model, batch):
+        lab, unl = batch.part("labelled"), batch.part("unlabelled")
+        seen.append(
+            {
+                "step": batch.step,
+                "labelled_idx": batch.idx[lab].clone(),
+                "unlabelled_idx": batch.idx[unl].clone(),
+                "division": self.labelled.clone(),
+                "net": model,
+            }
+        )
+        return original(self, model, batch)
+
+    monkeypatch.setattr(OTFilter, "_mixmatch", spy)
+    return seen
+
+
+def test_otfilter_trains_on_digits_with_the_authors_streams(tmp_path, monkeypatch) -> None:
+    """Three epochs on digits (warm-up 1): the 128-d head is the method's, each MixMatch
+    epoch has ``|L| // B`` steps of B labelled samples from the division and B unlabelled ones
+    from the rest, and the losses are finite."""
+    seen = _mixmatch_spy(monkeypatch)
+    result = run_experiment(compose(BASE), run_dir=tmp_path)
+    assert result["status"] == "finished"
+    net = seen[0]["net"]
+    assert isinstance(net, OTFilterNet)
+    assert (net.backbone.head.out_features, net.classifier.in_features) == (128, 128)
+    assert net.classifier.out_features == 10
+    by_epoch: list[list[dict]] = [[]]
+    for s in seen:
+        if s["step"] == 0 and by_epoch[-1]:
+            by_epoch.append([])
+        by_epoch[-1].append(s)
+    assert len(by_epoch) == 2  # epochs 2 and 3
+    for steps in by_epoch:
+        division = steps[0]["division"]
+        n_l = int(division.sum())
+        assert 64 <= n_l < 500
+        assert len(steps) == n_l // 64
+        for s in steps:
+            assert s["labelled_idx"].numel() == 64 and s["unlabelled_idx"].numel() == 64
+            assert division[s["labelled_idx"]].all() and not division[s["unlabelled_idx"]].any()
+        everything = torch.cat([s["labelled_idx"] for s in steps])
+        assert everything.unique().numel() == everything.numel()  # one pass, no repeats
+    for record in result["history"][1:]:
+        assert math.isfinite(record["train/lx"]) and math.isfinite(record["train/lu"])
+        assert 0.0 < record["method/labelled"] < 1.0
+
+
+def _state(run_dir) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
+    out.update({f"method.{k}": v for k, v in ckpt["method"].items()})
+    return out
+
+
+@pytest.mark.parametrize("stop", ["3:2:TERM", "2:0:TERM"])
+def test_otfilter_resume_mid_epoch_is_exact(tmp_path, monkeypatch, stop: str) -> None:
+    """Stopped at a step of a MixMatch epoch (3:2) or before the first step of the first
+    one (2:0) and resumed: the final parameters and buffers equal the uninterrupted run's
+    bit for bit (the division comes from the checkpoint, the streams from epoch_plan)."""
+    whole = run_experiment(compose(BASE), run_dir=tmp_path / "whole")
+    monkeypatch.setenv("NOISYBENCH_TEST_KILL_AT", stop)
+    with pytest.raises(Interrupted):
+        run_experiment(compose(BASE), run_dir=tmp_path / "cut")
+    monkeypatch.delenv("NOISYBENCH_TEST_KILL_AT")
+    resumed = run_experiment(compose(BASE), run_dir=tmp_path / "cut")
+    assert resumed["status"] == "finished"
+    a, b = _state(tmp_path / "whole"), _state(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [h["test/acc"] for h in whole["history"]] == [h["test/acc"] for h in resumed["history"]]
