@@ -398,6 +398,7 @@ class OTFilter(Method):
         self.ot = {"reg": float(reg), "p": float(penalty_p), "eps": float(penalty_eps)}
         self.rounds = int(rounds)
         self.noisy: Tensor
+        self.conc: Tensor
         self.labelled: Tensor
         self.ot_first: Tensor
         self.ot_label: Tensor
@@ -413,6 +414,7 @@ class OTFilter(Method):
         super().setup(ctx)
         n, dev = ctx.num_samples, ctx.device
         self.register_buffer("noisy", ctx.noisy_labels.clone(), persistent=False)
+        self.register_buffer("conc", torch.full((), self.alpha, device=dev), persistent=False)
         self.register_buffer("labelled", torch.ones(n, dtype=torch.bool, device=dev))
         self.register_buffer("ot_first", ctx.noisy_labels.clone().long())
         self.register_buffer("ot_label", ctx.noisy_labels.clone().long())
@@ -471,8 +473,8 @@ class OTFilter(Method):
     def _draw(self, rows: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """MixMatch's ``lambda = max(l, 1 - l)``, ``l ~ Beta(alpha, alpha)``, and the row
         permutation (the code: ``np.random.beta`` and ``torch.randperm``)."""
-        conc = torch.tensor(self.alpha, device=device)
-        lam = torch.distributions.Beta(conc, conc).sample()
+        # a device buffer and no argument validation: no host copy or read per step
+        lam = torch.distributions.Beta(self.conc, self.conc, validate_args=False).sample()
         return torch.maximum(lam, 1 - lam), torch.randperm(rows, device=device)
 
     def _mixmatch(self, model: nn.Module, batch: Batch) -> StepOutput:

@@ -467,3 +467,39 @@ def test_otfilter_resume_mid_epoch_is_exact(tmp_path, monkeypatch, stop: str) ->
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert [h["test/acc"] for h in whole["history"]] == [h["test/acc"] for h in resumed["history"]]
+
+
+def test_mixmatch_step_path_has_no_host_sync() -> None:
+    """The counter of tests/test_engine_host_sync.py over three MixMatch steps (after the
+    filter and one uncounted step): no host read in the step (the Beta draw, the guesses,
+    the part slices are all device work or Python integers)."""
+    from test_engine_host_sync import BASE as SYNC_BASE
+    from test_engine_host_sync import SyncCounter
+
+    from noisybench.build import build
+    from noisybench.data.loader import plan_seed
+    from noisybench.engine import _EpochSums
+
+    exp = build(compose([*SYNC_BASE, "method=otfilter", "method.warm_up=0", "batch_size=32"]))
+    trainer = exp.trainer()
+    trainer.model.train()
+    trainer.method.train()
+    trainer.method.on_epoch_start(trainer.model, 0, trainer.evaluate_train)
+    plan = trainer.method.epoch_plan(0, plan_seed(exp.source.seed, 0))
+    assert plan is not None and plan.steps >= 4  # untrained features: ~1/10 kept
+    batches = iter(exp.source.epoch(0, 0, plan))
+    sums = _EpochSums.zeros(exp.device)
+    trainer.train_step(next(batches), 0, 0, sums)  # lazy optimizer state: not counted
+    counter = SyncCounter()
+    counter.host_tensors = {
+        id(state["step"])
+        for state in trainer.optimizer.state.values()
+        if isinstance(state.get("step"), torch.Tensor) and state["step"].dim() == 0
+    }
+    with counter.patched():
+        for step in range(1, 4):
+            batch = next(batches)
+            assert batch.parts and dict(batch.parts)["labelled"] == 32
+            with counter.counting():
+                trainer.train_step(batch, 0, step, sums)
+    assert sum(counter.counts.values()) == 0, dict(counter.counts)

@@ -90,6 +90,9 @@ EXTRA_OVERRIDES: dict[str, Callable[[pytest.FixtureRequest], list[str]]] = {
         "method.confidence_penalty=false",
     ],
     "elr": lambda _: ["method.beta=0.7", "method.lam=3"],
+    # The code's CIFAR-10 warm-up: both epochs ordinary (these tests count ordinary steps);
+    # the planned MixMatch epochs run through the engine in tests/test_baselines_otfilter.py.
+    "otfilter": lambda _: ["method.warm_up=10"],
     # Truncated L_q with pruning from epoch 2 on: the pruning pass runs in the test.
     "gce": lambda _: ["method.truncated=true", "method.start_prune=2", "method.prune_every=1"],
 }
