@@ -211,12 +211,19 @@ def ot_assignment(plan: Tensor, row_class: Tensor, num_classes: int) -> Tensor:
 
 
 def class_barycenters(
-    features: Tensor, labels: Tensor, num_classes: int, fallback: Tensor
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    fallback: Tensor,
+    keep: Tensor | None = None,
 ) -> Tensor:
-    """``(K, D)`` class means of ``features`` by ``labels`` (float64); a class without a
-    sample takes its row of ``fallback`` (``(K, D)``; see the module docstring)."""
+    """``(K, D)`` class means of ``features`` by ``labels`` (float64) over the samples where
+    ``keep`` is true (all when None); a class without a sample takes its row of ``fallback``
+    (``(K, D)``; see the module docstring)."""
     x = features.to(torch.float64)
     onehot = F.one_hot(labels.long(), num_classes).to(torch.float64)  # (N, K)
+    if keep is not None:
+        onehot = onehot * keep.to(torch.float64).unsqueeze(1)
     counts = onehot.sum(dim=0)
     sums = onehot.transpose(0, 1) @ x
     means = sums / counts.clamp(min=1.0).unsqueeze(1)
@@ -254,13 +261,7 @@ def filter_labels(  # noqa: PLR0913
     overall = x.mean(dim=0, keepdim=True).expand(k, -1)
     centres = class_barycenters(x, labels, k, overall)
     first = assign(centres)
-    kept = first == labels
-    # samples whose OT label differs from the given one vote for no class (index k, dropped)
-    clean_labels = torch.where(kept, labels.long(), torch.full_like(labels.long(), k))
-    onehot = F.one_hot(clean_labels, k + 1)[:, :k].to(torch.float64)
-    counts = onehot.sum(dim=0)
-    means = (onehot.transpose(0, 1) @ x) / counts.clamp(min=1.0).unsqueeze(1)
-    clean = torch.where((counts > 0).unsqueeze(1), means, centres)
+    clean = class_barycenters(x, labels, k, centres, keep=first == labels)
     return first, assign(clean)
 
 

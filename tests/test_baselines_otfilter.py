@@ -503,3 +503,95 @@ def test_mixmatch_step_path_has_no_host_sync() -> None:
             with counter.counting():
                 trainer.train_step(batch, 0, step, sums)
     assert sum(counter.counts.values()) == 0, dict(counter.counts)
+
+
+def authors_mixmatch_step(model, inputs, labels_x, num_class, lam, idx, T=0.5, lambda_u=25.0):
+    """The body of Train_CIFAR.py ``MixMatch`` for one step, with ``l`` and ``idx`` given
+    (the code draws them with np.random.beta and torch.randperm); returns the loss."""
+    inputs_x, inputs_x2, inputs_u, inputs_u2, inputs_u3, inputs_u4 = inputs
+    batch_size = inputs_x.size(0)
+    labels_x = torch.zeros(batch_size, num_class).scatter_(1, labels_x.view(-1, 1).long(), 1)
+    with torch.no_grad():
+        outputs_u_1 = model(inputs_u3)
+        outputs_u_2 = model(inputs_u4)
+        p = (torch.softmax(outputs_u_1, dim=1) + torch.softmax(outputs_u_2, dim=1)) / 2
+        pt = p ** (1 / T)
+        targets_u = pt / pt.sum(dim=1, keepdim=True)
+        targets_u = targets_u.detach()
+    all_inputs = torch.cat([inputs_x, inputs_x2, inputs_u, inputs_u2], dim=0)
+    all_targets = torch.cat([labels_x, labels_x, targets_u, targets_u], dim=0)
+    l = max(lam, 1 - lam)  # noqa: E741 (the code's name)
+    input_a, input_b = all_inputs, all_inputs[idx]
+    target_a, target_b = all_targets, all_targets[idx]
+    mixed_input = l * input_a + (1 - l) * input_b
+    mixed_target = l * target_a + (1 - l) * target_b
+    logits = model(mixed_input)
+    logits_x = logits[: batch_size * 2]
+    logits_u = logits[batch_size * 2 :]
+    Lx, Lu, w = authors_semi_loss(
+        logits_x, mixed_target[: batch_size * 2], logits_u, mixed_target[batch_size * 2 :], lambda_u
+    )
+    return Lx + w * Lu
+
+
+class _BatchNet(torch.nn.Module):
+    """A network whose output depends on the batch (BatchNorm in train mode), so that the
+    order and grouping of the forward passes matter as in the code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.BatchNorm1d(8)
+        )
+        self.head = torch.nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def test_mixmatch_step_equals_the_authors_step(monkeypatch) -> None:
+    """One planned step (6 unlabelled rows, then 6 labelled; views strong, strong_2, weak,
+    weak_2) against the transcribed step with the same ``l`` and permutation: loss and
+    every gradient agree to 1e-6 (float32), and BatchNorm's running statistics too (the
+    guesses run in train mode, one forward per weak view, as in the code)."""
+    from noisybench.method import Batch, MethodContext
+
+    gen = torch.Generator().manual_seed(3)
+    views = {
+        k: torch.randn(12, 3, 2, 2, generator=gen) for k in ("weak", "weak_2", "strong", "strong_2")
+    }
+    target = torch.randint(0, 5, (12,), generator=gen)
+    batch = Batch(
+        idx=torch.arange(12),
+        target=target,
+        views=views,
+        parts=(("unlabelled", 6), ("labelled", 6)),
+    )
+    method = OTFilter(warm_up=0, batch_size=6)
+    ctx = MethodContext(12, 5, target, 1, 1, torch.device("cpu"))
+    method.setup(ctx)
+    lam, perm = 0.3, torch.randperm(24, generator=gen)
+    monkeypatch.setattr(OTFilter, "_draw", lambda self, rows, device: (torch.tensor(0.7), perm))
+
+    ours_net, ref_net = _BatchNet(), _BatchNet()
+    out = method.training_step(ours_net, batch, epoch=1)
+    out.loss.backward()
+    lab, unl = slice(6, 12), slice(0, 6)
+    inputs = (
+        views["strong"][lab],
+        views["strong_2"][lab],
+        views["strong"][unl],
+        views["strong_2"][unl],
+        views["weak"][unl],
+        views["weak_2"][unl],
+    )
+    ref = authors_mixmatch_step(ref_net, inputs, target[lab], 5, lam, perm)
+    ref.backward()
+    torch.testing.assert_close(out.loss, ref, rtol=1e-6, atol=1e-6)
+    for (name, a), (_, b) in zip(
+        ours_net.named_parameters(), ref_net.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6, msg=name)
+    for a, b in zip(ours_net.buffers(), ref_net.buffers(), strict=True):
+        torch.testing.assert_close(a, b)
