@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -595,3 +596,43 @@ def test_mixmatch_step_equals_the_authors_step(monkeypatch) -> None:
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6, msg=name)
     for a, b in zip(ours_net.buffers(), ref_net.buffers(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.cli
+@pytest.mark.slow
+def test_two_processes_filter_like_one_process(tmp_path) -> None:
+    """Two gloo processes (tests/_ddp_worker.py): every process holds the same division and
+    the same parameters bit for bit, and the division of the first filtered epoch (features
+    of the warmed-up model, gathered over the processes) equals the single-process one. (The
+    MixMatch steps then mix within each process's share, as MixUp does here, so the models
+    after that epoch are not compared with the single process.)"""
+    import subprocess
+    import sys
+
+    from test_distributed import _env, _free_port
+
+    from noisybench.build import build
+
+    spec = (
+        "experiment=quickstart model=small_mlp dataset.augment.crop_padding=0 progress=false "
+        "logger=[] method=otfilter method.warm_up=1 epochs=2 batch_size=64"
+    )
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={_free_port()}", str(root / "tests" / "_ddp_worker.py"),
+           str(tmp_path), spec]  # fmt: skip
+    env = _env()
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0 = torch.load(tmp_path / "0.rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "0.rank1.pt", weights_only=False)
+    assert r0["world"] == r1["world"] == 2
+    for part in ("method", "model"):
+        for key in r0[part]:
+            assert torch.equal(r0[part][key], r1[part][key]), (part, key)
+    exp = build(compose(spec.split()))
+    exp.trainer().fit()
+    single = exp.method.state_dict()
+    assert 0 < int(single["labelled"].sum()) < single["labelled"].numel()
+    for key in ("labelled", "ot_first", "ot_label"):
+        assert torch.equal(single[key].cpu(), r0["method"][key].cpu()), key
