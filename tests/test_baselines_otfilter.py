@@ -636,3 +636,31 @@ def test_two_processes_filter_like_one_process(tmp_path) -> None:
     assert 0 < int(single["labelled"].sum()) < single["labelled"].numel()
     for key in ("labelled", "ot_first", "ot_label"):
         assert torch.equal(single[key].cpu(), r0["method"][key].cpu()), key
+
+
+@pytest.mark.cli
+@pytest.mark.slow
+def test_sigkill_mid_mixmatch_epoch_then_resume_is_exact(cli, tmp_path) -> None:
+    """SIGKILL at step 2 of the second MixMatch epoch (the last checkpoint: the end of the
+    first one), the same command again: the result history equals the uninterrupted run's,
+    and so do the final weights and buffers (the filter is recomputed from the checkpointed
+    model, the streams from the division and the seed)."""
+    from conftest import KILL_ENV, quick_run_dir, read_result
+
+    common = ["method=otfilter", "method.warm_up=1", "epochs=3", "batch_size=64"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert cli(*common, f"out_dir={whole}").returncode == 0
+    killed = cli(*common, f"out_dir={cut}", env={KILL_ENV: "3:2"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    done = cli(*common, f"out_dir={cut}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_whole = quick_run_dir(whole, *common[1:], method="otfilter")
+    run_cut = quick_run_dir(cut, *common[1:], method="otfilter")
+    skip = ("epoch_time_s",)
+    a, b = read_result(run_whole)["history"], read_result(run_cut)["history"]
+    assert [{k: v for k, v in h.items() if k not in skip} for h in a] == [
+        {k: v for k, v in h.items() if k not in skip} for h in b
+    ]
+    sa, sb = _state(run_whole), _state(run_cut)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
