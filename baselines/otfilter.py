@@ -67,6 +67,13 @@ Deviations from the code (each kept on purpose):
   labelled set smaller than B (the code: no step at all) gives one step of all of it.
 * During MixMatch epochs ``train/acc_given`` is the agreement of the weak-view predictions
   of the step's unlabelled rows with their given labels (the only unmixed forward pass).
+* Strong views are noisybench's ``strong`` kind (crop, flip, batched AutoAugment, Random
+  Erasing): ``experiment=ref_otfilter`` sets the PIL ``CIFAR10Policy`` ranges and no erasing,
+  as the code's ``transform_strong_10``; other protocols keep their own setting. Warm-up
+  epochs draw the same four views (the method's view set is fixed) and use ``weak`` only.
+* Under several processes each process mixes its own share of a step's rows (one ``lambda``
+  and one permutation per process), as the engine does for MixUp; the filter itself runs on
+  the gathered features and is the same on every process.
 """
 
 from __future__ import annotations
