@@ -1,0 +1,391 @@
+"""CSOT (baselines/csot.py) against POT and against the authors' code transcribed below.
+
+The reference functions are transcribed from changwxx/CSOT-for-LNL (``plabel_allocator.py``,
+``utils.py``) with only the device made a parameter (the code hard-codes ``cuda``) and the
+loops of ``CSOT_PL`` / ``train`` reduced to the pieces under test. POT (``pot``, the ``dev``
+extra) is the independent solver of the entropic partial OT problem.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from noisybench.baselines import csot
+
+ot = pytest.importorskip("ot")
+
+
+# ------------------------------------------------------------------ transcription (reference)
+def ref_entropic_cot_fast(a, b, M, reg, numItermax=1000):
+    device = M.device
+    a = a.to(torch.float64)
+    b = b.to(torch.float64)
+    M = M.to(torch.float64)
+    dim_a, dim_b = M.shape
+    dx = torch.ones(dim_a, dtype=torch.float64).to(device)
+    dy = torch.ones(dim_b, dtype=torch.float64).to(device)
+    K = torch.exp(M / (-reg))
+    Kp = torch.matmul(torch.diag(1 / a), K)
+    Kq = torch.matmul(torch.diag(1 / b), K.T)
+    cpt = 0
+    u = dx
+    v = dy
+    while cpt < numItermax:
+        temp = torch.div(dx, torch.matmul(Kp, v))
+        u = torch.minimum(temp, dx)
+        v = torch.div(dy, torch.matmul(Kq, u))
+        cpt = cpt + 1
+    Kprev = torch.matmul(torch.diag(u), K)
+    Kprev = torch.matmul(Kprev, torch.diag(v))
+    return Kprev
+
+
+def ref_scalar_search_armijo(phi, phi0, derphi0, c1=1e-4, alpha0=1, amin=0):
+    phi_a0 = phi(alpha0)
+    if phi_a0 <= phi0 + c1 * alpha0 * derphi0:
+        return alpha0, phi_a0
+    alpha1 = -(derphi0) * alpha0**2 / 2.0 / (phi_a0 - phi0 - derphi0 * alpha0)
+    phi_a1 = phi(alpha1)
+    if phi_a1 <= phi0 + c1 * alpha1 * derphi0:
+        return alpha1, phi_a1
+    while alpha1 > amin:
+        factor = alpha0**2 * alpha1**2 * (alpha1 - alpha0)
+        a = alpha0**2 * (phi_a1 - phi0 - derphi0 * alpha1) - alpha1**2 * (
+            phi_a0 - phi0 - derphi0 * alpha0
+        )
+        a = a / factor
+        b = -(alpha0**3) * (phi_a1 - phi0 - derphi0 * alpha1) + alpha1**3 * (
+            phi_a0 - phi0 - derphi0 * alpha0
+        )
+        b = b / factor
+        alpha2 = (-b + torch.sqrt(abs(b**2 - 3 * a * derphi0))) / (3.0 * a)
+        phi_a2 = phi(alpha2)
+        if phi_a2 <= phi0 + c1 * alpha2 * derphi0:
+            return alpha2, phi_a2
+        if (alpha1 - alpha2) > alpha1 / 2.0 or (1 - alpha2 / alpha1) < 0.96:
+            alpha2 = alpha1 / 2.0
+        alpha0 = alpha1
+        alpha1 = alpha2
+        phi_a0 = phi_a1
+        phi_a1 = phi_a2
+    return None, phi_a1
+
+
+def ref_line_search_armijo(
+    f, xk, pk, gfk, old_fval, c1=1e-4, alpha0=0.99, alpha_min=None, alpha_max=None
+):
+    def phi(alpha1):
+        return f(xk + alpha1 * pk)
+
+    phi0 = phi(0.0) if old_fval is None else old_fval
+    derphi0 = torch.sum(pk * gfk)
+    alpha, phi1 = ref_scalar_search_armijo(phi, phi0, derphi0, c1=c1, alpha0=alpha0)
+    if alpha is None:
+        return 0.0, 0, phi0
+    if alpha_min is not None or alpha_max is not None:
+        alpha = torch.clip(torch.tensor(alpha), alpha_min, alpha_max)
+    return float(alpha), 0, phi1
+
+
+def ref_entropic_cot_gcg(
+    a, b, M, reg1, reg2, f, df, numItermax=10, numInnerItermax=200, stopThr=1e-9, stopThr2=1e-9
+):
+    loop = 1
+    G = torch.outer(a, b)
+
+    def cost(G):
+        return torch.sum(M * G) + reg1 * torch.sum(G * torch.log(G)) + reg2 * f(G)
+
+    f_val = cost(G)
+    it = 0
+    while loop:
+        it += 1
+        old_fval = f_val
+        Mi = M + reg2 * df(G)
+        Gc = ref_entropic_cot_fast(a, b, Mi, reg1, numInnerItermax)
+        if torch.any(torch.isnan(Gc)) or torch.any(torch.isinf(Gc)):
+            break
+        deltaG = Gc - G
+        dcost = Mi + reg1 * (1 + torch.log(G))
+        alpha, _fc, f_val = ref_line_search_armijo(
+            cost, G, deltaG, dcost, f_val, alpha_min=0.0, alpha_max=1.0
+        )
+        G = G + alpha * deltaG
+        if it >= numItermax:
+            loop = 0
+        abs_delta_fval = abs(f_val - old_fval)
+        relative_delta_fval = abs_delta_fval / abs(f_val)
+        if relative_delta_fval < stopThr or abs_delta_fval < stopThr2:
+            loop = 0
+    return G
+
+
+def ref_omega(S, M, Q):
+    temp = torch.mul(M, Q)
+    temp1 = torch.matmul(temp, temp.t())
+    temp2 = torch.mul(S, temp1)
+    return torch.sum(temp2)
+
+
+def ref_omega_df(S, M, Q):
+    temp = torch.mul(M, Q)
+    return 2 * torch.mul(torch.matmul(S, temp), M)
+
+
+def ref_curriculum_structure_aware_pl(features, P, top_percent, L, reg_feat, reg_lab, reg_e):
+    S = torch.matmul(features, features.t())
+    mask = torch.eye(S.size(0), S.size(0)).bool()
+    S.masked_fill_(mask, 0)
+    S = S.to(torch.float64)
+
+    def f(Q):
+        return -(reg_feat * ref_omega(S, P, Q) + reg_lab * ref_omega(S, L, Q))
+
+    def df(Q):
+        return -(reg_feat * ref_omega_df(S, P, Q) + reg_lab * ref_omega_df(S, L, Q))
+
+    a = torch.ones((P.shape[0],), dtype=torch.float64) / P.shape[0]
+    top_percent = min(torch.sum(a).item(), top_percent)
+    b = torch.ones((P.shape[1],), dtype=torch.float64) / P.shape[1] * top_percent
+    coupling = ref_entropic_cot_gcg(
+        a, b, -P, reg_e, 1.0, f, df, numItermax=10, numInnerItermax=100, stopThr=1e-6, stopThr2=1e-6
+    )
+    total = features.size(0)
+    max_values, _ = torch.max(coupling, 1)
+    topk_num = int(total * top_percent)
+    _, topk_indices = torch.topk(max_values, topk_num)
+    selected_mask = torch.zeros((total,), dtype=torch.bool)
+    selected_mask[topk_indices] = True
+    return coupling, selected_mask
+
+
+def ref_csot_pl_chunk(feat, out, labels, budget, num_class, reg_e=0.1):
+    """The body of ``CSOT_PL``'s loop for one eval batch (Pmode logP, sup_label None)."""
+    L = torch.eye(num_class, dtype=torch.float64)[labels]
+    P = F.log_softmax(out, dim=1)
+    norm_feat = F.normalize(feat)
+    couplings, selected_mask = ref_curriculum_structure_aware_pl(
+        norm_feat, P, top_percent=budget, L=L, reg_feat=1.0, reg_lab=1.0, reg_e=reg_e
+    )
+    max_value, argmax_plabels = torch.max(couplings, axis=1)
+    conf = max_value / (1 / couplings.size(0))
+    conf = torch.clip(conf, min=0, max=1.0)
+    return couplings, selected_mask, argmax_plabels, conf
+
+
+def ref_curriculum_scheduler(t, T, begin=0, end=1, mode=None):
+    pho = t / T
+    ratio = pho if mode == "linear" else 1 - math.exp(-4 * pho)
+    return begin + ratio * (end - begin), pho
+
+
+def ref_budget(epoch, warm_up=10, curriculum_epoch=250):
+    if epoch < curriculum_epoch:
+        budget, _ = ref_curriculum_scheduler(
+            epoch - warm_up, curriculum_epoch - warm_up, 0.3, 1, "linear"
+        )
+    else:
+        budget = 1.0
+    return budget
+
+
+# ------------------------------------------------------------------ fixtures
+def _problem(n: int, k: int, d: int = 16, seed: int = 0, scale: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, d, generator=g, dtype=torch.float64) * 2
+    clean = torch.randint(0, k, (n,), generator=g)
+    feat = centres[clean] + torch.randn(n, d, generator=g, dtype=torch.float64)
+    logits = scale * (feat[:, :k] + torch.randn(n, k, generator=g, dtype=torch.float64) / 3)
+    noisy = torch.where(
+        torch.rand(n, generator=g) < 0.4, torch.randint(0, k, (n,), generator=g), clean
+    )
+    return feat, logits, noisy
+
+
+def assert_same_selection(ours: torch.Tensor, ref: torch.Tensor, coupling: torch.Tensor) -> None:
+    """Equal selections, except among rows tied (to 1e-9 relative) at the cut: rows whose
+    coupling saturates at ``a_i`` share one maximum, and which of them ``topk`` keeps is
+    arbitrary in the code too."""
+    assert int(ours.sum()) == int(ref.sum())
+    top = coupling.max(dim=1).values
+    cut = top[ref].min()
+    tied = (top - cut).abs() <= 1e-9 * cut
+    assert torch.equal(ours[~tied], ref[~tied])
+
+
+# ------------------------------------------------------------------ inner solver
+def test_inner_solver_matches_the_code_and_pot() -> None:
+    """The batched scaling iterations vs ``entropic_COT_fast`` (100 iterations, the code's
+    count) and vs POT's ``entropic_partial_wasserstein`` (Dykstra projections, another
+    algorithm for the same problem) run to convergence."""
+    n, k, reg, mass = 60, 5, 0.1, 0.6
+    g = torch.Generator().manual_seed(3)
+    costs = -F.log_softmax(torch.randn(3, n, k, generator=g, dtype=torch.float64) * 2, dim=2)
+    a = torch.full((3, n), 1.0 / n, dtype=torch.float64)
+    b = torch.full((3, k), mass / k, dtype=torch.float64)
+    ours = csot.entropic_partial_ot(a, b, costs, reg, 100)
+    for j in range(3):
+        ref = ref_entropic_cot_fast(a[j], b[j], costs[j], reg, 100)
+        torch.testing.assert_close(ours[j], ref, rtol=1e-12, atol=1e-15)
+    # to convergence: the same optimum as POT's
+    ours = csot.entropic_partial_ot(a, b, costs, reg, 3000)
+    worst = 0.0
+    for j in range(3):
+        pot = ot.partial.entropic_partial_wasserstein(
+            a[j].numpy(),
+            b[j].numpy(),
+            costs[j].numpy(),
+            reg,
+            m=mass,
+            numItermax=20000,
+            stopThr=1e-15,
+        )
+        worst = max(worst, float(np.abs(ours[j].numpy() - pot).max() / pot.max()))
+    assert worst < 1e-6, worst
+    # constraints: columns exact, rows at most a
+    torch.testing.assert_close(ours.sum(1), b, rtol=1e-10, atol=0)
+    assert bool((ours.sum(2) <= a * (1 + 1e-9)).all())
+
+
+# ------------------------------------------------------------------ whole solver
+@pytest.mark.parametrize("budget", [0.3, 0.65, 1.0])
+def test_coupling_matches_the_code(budget: float) -> None:
+    """``csot_coupling`` (batched GCG) vs the transcribed ``curriculum_structure_aware_PL``
+    per chunk: coupling, selection, OT label, confidence. The three chunks take different
+    paths (logit scales 1, 0.5, 3: at budget 1 the first needs the cubic line search and ends
+    with no step, the third stops on a non-finite direction at its second iteration, the
+    second runs all 10 iterations)."""
+    n, k = 96, 6
+    chunks = [_problem(n, k, seed=0, scale=s) for s in (1.0, 0.5, 3.0)]
+    feats = torch.stack([F.normalize(c[0]) for c in chunks])
+    sim = torch.bmm(feats, feats.transpose(1, 2))
+    sim.diagonal(dim1=1, dim2=2).zero_()
+    logp = torch.stack([F.log_softmax(c[1], dim=1) for c in chunks])
+    onehot = torch.stack([F.one_hot(c[2], k).double() for c in chunks])
+    mass = csot.chunk_mass(n, budget)
+    coupling = csot.csot_coupling(sim, logp, onehot, mass)
+    selected, label, conf = csot.csot_select(coupling, mass)
+    for j, (feat, logits, noisy) in enumerate(chunks):
+        ref_c, ref_sel, ref_lab, ref_conf = ref_csot_pl_chunk(feat, logits, noisy, budget, k)
+        torch.testing.assert_close(coupling[j], ref_c, rtol=1e-9, atol=1e-14)
+        assert_same_selection(selected[j], ref_sel, ref_c)
+        assert torch.equal(label[j], ref_lab)
+        torch.testing.assert_close(conf[j], ref_conf, rtol=1e-9, atol=1e-12)
+
+
+def test_assign_over_shuffled_chunks_matches_the_code() -> None:
+    """``csot_assign`` on N = 300 in chunks of 128 (two full chunks solved together, the short
+    last one alone) vs the transcription chunk by chunk in the same order."""
+    n, k, chunk, budget = 300, 5, 128, 0.5
+    feat, logits, noisy = _problem(n, k, seed=7)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(1))
+    selected, label, conf = csot.csot_assign(feat, logits, noisy, budget, order, chunk=chunk)
+    for start in range(0, n, chunk):
+        rows = order[start : start + chunk]
+        ref_c, ref_sel, ref_lab, ref_conf = ref_csot_pl_chunk(
+            feat[rows], logits[rows], noisy[rows], budget, k
+        )
+        assert_same_selection(selected[rows], ref_sel, ref_c)
+        assert torch.equal(label[rows], ref_lab)
+        torch.testing.assert_close(conf[rows], ref_conf, rtol=1e-9, atol=1e-12)
+    labelled, conf_u, unselected = csot.split_masks(label, noisy, selected)
+    assert int(selected.sum()) == 2 * int(128 * 0.5) + int(44 * 0.5)
+    assert torch.equal(labelled | conf_u, selected) and torch.equal(unselected, ~selected)
+    assert not bool((labelled & conf_u).any())
+
+
+def test_chunk_mass_reproduces_the_float64_sum() -> None:
+    """The code's ``min(sum(a), budget)``: 1 for a 1024 chunk, just below 1 for some sizes."""
+    for size in (1024, 848, 44, 128):
+        a = torch.ones((size,), dtype=torch.float64) / size
+        assert csot.chunk_mass(size, 1.0) == min(torch.sum(a).item(), 1.0)
+        assert csot.chunk_mass(size, 0.4) == 0.4
+
+
+# ------------------------------------------------------------------ curriculum and split
+@pytest.mark.parametrize("warm_up", [10, 30])
+def test_curriculum_budget_matches_the_code(warm_up: int) -> None:
+    for epoch in range(warm_up, 451):
+        assert abs(csot.curriculum_budget(epoch, warm_up) - ref_budget(epoch, warm_up)) < 1e-15
+    assert csot.curriculum_budget(warm_up, warm_up) == pytest.approx(0.3)
+    assert csot.curriculum_budget(250, warm_up) == 1.0
+
+
+def ref_get_masks(argmax_plabels, noisy_labels, selected_mask):
+    equal_label_mask = torch.eq(noisy_labels, argmax_plabels)
+    conf_l_mask = torch.logical_and(selected_mask, equal_label_mask)
+    conf_u_mask = torch.logical_and(selected_mask, ~equal_label_mask)
+    lowconf_u_mask = ~selected_mask
+    return conf_l_mask, conf_u_mask, lowconf_u_mask
+
+
+def test_split_matches_get_masks() -> None:
+    g = torch.Generator().manual_seed(0)
+    lab, noisy = torch.randint(0, 4, (200,), generator=g), torch.randint(0, 4, (200,), generator=g)
+    sel = torch.rand(200, generator=g) < 0.5
+    for ours, ref in zip(
+        csot.split_masks(lab, noisy, sel), ref_get_masks(lab, noisy, sel), strict=True
+    ):
+        assert torch.equal(ours, ref)
+
+
+# ------------------------------------------------------------------ losses (the code's train)
+def _logits(seed: int, rows: int = 32, k: int = 10) -> torch.Tensor:
+    return torch.randn(rows, k, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def test_refined_targets_and_strong_view_target_match_the_code() -> None:
+    out1, out2 = _logits(1), _logits(2)
+    labels = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(3))
+    conf = torch.rand(32, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    # the code
+    target_x = torch.eye(10, dtype=torch.float64)[labels]
+    conf_x = conf.view(-1, 1).type(torch.FloatTensor)
+    px = (torch.softmax(out1, dim=1) + torch.softmax(out2, dim=1)) / 2
+    px = conf_x * target_x + (1 - conf_x) * px
+    ptx = px ** (1 / 0.5)
+    ref = ptx / ptx.sum(dim=1, keepdim=True)
+    ours = csot.refined_targets(out1, out2, F.one_hot(labels, 10).float(), conf.float())
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_mixup_loss_and_prior_penalty_match_the_code() -> None:
+    logits = _logits(5, rows=64)
+    target = torch.softmax(_logits(6, rows=64), dim=1)
+    ref_loss = -torch.mean(torch.sum(F.log_softmax(logits, dim=1) * target, dim=1))
+    prior = torch.ones(10) / 10
+    pred_mean = torch.softmax(logits, dim=1).mean(0)
+    ref_pen = torch.sum(prior * torch.log(prior / pred_mean))
+    loss, pen = csot.mixup_loss(logits, target)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(pen, ref_pen, rtol=1e-6, atol=1e-7)
+
+
+def test_simsiam_loss_matches_the_code() -> None:
+    z1, z2, p1, p2 = (_logits(s, k=24) for s in range(10, 14))
+    criterion = torch.nn.CosineSimilarity(dim=1)
+    ref = -(criterion(p1, z2.detach()).mean() + criterion(p2, z1.detach()).mean()) * 0.5
+    torch.testing.assert_close(csot.simsiam_loss(z1, z2, p1, p2), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_fixmatch_loss_matches_the_code() -> None:
+    out_uw, out_us = _logits(20) * 3, _logits(21)
+    g = torch.Generator().manual_seed(22)
+    u_plabels = torch.where(
+        torch.rand(32, generator=g) < 0.7,
+        out_uw.argmax(1),
+        torch.randint(0, 10, (32,), generator=g),
+    )
+    u_conf_mask = torch.rand(32, generator=g) < 0.6
+    pu_w = torch.softmax(out_uw, dim=1)
+    max_probs = pu_w[torch.ones(32, dtype=torch.bool), u_plabels]
+    mask = max_probs.ge(0.95) & u_conf_mask
+    targets_u = torch.eye(10, dtype=torch.float64)[u_plabels]
+    ref = -torch.mean(mask.float() * torch.sum(F.log_softmax(out_us, dim=1) * targets_u, dim=1))
+    loss, ours_mask = csot.fixmatch_loss(out_uw, out_us, u_plabels, u_conf_mask, 0.95)
+    assert 0 < int(mask.sum()) < 32 and torch.equal(ours_mask, mask)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-7)
