@@ -74,11 +74,19 @@ Deviations kept (and why):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from noisybench.errors import UserError
+from noisybench.method import Batch, EpochPlan, Method, MethodContext, StepOutput
 
 __all__ = [
+    "CSOT",
+    "CSOTNetwork",
     "csot_assign",
     "csot_coupling",
     "csot_select",
@@ -89,6 +97,7 @@ __all__ = [
     "refined_targets",
     "simsiam_loss",
     "split_masks",
+    "stream",
 ]
 
 
@@ -364,3 +373,313 @@ def fixmatch_loss(
     mask = picked.ge(threshold) & confident
     ce = -F.log_softmax(logits_s, dim=1).gather(1, ot_label.view(-1, 1)).squeeze(1)
     return torch.mean(mask.to(ce.dtype) * ce), mask
+
+
+# ---------------------------------------------------------------------------------- streams
+def stream(indices: Tensor, per_step: int, steps: int, gen: torch.Generator) -> Tensor:
+    """A cycled ``drop_last`` loader's sample sequence over ``steps`` steps: permutations of
+    ``indices`` (drawn from ``gen``), each cut to ``(len // per_step) * per_step`` samples,
+    concatenated until ``steps * per_step`` (the code's ``iter(loader)`` restarted in
+    ``train``'s ``except`` branch)."""
+    n = int(indices.numel())
+    used = (n // per_step) * per_step
+    need = steps * per_step
+    out, have = [], 0
+    while have < need:
+        out.append(indices[torch.randperm(n, generator=gen)[:used]])
+        have += used
+    return torch.cat(out)[:need]
+
+
+# ---------------------------------------------------------------------------------- network
+class CSOTNetwork(nn.Module):
+    """The code's ``Net``: backbone features -> projector ``Linear(D, D)`` (``encoder.head``)
+    -> ``z``; classifier: the backbone's ``head`` on ``z`` (``cls``); SimSiam predictor
+    ``D -> pred_dim (no bias) -> BN -> ReLU -> D``. ``forward(x)``: logits;
+    ``forward(x, heads=True)``: ``(z, logits, predictor(z))``."""
+
+    def __init__(self, model: nn.Module, pred_dim: int = 128) -> None:
+        super().__init__()
+        d = int(model.num_features)
+        self.model = model
+        self.projector = nn.Linear(d, d)
+        self.predictor = nn.Sequential(
+            nn.Linear(d, pred_dim, bias=False),
+            nn.BatchNorm1d(pred_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(pred_dim, d),
+        )
+
+    def features(self, x: Tensor) -> Tensor:
+        """``z``: the projected features (the OT's and SimSiam's)."""
+        return self.projector(self.model.forward_features(x))
+
+    def forward(self, x: Tensor, heads: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        z = self.features(x)
+        logits = self.model.head(z)
+        if not heads:
+            return logits
+        return z, logits, self.predictor(z)
+
+
+class _FeaturesAndLogits(nn.Module):
+    """``cat(z, logits)`` of a :class:`CSOTNetwork`, for the engine's pass over the training
+    set."""
+
+    def __init__(self, net: CSOTNetwork) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.net.features(x)
+        return torch.cat([z, self.net.model.head(z)], dim=1)
+
+
+# ---------------------------------------------------------------------------------- method
+class CSOT(Method):
+    """CSOT with one network (see the module docstring).
+
+    Args:
+        batch_size: ``B``, samples per stream per step (the run's ``batch_size``; the code's
+            128); the warm-up uses ``2 B``.
+        warm_up: cross-entropy warm-up epochs (code: 10 CIFAR-10, 30 CIFAR-100).
+        confidence_penalty: add the negative-entropy penalty in warm-up (code: asym noise).
+        curriculum_epoch, begin_rate: the budget rises linearly from ``begin_rate`` at
+            ``warm_up`` to 1 at ``curriculum_epoch`` (250, 0.3).
+        reg_e, reg_feat, reg_lab: entropic, prediction-structure and label-structure weights
+            (0.1, 1, 1).
+        chunk: samples per OT problem (1024, the code's ``eval_train`` batch).
+        chunks_per_solve: chunks solved together (memory: ``chunk^2`` float64 each).
+        outer_iters, inner_iters, stop_thr: the GCG's 10 iterations, the scaling's 100, the
+            1e-6 relative / absolute stopping threshold.
+        max_line_search: cap of the Armijo cubic-interpolation loop (60, see the docstring).
+        temperature: sharpening temperature (0.5; the code's argparse ``T`` is unused).
+        alpha: MixUp Beta(alpha, alpha) (4).
+        threshold: FixMatch confidence threshold (0.95).
+        pred_dim: SimSiam predictor's hidden width (128).
+        seed: seed of the OT chunks' shuffle (mixed with the epoch).
+    """
+
+    views = ("weak", "weak_2", "strong")
+
+    def __init__(  # noqa: PLR0913
+        self,
+        batch_size: int = 128,
+        warm_up: int = 10,
+        confidence_penalty: bool = False,
+        curriculum_epoch: int = 250,
+        begin_rate: float = 0.3,
+        reg_e: float = 0.1,
+        reg_feat: float = 1.0,
+        reg_lab: float = 1.0,
+        chunk: int = 1024,
+        chunks_per_solve: int = 16,
+        outer_iters: int = 10,
+        inner_iters: int = 100,
+        stop_thr: float = 1e-6,
+        max_line_search: int = 60,
+        temperature: float = 0.5,
+        alpha: float = 4.0,
+        threshold: float = 0.95,
+        pred_dim: int = 128,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if int(batch_size) < 2 or int(warm_up) < 0 or int(curriculum_epoch) <= int(warm_up):
+            raise UserError(
+                f"method.batch_size={batch_size}, warm_up={warm_up}, curriculum_epoch="
+                f"{curriculum_epoch}: need batch_size >= 2, warm_up >= 0 and curriculum_epoch > "
+                "warm_up (the code: 128, 10, 250)"
+            )
+        if not 0.0 < float(begin_rate) <= 1.0 or int(chunk) < 2 or float(reg_e) <= 0:
+            raise UserError(
+                f"method.begin_rate={begin_rate} must be in (0, 1], chunk={chunk} >= 2 and "
+                f"reg_e={reg_e} > 0 (the code: 0.3, 1024, 0.1)"
+            )
+        self.batch_size = int(batch_size)
+        self.warm_up = int(warm_up)
+        self.confidence_penalty = bool(confidence_penalty)
+        self.curriculum_epoch = int(curriculum_epoch)
+        self.begin_rate = float(begin_rate)
+        self.chunk = int(chunk)
+        self.chunks_per_solve = max(int(chunks_per_solve), 1)
+        self.solver = {
+            "reg_e": float(reg_e),
+            "reg_feat": float(reg_feat),
+            "reg_lab": float(reg_lab),
+            "outer_iters": int(outer_iters),
+            "inner_iters": int(inner_iters),
+            "stop_thr": float(stop_thr),
+            "stop_thr2": float(stop_thr),
+            "max_line_search": int(max_line_search),
+        }
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+        self.threshold = float(threshold)
+        self.pred_dim = int(pred_dim)
+        self.seed = int(seed)
+        self.noisy: Tensor
+        self.conf: Tensor
+        self.ot_label: Tensor
+        self.labelled: Tensor
+        self.confident: Tensor
+        self.semi: Tensor
+        self.budget: Tensor
+
+    def network(self, model: nn.Module) -> nn.Module:
+        return CSOTNetwork(model, self.pred_dim)
+
+    def setup(self, ctx: MethodContext) -> None:
+        """Per-sample buffers of the last division (checkpointed)."""
+        super().setup(ctx)
+        n, dev = ctx.num_samples, ctx.device
+        self.register_buffer("noisy", ctx.noisy_labels.clone(), persistent=False)
+        self.register_buffer("conf", torch.ones(n, device=dev))
+        self.register_buffer("ot_label", ctx.noisy_labels.clone())
+        self.register_buffer("labelled", torch.ones(n, dtype=torch.bool, device=dev))
+        self.register_buffer("confident", torch.zeros(n, dtype=torch.bool, device=dev))
+        self.register_buffer("semi", torch.zeros((), dtype=torch.bool, device=dev))
+        self.register_buffer("budget", torch.zeros((), dtype=torch.float64, device=dev))
+
+    # ------------------------------------------------------------------ the OT division
+    def chunk_order(self, epoch: int, n: int) -> Tensor:
+        """The epoch's shuffle of the training set into OT chunks (seeded by ``(seed,
+        epoch)``; the code: ``eval_train`` loader with ``shuffle=True``)."""
+        state = np.random.SeedSequence([self.seed, int(epoch), 23]).generate_state(2, np.uint32)
+        gen = torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
+        return torch.randperm(n, generator=gen)
+
+    @torch.no_grad()
+    def on_epoch_start(
+        self, model: nn.Module, epoch: int, evaluate_train: Callable[[nn.Module], Tensor]
+    ) -> None:
+        """CSOT on the whole training set (``CSOT_PL``) and the three-way split."""
+        if epoch < self.warm_up:
+            return
+        out = evaluate_train(_FeaturesAndLogits(model))
+        k = self.num_classes
+        feats, logits = out[:, :-k], out[:, -k:]
+        budget = curriculum_budget(epoch, self.warm_up, self.curriculum_epoch, self.begin_rate)
+        order = self.chunk_order(epoch, out.shape[0])
+        selected, label, conf = csot_assign(
+            feats,
+            logits,
+            self.noisy,
+            budget,
+            order,
+            chunk=self.chunk,
+            chunks_per_solve=self.chunks_per_solve,
+            **self.solver,
+        )
+        labelled, confident, unselected = split_masks(label, self.noisy, selected)
+        self.conf.copy_(conf)
+        self.ot_label.copy_(label)
+        self.labelled.copy_(labelled)
+        self.confident.copy_(confident)
+        self.semi.logical_or_(confident.sum() > unselected.sum())
+        self.budget.fill_(budget)
+
+    def epoch_plan(self, epoch: int, seed: int) -> EpochPlan | None:
+        """Warm-up: one shuffled pass in batches of ``2 B``. Later: the labelled and the
+        unlabelled (confident-unlabelled + unselected) streams, ``B`` each per step, cycled,
+        ``max(|L| // B, |U| // B)`` steps (the code's two ``drop_last`` loaders)."""
+        gen = torch.Generator().manual_seed(int(seed))
+        dev = self.labelled.device
+        b = self.batch_size
+        n = int(self.labelled.numel())
+        if epoch < self.warm_up:
+            steps = -(-n // (2 * b))
+            return EpochPlan(steps, {"warmup": (torch.randperm(n, generator=gen).to(dev), 2 * b)})
+        sets = {
+            "labelled": torch.nonzero(self.labelled).squeeze(1).cpu(),  # one sync per epoch
+            "unlabelled": torch.nonzero(~self.labelled).squeeze(1).cpu(),
+        }
+        per = {name: min(b, int(idx.numel())) for name, idx in sets.items()}
+        per = {name: p for name, p in per.items() if p >= 2}
+        steps = max(int(sets[name].numel()) // p for name, p in per.items())
+        parts = {name: (stream(sets[name], p, steps, gen).to(dev), p) for name, p in per.items()}
+        return EpochPlan(steps, parts)
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int) -> dict[str, Tensor]:
+        if epoch < self.warm_up:
+            return {}
+        return {
+            "budget": self.budget.float(),
+            "labelled": self.labelled.float().mean(),
+            "confident_unlabelled": self.confident.float().mean(),
+            "semi": self.semi.float(),
+        }
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        if epoch < self.warm_up:
+            return self._warm_up(model, batch)
+        return self._train(model, batch)
+
+    def _warm_up(self, model: nn.Module, batch: Batch) -> StepOutput:
+        logits = model(batch.views["weak"])
+        loss = F.cross_entropy(logits, batch.target)
+        zero = torch.zeros((), device=logits.device)
+        penalty = zero
+        if self.confidence_penalty:
+            probs = torch.softmax(logits, dim=1)
+            penalty = torch.mean(torch.sum(probs.log() * probs, dim=1))
+            loss = loss + penalty
+        return StepOutput(loss=loss, logits=logits, extras={"penalty": penalty.detach()})
+
+    def _rows(self, batch: Batch, name: str) -> slice:
+        return batch.part(name) if any(k == name for k, _ in batch.parts) else slice(0, 0)
+
+    def _train(self, model: nn.Module, batch: Batch) -> StepOutput:
+        """The code's ``train`` step: labelled then unlabelled rows, six forward passes in
+        the code's order (each its own batch-norm batch)."""
+        weak, weak2, strong = batch.views["weak"], batch.views["weak_2"], batch.views["strong"]
+        zero = torch.zeros((), device=weak.device)
+        lab, unl = self._rows(batch, "labelled"), self._rows(batch, "unlabelled")
+        k = self.num_classes
+        loss = zero
+        extras = {}
+        logits_main = []
+        if lab.stop > lab.start:
+            _, out1, _ = model(weak[lab], heads=True)
+            _, out2, _ = model(weak2[lab], heads=True)
+            idx = batch.idx[lab]
+            conf = self.conf[idx].view(-1, 1).float()
+            onehot = F.one_hot(batch.target[lab], k).float()
+            target = refined_targets(out1.float(), out2.float(), onehot, conf, self.temperature)
+            inputs = torch.cat([weak[lab], weak2[lab]])
+            targets = torch.cat([target, target])
+            conc = torch.tensor(self.alpha, device=weak.device)
+            lam = torch.distributions.Beta(conc, conc).sample()
+            lam = torch.maximum(lam, 1 - lam)
+            perm = torch.randperm(inputs.shape[0], device=weak.device)
+            mixed = model(lam * inputs + (1 - lam) * inputs[perm]).float()
+            lx, penalty = mixup_loss(mixed, lam * targets + (1 - lam) * targets[perm])
+            out_s = model(strong[lab]).float()
+            fix_target = conf * target + (1 - conf) * torch.softmax(out1.float(), dim=1)
+            lfix_x = -torch.mean(torch.sum(F.log_softmax(out_s, dim=1) * fix_target, dim=1))
+            loss = loss + lx + penalty + lfix_x
+            extras.update(lx=lx.detach(), penalty=penalty.detach(), lfix_x=lfix_x.detach())
+            logits_main.append(out1)
+        if unl.stop > unl.start:
+            z1, out_w, p1 = model(weak[unl], heads=True)
+            z2, out_s, p2 = model(strong[unl], heads=True)
+            sim = simsiam_loss(z1.float(), z2.float(), p1.float(), p2.float())
+            idx = batch.idx[unl]
+            lfix_u, mask = fixmatch_loss(
+                out_w.float(),
+                out_s.float(),
+                self.ot_label[idx],
+                self.confident[idx],
+                self.threshold,
+            )
+            lfix_u = lfix_u * self.semi.float()  # the code: 0 until semi_flag
+            loss = loss + lfix_u + sim
+            extras.update(
+                simsiam=sim.detach(), lfix_u=lfix_u.detach(), mask=mask.float().mean().detach()
+            )
+            logits_main.append(out_w)
+        for key in ("lx", "penalty", "lfix_x", "simsiam", "lfix_u", "mask"):
+            extras.setdefault(key, zero)
+        return StepOutput(loss=loss, logits=torch.cat(logits_main), extras=extras)
