@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from noisybench.baselines import csot
 
 ot = pytest.importorskip("ot")
+# the transcribed line search clips with torch.tensor(alpha) on a tensor, as the code does
+pytestmark = pytest.mark.filterwarnings("ignore:To copy construct from a tensor")
 
 
 # ------------------------------------------------------------------ transcription (reference)
@@ -389,3 +391,156 @@ def test_fixmatch_loss_matches_the_code() -> None:
     loss, ours_mask = csot.fixmatch_loss(out_uw, out_us, u_plabels, u_conf_mask, 0.95)
     assert 0 < int(mask.sum()) < 32 and torch.equal(ours_mask, mask)
     torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------ streams and the plan
+def test_stream_is_a_cycled_drop_last_loader() -> None:
+    """Each restart is a fresh permutation cut to whole batches (10 samples, B = 4: 8 of each
+    permutation), as ``iter(DataLoader(..., drop_last=True))`` restarted in ``train``."""
+    idx = torch.arange(100, 110)
+    gen = torch.Generator().manual_seed(5)
+    flat = csot.stream(idx, 4, 5, gen)
+    assert flat.shape == (20,)
+    gen = torch.Generator().manual_seed(5)
+    perms = [idx[torch.randperm(10, generator=gen)[:8]] for _ in range(3)]
+    assert torch.equal(flat, torch.cat(perms)[:20])
+    for cycle in (flat[:8], flat[8:16]):
+        assert len(set(cycle.tolist())) == 8  # no repeat within one pass
+
+
+def _method(n: int = 300, k: int = 4, **kwargs) -> csot.CSOT:
+    from noisybench.method import MethodContext
+
+    m = csot.CSOT(batch_size=16, warm_up=1, **kwargs)
+    noisy = torch.arange(n) % k
+    m.setup(MethodContext(n, k, noisy, 5, 10, torch.device("cpu")))
+    return m
+
+
+def test_epoch_plan_lays_out_warm_up_and_the_two_streams() -> None:
+    m = _method()
+    warm = m.epoch_plan(0, 11)
+    ((flat, per),) = warm.parts.values()
+    assert (
+        per == 32
+        and warm.steps == math.ceil(300 / 32)
+        and sorted(flat.tolist()) == list(range(300))
+    )
+    m.labelled.copy_(torch.arange(300) < 70)  # |L| = 70, |U| = 230, B = 16
+    plan = m.epoch_plan(3, 11)
+    assert plan.steps == max(70 // 16, 230 // 16) == 14
+    lab, per_l = plan.parts["labelled"]
+    unl, per_u = plan.parts["unlabelled"]
+    assert per_l == per_u == 16 and lab.shape == unl.shape == (14 * 16,)
+    assert bool((lab < 70).all()) and bool((unl >= 70).all())
+    again = m.epoch_plan(3, 11)  # a pure function of the buffers and the seed (resume)
+    assert torch.equal(again.parts["labelled"][0], lab) and torch.equal(
+        again.parts["unlabelled"][0], unl
+    )
+    m.labelled.copy_(torch.arange(300) < 5)  # fewer than B: drawn whole each step
+    plan = m.epoch_plan(3, 11)
+    assert plan.parts["labelled"][1] == 5 and plan.steps == 295 // 16
+
+
+def test_on_epoch_start_divides_as_the_code_and_keeps_the_flag() -> None:
+    """The division stored by ``on_epoch_start`` equals the transcription's on the same
+    chunks (the method's own shuffle), and FixMatch's flag, once set, stays set."""
+    n, k = 300, 4
+    feat, logits, noisy = _problem(n, k, d=12, seed=4, scale=2.0)
+    m = _method(n, k, chunk=128)
+    m.noisy.copy_(noisy)
+    out = torch.cat([feat, logits], dim=1).float()
+    m.on_epoch_start(None, 5, lambda module: out)
+    order = m.chunk_order(5, n)
+    budget = ref_budget(5, warm_up=1)
+    for start in range(0, n, 128):
+        rows = order[start : start + 128]
+        ref_c, ref_sel, ref_lab, ref_conf = ref_csot_pl_chunk(
+            feat[rows].float(), logits[rows].float().double(), noisy[rows], budget, k
+        )
+        l_ref, u_ref, _ = ref_get_masks(ref_lab, noisy[rows], ref_sel)
+        assert torch.equal(m.ot_label[rows], ref_lab)
+        torch.testing.assert_close(m.conf[rows], ref_conf.float(), rtol=1e-5, atol=1e-6)
+        tied = ~torch.eq(m.labelled[rows] | m.confident[rows], ref_sel)
+        assert int(tied.sum()) <= 2  # only saturated rows tied at the cut may differ
+        assert torch.equal(m.labelled[rows][~tied], l_ref[~tied])
+    m.semi.fill_(True)
+    m.on_epoch_start(None, 6, lambda module: out)
+    assert bool(m.semi)
+
+
+# ------------------------------------------------------------------ through the engine
+def _digits(*extra: str):
+    from noisybench.build import build
+    from noisybench.config import compose
+
+    return build(
+        compose(
+            [
+                "experiment=quickstart",
+                "method=csot",
+                "method.warm_up=1",
+                "method.confidence_penalty=false",
+                "epochs=3",
+                "batch_size=64",
+                "model=small_mlp",
+                "progress=false",
+                "logger=[]",
+                "device=cpu",
+                *extra,
+            ]
+        )
+    )
+
+
+@pytest.fixture
+def _torch_globals(restore_torch_globals: None) -> None:
+    """build() sets torch's thread count and determinism (conftest)."""
+
+
+@pytest.mark.usefixtures("_torch_globals")
+def test_digits_run_trains_its_network_and_heads() -> None:
+    exp = _digits()
+    assert isinstance(exp.model, csot.CSOTNetwork)
+    before = exp.model.predictor[0].weight.detach().clone()
+    records = exp.trainer().fit()
+    assert not torch.equal(exp.model.predictor[0].weight, before)  # SimSiam head trained
+    assert records[-1]["test/acc"] > 0.5  # 10 classes, sym 50 %: chance is 0.1
+    assert records[-1]["train/lx"] > 0 and records[-1]["train/simsiam"] < 0
+    assert 0 < float(exp.method.labelled.float().mean()) < 1
+
+
+@pytest.mark.usefixtures("_torch_globals")
+def test_digits_run_resumes_mid_epoch_exactly() -> None:
+    """Epoch 1 (after warm-up: the OT division, the two streams, MixUp's draws) trained whole
+    vs stopped after 2 steps, checkpointed, the division clobbered, restored and finished."""
+    import copy
+
+    from noisybench.data.loader import plan_seed
+    from noisybench.engine import _EpochSums
+
+    exp = _digits("epochs=2")
+    trainer = exp.trainer()
+    trainer.train_epoch(0)
+    start = copy.deepcopy(trainer.state_dict(1))
+    trainer.train_epoch(1)
+    whole = {k: v.clone() for k, v in exp.model.state_dict().items()}
+    division = exp.method.labelled.clone()
+    trainer.load_state_dict(start)
+    exp.method.on_epoch_start(exp.model, 1, trainer.evaluate_train)
+    assert torch.equal(exp.method.labelled, division)
+    plan = exp.method.epoch_plan(1, plan_seed(exp.source.seed, 1))
+    assert plan.steps > 2
+    sums = _EpochSums.zeros(exp.device)
+    trainer.epoch_steps = plan.steps
+    trainer.model.train()
+    batches = iter(exp.source.epoch(1, 0, plan))
+    for step in range(2):
+        trainer.train_step(next(batches), 1, step, sums)
+    state = copy.deepcopy(trainer.state_dict(1, 2, sums))
+    exp.method.labelled.zero_()  # the checkpoint must carry the division
+    exp.method.conf.zero_()
+    _, _, restored = trainer.load_state_dict(state)
+    trainer.train_epoch(1, 2, restored)
+    for key, value in exp.model.state_dict().items():
+        assert torch.equal(value, whole[key]), key
