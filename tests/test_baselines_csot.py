@@ -455,7 +455,7 @@ def test_on_epoch_start_divides_as_the_code_and_keeps_the_flag() -> None:
     budget = ref_budget(5, warm_up=1)
     for start in range(0, n, 128):
         rows = order[start : start + 128]
-        ref_c, ref_sel, ref_lab, ref_conf = ref_csot_pl_chunk(
+        _, ref_sel, ref_lab, ref_conf = ref_csot_pl_chunk(
             feat[rows].float(), logits[rows].float().double(), noisy[rows], budget, k
         )
         l_ref, u_ref, _ = ref_get_masks(ref_lab, noisy[rows], ref_sel)
@@ -464,6 +464,7 @@ def test_on_epoch_start_divides_as_the_code_and_keeps_the_flag() -> None:
         tied = ~torch.eq(m.labelled[rows] | m.confident[rows], ref_sel)
         assert int(tied.sum()) <= 2  # only saturated rows tied at the cut may differ
         assert torch.equal(m.labelled[rows][~tied], l_ref[~tied])
+        assert torch.equal(m.confident[rows][~tied], u_ref[~tied])
     m.semi.fill_(True)
     m.on_epoch_start(None, 6, lambda module: out)
     assert bool(m.semi)
