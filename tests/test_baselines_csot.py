@@ -8,13 +8,21 @@ extra) is the independent solver of the entropic partial OT problem.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from noisybench.baselines import csot
+from noisybench.baselines import CODE_DEFAULTS, csot
+
+from noisybench.build import build
+from noisybench.config import compose, instantiate, without_name
+from noisybench.data.loader import plan_seed
+from noisybench.engine import _EpochSums
+from noisybench.errors import UserError
+from noisybench.method import MethodContext
 
 ot = pytest.importorskip("ot")
 # the transcribed line search clips with torch.tensor(alpha) on a tensor, as the code does
@@ -409,7 +417,6 @@ def test_stream_is_a_cycled_drop_last_loader() -> None:
 
 
 def _method(n: int = 300, k: int = 4, **kwargs) -> csot.CSOT:
-    from noisybench.method import MethodContext
 
     m = csot.CSOT(batch_size=16, warm_up=1, **kwargs)
     noisy = torch.arange(n) % k
@@ -472,8 +479,6 @@ def test_on_epoch_start_divides_as_the_code_and_keeps_the_flag() -> None:
 
 # ------------------------------------------------------------------ through the engine
 def _digits(*extra: str):
-    from noisybench.build import build
-    from noisybench.config import compose
 
     return build(
         compose(
@@ -515,10 +520,6 @@ def test_digits_run_trains_its_network_and_heads() -> None:
 def test_digits_run_resumes_mid_epoch_exactly() -> None:
     """Epoch 1 (after warm-up: the OT division, the two streams, MixUp's draws) trained whole
     vs stopped after 2 steps, checkpointed, the division clobbered, restored and finished."""
-    import copy
-
-    from noisybench.data.loader import plan_seed
-    from noisybench.engine import _EpochSums
 
     exp = _digits("epochs=2")
     trainer = exp.trainer()
@@ -545,3 +546,45 @@ def test_digits_run_resumes_mid_epoch_exactly() -> None:
     trainer.train_epoch(1, 2, restored)
     for key, value in exp.model.state_dict().items():
         assert torch.equal(value, whole[key]), key
+
+
+# ------------------------------------------------------------------ presets
+@pytest.mark.parametrize(
+    ("dataset", "noise", "expected"),
+    [  # main_cifar.py: warm_up = 10 (cifar10) / 30 (cifar100); NegEntropy iff noise_mode asym
+        ("cifar10", "sym20", (10, False)),
+        ("cifar10", "sym80", (10, False)),
+        ("cifar10", "asym40", (10, True)),
+        ("cifar100", "sym50", (30, False)),
+        ("cifar100", "asym40_c100pair", (30, True)),
+    ],
+)
+def test_presets_follow_the_code(dataset: str, noise: str, expected: tuple[int, bool]) -> None:
+
+    cfg = compose(["method=csot", f"dataset={dataset}", f"noise={noise}"]).method
+    m = instantiate(without_name(cfg), "method")
+    assert (m.warm_up, m.confidence_penalty) == expected
+    assert (m.batch_size, m.chunk, m.curriculum_epoch, m.begin_rate) == (128, 1024, 250, 0.3)
+
+
+def test_digits_without_values_is_refused_and_code_defaults_run() -> None:
+
+    with pytest.raises(UserError) as err:
+        instantiate(
+            without_name(compose(["method=csot", "experiment=quickstart"]).method), "method"
+        )
+    assert "\n" not in str(err.value) and "method.warm_up=" in str(err.value)
+    cfg = compose(["method=csot", "experiment=quickstart", *CODE_DEFAULTS["csot"]]).method
+    assert instantiate(without_name(cfg), "method").warm_up == 10
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["method.batch_size=1", "method.curriculum_epoch=5", "method.begin_rate=0", "method.reg_e=0"],
+)
+def test_bad_settings_are_refused_in_one_line(bad: str) -> None:
+
+    cfg = compose(["method=csot", "experiment=quickstart", *CODE_DEFAULTS["csot"], bad]).method
+    with pytest.raises(UserError) as err:
+        instantiate(without_name(cfg), "method")
+    assert "\n" not in str(err.value)

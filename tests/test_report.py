@@ -290,6 +290,7 @@ def test_paper_tables_file() -> None:
         "ref_elr": 10,  # ELR README: 2 datasets x (4 sym + 1 asym)
         "ref_pskd": 1,  # PS-KD README: CIFAR-100 PreAct ResNet-18
         "ref_ls": 1,  # PS-KD README: its label-smoothing row
+        "ref_csot": 4,  # BSD Table 4 quoting CSOT: CIFAR-10 sym 20 / 50 / 80 %, asym 40 %
     }
     assert {t: len(v["entries"]) for t, v in tables.items()} == expected
     for name, table in tables.items():
