@@ -588,3 +588,42 @@ def test_bad_settings_are_refused_in_one_line(bad: str) -> None:
     with pytest.raises(UserError) as err:
         instantiate(without_name(cfg), "method")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.usefixtures("_torch_globals")
+def test_after_the_division_every_parameter_learns_and_the_step_reads_nothing_back() -> None:
+    """A step of the semi-supervised stage (after warm-up and the first OT division): every
+    parameter, the SimSiam predictor and projector included, gets a non-zero gradient; and the
+    step path reads nothing back from the device (the engine's host-sync counter)."""
+    from test_engine_host_sync import SyncCounter
+
+    exp = _digits("epochs=2")
+    trainer = exp.trainer()
+    trainer.train_epoch(0)
+    exp.method.on_epoch_start(exp.model, 1, trainer.evaluate_train)
+    plan = exp.method.epoch_plan(1, plan_seed(exp.source.seed, 1))
+    assert set(plan.parts) == {"labelled", "unlabelled"}
+    batches = iter(exp.source.epoch(1, 0, plan))
+    exp.model.train()
+    batch = next(batches)
+    out = exp.method.training_step(exp.model, batch, 1)
+    exp.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    for name, param in exp.model.named_parameters():
+        assert param.grad is not None and bool((param.grad != 0).any()), name
+    assert out.logits.shape == (batch.size, 10)
+    sums = _EpochSums.zeros(exp.device)
+    trainer.epoch_steps = plan.steps
+    trainer.train_step(next(batches), 1, 1, sums)  # not counted: lazy first-step state
+    counter = SyncCounter()
+    counter.host_tensors = {  # the optimizer's step counters live on the host (no sync)
+        id(state["step"])
+        for state in exp.optimizer.state.values()
+        if isinstance(state.get("step"), torch.Tensor) and state["step"].dim() == 0
+    }
+    with counter.patched():
+        for step in range(2, 5):
+            batch = next(batches)
+            with counter.counting():
+                trainer.train_step(batch, 1, step, sums)
+    assert sum(counter.counts.values()) == 0, dict(counter.counts)
