@@ -401,6 +401,159 @@ def test_fixmatch_loss_matches_the_code() -> None:
     torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-7)
 
 
+# ------------------------------------------------------------------ one whole step
+class TinyBackbone(torch.nn.Module):
+    """A backbone with the noisybench model interface and batch norm (so the order and the
+    grouping of the forward passes matter)."""
+
+    def __init__(self, d_in: int = 12, d: int = 16, k: int = 5) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(d_in, d), torch.nn.BatchNorm1d(d), torch.nn.ReLU()
+        )
+        self.num_features = d
+        self.head = torch.nn.Linear(d, k)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+def ref_ssl_forward(net: csot.CSOTNetwork, x0: torch.Tensor, x1: torch.Tensor):
+    """``Net.forward(x, ssl=True)``: encoder on both views, classifier, predictor."""
+    z1 = net.features(x0)
+    z2 = net.features(x1)
+    out1 = net.model.head(z1)
+    out2 = net.model.head(z2)
+    p1 = net.predictor(z1)
+    p2 = net.predictor(z2)
+    return z1, z2, out1, out2, p1, p2
+
+
+def ref_train_step(
+    net,
+    xw,
+    xw2,
+    xs,
+    labels_x,
+    conf_x,
+    uw,
+    us,
+    u_plabels,
+    u_conf_mask,
+    semi_flag,
+    num_class,
+    lam,
+    perm,
+):
+    """The body of the code's ``train`` loop for one labelled and one unlabelled batch
+    (``np.random.beta`` / ``torch.randperm`` replaced by the given ``lam`` and ``perm``)."""
+    temp = 0.5
+    _, _, out1, out2, _, _ = ref_ssl_forward(net, xw, xw2)
+    target_x = torch.eye(num_class, dtype=torch.float64)[labels_x]
+    conf_x = conf_x.view(-1, 1).type(torch.FloatTensor)
+    with torch.no_grad():
+        px = (torch.softmax(out1, dim=1) + torch.softmax(out2, dim=1)) / 2
+        px = conf_x * target_x + (1 - conf_x) * px
+        ptx = px ** (1 / temp)
+        target_x = ptx / ptx.sum(dim=1, keepdim=True)
+        target_x = target_x.detach()
+    mixed_inputs = torch.cat([xw, xw2], dim=0)
+    mixed_targets = torch.cat([target_x, target_x], dim=0)
+    l = max(lam, 1 - lam)  # noqa: E741
+    mixed_input = l * mixed_inputs + (1 - l) * mixed_inputs[perm]
+    mixed_target = l * mixed_targets + (1 - l) * mixed_targets[perm]
+    mixed_logits = net(mixed_input)
+    Lx = -torch.mean(torch.sum(F.log_softmax(mixed_logits, dim=1) * mixed_target, dim=1))
+    prior = torch.ones(num_class) / num_class
+    pred_mean = torch.softmax(mixed_logits, dim=1).mean(0)
+    penalty = torch.sum(prior * torch.log(prior / pred_mean))
+    out_xs = net(xs)
+    px_w = torch.softmax(out1, dim=1)
+    target_x = conf_x * target_x + (1 - conf_x) * px_w
+    L_fix_x = -torch.mean(torch.sum(F.log_softmax(out_xs, dim=1) * target_x, dim=1))
+    z1, z2, out_uw, out_us, p1, p2 = ref_ssl_forward(net, uw, us)
+    criterion = torch.nn.CosineSimilarity(dim=1)
+    loss_rep_unlab = -(criterion(p1, z2.detach()).mean() + criterion(p2, z1.detach()).mean()) * 0.5
+    if semi_flag:
+        pu_w = torch.softmax(out_uw, dim=1)
+        max_probs = pu_w[torch.ones((pu_w.size(0),), dtype=torch.bool), u_plabels]
+        mask = max_probs.ge(0.95) & u_conf_mask
+        targets_u = torch.eye(num_class, dtype=torch.float64)[u_plabels]
+        L_fix_u = -torch.mean(
+            mask.float() * torch.sum(F.log_softmax(out_us, dim=1) * targets_u, dim=1)
+        )
+    else:
+        L_fix_u = torch.tensor([0])
+    return Lx + penalty + L_fix_x + L_fix_u + loss_rep_unlab
+
+
+@pytest.mark.parametrize("semi", [False, True])
+def test_a_whole_training_step_matches_the_code(semi: bool) -> None:
+    """``CSOT.training_step`` on a planned batch (8 labelled + 8 unlabelled rows) vs the
+    transcribed ``train`` body on a copy of the same network and the same MixUp draw: the
+    loss, every gradient and the batch-norm running statistics after the step."""
+    from noisybench.method import Batch
+
+    k, n = 5, 40
+    torch.manual_seed(0)
+    net = csot.CSOTNetwork(TinyBackbone(k=k), pred_dim=8)
+    with torch.no_grad():
+        net.model.head.weight.mul_(40.0)  # confident enough for some p >= 0.95
+    ref_net = copy.deepcopy(net)
+    m = csot.CSOT(batch_size=8, warm_up=0)
+    noisy = torch.arange(n) % k
+    m.setup(MethodContext(n, k, noisy, 5, 5, torch.device("cpu")))
+    g = torch.Generator().manual_seed(1)
+    m.conf.copy_(torch.rand(n, generator=g))
+    logits_scale = torch.randn(n, k, generator=g)
+    m.ot_label.copy_(logits_scale.argmax(1))
+    m.confident.copy_(torch.rand(n, generator=g) < 0.7)
+    m.semi.fill_(semi)
+    idx = torch.cat([torch.arange(0, 8), torch.arange(20, 28)])
+    views = {name: torch.randn(16, 12, generator=g) * 3 for name in ("weak", "weak_2", "strong")}
+    batch = Batch(idx, noisy[idx], views, parts=(("labelled", 8), ("unlabelled", 8)))
+    with torch.no_grad():  # OT labels = the weak view's argmax, so the mask can pass
+        m.ot_label[idx[8:]] = copy.deepcopy(net)(views["weak"][8:]).argmax(1)
+    net.train(), ref_net.train()
+    torch.manual_seed(7)
+    out = m.training_step(net, batch, 3)
+    out.loss.backward()
+    torch.manual_seed(7)
+    lam = torch.distributions.Beta(
+        torch.tensor(4.0), torch.tensor(4.0), validate_args=False
+    ).sample()
+    perm = torch.randperm(16)
+    lab, unl = slice(0, 8), slice(8, 16)
+    ref = ref_train_step(
+        ref_net,
+        views["weak"][lab],
+        views["weak_2"][lab],
+        views["strong"][lab],
+        noisy[idx[lab]],
+        m.conf[idx[lab]].double(),
+        views["weak"][unl],
+        views["strong"][unl],
+        m.ot_label[idx[unl]],
+        m.confident[idx[unl]],
+        semi,
+        k,
+        float(lam),
+        perm,
+    )
+    ref.sum().backward()
+    if semi:
+        assert 0.0 < float(out.extras["mask"]) < 1.0  # FixMatch rows on and off
+        assert float(out.extras["lfix_u"]) > 0
+    torch.testing.assert_close(out.loss.double(), ref.sum().double(), rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(net.named_parameters(), ref_net.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for (name, b), c in zip(net.named_buffers(), ref_net.buffers(), strict=True):
+        torch.testing.assert_close(b, c, rtol=1e-6, atol=1e-7, msg=name)
+
+
 # ------------------------------------------------------------------ streams and the plan
 def test_stream_is_a_cycled_drop_last_loader() -> None:
     """Each restart is a fresh permutation cut to whole batches (10 samples, B = 4: 8 of each
