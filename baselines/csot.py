@@ -596,6 +596,8 @@ class CSOT(Method):
         }
         per = {name: min(b, int(idx.numel())) for name, idx in sets.items()}
         per = {name: p for name, p in per.items() if p >= 2}
+        if not per:  # fewer than 4 samples: nothing to split, the ordinary epoch
+            return None
         steps = max(int(sets[name].numel()) // p for name, p in per.items())
         parts = {name: (stream(sets[name], p, steps, gen).to(dev), p) for name, p in per.items()}
         return EpochPlan(steps, parts)

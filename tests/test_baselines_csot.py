@@ -554,6 +554,28 @@ def test_a_whole_training_step_matches_the_code(semi: bool) -> None:
         torch.testing.assert_close(b, c, rtol=1e-6, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("penalty", [False, True])
+def test_warm_up_step_matches_the_code(penalty: bool) -> None:
+    """``warmup``: cross-entropy of the weak view, plus ``NegEntropy`` (``mean sum p log p``)
+    for asymmetric noise."""
+    from noisybench.method import Batch
+
+    torch.manual_seed(0)
+    net = csot.CSOTNetwork(TinyBackbone(), pred_dim=8)
+    m = csot.CSOT(batch_size=8, warm_up=2, confidence_penalty=penalty)
+    x = torch.randn(16, 12, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(16) % 5
+    batch = Batch(torch.arange(16), y, {"weak": x, "weak_2": x, "strong": x})
+    ref_net = copy.deepcopy(net)
+    out = m.training_step(net, batch, 1)
+    ref_out = ref_net(x)
+    ref = torch.nn.CrossEntropyLoss()(ref_out, y)
+    if penalty:
+        probs = F.softmax(ref_out, dim=1)
+        ref = ref + torch.mean(torch.sum(probs.log() * probs, dim=1))
+    torch.testing.assert_close(out.loss, ref, rtol=1e-6, atol=1e-7)
+
+
 # ------------------------------------------------------------------ streams and the plan
 def test_stream_is_a_cycled_drop_last_loader() -> None:
     """Each restart is a fresh permutation cut to whole batches (10 samples, B = 4: 8 of each
