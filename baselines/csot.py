@@ -70,6 +70,12 @@ Deviations kept (and why):
   norm needs 2).
 * The code's cosine schedule starts one epoch late (created after epoch 0); the engine's
   cosine decays from epoch 0.
+* Several processes (DistributedDataParallel needs every parameter in every backward): a step
+  that leaves the SimSiam predictor unused (warm-up; no unlabelled rows) adds
+  ``0 * sum(predictor output)``, which gives the predictor zero gradients, so SGD's weight
+  decay shrinks it there (one process: no gradient, no decay, as the code). The predictor's
+  batch norm sees each process's share of the rows (SyncBatchNorm needs GPUs:
+  ``distributed.sync_batchnorm=true``).
 """
 
 from __future__ import annotations
@@ -435,6 +441,13 @@ class _FeaturesAndLogits(nn.Module):
         return torch.cat([z, self.net.model.head(z)], dim=1)
 
 
+def _data_parallel(model: nn.Module) -> bool:
+    """Whether ``model`` is the engine's DistributedDataParallel wrapper (several processes):
+    then a step must give every parameter a gradient, so a step that leaves the SimSiam
+    predictor unused (warm-up, no unlabelled rows) adds ``0 * sum(predictor output)``."""
+    return isinstance(model, nn.parallel.DistributedDataParallel)
+
+
 # ---------------------------------------------------------------------------------- method
 class CSOT(Method):
     """CSOT with one network (see the module docstring).
@@ -620,8 +633,12 @@ class CSOT(Method):
         return self._train(model, batch)
 
     def _warm_up(self, model: nn.Module, batch: Batch) -> StepOutput:
-        logits = model(batch.views["weak"])
-        loss = F.cross_entropy(logits, batch.target)
+        if _data_parallel(model):  # every parameter must take part in DDP's backward
+            _, logits, pred = model(batch.views["weak"], heads=True)
+            loss = F.cross_entropy(logits, batch.target) + 0.0 * pred.sum()
+        else:
+            logits = model(batch.views["weak"])
+            loss = F.cross_entropy(logits, batch.target)
         zero = torch.zeros((), device=logits.device)
         penalty = zero
         if self.confidence_penalty:
@@ -644,7 +661,9 @@ class CSOT(Method):
         extras = {}
         logits_main = []
         if lab.stop > lab.start:
-            _, out1, _ = model(weak[lab], heads=True)
+            _, out1, pred = model(weak[lab], heads=True)
+            if unl.stop == unl.start and _data_parallel(model):
+                loss = loss + 0.0 * pred.sum()  # no SimSiam rows: DDP needs the predictor used
             _, out2, _ = model(weak2[lab], heads=True)
             idx = batch.idx[lab]
             conf = self.conf[idx].view(-1, 1).float()

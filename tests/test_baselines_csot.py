@@ -802,3 +802,37 @@ def test_after_the_division_every_parameter_learns_and_the_step_reads_nothing_ba
             with counter.counting():
                 trainer.train_step(batch, 1, step, sums)
     assert sum(counter.counts.values()) == 0, dict(counter.counts)
+
+
+# ------------------------------------------------------------------ two processes
+@pytest.mark.cli
+@pytest.mark.slow
+def test_two_processes_divide_as_one(tmp_path) -> None:
+    """Two gloo processes on the CPU (``tests/_ddp_worker.py``): both hold the same division
+    and the same network bit for bit (the OT pass runs on the gathered matrix on every
+    process), and the division made after the warm-up equals the single-process run's. The
+    semi-supervised epoch itself is not compared: the SimSiam predictor's batch norm sees
+    each process's half batch (SyncBatchNorm has no CPU kernel)."""
+    from test_distributed import _torchrun
+
+    root = __import__("pathlib").Path(__file__).resolve().parent
+    spec = (
+        "experiment=quickstart model=small_mlp dataset.augment.crop_padding=0 progress=false "
+        "logger=[] method=csot method.warm_up=1 method.confidence_penalty=false batch_size=64 "
+        "epochs=2"
+    )
+    done = _torchrun([str(root / "_ddp_worker.py"), str(tmp_path), spec], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0 = torch.load(tmp_path / "0.rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "0.rank1.pt", weights_only=False)
+    assert r0["world"] == r1["world"] == 2
+    for key in r0["method"]:
+        assert torch.equal(r0["method"][key], r1["method"][key]), key
+    for key in r0["model"]:
+        assert torch.equal(r0["model"][key], r1["model"][key]), key
+    exp = build(compose(spec.split()))
+    exp.trainer().fit()
+    one = exp.method.state_dict()
+    for key in ("labelled", "confident", "ot_label", "semi", "budget"):
+        assert torch.equal(one[key], r0["method"][key]), key
+    torch.testing.assert_close(one["conf"], r0["method"]["conf"], rtol=1e-5, atol=1e-6)
