@@ -64,7 +64,10 @@ Deviations kept (and why):
 * ``S`` and ``log_softmax`` are computed in float64 from the float32 features and logits (the
   code computes both in float32 and casts).
 * Shuffles: the OT chunks from ``torch.Generator`` seeded with ``(seed, epoch)``; the streams
-  from the engine's per-epoch seed (exact resume).
+  from the engine's per-epoch seed (exact resume); MixUp's ``lambda`` and permutation from
+  torch's generator on the training device (the code: ``np.random.beta``, CPU ``randperm``).
+* The OT confidence is stored in float32 (the code keeps float64 and casts to float32 where
+  it uses it); the refined targets are float32 (the code's one-hot is float64).
 * A labelled or unlabelled set with fewer than ``B`` samples is drawn whole each step (the code
   crashes: an empty ``drop_last`` loader); one with fewer than 2 samples is left out (batch
   norm needs 2).
