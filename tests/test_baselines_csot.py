@@ -24,7 +24,6 @@ from noisybench.engine import _EpochSums
 from noisybench.errors import UserError
 from noisybench.method import MethodContext
 
-ot = pytest.importorskip("ot")
 # the transcribed line search clips with torch.tensor(alpha) on a tensor, as the code does
 pytestmark = pytest.mark.filterwarnings("ignore:To copy construct from a tensor")
 
@@ -232,6 +231,7 @@ def test_inner_solver_matches_the_code_and_pot() -> None:
     """The batched scaling iterations vs ``entropic_COT_fast`` (100 iterations, the code's
     count) and vs POT's ``entropic_partial_wasserstein`` (Dykstra projections, another
     algorithm for the same problem) run to convergence."""
+    ot = pytest.importorskip("ot")  # pot, the dev extra
     n, k, reg, mass = 60, 5, 0.1, 0.6
     g = torch.Generator().manual_seed(3)
     costs = -F.log_softmax(torch.randn(3, n, k, generator=g, dtype=torch.float64) * 2, dim=2)
