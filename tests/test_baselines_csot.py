@@ -836,3 +836,23 @@ def test_two_processes_divide_as_one(tmp_path) -> None:
     for key in ("labelled", "confident", "ot_label", "semi", "budget"):
         assert torch.equal(one[key], r0["method"][key]), key
     torch.testing.assert_close(one["conf"], r0["method"]["conf"], rtol=1e-5, atol=1e-6)
+
+
+def test_network_is_the_codes_net_without_its_unused_parts() -> None:
+    """``PreResNet.Net`` on DivideMix's PreAct ResNet-18: the encoder's convolutions, its
+    ``head`` Linear(512, 512) (our projector: 512 * 512 + 512 = 262,656), ``cls``
+    Linear(512, 10) (the backbone's own head) and the predictor (512 * 128 without bias +
+    BN 2 * 128 + 128 * 512 + 512 = 131,840); the code's never-trained ``encoder.linear`` and
+    ``conhead`` are left out. Logits from ``forward``, (z, logits, p) with ``heads=True``."""
+    from noisybench.models.preact_resnet import preact_resnet18_dividemix
+
+    torch.manual_seed(0)
+    backbone = preact_resnet18_dividemix(num_classes=10)
+    bare = sum(p.numel() for p in backbone.parameters())
+    net = csot.CSOTNetwork(backbone)
+    assert sum(p.numel() for p in net.parameters()) == bare + 262_656 + 131_840
+    net.eval()
+    x = torch.randn(2, 3, 32, 32)
+    z, logits, pred = net(x, heads=True)
+    assert z.shape == pred.shape == (2, 512) and logits.shape == (2, 10)
+    assert torch.equal(net(x), logits)
