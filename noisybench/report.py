@@ -199,7 +199,20 @@ TABLES: dict[str, Layout] = {
 }
 # The baselines' reference protocols (experiment=ref_<method>, issue 21): ours beside the
 # numbers their own papers / code publish (paper_tables.yaml, tables ref_<method>).
-for _m in ("gce", "sce", "elr", "coteaching", "dividemix", "mixup", "pskd", "dlb", "te", "ls"):
+for _m in (
+    "gce",
+    "sce",
+    "elr",
+    "coteaching",
+    "dividemix",
+    "mixup",
+    "pskd",
+    "dlb",
+    "te",
+    "ls",
+    "otfilter",
+    "dulc",
+):
     TABLES[f"ref_{_m}"] = Layout(
         f"Reference protocol of {_m}: test accuracy (its own paper's setting)",
         ("acc",),
