@@ -219,10 +219,10 @@ def count_syncs(method: str, extra: list[str], steps: int = STEPS) -> tuple[Coun
 
         def epoch(e: int) -> Iterator:
             """The epoch's batches, laid out by the method when it plans its epochs (DivideMix's
-            reference loaders); a planned epoch checks its plan once, at its first batch."""
+            reference loaders) as the engine asks for them: the plan is checked (one host read
+            per epoch) when the epoch is asked for, so even its first batch is drawn without."""
             plan = trainer.method.epoch_plan(e, plan_seed(exp.source.seed, e))
-            batches = iter(exp.source.epoch(e, 0, plan))
-            return batches if plan is None else itertools.chain([next(batches)], batches)
+            return iter(exp.source.epoch(e, 0, plan))
 
         batches = epoch(0)
         original(trainer, next(batches), 0, 0, sums)

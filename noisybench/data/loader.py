@@ -261,13 +261,20 @@ class DeviceLoader:
     def epoch(
         self, epoch: int, start_step: int = 0, plan: EpochPlan | None = None
     ) -> Iterator[Batch]:
-        """Yield the batches of ``epoch`` from step ``start_step`` on (for mid-epoch resume);
-        with a method's ``plan``, the plan's steps instead of a pass over all samples."""
+        """The batches of ``epoch`` from step ``start_step`` on (for mid-epoch resume); with a
+        method's ``plan``, the plan's steps instead of a pass over all samples. The plan is
+        checked here, when the epoch is asked for, not at its first batch: the check's host
+        read stays out of the first step (the GPU check's sync phase makes it an error)."""
         if plan is not None:
             check_plan(plan, self.num_samples, self.num_carried)
-            for step, idx, parts in planned_steps(plan, start_step, self.rank, self.world_size):
-                yield self._batch(idx.to(self.images.device, non_blocking=True), 0, step, parts)
-            return
+            return self._planned(plan, start_step)
+        return self._ordinary(epoch, start_step)
+
+    def _planned(self, plan: EpochPlan, start_step: int) -> Iterator[Batch]:
+        for step, idx, parts in planned_steps(plan, start_step, self.rank, self.world_size):
+            yield self._batch(idx.to(self.images.device, non_blocking=True), 0, step, parts)
+
+    def _ordinary(self, epoch: int, start_step: int) -> Iterator[Batch]:
         steps = len(self)
         check_start_step(start_step, steps)
         perm = self.permutation(epoch)
