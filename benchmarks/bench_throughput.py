@@ -56,6 +56,7 @@ from noisybench.build import (
     resolve_device,
 )
 from noisybench.config import compose
+from noisybench.data.loader import plan_seed
 from noisybench.engine import _EpochSums
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -130,8 +131,11 @@ def experiment(method: str, device: torch.device, sets: list[str]) -> Experiment
 
 
 def endless(exp: Experiment) -> Iterator[Any]:
+    """Batches of epoch after epoch as the engine draws them: with the method's own plan when
+    it lays its epochs out itself (DivideMix's reference loaders, OT-Filter, CSOT)."""
     for epoch in itertools.count():
-        yield from exp.source.epoch(epoch)
+        plan = exp.method.epoch_plan(epoch, plan_seed(exp.source.seed, epoch))
+        yield from exp.source.epoch(epoch, 0, plan)
 
 
 def engine_benches(method: str, exp: Experiment) -> tuple[Bench, Bench]:
