@@ -27,7 +27,7 @@ from noisybench.config import CONF_DIR  # noqa: E402
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 PHASES = ["methods", "sync", "throughput", "compile", "ops", "jpeg", "nccl"]
 # Methods that lay out their own epochs (Method.epoch_plan): steps per epoch of their own
-PLANNED = {"csot"}
+PLANNED = {"csot", "dividemix"}  # DivideMix: its default reference loaders
 
 
 @pytest.mark.slow
