@@ -69,6 +69,7 @@ __all__ = [
     "build_table",
     "collect",
     "format_table",
+    "layout_of",
     "load_paper_tables",
     "load_results",
     "main",
@@ -192,16 +193,43 @@ TABLES: dict[str, Layout] = {
         rules=("last", "best_test"),
     ),
 }
-# The baselines' reference protocols (experiment=ref_<method>, issue 21): ours beside the
-# numbers their own papers / code publish (paper_tables.yaml, tables ref_<method>).
-for _m in ("gce", "sce", "elr", "coteaching", "dividemix", "mixup", "pskd", "dlb", "te", "ls"):
-    TABLES[f"ref_{_m}"] = Layout(
-        f"Reference protocol of {_m}: test accuracy (its own paper's setting)",
+
+
+def _reference_layout(name: str) -> Layout:
+    """The layout of a baseline's reference protocol ``ref_<method>`` (issue 21): ours beside
+    the numbers its own paper or code publishes, matched on dataset, method and noise."""
+    return Layout(
+        f"Reference protocol of {name.removeprefix('ref_')}: test accuracy (its own paper's "
+        "setting)",
         ("acc",),
         "noise",
         paper_key=("dataset", "method", "noise", "metric"),
         rules=("last", "best_test"),
     )
+
+
+# The reference protocols are data: every conf/experiment/ref_<method>.yaml has a table
+# ref_<method>, and so has every ref_* table of paper_tables.yaml (:func:`layout_of`), so a
+# new baseline needs only its YAML files, no code here.
+for _path in sorted(conf_dir().glob("experiment/ref_*.yaml")):
+    TABLES[_path.stem] = _reference_layout(_path.stem)
+
+
+def layout_of(table: str, paper: Mapping[str, Any] | None = None) -> Layout:
+    """The layout of ``table``: one of :data:`TABLES`, or a ``ref_*`` table that only
+    ``paper_tables.yaml`` (``paper``, loaded when not given) has.
+
+    Raises:
+        UserError: no such table.
+    """
+    if table in TABLES:
+        return TABLES[table]
+    if table.startswith("ref_") and table in (paper if paper is not None else load_paper_tables()):
+        return _reference_layout(table)
+    names = sorted(set(TABLES) | {t for t in load_paper_tables() if t.startswith("ref_")})
+    raise UserError(f"unknown table {table!r}; use one of {', '.join(names)}")
+
+
 # Keys whose value names a row (shown bare, not as key=value), in this order.
 _NAME_KEYS = ("dataset.name", "model.name", "noise.name", "method.name")
 
@@ -875,9 +903,7 @@ def build_table(  # noqa: C901
     """Lay ``groups`` out as ``table`` with the selection ``rules`` (default: the layout's,
     plus ``noisy_val`` when a run has ``val/acc``) and the paper's numbers beside ours.
     ``metrics``: the quantities shown (default: the layout's; see :data:`METRICS`)."""
-    if table not in TABLES:
-        raise UserError(f"unknown table {table!r}; use one of {', '.join(TABLES)}")
-    layout = TABLES[table]
+    layout = layout_of(table, paper)
     if metrics is not None:
         unknown = [m for m in metrics if m not in METRICS]
         if unknown or not metrics:
@@ -1079,9 +1105,13 @@ def build_table(  # noqa: C901
             rows.append(row)
 
     # Reference rows: paper entries not shown beside ours, for the displayed columns.
-    ref_rows = _reference_rows(entries, used_paper, columns, layout, col_views, metric_rows)
+    ref_rows, in_refs = _reference_rows(
+        entries, used_paper, columns, layout, col_views, metric_rows
+    )
+    shown = used_paper | in_refs
     _bold(rows, columns, layout)
-    notes = _notes(groups, layout, rules, entries, table) + merge_notes
+    notes = _notes(groups, layout, rules, entries, table, paper) + merge_notes
+    notes += _source_notes(paper.get(table) if paper else None, [entries[i] for i in sorted(shown)])
     # Labels, notes and seeds come from the run directories' files: no control character of
     # theirs reaches a terminal or a rendered table.
     for row in rows:
@@ -1101,11 +1131,13 @@ def _reference_rows(
     layout: Layout,
     col_parts: Sequence[Mapping[str, str]],
     metric_rows: Sequence[str],
-) -> list[Row]:
-    """The paper's rows that no row of ours carries, restricted to the displayed columns."""
+) -> tuple[list[Row], set[int]]:
+    """The paper's rows that no row of ours carries, restricted to the displayed columns,
+    and the indices of the entries they show."""
     paper_cols = [c for c in columns if c.rule is None]
+    shown: set[int] = set()
     if not paper_cols:
-        return []
+        return [], shown
     across = layout.across
     # The identity of a reference row: every paper field but the column axis and the metric.
     row_fields = [f for f in ("dataset", "model", "method", "label", "section") if f != across]
@@ -1134,7 +1166,8 @@ def _reference_rows(
             label = "paper: " + base + ("" if col.metric != "*" else f" · {METRICS[metric].label}")
             row = rows.setdefault(label, Row(label, "paper"))
             row.cells[col.key] = Cell(e["value"], e.get("std"), None, bool(e.get("bold")), True)
-    return list(rows.values())
+            shown.add(i)
+    return list(rows.values()), shown
 
 
 def _bold(rows: Sequence[Row], columns: Sequence[Column], layout: Layout) -> None:  # noqa: C901
@@ -1182,6 +1215,7 @@ def _notes(
     rules: Sequence[str],
     entries: Sequence[Mapping[str, Any]],
     table: str,
+    paper: Mapping[str, Any] | None = None,
 ) -> list[str]:
     notes = [
         "ours: mean ± sample std (ddof = 1) over seeds, n = number of seeds (no ± for one "
@@ -1231,21 +1265,30 @@ def _notes(
             + (", ".join(sources) or "none evaluated")
             + " (the first of svhn, sklearn_patches, npy a run has); the paper's: SVHN."
         )
-    if entries:
+    spec = (paper or {}).get(table) or {}
+    if entries and spec.get("source"):  # a baseline's own numbers (the ref_* tables)
+        notes.append(
+            f"paper: {spec['source']} (noisybench/paper_tables.yaml); their epoch: "
+            f"{spec.get('paper_selection', 'not stated')}. Their datasets and models are "
+            "those of that paper, not necessarily ours."
+        )
+    elif entries:
         notes.append(
             f"paper: the published numbers of the BSD paper's {table.replace('table', 'Table ')}"
             f" (noisybench/paper_tables.yaml), bold as printed there; their epoch: "
-            f"{_paper_selection(table)}. Their datasets and models are those of the "
-            "paper, not necessarily ours."
+            f"{spec.get('paper_selection', 'not stated')}. Their datasets and models are those "
+            "of the paper, not necessarily ours."
         )
     return notes
 
 
-def _paper_selection(table: str) -> str:
-    try:
-        return str(load_paper_tables()[table].get("paper_selection", "not stated"))
-    except (OSError, KeyError):
-        return "not stated"
+def _source_notes(spec: Mapping[str, Any] | None, shown: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Where the paper numbers of each shown method come from, when the paper copied them
+    (``sources: {method: text}`` of a paper table: Table 4's OT-Filter and DULC rows are
+    DULC's Table 2, CSOT's row is CSOT's own paper)."""
+    sources = (spec or {}).get("sources") or {}
+    methods = list(dict.fromkeys(str(e.get("method")) for e in shown))
+    return [f"paper, {m}: {sources[m]}" for m in methods if isinstance(sources.get(m), str)]
 
 
 # ------------------------------------------------------------------------------ figures
@@ -1460,8 +1503,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--table",
         default="generic",
-        choices=list(TABLES),
-        help="the paper's table layout (default: one row per experiment)",
+        metavar="TABLE",
+        help="the paper's table layout: " + ", ".join(TABLES) + " (default: generic, one row "
+        "per experiment)",
     )
     parser.add_argument("--format", default="md", choices=[*RENDERERS, "html"])
     parser.add_argument(
@@ -1584,6 +1628,7 @@ def _main(argv: Sequence[str] | None) -> int:  # noqa: C901
                 "--figures needs matplotlib; install the plots extra: "
                 "pip install 'noisybench[plots]' (or leave out --figures)"
             )
+    layout_of(args.table)  # an unknown --table: one line before any file is read
     results = load_results(args.roots)
     if not results:
         raise UserError(
