@@ -490,10 +490,15 @@ def networks(cfg: DictConfig, rt: Runtime, data: Any) -> Networks:
     channels = 3 if streamed else int(data.train_images.shape[1])  # folders decode to RGB
     model_kwargs = without_name(cfg.model)
 
-    def build_model() -> torch.nn.Module:
-        model = instantiate(
+    def architecture() -> torch.nn.Module:
+        return instantiate(
             model_kwargs, f"model {cfg.model.name}", num_classes=k, in_channels=channels
         ).to(rt.device)
+
+    def finish(model: torch.nn.Module) -> torch.nn.Module:
+        # The method's network around the architecture (its own heads, Method.network), on
+        # the device, before SyncBatchNorm, channels-last and compiling see the whole of it.
+        model = method.network(model).to(rt.device)
         if rt.sync_batchnorm:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if rt.channels_last:
@@ -504,14 +509,14 @@ def networks(cfg: DictConfig, rt: Runtime, data: Any) -> Networks:
             model.compile()
         return model
 
-    model = build_model()
+    model = architecture()  # before the method is made: the RNG stream of every earlier run
     method = instantiate(without_name(cfg.method), f"method {cfg.method.name}")
     if not isinstance(method, Method):
         raise UserError(
             f"method {cfg.method.name}: {cfg.method._target_} is not a noisybench.method.Method; "
             "point _target_ at a subclass of it"
         )
-    return Networks(model, method, build_model)
+    return Networks(finish(model), method, lambda: finish(architecture()))
 
 
 def _advise(cfg: DictConfig, rt: Runtime, data: Any) -> None:

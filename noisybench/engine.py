@@ -89,6 +89,7 @@ from torch import Tensor, nn
 
 from noisybench import distributed as dist
 from noisybench import metrics
+from noisybench.data.loader import plan_seed
 from noisybench.errors import UserError
 from noisybench.method import Batch, Method, StepOutput
 from noisybench.processes import Processes, for_this_process
@@ -382,6 +383,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.resumed = False
         self.stop = _StopFlag()
+        #: steps of the epoch being trained (``len(source)``, or the method's plan's)
+        self.epoch_steps = len(source)
 
     # ----------------------------------------------------------------- state
     def state_dict(
@@ -507,11 +510,14 @@ class Trainer:
         """
         if start_step == 0:  # the method's per-epoch pass (issue 12); state goes to buffers
             self.method.on_epoch_start(self.model, epoch, self.evaluate_train)
+        # The method's own layout of the epoch, if any (a function of its buffers and of
+        # (seed, epoch), so a run resumed mid-epoch gets the same one).
+        plan = self.method.epoch_plan(epoch, plan_seed(self.source.seed, epoch))
         self.train_model.train()  # the DDP wrapper, if any, and the model inside it
         self.method.train()
         sums = sums or _EpochSums.zeros(self.device)
-        total = len(self.source)
-        batches = iter(self.source.epoch(epoch, start_step))
+        total = self.epoch_steps = len(self.source) if plan is None else int(plan.steps)
+        batches = iter(self.source.epoch(epoch, start_step, plan))
         for step in range(start_step, total):
             self._emit("on_step_start", epoch, step)
             if self._stop_agreed():
@@ -535,7 +541,7 @@ class Trainer:
             # Skip the update but keep the schedule on time: the scheduler is a function
             # of the step count, as it is when the AMP scaler skips an overflowing step.
             sums.skipped += 1
-            self.scheduler.step()
+            self._advance_schedule(step)
             return
         sums.first_bad = torch.where(
             (sums.first_bad < 0) & ~finite,
@@ -552,15 +558,27 @@ class Trainer:
         if grads:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         weight = self.procs.fraction(shares)
-        sums.noise = _noise_record(sums.noise, len(self.source), step, out.loss, norm, weight)
+        sums.noise = _noise_record(sums.noise, self.epoch_steps, step, out.loss, norm, weight)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        self._advance_schedule(step)
         if self._gathers_state:  # a no-op after_step needs no global batch
             self.method.after_step(*self.procs.global_step(batch, out, shares), epoch)
         else:
             self.method.after_step(batch, out, epoch)
         sums.add(out, batch)
+
+    def _advance_schedule(self, step: int) -> None:
+        """Step the scheduler after the epoch's step ``step`` so that it follows its course
+        per epoch: once per step in an ordinary epoch; in an epoch of ``S'`` planned steps
+        (:meth:`Method.epoch_plan`) for a schedule of ``S`` steps per epoch, up to
+        ``floor((step + 1) * S / S')`` of the epoch's ``S`` (zero, one or more calls), so every
+        epoch boundary sees the value it would with ordinary epochs. A function of ``step``
+        alone: a resumed run continues on the same course."""
+        nominal, actual = len(self.source), self.epoch_steps
+        calls = (step + 1) * nominal // actual - step * nominal // actual
+        for _ in range(calls):
+            self.scheduler.step()
 
     def _reduced(self, sums: _EpochSums) -> _EpochSums:
         """The epoch's sums over all processes (a copy; extras averaged over processes)."""

@@ -31,7 +31,7 @@ from torch import Tensor
 from noisybench.data.folder import FolderLoader
 from noisybench.data.loader import DeviceLoader, folds_last_batch
 from noisybench.errors import UserError
-from noisybench.method import Batch
+from noisybench.method import Batch, EpochPlan
 
 __all__ = ["DataSource", "EvalLabels", "InMemorySource", "LoaderSpec", "StreamedSource"]
 
@@ -95,17 +95,23 @@ class DataSource(Protocol):
         labels: the evaluation labels (:class:`EvalLabels`).
         view: the plain evaluation view mapping in-memory uint8 images to normalised float
             batches (the suites' ``predict`` applies it); None when the images are streamed.
+        seed: the seed of the epoch orders (a method's epoch plan draws from
+            :func:`noisybench.data.loader.plan_seed` of it).
     """
 
     labels: EvalLabels
     view: Callable[[Tensor], Tensor] | None
+    seed: int
 
     def __len__(self) -> int:
         """Optimizer steps per epoch."""
         ...
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        """This process's training batches of ``epoch`` (0-based) from ``start_step`` on."""
+    def epoch(
+        self, epoch: int, start_step: int = 0, plan: EpochPlan | None = None
+    ) -> Iterator[Batch]:
+        """This process's training batches of ``epoch`` (0-based) from ``start_step`` on: an
+        ordinary pass of ``len(self)`` steps, or the steps of the method's ``plan``."""
         ...
 
     def eval_batches(self, split: str, samples: Samples, batch_size: int) -> Iterator[Tensor]:
@@ -155,6 +161,7 @@ class InMemorySource:
             world_size=spec.world_size,
         )
         self.labels = labels
+        self.seed = spec.seed
         self.view: Callable[[Tensor], Tensor] | None = view
         self._images = {
             "train": train,
@@ -165,8 +172,10 @@ class InMemorySource:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        return self.loader.epoch(epoch, start_step)
+    def epoch(
+        self, epoch: int, start_step: int = 0, plan: EpochPlan | None = None
+    ) -> Iterator[Batch]:
+        return self.loader.epoch(epoch, start_step, plan)
 
     def images(self, split: str) -> Tensor | None:
         return self._images[split]
@@ -227,6 +236,7 @@ class StreamedSource:
             )
         self._train = train
         self.labels = labels
+        self.seed = spec.seed
         self.workers = int(reading.get("workers", 4))
         self.decoder = str(reading.get("decoder", "torchvision"))
         self.decode_device = reading.get("decode_device")
@@ -254,8 +264,10 @@ class StreamedSource:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        return self.loader.epoch(epoch, start_step)
+    def epoch(
+        self, epoch: int, start_step: int = 0, plan: EpochPlan | None = None
+    ) -> Iterator[Batch]:
+        return self.loader.epoch(epoch, start_step, plan)
 
     def images(self, split: str) -> Tensor | None:
         return None
