@@ -205,17 +205,21 @@ def measure_step(exp: Any, epoch: int, warmup: int, steps: int) -> dict[str, Any
     memory.start()  # before the first step: what the steps allocate, not what they reuse
     for _ in range(warmup):
         one()
-    seconds = []
+    seconds, cpu_seconds = [], []
     for _ in range(steps):
         synchronize(exp.device)
-        begin = time.perf_counter()
+        begin, cpu_begin = time.perf_counter(), time.process_time()
         one()
         synchronize(exp.device)
         seconds.append(time.perf_counter() - begin)
+        cpu_seconds.append(time.process_time() - cpu_begin)
     mem = memory.stop()
     return {
         "step_ms": 1000 * statistics.median(seconds),
         "step_ms_all": [round(1000 * s, 3) for s in seconds],
+        # the process's CPU time: on a CPU shared with other jobs, much less sensitive to
+        # their load than the wall clock (on a GPU it is only the host's share)
+        "step_cpu_ms": 1000 * statistics.median(cpu_seconds),
         "batch_rows": int(batch.idx.shape[0]),
         **mem,
     }
@@ -298,15 +302,17 @@ def markdown(result: dict[str, Any]) -> str:
         f"backward, median of {s['steps']} steps after {s['warmup']}; torch {s['torch']}, "
         f"{s['threads']} CPU thread(s). Memory: {s['memory_kind']}.",
         "",
-        "| method | step (ms) | x CE | peak memory (MiB) | added by the steps (MiB) | x CE |",
-        "|---|---|---|---|---|---|",
+        "| method | step (ms) | x CE | step, CPU time (ms) | x CE | peak memory (MiB) "
+        "| added by the steps (MiB) | x CE |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in result["methods"].items():
         if "error" in row:
-            lines.append(f"| {name} | failed: {row['error']} | | | | |")
+            lines.append(f"| {name} | failed: {row['error']} | | | | | | |")
             continue
         lines.append(
             f"| {name} | {row['step_ms']:.2f} | {_ratio(row.get('step_over_ce'))} | "
+            f"{row['step_cpu_ms']:.2f} | {_ratio(row.get('step_cpu_over_ce'))} | "
             f"{row['peak_bytes'] / 2**20:.1f} | {row['peak_over_base_bytes'] / 2**20:.1f} | "
             f"{_ratio(row.get('memory_over_ce'))} |"
         )
@@ -399,6 +405,7 @@ def _ratios(rows: dict[str, dict[str, Any]]) -> None:
         if "error" in row:
             continue
         row["step_over_ce"] = row["step_ms"] / ce["step_ms"]
+        row["step_cpu_over_ce"] = row["step_cpu_ms"] / ce["step_cpu_ms"]
         base = ce["peak_over_base_bytes"]
         row["memory_over_ce"] = row["peak_over_base_bytes"] / base if base >= 2**20 else None
 

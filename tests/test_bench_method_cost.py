@@ -41,9 +41,11 @@ def test_two_methods_dry_write_the_file(tmp_path: Path) -> None:
     for name, row in result["methods"].items():
         assert "error" not in row, (name, row)
         assert len(row["step_ms_all"]) == 2 and row["batch_rows"] == 16
+        assert row["step_cpu_ms"] >= 0
         assert row["peak_bytes"] > 0 and row["peak_over_base_bytes"] >= 0
     ce = result["methods"]["ce"]
     assert ce["step_ms"] > 0 and ce["step_over_ce"] == 1.0 and ce["peak_bytes"] > 2**20
+    assert ce["step_cpu_ms"] > 0 and ce["step_cpu_over_ce"] == 1.0
     start = result["epoch_start"]
     assert start["n"] == 200 and list(start["methods"]) == ["ce", "bsd"]
     for row in start["methods"].values():
