@@ -548,7 +548,10 @@ def source(cfg: DictConfig, rt: Runtime, data: Any, lab: Labels, nets: Networks)
     (:class:`InMemorySource`) or streamed (:class:`StreamedSource`, when the reader returned
     a ``FolderData``), normalised with the model's own input statistics (ImageNet's for
     pretrained weights)."""
+    from noisybench.data.realnoise import evaluation_splits
+
     given = torch.as_tensor(lab.train_noisy(), dtype=torch.long, device=rt.device)
+    splits = evaluation_splits(data)  # a real-noise dataset's clean val and extra test sets
     eval_labels = EvalLabels(
         test=data.test_labels.to(rt.device),
         train_clean=lab.train_clean(data).to(rt.device),
@@ -556,6 +559,9 @@ def source(cfg: DictConfig, rt: Runtime, data: Any, lab: Labels, nets: Networks)
         val=lab.val_labels(rt.device),
         clean_known=bool(getattr(data, "clean_known", True)),
         train_subset=_diagnostic_subset(cfg, int(given.shape[0]), rt.device),
+        clean_val=splits["clean_val"][1].to(rt.device) if "clean_val" in splits else None,
+        extra_tests={k: y.to(rt.device) for k, (_, y) in splits.items() if k != "clean_val"},
+        topk=tuple(int(k) for k in (getattr(data, "protocol", None) or {}).get("topk", ())),
     )
     mean, std = input_stats(nets.model, data.mean, data.std)
     spec = dict(
@@ -573,7 +579,8 @@ def source(cfg: DictConfig, rt: Runtime, data: Any, lab: Labels, nets: Networks)
         streamed = dataclasses.replace(data, mean=mean, std=std)
         reading = cfg.dataset.get("loader") or {}
         named = LoaderSpec(views=tuple(nets.method.views), **spec)
-        return StreamedSource(streamed, eval_labels, named, reading, holdout)
+        files = {k: f for k, (f, _) in splits.items()}
+        return StreamedSource(streamed, eval_labels, named, reading, holdout, files)
     views = build_views(
         nets.method.views, cfg.dataset.augment, mean, std, tuple(data.train_images.shape[-2:])
     )

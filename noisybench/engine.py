@@ -96,7 +96,7 @@ from noisybench.processes import Processes, for_this_process
 from noisybench.rng import rng_state, set_rng_state
 
 if TYPE_CHECKING:
-    from noisybench.data.source import DataSource
+    from noisybench.data.source import DataSource, EvalLabels
 
 __all__ = [
     "Callback",
@@ -681,19 +681,31 @@ class Trainer:
             return False
         return (epoch + 1) % self.train_diagnostics_every == 0 or epoch + 1 == self.epochs
 
+    def held_out_values(self, labels: EvalLabels) -> dict[str, Tensor | float | int]:
+        """The numbers of the held-out splits (device tensors): ``test/*`` (and a real-noise
+        dataset's extra test sets, e.g. ``test_imagenet/*``, with the ``topk`` accuracies
+        its protocol names), ``val/acc`` on the noisy validation split and ``val/clean_acc``
+        on the dataset's own clean validation split (the selection rules' numbers)."""
+        values: dict[str, Tensor | float | int] = {}
+        for split, y in (("test", labels.test), *labels.extra_tests.items()):
+            logits = self.predict_split(split, lambda z: z.float())
+            test = metrics.classification_metrics(logits, y)
+            test.update({f"top{k}": metrics.topk_accuracy(logits, y, k) for k in labels.topk})
+            values.update({f"{split}/{k}": v for k, v in test.items()})
+        if labels.val is not None:
+            val_pred = self.predict_split("val", _argmax)
+            values["val/acc"] = (val_pred == labels.val).float().mean()
+        if labels.clean_val is not None:
+            val_pred = self.predict_split("clean_val", _argmax)
+            values["val/clean_acc"] = (val_pred == labels.clean_val).float().mean()
+        return values
+
     def epoch_record(self, epoch: int, sums: _EpochSums, epoch_time: float) -> dict[str, Any]:
         """Evaluate and assemble one epoch's numbers (the only host syncs of an epoch)."""
         sums = self._reduced(sums)
         self.procs.sync_buffers(self.model)
         labels = self.source.labels
-        values: dict[str, Tensor | float | int] = {}
-        test = metrics.classification_metrics(
-            self.predict_split("test", lambda z: z.float()), labels.test
-        )
-        values.update({f"test/{k}": v for k, v in test.items()})
-        if labels.val is not None:
-            val_pred = self.predict_split("val", _argmax)
-            values["val/acc"] = (val_pred == labels.val).float().mean()
+        values: dict[str, Tensor | float | int] = self.held_out_values(labels)
         seen = max(sums.seen, 1)
         values["train/loss"] = sums.loss / seen
         values["train/acc_given"] = sums.correct / seen

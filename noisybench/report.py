@@ -129,6 +129,11 @@ METRICS: dict[str, Metric] = {
         "noisy labels fitted (%)", ("memorisation/fit_given",), higher_is_better=False
     ),
     "recovered": Metric("noisy labels recovered (%)", ("recovery/recovered",)),
+    # mini-WebVision's tables: top-1 / top-5 on the WebVision val and on ILSVRC12's val
+    "top5": Metric("top-5 acc (%)", ("test/top5",)),
+    "imagenet_acc": Metric("ILSVRC12 acc (%)", ("test_imagenet/acc",)),
+    "imagenet_top5": Metric("ILSVRC12 top-5 (%)", ("test_imagenet/top5",)),
+    "clean_val_acc": Metric("clean val acc (%)", ("val/clean_acc",)),
 }
 
 
@@ -231,6 +236,21 @@ def layout_of(table: str, paper: Mapping[str, Any] | None = None) -> Layout:
     raise UserError(f"unknown table {table!r}; use one of {', '.join(names)}")
 
 
+# The real-noise datasets' published numbers (paper_tables.yaml, tables real_<dataset>, issue
+# 24): the paper's number stands beside ours only for the same dataset, network and method.
+TABLES["real_clothing1m"] = Layout(
+    "Clothing1M: clean test accuracy (ours: the selected epoch's)",
+    ("acc",),
+    "method",
+    paper_key=("dataset", "model", "noise", "method", "metric"),
+    rules=("last", "clean_val"),
+)
+TABLES["real_webvision"] = Layout(
+    "mini-WebVision: top-1 accuracy on the WebVision val and the ILSVRC12 val (50 classes)",
+    ("acc", "imagenet_acc"),
+    "method",
+    paper_key=("dataset", "model", "noise", "method", "metric"),
+)
 # Keys whose value names a row (shown bare, not as key=value), in this order.
 _NAME_KEYS = ("dataset.name", "model.name", "noise.name", "method.name")
 
@@ -1324,16 +1344,16 @@ def _notes(
             + (", ".join(sources) or "none evaluated")
             + " (the first of svhn, sklearn_patches, npy a run has); the paper's: SVHN."
         )
-    spec = (paper or {}).get(table) or {}
-    if entries and spec.get("source"):  # a baseline's own numbers (the ref_* tables)
-        notes.append(
-            f"paper: {spec['source']} (noisybench/paper_tables.yaml); their epoch: "
-            f"{spec.get('paper_selection', 'not stated')}. Their datasets and models are "
-            "those of that paper, not necessarily ours."
+    spec = (paper if paper is not None else load_paper_tables() if entries else {}).get(table)
+    spec = spec or {}
+    if entries:
+        whose = (  # the BSD paper's tables, or another paper's / code's (with their source)
+            f"{spec.get('title', table)}, source: {spec['source']}"
+            if spec.get("source")
+            else f"the BSD paper's {table.replace('table', 'Table ')}"
         )
-    elif entries:
         notes.append(
-            f"paper: the published numbers of the BSD paper's {table.replace('table', 'Table ')}"
+            f"paper: the published numbers of {whose}"
             f" (noisybench/paper_tables.yaml), bold as printed there; their epoch: "
             f"{spec.get('paper_selection', 'not stated')}. Their datasets and models are those "
             "of the paper, not necessarily ours."

@@ -291,6 +291,10 @@ def test_paper_tables_file() -> None:
         "ref_elr": 10,  # ELR README: 2 datasets x (4 sym + 1 asym)
         "ref_pskd": 1,  # PS-KD README: CIFAR-100 PreAct ResNet-18
         "ref_ls": 1,  # PS-KD README: its label-smoothing row
+        "ref_otfilter": 4,  # BSD Table 4's OT-Filter row: CIFAR-10 sym 20/50/80 %, asym 40 %
+        "ref_csot": 4,  # BSD Table 4 quoting CSOT: CIFAR-10 sym 20 / 50 / 80 %, asym 40 %
+        "real_clothing1m": 1,  # DivideMix Table 4: Clothing1M, ResNet-50
+        "real_webvision": 2,  # DivideMix Table 6: WebVision and ILSVRC12 top-1
     }
     assert {t: len(v["entries"]) for t, v in tables.items()} == expected
     for name, table in tables.items():
