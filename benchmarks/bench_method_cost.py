@@ -263,18 +263,20 @@ def measure_epoch_start(exp: Any, n: int, epoch: int, warmup: int, repeats: int)
     call: Callable[[], None] = lambda: trainer.method.on_epoch_start(trainer.model, epoch, stub)  # noqa: E731
     for _ in range(warmup):
         call()
-    seconds, stub_seconds = [], []
+    seconds, cpu_seconds, stub_seconds = [], [], []
     for _ in range(repeats):
         stub.seconds = 0.0
         synchronize(exp.device)
-        begin = time.perf_counter()
+        begin, cpu_begin = time.perf_counter(), time.process_time()
         call()
         synchronize(exp.device)
         seconds.append(time.perf_counter() - begin)
+        cpu_seconds.append(time.process_time() - cpu_begin)
         stub_seconds.append(stub.seconds)
     return {
         "seconds": statistics.median(seconds),
         "seconds_all": [round(s, 4) for s in seconds],
+        "cpu_seconds": statistics.median(cpu_seconds),  # this process's CPU time
         "stub_seconds": statistics.median(stub_seconds),
         "evaluate_train_calls": len(stub.dims) // max(warmup + repeats, 1),
         "output_dims": sorted(set(stub.dims)),
@@ -324,15 +326,18 @@ def markdown(result: dict[str, Any]) -> str:
             f"epoch {s['epoch']}), evaluate_train stubbed with fixed random outputs; median of "
             f"{start['repeats']} after {start['warmup']}:",
             "",
-            "| method | on_epoch_start (s) | of which the stub (s) | outputs D |",
-            "|---|---|---|---|",
+            "| method | on_epoch_start (s) | CPU time (s) | of which the stub (s) | outputs D |",
+            "|---|---|---|---|---|",
         ]
         for name, row in start["methods"].items():
             if "error" in row:
-                lines.append(f"| {name} | failed: {row['error']} | | |")
+                lines.append(f"| {name} | failed: {row['error']} | | | |")
                 continue
             dims = ", ".join(map(str, row["output_dims"])) or "(no pass)"
-            lines.append(f"| {name} | {row['seconds']:.3f} | {row['stub_seconds']:.3f} | {dims} |")
+            lines.append(
+                f"| {name} | {row['seconds']:.3f} | {row['cpu_seconds']:.3f} | "
+                f"{row['stub_seconds']:.3f} | {dims} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -49,7 +49,7 @@ def test_two_methods_dry_write_the_file(tmp_path: Path) -> None:
     start = result["epoch_start"]
     assert start["n"] == 200 and list(start["methods"]) == ["ce", "bsd"]
     for row in start["methods"].values():
-        assert row["seconds"] >= 0 and row["stub_seconds"] >= 0
+        assert row["seconds"] >= 0 and row["stub_seconds"] >= 0 and row["cpu_seconds"] >= 0
     # CE and BSD make no pass over the training set at an epoch's start.
     assert start["methods"]["ce"]["output_dims"] == []
     md = out.with_suffix(".md").read_text()
