@@ -115,6 +115,7 @@ NON_IDENTITY_KEYS = (
 _MAX_NAME = 120  # characters of one run-directory component before it is shortened
 
 
+@functools.lru_cache(maxsize=65536)  # the same few hundred keys in every run of a report
 def _non_identity(key: str) -> bool:
     return any(key == p or key.startswith(p + ".") for p in NON_IDENTITY_KEYS)
 
