@@ -33,10 +33,11 @@ def suite_file(tmp_path: Path) -> Path:
 
 
 def test_shipped_suites_expand() -> None:
-    # digits_mini: 13 methods x 4 settings x 3 seeds; Table 4: (6 methods + BSD+) x 6 x 3;
+    # digits_mini: 13 methods x 4 settings x 3 seeds; Table 4: (6 methods + BSD+, OT-Filter,
+    # CSOT, DULC) x 6 x 3;
     # CIFAR-N: 7 methods x (5 + 1) label sets x 3 seeds.
     assert len(list(expand(load_suite("digits_mini")))) == 13 * 4 * 3
-    assert len(list(expand(load_suite("cifar10_table4")))) == (6 + 1) * 6 * 3
+    assert len(list(expand(load_suite("cifar10_table4")))) == (6 + 4) * 6 * 3
     assert len(list(expand(load_suite("cifar_n")))) == 7 * 6 * 3
     table4 = load_suite("cifar10_table4")
     assert {tuple(g["noise"]) for g in table4.grids} == {
