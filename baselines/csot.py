@@ -91,7 +91,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisybench.errors import UserError
-from noisybench.method import Batch, EpochPlan, Method, MethodContext, StepOutput
+from noisybench.method import (
+    Batch,
+    EpochPlan,
+    Method,
+    MethodContext,
+    StepOutput,
+    sharpen,
+    uniform_prior_penalty,
+)
 
 __all__ = [
     "CSOT",
@@ -348,9 +356,7 @@ def refined_targets(
     with torch.no_grad():
         c = conf.view(-1, 1).to(logits_w1.dtype)
         px = (torch.softmax(logits_w1, dim=1) + torch.softmax(logits_w2, dim=1)) / 2
-        px = c * onehot + (1 - c) * px
-        pt = px ** (1 / temperature)
-        return pt / pt.sum(dim=1, keepdim=True)
+        return sharpen(c * onehot + (1 - c) * px, temperature)
 
 
 def mixup_loss(logits: Tensor, mixed_target: Tensor) -> tuple[Tensor, Tensor]:
@@ -358,10 +364,7 @@ def mixup_loss(logits: Tensor, mixed_target: Tensor) -> tuple[Tensor, Tensor]:
     ``mixmatch_loss``): ``-mean sum t log softmax`` and ``sum_k pi_k log(pi_k / mean p_k)``
     with ``pi = 1/K``."""
     loss = -torch.mean(torch.sum(F.log_softmax(logits, dim=1) * mixed_target, dim=1))
-    k = logits.shape[1]
-    prior = torch.full((k,), 1.0 / k, device=logits.device, dtype=logits.dtype)
-    pred_mean = torch.softmax(logits, dim=1).mean(0)
-    return loss, torch.sum(prior * torch.log(prior / pred_mean))
+    return loss, uniform_prior_penalty(torch.softmax(logits, dim=1))
 
 
 def simsiam_loss(z1: Tensor, z2: Tensor, p1: Tensor, p2: Tensor) -> Tensor:

@@ -75,7 +75,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisybench.errors import UserError
-from noisybench.method import Batch, Method, MethodContext, StepOutput, soft_cross_entropy
+from noisybench.method import (
+    Batch,
+    Method,
+    MethodContext,
+    StepOutput,
+    sharpen,
+    soft_cross_entropy,
+)
+from noisybench.method import uniform_prior_penalty as prior_penalty
 
 __all__ = [
     "DULC",
@@ -125,12 +133,6 @@ def correction_weight(jsd_norm: Tensor, beta: float, gamma: float) -> Tensor:
     return (1.0 - beta) * jsd_norm + gamma * beta
 
 
-def sharpen(probs: Tensor, temperature: float) -> Tensor:
-    """Eq. 4: ``p_j^(1/T) / sum_k p_k^(1/T)`` (the sharpening of MixMatch / DivideMix)."""
-    pt = probs.pow(1.0 / temperature)
-    return pt / pt.sum(dim=1, keepdim=True)
-
-
 def corrected_target(alpha: Tensor, p_hat: Tensor, labels: Tensor) -> Tensor:
     """Eq. 6 / 9: ``y^ = alpha p^ + (1 - alpha) one_hot(y~)``; ``alpha`` of shape ``(B,)``."""
     onehot = F.one_hot(labels.long(), p_hat.shape[1]).to(p_hat.dtype)
@@ -163,9 +165,7 @@ def uniform_prior_penalty(logits: Tensor) -> Tensor:
     """UNICON's / DivideMix's regulariser ``sum_k pi_k log(pi_k / mean_rows softmax_k)`` with
     the uniform prior ``pi = 1/K`` (``Train_cifar.py`` ``train``: ``penalty``). Not in DULC's
     Eq. 12; used only with ``prior_penalty: true``."""
-    mean = logits.float().softmax(dim=1).mean(dim=0)
-    k = mean.shape[0]
-    return (math.log(1.0 / k) - mean.log()).sum() / k
+    return prior_penalty(logits.float().softmax(dim=1))
 
 
 class DULCNetwork(nn.Module):

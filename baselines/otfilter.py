@@ -82,11 +82,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from noisybench.baselines.dividemix import sharpen
 from torch import Tensor, nn
 
 from noisybench.errors import UserError
-from noisybench.method import Batch, EpochPlan, Method, MethodContext, StepOutput
+from noisybench.method import Batch, EpochPlan, Method, MethodContext, StepOutput, sharpen
 
 __all__ = [
     "OTFilter",

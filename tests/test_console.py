@@ -35,7 +35,7 @@ def test_epoch_line_on_a_terminal_gets_its_own_row() -> None:
     old_level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        trainer = SimpleNamespace(epochs=2, source=[0, 1, 2])
+        trainer = SimpleNamespace(epochs=2, source=[0, 1, 2], epoch_steps=3)
         progress = ConsoleProgress(bars=True, stream=stream)
         progress.on_fit_start(trainer, 0, 0)
         for step in range(3):

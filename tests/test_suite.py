@@ -33,10 +33,11 @@ def suite_file(tmp_path: Path) -> Path:
 
 
 def test_shipped_suites_expand() -> None:
-    # digits_mini: 13 methods x 4 settings x 3 seeds; Table 4: (6 methods + BSD+) x 6 x 3;
+    # digits_mini: 13 methods x 4 settings x 3 seeds; Table 4: (6 methods + BSD+, OT-Filter,
+    # CSOT, DULC) x 6 x 3;
     # CIFAR-N: 7 methods x (5 + 1) label sets x 3 seeds.
     assert len(list(expand(load_suite("digits_mini")))) == 13 * 4 * 3
-    assert len(list(expand(load_suite("cifar10_table4")))) == (6 + 1) * 6 * 3
+    assert len(list(expand(load_suite("cifar10_table4")))) == (6 + 4) * 6 * 3
     assert len(list(expand(load_suite("cifar_n")))) == 7 * 6 * 3
     table4 = load_suite("cifar10_table4")
     assert {tuple(g["noise"]) for g in table4.grids} == {
@@ -118,3 +119,21 @@ def test_a_suite_runs_resumes_and_ends_in_the_leaderboard(tmp_path: Path) -> Non
     assert again.returncode == 0, again.stderr[-3000:]
     assert "2 runs, 2 finished, 0 to run" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")} == mtimes  # not rerun
+
+
+@pytest.mark.parametrize("name", ["digits_mini", "digits_sota", "cifar10_table4", "cifar_n"])
+def test_every_job_of_a_shipped_suite_composes_and_resolves(name: str) -> None:
+    """Each method x noise of a shipped suite composes and resolves (a suite that named a
+    baseline with per-setting author values on a dataset they never used was refused at run
+    time, job after job)."""
+    from noisybench.config import compose, resolved
+
+    suite = load_suite(name)
+    seen = set()
+    for job in expand(suite):
+        key = (job.method, job.noise, job.dataset, job.extra)
+        if key in seen:
+            continue
+        seen.add(key)
+        cfg = resolved(compose(job.overrides(suite.fixed)))
+        assert cfg["method"]["name"] == job.method
