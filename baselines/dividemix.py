@@ -85,7 +85,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from noisybench.errors import UserError
-from noisybench.method import Batch, EpochPlan, Method, MethodContext, StepOutput
+from noisybench.method import (
+    Batch,
+    EpochPlan,
+    Method,
+    MethodContext,
+    StepOutput,
+    sharpen,
+    uniform_prior_penalty,
+)
 
 __all__ = [
     "DivideMix",
@@ -215,12 +223,6 @@ def gmm_clean_probability(
     return gmm.predict_proba(x)[:, gmm.means_.argmin()]
 
 
-def sharpen(p: Tensor, temperature: float) -> Tensor:
-    """``p^(1/T) / sum_k p_k^(1/T)`` (DivideMix Eq. 4, MixMatch's sharpening)."""
-    pt = p.pow(1.0 / temperature)
-    return pt / pt.sum(dim=1, keepdim=True)
-
-
 def mixmatch_loss(
     logits: Tensor, targets: Tensor, labelled: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -235,10 +237,7 @@ def mixmatch_loss(
     lu_rows = ((probs - targets) ** 2).mean(dim=1)
     lx = (lx_rows * mask).sum() / mask.sum().clamp(min=1.0)
     lu = (lu_rows * (1.0 - mask)).sum() / (1.0 - mask).sum().clamp(min=1.0)
-    k = logits.shape[1]
-    prior = torch.full((k,), 1.0 / k, device=logits.device)
-    penalty = (prior * torch.log(prior / probs.mean(dim=0))).sum()
-    return lx, lu, penalty
+    return lx, lu, uniform_prior_penalty(probs)
 
 
 class DivideMix(Method):
