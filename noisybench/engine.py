@@ -1,8 +1,11 @@
 """The training loop: the one place that runs backward, optimizer and scheduler steps and AMP.
 
 Methods (:class:`noisybench.method.Method`) only turn a batch into a loss; the engine never
-branches on a method's name. It alone sees the clean training labels, so it alone computes
-the memorisation and label-recovery diagnostics.
+branches on a method's name. An epoch's evaluation (test metrics, validation accuracy, the
+memorisation and label-recovery diagnostics, which need the clean training labels a method
+never sees) is done by evaluation suites (:mod:`noisybench.evaluation.builtin` and the
+configured ones) through the run's one :class:`noisybench.evaluation.base.Predictor`, the
+same path ``noisybench evaluate`` takes on a finished run.
 
 The engine knows no file, no run directory and no test hook. What happens around training
 (checkpoints, the result file, loggers, progress output, fault injection for the tests) is
@@ -61,7 +64,8 @@ equals the single-process run with the same global batch:
   epoch (extras, being per-step means of each share, are averaged over processes); the first
   non-finite step is the earliest over processes. Evaluation is split: after the model's
   buffers are broadcast from rank 0, each process evaluates a contiguous block of every
-  evaluation set (:meth:`Trainer.split_outputs`) and the outputs are all-gathered, so every
+  evaluation set (:meth:`noisybench.evaluation.base.Predictor.outputs`) and the outputs are
+  all-gathered, so every
   process computes the same record; rank 0's callbacks write it.
 * **Stopping.** The SIGTERM/SIGINT flag is all-reduced (max) over a CPU group at every step
   boundary and after every epoch, so a signal to any process stops all of them at the same
@@ -80,7 +84,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -88,14 +92,15 @@ import torch
 from torch import Tensor, nn
 
 from noisybench import distributed as dist
-from noisybench import metrics
 from noisybench.errors import UserError
+from noisybench.evaluation.base import Predictor
 from noisybench.method import Batch, Method, StepOutput
 from noisybench.processes import Processes, for_this_process
 from noisybench.rng import rng_state, set_rng_state
 
 if TYPE_CHECKING:
     from noisybench.data.source import DataSource
+    from noisybench.evaluation import SuiteRunner
 
 __all__ = [
     "Callback",
@@ -106,10 +111,6 @@ __all__ = [
     "rng_state",
     "set_rng_state",
 ]
-
-
-def _argmax(logits: Tensor) -> Tensor:
-    return logits.argmax(-1)
 
 
 class TrainingDiverged(RuntimeError):
@@ -163,6 +164,16 @@ def _noise_values(noise: Tensor, world: int) -> dict[str, Tensor]:
         var = ((x - mean).pow(2) * mask).sum() / (n - 1).clamp(min=1)
         out[f"train/{name}_mean"], out[f"train/{name}_var"] = mean, var
     return out
+
+
+#: The order of an epoch record's key groups (the first part of a key), after ``epoch``;
+#: keys of other groups come last.
+RECORD_ORDER = ("test", "val", "train", "memorisation", "recovery", "method", "eval")
+
+
+def _record_rank(key: str) -> int:
+    group = key.split("/")[0]
+    return RECORD_ORDER.index(group) if group in RECORD_ORDER else len(RECORD_ORDER)
 
 
 @dataclass
@@ -304,8 +315,6 @@ class TrainSettings:
         nonfinite: "stop" (raise :class:`TrainingDiverged`, keep the last good checkpoint) or
             "skip" (skip the step and count it; costs one host sync per step).
         eval_batch_size: batch size of evaluation passes.
-        train_diagnostics: evaluate the training set for the memorisation diagnostics.
-        train_diagnostics_every: ... every this many epochs (and at the last epoch).
     """
 
     epochs: int
@@ -313,8 +322,6 @@ class TrainSettings:
     amp_dtype: torch.dtype | None = None
     nonfinite: str = "stop"
     eval_batch_size: int = 1024
-    train_diagnostics: bool = True
-    train_diagnostics_every: int = 1
 
 
 class Trainer:
@@ -327,10 +334,14 @@ class Trainer:
             epoch, the :class:`noisybench.method.Batch` es of ``source.epoch(epoch,
             start_step)``, evaluation batches and labels.
         settings: epochs, device, precision, evaluation settings (:class:`TrainSettings`).
-        evaluators: callables ``(epoch, predict) -> {name: value}`` (the evaluation suites;
-            ``predict`` maps uint8 images to logits in eval mode): numbers join the epoch's
-            record as ``eval/<name>``, other values (lists) are left for the callbacks in
-            ``trainer.eval_details`` until the next epoch.
+        suites: the evaluation suites and their context
+            (:class:`noisybench.evaluation.SuiteRunner`; :func:`noisybench.build.build` gives
+            the built-in ones and the configured ones that run during training; None: none,
+            the record has the training numbers only). The built-in suites' numbers join the
+            epoch's record as they are (``test/acc``), the others' as ``eval/<key>``; their
+            other values (lists) are left for the callbacks in ``trainer.eval_details`` until
+            the next epoch. They predict through ``trainer.predict``
+            (:class:`noisybench.evaluation.base.Predictor`).
         callbacks: observers (checkpoints, result file, loggers, progress, fault injection).
         processes: how many processes train (:mod:`noisybench.processes`; default: those of
             the initialised process group, or one). ``method.training_step`` gets
@@ -347,7 +358,7 @@ class Trainer:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         source: DataSource,
         settings: TrainSettings,
-        evaluators: Sequence[Callable[[int, Callable[[Tensor], Tensor]], Mapping[str, float]]] = (),
+        suites: SuiteRunner | None = None,
         callbacks: Sequence[Callback] = (),
         processes: Processes | None = None,
     ) -> None:
@@ -374,9 +385,17 @@ class Trainer:
             raise ValueError(f"nonfinite must be 'stop' or 'skip', got {settings.nonfinite!r}")
         self.nonfinite = settings.nonfinite
         self.eval_batch_size = settings.eval_batch_size
-        self.train_diagnostics = settings.train_diagnostics
-        self.train_diagnostics_every = max(1, int(settings.train_diagnostics_every))
-        self.evaluators = list(evaluators)
+        self.suites = suites
+        self.predict = Predictor(
+            model,
+            method,
+            self.device,
+            self.eval_batch_size,
+            view=getattr(source, "view", None),
+            source=source,
+            autocast=self._autocast,
+            processes=self.procs,
+        )
         self.eval_details: dict[str, Any] = {}
         self.callbacks = list(callbacks)
         self.history: list[dict[str, Any]] = []
@@ -580,102 +599,27 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------- evaluation
-    def split_outputs(
-        self,
-        split: str,
-        forward: Callable[[Tensor], Tensor],
-        reduce: Callable[[Tensor], Tensor],
-        subset: Tensor | None = None,
-        inference: bool = False,
-    ) -> Tensor:
-        """``reduce(forward(x))`` over the samples of ``split`` (``"test"``, ``"train"``,
-        ``"val"``; all of them, or the indices ``subset`` in that order), concatenated in
-        sample order, under autocast and ``no_grad`` (``inference``: ``inference_mode``, whose
-        outputs must not meet autograd later); the caller sets the modules' modes.
-
-        With several processes each evaluates a contiguous block of the samples and the
-        blocks are all-gathered in rank order, so every process returns the whole result
-        (the same numbers as one process, up to the rounding of other batch compositions).
-        """
-        n = self.source.labels.size(split) if subset is None else int(subset.shape[0])
-        lo, hi = self.procs.block(n)
-        empty = lo == hi
-        if empty:  # fewer samples than processes: one sample gives the output's shape
-            lo, hi = 0, min(1, n)
-        samples = range(lo, hi) if subset is None else subset[lo:hi]
-        parts: list[Tensor] = []
-        # inference_mode (no autograd bookkeeping at all; ~8 % faster than no_grad on the
-        # CPU) only where the outputs feed metrics; evaluate_train's logits may meet autograd.
-        mode = torch.inference_mode() if inference else torch.no_grad()
-        with mode:
-            for x in self.source.eval_batches(split, samples, self.eval_batch_size):
-                with self._autocast():
-                    parts.append(reduce(forward(x)))
-        out = torch.cat(parts)[:0] if empty else torch.cat(parts)
-        return self.procs.gather_rows(out, n)
-
     def evaluate_train(self, module: nn.Module) -> Tensor:
         """``(N, K)`` float logits of ``module`` in eval mode over the training images, plain
-        view, in batches (for :meth:`Method.on_epoch_start`); the module's mode is restored."""
+        view, in batches (for :meth:`Method.on_epoch_start`); the module's mode is restored.
+        Not ``inference_mode``: the logits may meet autograd."""
         was_training = module.training
         module.eval()
         try:
-            return self.split_outputs("train", module, lambda z: z.float())
+            return self.predict.outputs("train", module, lambda z: z.float())
         finally:
             module.train(was_training)
 
-    def predict_split(
-        self, split: str, reduce: Callable[[Tensor], Tensor], subset: Tensor | None = None
-    ) -> Tensor:
-        """``reduce`` of ``method.predict``'s logits in eval mode over ``split`` (see
-        :meth:`split_outputs`): e.g. ``lambda z: z.float()`` keeps the logits (test metrics),
-        ``lambda z: z.argmax(-1)`` only the classes (diagnostics, no N x K tensor)."""
-        self.model.eval()
-        self.method.eval()
-        return self.split_outputs(
-            split, lambda x: self.method.predict(self.model, x), reduce, subset, inference=True
-        )
-
-    def predict(self, images: Tensor) -> Tensor:
-        """Logits ``(N, K)`` of ``method.predict`` over uint8 ``images`` in eval mode (the
-        evaluation suites' entry point; device-resident images only): the suites' one
-        ``predict`` (:func:`noisybench.evaluation.base.make_predict`) with this run's view,
-        batch size and mixed precision."""
-        if self.source.view is None:
-            raise UserError(
-                "this dataset is streamed, so evaluation suites that need its images in memory "
-                "cannot run; use an in-memory dataset (dataset=arrays) for them"
-            )
-        from noisybench.evaluation.base import make_predict
-
-        predict = make_predict(
-            self.model,
-            self.source.view,
-            self.device,
-            self.eval_batch_size,
-            self.method,
-            self._autocast,
-        )
-        return predict(images)
-
-    def _diagnostics_due(self, epoch: int) -> bool:
-        if not self.train_diagnostics:
-            return False
-        return (epoch + 1) % self.train_diagnostics_every == 0 or epoch + 1 == self.epochs
-
     def epoch_record(self, epoch: int, sums: _EpochSums, epoch_time: float) -> dict[str, Any]:
-        """Evaluate and assemble one epoch's numbers (the only host syncs of an epoch)."""
+        """Evaluate and assemble one epoch's numbers (the only host syncs of an epoch): the
+        built-in suites' (test, validation, memorisation, label recovery), the training sums,
+        the method's ``on_epoch_end``, then the other suites' (``eval/``), in the record's
+        fixed key order (:data:`RECORD_ORDER`: the CSV logger's columns)."""
         sums = self._reduced(sums)
         self.procs.sync_buffers(self.model)
-        labels = self.source.labels
-        values: dict[str, Tensor | float | int] = {}
-        test = metrics.classification_metrics(
-            self.predict_split("test", lambda z: z.float()), labels.test
-        )
-        values.update({f"test/{k}": v for k, v in test.items()})
-        if labels.val is not None:
-            val_pred = self.predict_split("val", _argmax)
-            values["val/acc"] = (val_pred == labels.val).float().mean()
+        values: dict[str, Any] = {}
+        if self.suites is not None:
+            values.update(self.suites.record(epoch, self.predict, builtin=True))
         seen = max(sums.seen, 1)
         values["train/loss"] = sums.loss / seen
         values["train/acc_given"] = sums.correct / seen
@@ -683,34 +627,18 @@ class Trainer:
             values[f"train/{key}"] = value / max(sums.steps, 1)
         if sums.noise is not None:  # convergence noise across the epoch's steps (issue 27)
             values.update(_noise_values(sums.noise, self.world))
-        if self._diagnostics_due(epoch) and labels.clean_known:
-            # On the whole training set or on a fixed subset of it (eval.train_diagnostics_subset).
-            subset = labels.train_subset
-            pred = self.predict_split("train", _argmax, subset)
-            given, clean = labels.train_given, labels.train_clean
-            if subset is not None:
-                given, clean = given[subset], clean[subset]
-            mem = metrics.memorisation(pred, given, clean)
-            values.update({f"memorisation/{k}": v for k, v in mem.items()})
-        # In chunks: no (N, K) float32 temporary at ImageNet size.
-        rec = (
-            metrics.label_recovery_chunked(self.method, labels.train_given, labels.train_clean)
-            if labels.clean_known
-            else None
-        )
-        if rec is not None:
-            values.update({f"recovery/{k}": v for k, v in rec.items()})
         for key, value in self.method.on_epoch_end(epoch).items():
             values[f"method/{key}"] = value
         self.eval_details = {}
-        for evaluate in self.evaluators:
-            for key, value in evaluate(epoch, self.predict).items():
+        if self.suites is not None:
+            for key, value in self.suites.record(epoch, self.predict, builtin=False).items():
                 if isinstance(value, int | float | Tensor) and not isinstance(value, bool):
-                    values[f"eval/{key}"] = value
+                    values[key] = value
                 else:  # lists (reliability bins, mu): for loggers, not the record
-                    self.eval_details[f"eval/{key}"] = value
+                    self.eval_details[key] = value
         record: dict[str, Any] = {"epoch": epoch + 1}
-        for key, value in values.items():
+        for key in sorted(values, key=_record_rank):  # stable: a group keeps its own order
+            value = values[key]
             record[key] = float(value.float().mean()) if isinstance(value, Tensor) else float(value)
         record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         record["skipped_steps"] = sums.skipped

@@ -53,12 +53,7 @@ from torch import nn
 from noisybench.build import resolve_device
 from noisybench.config import instantiate, without_name
 from noisybench.errors import UserError
-from noisybench.evaluation import (
-    available_suites,
-    load_suite,
-    make_predict,
-    run_suites,
-)
+from noisybench.evaluation import Predictor, available_suites, load_suite, run_suites
 from noisybench.evaluation.selection import selection_summary
 from noisybench.rundir import RunDir, check_saved_config, read_evaluation
 from noisybench.safety import take_command_line
@@ -162,9 +157,11 @@ def evaluate_run(  # noqa: PLR0913 (the command line's options, keyword by keywo
     # The method's state (second networks, running targets) is the last checkpoint's: selected.pt
     # keeps the model's weights only (noisybench.selected).
     _load_states(run_dir, {**ckpt, "model": chosen.pop("state")}, model, method)
-    assert run.source.view is not None  # rebuild refuses streamed datasets
-    predict = make_predict(model, run.source.view, dev, int(batch_size), method)
-    ctx = suite_context(run.cfg, run.data, run.source, dev, data_dir)
+    # The one prediction path of training (its images and its data source's splits).
+    predict = Predictor(
+        model, method, dev, int(batch_size), view=run.source.view, source=run.source
+    )
+    ctx = suite_context(run.cfg, run.data, run.source, dev, data_dir, method)
     metrics = run_suites([s for s, _ in built], predict, ctx)
     if "dark_knowledge" in suites and (run_dir / "predictions").is_dir():
         from noisybench.evaluation.dark_knowledge import kl_to_final, load_snapshots

@@ -1,5 +1,6 @@
-"""Evaluation suites (calibration, temperature scaling, corruptions, CIFAR-10-P, OOD, dark
-knowledge) and model selection; see :mod:`noisybench.evaluation.base` for the interface and
+"""Evaluation suites (the built-in test metrics, validation accuracy, memorisation and label
+recovery; calibration, temperature scaling, corruptions, CIFAR-10-P, OOD, dark knowledge) and
+model selection; see :mod:`noisybench.evaluation.base` for the interface and
 ``python -m noisybench.evaluate`` for finished runs."""
 
 from __future__ import annotations
@@ -15,25 +16,31 @@ from noisybench.evaluation.base import (
     EvalSuite,
     Metrics,
     Predict,
+    Predictor,
     flat_float,
     make_predict,
 )
 
 __all__ = [
+    "BUILTIN_SUITES",
     "EVAL_CONF_DIR",
     "EvalContext",
     "EvalSuite",
     "Metrics",
     "Predict",
+    "Predictor",
     "SuiteRunner",
     "available_suites",
     "build_suites",
+    "builtin_suites",
     "flat_float",
     "load_suite",
     "make_predict",
 ]
 
 EVAL_CONF_DIR = CONF_DIR / "eval"
+#: The suites every training run has (:mod:`noisybench.evaluation.builtin`), in record order.
+BUILTIN_SUITES = ("test", "val", "memorisation", "recovery")
 
 
 def available_suites() -> list[str]:
@@ -86,6 +93,17 @@ def run_suites(suites: Sequence[EvalSuite], predict: Predict, ctx: EvalContext) 
     return out
 
 
+def builtin_suites(
+    epochs: int, diagnostics: bool = True, diagnostics_every: int = 1
+) -> list[EvalSuite]:
+    """The built-in suites of a training run of ``epochs`` epochs, from their
+    ``conf/eval/<name>.yaml``: the memorisation diagnostics every ``diagnostics_every`` epochs
+    and at the last one, left out when ``diagnostics`` is false (``eval.train_diagnostics``)."""
+    settings = {"memorisation": {"every": max(1, int(diagnostics_every)), "epochs": int(epochs)}}
+    names = [n for n in BUILTIN_SUITES if diagnostics or n != "memorisation"]
+    return [load_suite(name, settings.get(name))[0] for name in names]
+
+
 def build_suites(nodes: Mapping[str, Mapping[str, Any]] | None) -> list[EvalSuite]:
     """The suites of a composed config's ``eval.suites`` node (``+eval=[calibration,ood]`` on
     the command line, or ``- eval: [...]`` in the defaults list, fills it)."""
@@ -106,6 +124,17 @@ class SuiteRunner:
 
     def after_epoch(self, epoch: int, predict: Predict) -> Metrics:
         return run_suites([s for s in self.suites if s.due(epoch)], predict, self.ctx)
+
+    def record(self, epoch: int, predict: Predict, builtin: bool) -> Metrics:
+        """The metrics of the built-in (or the other) suites due after ``epoch``, keyed as in
+        the epoch's record: a built-in suite's keys as they are (``test/acc``), the others'
+        under ``eval/`` (``eval/calibration/ece``)."""
+        prefix = "" if builtin else "eval/"
+        out: Metrics = {}
+        for suite in self.suites:
+            if suite.builtin == builtin and suite.due(epoch):
+                out.update({prefix + k: v for k, v in suite.evaluate(predict, self.ctx).items()})
+        return out
 
     def at_end(self, predict: Predict) -> Metrics:
         return run_suites(self.suites, predict, self.ctx)

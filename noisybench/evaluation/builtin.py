@@ -1,0 +1,130 @@
+"""The suites every training run has: test metrics, validation accuracy, memorisation and
+label recovery (the BSD paper's Sec. 5 diagnostics).
+
+They are evaluation suites like the others (``conf/eval/<name>.yaml``, so ``noisybench
+evaluate RUN eval=[test,memorisation]`` computes them on a finished run by the same code), but
+``builtin``: :func:`noisybench.build.build` adds them to every run, configured by the ``eval``
+settings (``train_diagnostics``, ``train_diagnostics_every``), and their keys join the epoch's
+record as they are (``test/acc``, ``memorisation/fit_given``, ``recovery/recovered``).
+
+They predict through ``predict.split`` (:class:`noisybench.evaluation.base.Predictor`): the
+run's data source, streamed or in memory, split over the processes and gathered, so they
+need no images in memory. Only the engine and these suites see the clean training labels
+(``ctx.labels``); a method never does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from noisybench import metrics
+from noisybench.evaluation.base import EvalContext, EvalSuite, Metrics, Predict
+
+__all__ = ["MemorisationSuite", "RecoverySuite", "TestSuite", "ValSuite"]
+
+
+def _argmax(logits: Tensor) -> Tensor:
+    return logits.argmax(-1)
+
+
+def _labels(ctx: EvalContext) -> Any:
+    if ctx.labels is None:
+        raise ValueError("the built-in suites need the run's labels (EvalContext.labels)")
+    return ctx.labels
+
+
+def _split(predict: Predict) -> Any:
+    split = getattr(predict, "split", None)
+    if split is None:
+        raise TypeError("the built-in suites need a Predictor (predict.split over the data source)")
+    return split
+
+
+def _prefixed(name: str, values: dict[str, Tensor]) -> Metrics:
+    return {f"{name}/{key}": float(value) for key, value in values.items()}
+
+
+class TestSuite(EvalSuite):
+    """``test/acc``, ``test/err``, ``test/ece`` (15 equal-width bins) and ``test/nll`` of the
+    whole test set (:func:`noisybench.metrics.classification_metrics`), every epoch."""
+
+    name = "test"
+    builtin = True
+    __test__ = False  # not a pytest class
+
+    def __init__(self, every: int = 1) -> None:
+        super().__init__(every)
+
+    def evaluate(self, predict: Predict, ctx: EvalContext) -> Metrics:
+        labels = _labels(ctx)
+        logits = _split(predict)("test")
+        return _prefixed(self.name, metrics.classification_metrics(logits, labels.test))
+
+
+class ValSuite(EvalSuite):
+    """``val/acc``: accuracy on the held-out noisy validation split against its noisy labels
+    (model selection under noise); nothing when the run holds no split out."""
+
+    name = "val"
+    builtin = True
+
+    def __init__(self, every: int = 1) -> None:
+        super().__init__(every)
+
+    def evaluate(self, predict: Predict, ctx: EvalContext) -> Metrics:
+        labels = _labels(ctx)
+        if labels.val is None:
+            return {}
+        pred = _split(predict)("val", _argmax)
+        return {"val/acc": float((pred == labels.val).float().mean())}
+
+
+class MemorisationSuite(EvalSuite):
+    """``memorisation/fit_given``, ``fit_true``, ``clean_fit``
+    (:func:`noisybench.metrics.memorisation`): the arg-max predictions on the training set
+    (or on the fixed diagnostic subset, ``eval.train_diagnostics_subset``) against the given
+    and the clean labels. Due every ``every`` epochs and at the last one (``epochs``);
+    nothing when the clean labels are unknown (real noise)."""
+
+    name = "memorisation"
+    builtin = True
+
+    def __init__(self, every: int = 1, epochs: int | None = None) -> None:
+        super().__init__(every)
+        self.epochs = epochs
+
+    def due(self, epoch: int) -> bool:
+        return super().due(epoch) or (self.every > 0 and epoch + 1 == self.epochs)
+
+    def evaluate(self, predict: Predict, ctx: EvalContext) -> Metrics:
+        labels = _labels(ctx)
+        if not labels.clean_known:
+            return {}
+        subset = labels.train_subset
+        pred = _split(predict)("train", _argmax, subset)
+        given, clean = labels.train_given, labels.train_clean
+        if subset is not None:
+            given, clean = given[subset], clean[subset]
+        return _prefixed(self.name, metrics.memorisation(pred, given, clean))
+
+
+class RecoverySuite(EvalSuite):
+    """``recovery/recovered``, ``still_given``, ``detect_precision``, ``detect_recall``,
+    ``entropy`` (:func:`noisybench.metrics.label_recovery`) of the method's per-sample soft
+    targets against the clean labels, in chunks (no ``(N, K)`` float32 temporary at ImageNet
+    size); nothing for a method without soft targets or without clean labels."""
+
+    name = "recovery"
+    builtin = True
+
+    def __init__(self, every: int = 1) -> None:
+        super().__init__(every)
+
+    def evaluate(self, predict: Predict, ctx: EvalContext) -> Metrics:
+        labels = _labels(ctx)
+        if not labels.clean_known or ctx.method is None:
+            return {}
+        rec = metrics.label_recovery_chunked(ctx.method, labels.train_given, labels.train_clean)
+        return {} if rec is None else _prefixed(self.name, rec)
