@@ -153,9 +153,9 @@ def engine_benches(method: str, exp: Experiment) -> tuple[Bench, Bench]:
 
 
 def eval_benches(exp: Experiment, images: int) -> tuple[Bench, Bench]:
-    """Evaluation passes as the engine makes them (``trainer.predict.split``, :class:`noisybench.evaluation.base.Predictor`): the test
-    set (logits kept) and the training-set diagnostics (arg-max only), over the first
-    ``images`` images of each."""
+    """Evaluation passes as the engine's built-in suites make them (``trainer.predict.split``,
+    :class:`noisybench.evaluation.base.Predictor`): the test set (logits kept) and the
+    training-set diagnostics (arg-max only), over the first ``images`` images of each."""
     trainer = exp.trainer()
     first = torch.arange(images, device=exp.device)
 

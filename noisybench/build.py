@@ -44,7 +44,7 @@ from noisybench.data.source import (
     StreamedSource,
 )
 from noisybench.data.views import ViewWrapper, build_views, input_stats
-from noisybench.engine import Trainer, TrainSettings
+from noisybench.engine import Trainer, TrainParts, TrainSettings
 from noisybench.errors import UserError
 from noisybench.method import Method, MethodContext
 from noisybench.schedules import with_beta1_rampdown
@@ -89,12 +89,8 @@ class Experiment:
         """A :class:`Trainer` over these objects with the config's engine settings."""
         cfg = self.cfg
         return Trainer(
-            model=self.model,
-            method=self.method,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            source=self.source,
-            settings=TrainSettings(
+            TrainParts(self.model, self.method, self.optimizer, self.scheduler, self.source),
+            TrainSettings(
                 epochs=int(cfg.epochs),
                 device=self.device,
                 amp_dtype=self.amp_dtype,

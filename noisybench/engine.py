@@ -105,6 +105,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Callback",
     "Interrupted",
+    "TrainParts",
     "TrainSettings",
     "Trainer",
     "TrainingDiverged",
@@ -324,15 +325,32 @@ class TrainSettings:
     eval_batch_size: int = 1024
 
 
-class Trainer:
-    """Fits ``model`` with ``method``: one visible place for backward, optimizer, schedule.
+@dataclass
+class TrainParts:
+    """The objects the loop trains with (:func:`noisybench.build.build` makes them).
 
-    Args:
-        model, method: the network and the training objective (already on ``device``).
+    Attributes:
+        model, method: the network and the training objective (already on the device).
         optimizer, scheduler: the scheduler is stepped once per optimizer step.
         source: the data (:class:`noisybench.data.source.DataSource`): ``len()`` steps per
             epoch, the :class:`noisybench.method.Batch` es of ``source.epoch(epoch,
             start_step)``, evaluation batches and labels.
+    """
+
+    model: nn.Module
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    source: DataSource
+
+
+class Trainer:
+    """Fits ``parts.model`` with ``parts.method``: one visible place for backward, optimizer,
+    schedule.
+
+    Args:
+        parts: the model, method, optimizer, scheduler and data source (:class:`TrainParts`;
+            the trainer's attributes of the same names).
         settings: epochs, device, precision, evaluation settings (:class:`TrainSettings`).
         suites: the evaluation suites and their context
             (:class:`noisybench.evaluation.SuiteRunner`; :func:`noisybench.build.build` gives
@@ -349,19 +367,16 @@ class Trainer:
             evaluation and checkpoints use ``model``.
     """
 
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self,
-        *,
-        model: nn.Module,
-        method: Method,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        source: DataSource,
+        parts: TrainParts,
         settings: TrainSettings,
+        *,
         suites: SuiteRunner | None = None,
         callbacks: Sequence[Callback] = (),
         processes: Processes | None = None,
     ) -> None:
+        model, method, optimizer = parts.model, parts.method, parts.optimizer
         self.procs = for_this_process() if processes is None else processes
         self.model = model
         self.train_model = self.procs.wrap(model, method)
@@ -372,8 +387,8 @@ class Trainer:
         self._ranked: dict[str, Any] = {}
         self.method = method
         self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.source = source
+        self.scheduler = parts.scheduler
+        self.source = source = parts.source
         self.settings = settings
         self.epochs, self.device = settings.epochs, settings.device
         self.amp_dtype = settings.amp_dtype
