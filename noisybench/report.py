@@ -722,20 +722,20 @@ def _diff_text(part: Mapping[str, str], common: Mapping[str, str]) -> str:
     )
 
 
-def _merge_notes(  # noqa: PLR0913
-    merged: Sequence[Sequence[int]],
-    parts: Sequence[Mapping[str, str]],
-    views: Sequence[Mapping[str, str]],
-    labels: Sequence[str],
-    other_merged: Sequence[Sequence[int]],
-    other_labels: Sequence[str],
-    present: Callable[[int, int], bool],
-    joiner: str,
-    other_axis: str,
-) -> list[str]:
-    """One note per merged row (or column) whose members' settings differ: for each member,
-    the labels of the other axis's cells it fills (``present(other, member)``) and what sets
-    it apart from the merged label."""
+def _merge_notes(grid: _Grid, of_columns: bool) -> list[str]:
+    """One note per merged column (``of_columns``) or row whose members' settings differ: for
+    each member, the labels of the other axis's cells it fills and what sets it apart from
+    the merged label."""
+    rows = (grid.row_merged, grid.row_parts, grid.row_views, grid.row_labels)
+    cols = (grid.col_merged, grid.col_parts, grid.col_views, grid.col_labels)
+    mine, other = (cols, rows) if of_columns else (rows, cols)
+    merged, parts, views, labels = mine
+    other_merged, other_labels = other[0], other[3]
+    joiner, other_axis = (" / ", "row") if of_columns else (", ", "column")
+
+    def present(other: int, member: int) -> bool:
+        return ((other, member) if of_columns else (member, other)) in grid.present
+
     notes = []
     for m, members in enumerate(merged):
         if len(members) > 1:
@@ -1024,20 +1024,12 @@ def _grid(groups: Sequence[Group], across: str | None, entries: Sequence[Any]) -
     col_views = [_common(col_parts, m) for m in col_merged]
     row_labels = _labels(row_views, names)
     col_labels = _column_labels(col_views, across) if across else [""]
-    merge_notes = []
-    if across is not None:
-        merge_notes += _merge_notes(
-            col_merged, col_parts, col_views, col_labels,
-            row_merged, row_labels, lambda other, c: (other, c) in present, " / ", "row",
-        )  # fmt: skip
-        merge_notes += _merge_notes(
-            row_merged, row_parts, row_views, row_labels,
-            col_merged, col_labels, lambda other, r: (r, other) in present, ", ", "column",
-        )  # fmt: skip
     grid = _Grid(
         across, names, row_parts, col_parts, present, row_merged, col_merged,
-        row_views, col_views, row_labels, col_labels, merge_notes,
+        row_views, col_views, row_labels, col_labels, [],
     )  # fmt: skip
+    if across is not None:
+        grid.merge_notes = _merge_notes(grid, of_columns=True) + _merge_notes(grid, False)
     _order(grid, entries)
     return grid
 
