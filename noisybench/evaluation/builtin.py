@@ -46,16 +46,21 @@ def _prefixed(name: str, values: dict[str, Tensor]) -> Metrics:
     return {f"{name}/{key}": float(value) for key, value in values.items()}
 
 
-class TestSuite(EvalSuite):
+class _BuiltinSuite(EvalSuite):
+    """A suite every training run has: due every epoch unless told otherwise."""
+
+    builtin = True
+
+    def __init__(self, every: int = 1) -> None:
+        super().__init__(every)
+
+
+class TestSuite(_BuiltinSuite):
     """``test/acc``, ``test/err``, ``test/ece`` (15 equal-width bins) and ``test/nll`` of the
     whole test set (:func:`noisybench.metrics.classification_metrics`), every epoch."""
 
     name = "test"
-    builtin = True
     __test__ = False  # not a pytest class
-
-    def __init__(self, every: int = 1) -> None:
-        super().__init__(every)
 
     def evaluate(self, predict: Predict, ctx: EvalContext) -> Metrics:
         labels = _labels(ctx)
@@ -63,15 +68,11 @@ class TestSuite(EvalSuite):
         return _prefixed(self.name, metrics.classification_metrics(logits, labels.test))
 
 
-class ValSuite(EvalSuite):
+class ValSuite(_BuiltinSuite):
     """``val/acc``: accuracy on the held-out noisy validation split against its noisy labels
     (model selection under noise); nothing when the run holds no split out."""
 
     name = "val"
-    builtin = True
-
-    def __init__(self, every: int = 1) -> None:
-        super().__init__(every)
 
     def evaluate(self, predict: Predict, ctx: EvalContext) -> Metrics:
         labels = _labels(ctx)
@@ -81,7 +82,7 @@ class ValSuite(EvalSuite):
         return {"val/acc": float((pred == labels.val).float().mean())}
 
 
-class MemorisationSuite(EvalSuite):
+class MemorisationSuite(_BuiltinSuite):
     """``memorisation/fit_given``, ``fit_true``, ``clean_fit``
     (:func:`noisybench.metrics.memorisation`): the arg-max predictions on the training set
     (or on the fixed diagnostic subset, ``eval.train_diagnostics_subset``) against the given
@@ -89,7 +90,6 @@ class MemorisationSuite(EvalSuite):
     nothing when the clean labels are unknown (real noise)."""
 
     name = "memorisation"
-    builtin = True
 
     def __init__(self, every: int = 1, epochs: int | None = None) -> None:
         super().__init__(every)
@@ -110,17 +110,13 @@ class MemorisationSuite(EvalSuite):
         return _prefixed(self.name, metrics.memorisation(pred, given, clean))
 
 
-class RecoverySuite(EvalSuite):
+class RecoverySuite(_BuiltinSuite):
     """``recovery/recovered``, ``still_given``, ``detect_precision``, ``detect_recall``,
     ``entropy`` (:func:`noisybench.metrics.label_recovery`) of the method's per-sample soft
     targets against the clean labels, in chunks (no ``(N, K)`` float32 temporary at ImageNet
     size); nothing for a method without soft targets or without clean labels."""
 
     name = "recovery"
-    builtin = True
-
-    def __init__(self, every: int = 1) -> None:
-        super().__init__(every)
 
     def evaluate(self, predict: Predict, ctx: EvalContext) -> Metrics:
         labels = _labels(ctx)
