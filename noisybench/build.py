@@ -484,10 +484,15 @@ def networks(cfg: DictConfig, rt: Runtime, data: Any) -> Networks:
     channels = 3 if streamed else int(data.train_images.shape[1])  # folders decode to RGB
     model_kwargs = without_name(cfg.model)
 
-    def build_model() -> torch.nn.Module:
-        model = instantiate(
+    def architecture() -> torch.nn.Module:
+        return instantiate(
             model_kwargs, f"model {cfg.model.name}", num_classes=k, in_channels=channels
         ).to(rt.device)
+
+    def finish(model: torch.nn.Module) -> torch.nn.Module:
+        # The method's network around the architecture (its own heads, Method.network), on
+        # the device, before SyncBatchNorm, channels-last and compiling see the whole of it.
+        model = method.network(model).to(rt.device)
         if rt.sync_batchnorm:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if rt.channels_last:
@@ -498,14 +503,14 @@ def networks(cfg: DictConfig, rt: Runtime, data: Any) -> Networks:
             model.compile()
         return model
 
-    model = build_model()
+    model = architecture()  # before the method is made: the RNG stream of every earlier run
     method = instantiate(without_name(cfg.method), f"method {cfg.method.name}")
     if not isinstance(method, Method):
         raise UserError(
             f"method {cfg.method.name}: {cfg.method._target_} is not a noisybench.method.Method; "
             "point _target_ at a subclass of it"
         )
-    return Networks(model, method, build_model)
+    return Networks(finish(model), method, lambda: finish(architecture()))
 
 
 def _advise(cfg: DictConfig, rt: Runtime, data: Any) -> None:
@@ -537,7 +542,10 @@ def source(cfg: DictConfig, rt: Runtime, data: Any, lab: Labels, nets: Networks)
     (:class:`InMemorySource`) or streamed (:class:`StreamedSource`, when the reader returned
     a ``FolderData``), normalised with the model's own input statistics (ImageNet's for
     pretrained weights)."""
+    from noisybench.data.realnoise import evaluation_splits
+
     given = torch.as_tensor(lab.train_noisy(), dtype=torch.long, device=rt.device)
+    splits = evaluation_splits(data)  # a real-noise dataset's clean val and extra test sets
     eval_labels = EvalLabels(
         test=data.test_labels.to(rt.device),
         train_clean=lab.train_clean(data).to(rt.device),
@@ -545,6 +553,9 @@ def source(cfg: DictConfig, rt: Runtime, data: Any, lab: Labels, nets: Networks)
         val=lab.val_labels(rt.device),
         clean_known=bool(getattr(data, "clean_known", True)),
         train_subset=_diagnostic_subset(cfg, int(given.shape[0]), rt.device),
+        clean_val=splits["clean_val"][1].to(rt.device) if "clean_val" in splits else None,
+        extra_tests={k: y.to(rt.device) for k, (_, y) in splits.items() if k != "clean_val"},
+        topk=tuple(int(k) for k in (getattr(data, "protocol", None) or {}).get("topk", ())),
     )
     mean, std = input_stats(nets.model, data.mean, data.std)
     spec = dict(
@@ -562,7 +573,8 @@ def source(cfg: DictConfig, rt: Runtime, data: Any, lab: Labels, nets: Networks)
         streamed = dataclasses.replace(data, mean=mean, std=std)
         reading = cfg.dataset.get("loader") or {}
         named = LoaderSpec(views=tuple(nets.method.views), **spec)
-        return StreamedSource(streamed, eval_labels, named, reading, holdout)
+        files = {k: f for k, (f, _) in splits.items()}
+        return StreamedSource(streamed, eval_labels, named, reading, holdout, files)
     views = build_views(
         nets.method.views, cfg.dataset.augment, mean, std, tuple(data.train_images.shape[-2:])
     )

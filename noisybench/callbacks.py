@@ -601,7 +601,7 @@ class ConsoleProgress(Callback):
             from tqdm.auto import tqdm
 
             self._step_bar = tqdm(
-                total=len(trainer.source),
+                total=trainer.epoch_steps,
                 initial=step,
                 desc=f"epoch {epoch + 1}/{trainer.epochs}",
                 leave=False,

@@ -191,22 +191,32 @@ def _check_job(overrides: Sequence[str], dirs: Sequence[Path]) -> tuple[RunDir, 
 
 
 def _sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
-    """The override list of every job of a basic sweep (None: another sweeper decides)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The override list of every job of a basic sweep, in the order Hydra's basic sweeper
+    launches them (the product of the comma-separated choices, the last key varying fastest;
+    through Hydra's public override parser). None: another sweeper decides."""
+    import itertools
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     if any(o.split("=", 1)[0] == "hydra/sweeper" for o in overrides):
         return None
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides=overrides)
-        batches = BasicSweeper.split_arguments(parsed, None)
+        choices = []
+        for override in OverridesParser.create().parse_overrides(overrides=overrides):
+            key = override.get_key_element()
+            if not override.is_sweep_override():
+                choices.append([f"{key}={override.get_value_element_as_str()}"])
+            elif override.is_discrete_sweep():
+                choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
+            else:
+                raise ValueError(f"{key}: a range or interval sweep needs a sweeper plugin")
     except (HydraException, ValueError) as exc:
         detail = " ".join(str(exc).split())[:300]
         raise UserError(
             f"cannot expand the sweep ({detail}); check the comma-separated values"
         ) from None
-    return [list(job) for batch in batches for job in batch]
+    return [list(job) for job in itertools.product(*choices)]
 
 
 def _preflight_sweep(overrides: list[str], dirs: Sequence[Path]) -> list[RunDir] | None:

@@ -92,6 +92,7 @@ import torch
 from torch import Tensor, nn
 
 from noisybench import distributed as dist
+from noisybench.data.loader import plan_seed
 from noisybench.errors import UserError
 from noisybench.evaluation.base import Predictor
 from noisybench.method import Batch, Method, StepOutput
@@ -165,16 +166,6 @@ def _noise_values(noise: Tensor, world: int) -> dict[str, Tensor]:
         var = ((x - mean).pow(2) * mask).sum() / (n - 1).clamp(min=1)
         out[f"train/{name}_mean"], out[f"train/{name}_var"] = mean, var
     return out
-
-
-#: The order of an epoch record's key groups (the first part of a key), after ``epoch``;
-#: keys of other groups come last.
-RECORD_ORDER = ("test", "val", "train", "memorisation", "recovery", "method", "eval")
-
-
-def _record_rank(key: str) -> int:
-    group = key.split("/")[0]
-    return RECORD_ORDER.index(group) if group in RECORD_ORDER else len(RECORD_ORDER)
 
 
 @dataclass
@@ -416,6 +407,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.resumed = False
         self.stop = _StopFlag()
+        #: steps of the epoch being trained (``len(source)``, or the method's plan's)
+        self.epoch_steps = len(source)
 
     # ----------------------------------------------------------------- state
     def state_dict(
@@ -541,11 +534,14 @@ class Trainer:
         """
         if start_step == 0:  # the method's per-epoch pass (issue 12); state goes to buffers
             self.method.on_epoch_start(self.model, epoch, self.evaluate_train)
+        # The method's own layout of the epoch, if any (a function of its buffers and of
+        # (seed, epoch), so a run resumed mid-epoch gets the same one).
+        plan = self.method.epoch_plan(epoch, plan_seed(self.source.seed, epoch))
         self.train_model.train()  # the DDP wrapper, if any, and the model inside it
         self.method.train()
         sums = sums or _EpochSums.zeros(self.device)
-        total = len(self.source)
-        batches = iter(self.source.epoch(epoch, start_step))
+        total = self.epoch_steps = len(self.source) if plan is None else int(plan.steps)
+        batches = iter(self.source.epoch(epoch, start_step, plan))
         for step in range(start_step, total):
             self._emit("on_step_start", epoch, step)
             if self._stop_agreed():
@@ -569,7 +565,7 @@ class Trainer:
             # Skip the update but keep the schedule on time: the scheduler is a function
             # of the step count, as it is when the AMP scaler skips an overflowing step.
             sums.skipped += 1
-            self.scheduler.step()
+            self._advance_schedule(step)
             return
         sums.first_bad = torch.where(
             (sums.first_bad < 0) & ~finite,
@@ -586,15 +582,27 @@ class Trainer:
         if grads:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         weight = self.procs.fraction(shares)
-        sums.noise = _noise_record(sums.noise, len(self.source), step, out.loss, norm, weight)
+        sums.noise = _noise_record(sums.noise, self.epoch_steps, step, out.loss, norm, weight)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        self._advance_schedule(step)
         if self._gathers_state:  # a no-op after_step needs no global batch
             self.method.after_step(*self.procs.global_step(batch, out, shares), epoch)
         else:
             self.method.after_step(batch, out, epoch)
         sums.add(out, batch)
+
+    def _advance_schedule(self, step: int) -> None:
+        """Step the scheduler after the epoch's step ``step`` so that it follows its course
+        per epoch: once per step in an ordinary epoch; in an epoch of ``S'`` planned steps
+        (:meth:`Method.epoch_plan`) for a schedule of ``S`` steps per epoch, up to
+        ``floor((step + 1) * S / S')`` of the epoch's ``S`` (zero, one or more calls), so every
+        epoch boundary sees the value it would with ordinary epochs. A function of ``step``
+        alone: a resumed run continues on the same course."""
+        nominal, actual = len(self.source), self.epoch_steps
+        calls = (step + 1) * nominal // actual - step * nominal // actual
+        for _ in range(calls):
+            self.scheduler.step()
 
     def _reduced(self, sums: _EpochSums) -> _EpochSums:
         """The epoch's sums over all processes (a copy; extras averaged over processes)."""
@@ -625,16 +633,19 @@ class Trainer:
         finally:
             module.train(was_training)
 
+    def _suite_values(self, epoch: int, stage: str) -> dict[str, Any]:
+        if self.suites is None:
+            return {}
+        return dict(self.suites.record(epoch, self.predict, stage))
+
     def epoch_record(self, epoch: int, sums: _EpochSums, epoch_time: float) -> dict[str, Any]:
-        """Evaluate and assemble one epoch's numbers (the only host syncs of an epoch): the
-        built-in suites' (test, validation, memorisation, label recovery), the training sums,
-        the method's ``on_epoch_end``, then the other suites' (``eval/``), in the record's
-        fixed key order (:data:`RECORD_ORDER`: the CSV logger's columns)."""
+        """Evaluate and assemble one epoch's numbers (the only host syncs of an epoch), in the
+        record's order (the CSV logger's columns): the held-out splits' built-in suites (test
+        sets, validation), the training sums, the diagnostics' built-in suites (memorisation,
+        label recovery), the method's ``on_epoch_end``, then the other suites (``eval/``)."""
         sums = self._reduced(sums)
         self.procs.sync_buffers(self.model)
-        values: dict[str, Any] = {}
-        if self.suites is not None:
-            values.update(self.suites.record(epoch, self.predict, builtin=True))
+        values: dict[str, Any] = self._suite_values(epoch, "held_out")
         seen = max(sums.seen, 1)
         values["train/loss"] = sums.loss / seen
         values["train/acc_given"] = sums.correct / seen
@@ -642,18 +653,17 @@ class Trainer:
             values[f"train/{key}"] = value / max(sums.steps, 1)
         if sums.noise is not None:  # convergence noise across the epoch's steps (issue 27)
             values.update(_noise_values(sums.noise, self.world))
+        values.update(self._suite_values(epoch, "diagnostics"))
         for key, value in self.method.on_epoch_end(epoch).items():
             values[f"method/{key}"] = value
         self.eval_details = {}
-        if self.suites is not None:
-            for key, value in self.suites.record(epoch, self.predict, builtin=False).items():
-                if isinstance(value, int | float | Tensor) and not isinstance(value, bool):
-                    values[key] = value
-                else:  # lists (reliability bins, mu): for loggers, not the record
-                    self.eval_details[key] = value
+        for key, value in self._suite_values(epoch, "eval").items():
+            if isinstance(value, int | float | Tensor) and not isinstance(value, bool):
+                values[key] = value
+            else:  # lists (reliability bins, mu): for loggers, not the record
+                self.eval_details[key] = value
         record: dict[str, Any] = {"epoch": epoch + 1}
-        for key in sorted(values, key=_record_rank):  # stable: a group keeps its own order
-            value = values[key]
+        for key, value in values.items():
             record[key] = float(value.float().mean()) if isinstance(value, Tensor) else float(value)
         record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         record["skipped_steps"] = sums.skipped

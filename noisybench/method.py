@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "Batch",
+    "EpochPlan",
     "Method",
     "MethodContext",
     "SampleStore",
@@ -50,16 +51,64 @@ class Batch:
         carried: the first ``carried`` samples repeat samples of the previous batch (the last
             ``carried`` fresh samples of that batch, same order, freshly augmented); set by
             the loader when the method asks for ``carry_previous > 0`` (DLB), else 0.
+        parts: for an epoch the method laid out (:meth:`Method.epoch_plan`), the name and row
+            count of each part of the batch, in order (this process's rows); empty otherwise.
+        step: the step within the epoch (0-based).
     """
 
     idx: Tensor
     target: Tensor
     views: dict[str, Tensor]
     carried: int = 0
+    parts: tuple[tuple[str, int], ...] = ()
+    step: int = 0
 
     @property
     def size(self) -> int:
         return int(self.idx.shape[0])
+
+    def part(self, name: str) -> slice:
+        """The rows of part ``name`` of a planned batch (an empty slice when the part has no
+        rows in this step, e.g. a labelled stream that ran out).
+
+        Raises:
+            KeyError: the epoch has no part of that name.
+        """
+        start = 0
+        for key, count in self.parts:
+            if key == name:
+                return slice(start, start + count)
+            start += count
+        raise KeyError(f"the batch has no part {name!r}; its parts: {[k for k, _ in self.parts]}")
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """An epoch whose steps the method lays out itself (:meth:`Method.epoch_plan`).
+
+    The reference codes of the semi-supervised methods iterate over loaders of their own
+    lengths (DivideMix's labelled loader of ``|L| / B`` steps with an unlabelled iterator
+    restarted when exhausted; OT-Filter's and CSOT's MixMatch / FixMatch epochs). A plan says
+    how many ``steps`` the epoch has and, per named part, a flat sequence of sample indices
+    consumed ``per_step`` at a time: step ``s`` trains on rows
+    ``indices[s * per_step : (s + 1) * per_step]`` of every part (fewer, or none, when a part
+    runs out), concatenated in the order of ``parts``; the views are applied to all of them.
+    A restarted iterator is the method's to write (concatenate permutations).
+
+    Attributes:
+        steps: optimizer steps of the epoch (>= 1).
+        parts: ``{name: (int64 index tensor (M,), per_step)}``; indices into the training set.
+    """
+
+    steps: int
+    parts: dict[str, tuple[Tensor, int]]
+
+    def rows(self, step: int) -> list[tuple[str, Tensor]]:
+        """The ``(name, indices)`` of each part at ``step`` (global, before any sharding)."""
+        out = []
+        for name, (indices, per_step) in self.parts.items():
+            out.append((name, indices[step * per_step : (step + 1) * per_step]))
+        return out
 
 
 @dataclass
@@ -160,6 +209,21 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         super().__init__()
         self.num_classes: int = 0
 
+    def network(self, model: nn.Module) -> nn.Module:
+        """The network trained, evaluated and checkpointed in place of ``model`` (a freshly
+        built network of the run's architecture). Called once for every such network (the
+        run's model and each ``MethodContext.build_model()`` network), before :meth:`setup`,
+        the optimizer and any DistributedDataParallel wrapper.
+
+        A method with heads of its own (OT-Filter's 512 -> 128 -> K head, CSOT's SimSiam
+        projector and predictor, DULC's contrastive projection) returns a module that holds
+        ``model`` and its heads; every architecture here exposes ``forward_features``,
+        ``num_features`` and its final linear ``head``. The module's ``forward(x)`` must
+        return the logits (evaluation, suites); it may take keyword arguments that
+        :meth:`training_step` passes (they pass through DistributedDataParallel). Its
+        parameters are the engine's to train. Default: ``model``."""
+        return model
+
     def setup(self, ctx: MethodContext) -> None:
         """Allocate per-sample state. Called once, before training and before any
         ``load_state_dict`` on resume; must be deterministic given ``ctx``."""
@@ -176,11 +240,28 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         (not when a run resumes in the middle of an epoch), e.g. for DivideMix's per-epoch
         division of the training set.
 
-        ``evaluate_train(module)`` returns the ``(N, K)`` float logits of ``module`` in eval
-        mode over the whole training set, plain (un-augmented) view, in index order; it
-        restores the module's mode. Whatever this hook computes must be stored in registered
-        buffers, so that a checkpoint written mid-epoch carries it. Default: nothing.
+        ``evaluate_train(module)`` returns the ``(N, D)`` float outputs of ``module`` in eval
+        mode over the whole training set, plain (un-augmented) view, in index order (the
+        logits for ``model``; features for a module of the method's that returns them); it
+        restores the module's mode. ``model`` is the network :meth:`network` returned. With
+        several processes every process gets the whole matrix. Whatever this hook computes
+        must be stored in registered buffers, so that a checkpoint written mid-epoch carries
+        it. Default: nothing.
         """
+
+    def epoch_plan(self, epoch: int, seed: int) -> EpochPlan | None:
+        """The steps of ``epoch`` when the method lays them out itself (labelled and
+        unlabelled streams of their own lengths, see :class:`EpochPlan`); ``None`` (the
+        default): the ordinary epoch, every training sample once in a ``(seed, epoch)`` order.
+
+        Called after :meth:`on_epoch_start`, and again when a run resumes in the middle of
+        ``epoch``, so it must be a pure function of the method's registered buffers and of
+        ``seed`` (a 63-bit seed of ``(run seed, epoch)``; draw shuffles from
+        ``torch.Generator().manual_seed(seed)`` on the CPU). The number of steps may change
+        from epoch to epoch: the engine keeps the learning-rate schedule on its per-epoch
+        course (at every epoch boundary the same value as with ordinary epochs).
+        """
+        return None
 
     @torch.no_grad()
     def after_step(self, batch: Batch, out: StepOutput, epoch: int) -> None:

@@ -25,6 +25,13 @@ def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(dim=-1) == labels).float().mean()
 
 
+def topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> Tensor:
+    """Fraction of samples whose label is among the ``k`` highest logits (the top-5 accuracy
+    of ImageNet and WebVision tables, e.g. DivideMix's Table 6)."""
+    top = logits.topk(min(int(k), logits.shape[-1]), dim=-1).indices
+    return (top == labels.unsqueeze(-1)).any(dim=-1).float().mean()
+
+
 def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) -> Tensor:
     """ECE (Naeini et al. 2015; Guo et al. 2017) with ``n_bins`` equal-width confidence bins.
 

@@ -128,6 +128,11 @@ METRICS: dict[str, Metric] = {
         "noisy labels fitted (%)", ("memorisation/fit_given",), higher_is_better=False
     ),
     "recovered": Metric("noisy labels recovered (%)", ("recovery/recovered",)),
+    # mini-WebVision's tables: top-1 / top-5 on the WebVision val and on ILSVRC12's val
+    "top5": Metric("top-5 acc (%)", ("test/top5",)),
+    "imagenet_acc": Metric("ILSVRC12 acc (%)", ("test_imagenet/acc",)),
+    "imagenet_top5": Metric("ILSVRC12 top-5 (%)", ("test_imagenet/top5",)),
+    "clean_val_acc": Metric("clean val acc (%)", ("val/clean_acc",)),
 }
 
 
@@ -202,6 +207,21 @@ for _m in ("gce", "sce", "elr", "coteaching", "dividemix", "mixup", "pskd", "dlb
         paper_key=("dataset", "method", "noise", "metric"),
         rules=("last", "best_test"),
     )
+# The real-noise datasets' published numbers (paper_tables.yaml, tables real_<dataset>, issue
+# 24): the paper's number stands beside ours only for the same dataset, network and method.
+TABLES["real_clothing1m"] = Layout(
+    "Clothing1M: clean test accuracy (ours: the selected epoch's)",
+    ("acc",),
+    "method",
+    paper_key=("dataset", "model", "noise", "method", "metric"),
+    rules=("last", "clean_val"),
+)
+TABLES["real_webvision"] = Layout(
+    "mini-WebVision: top-1 accuracy on the WebVision val and the ILSVRC12 val (50 classes)",
+    ("acc", "imagenet_acc"),
+    "method",
+    paper_key=("dataset", "model", "noise", "method", "metric"),
+)
 # Keys whose value names a row (shown bare, not as key=value), in this order.
 _NAME_KEYS = ("dataset.name", "model.name", "noise.name", "method.name")
 
@@ -1316,8 +1336,14 @@ def _notes(
             + " (the first of svhn, sklearn_patches, npy a run has); the paper's: SVHN."
         )
     if entries:
+        meta = load_paper_tables().get(table) or {}
+        whose = (  # the BSD paper's tables, or another paper's / code's (with their source)
+            f"{meta.get('title', table)}, source: {meta['source']}"
+            if meta.get("source")
+            else f"the BSD paper's {table.replace('table', 'Table ')}"
+        )
         notes.append(
-            f"paper: the published numbers of the BSD paper's {table.replace('table', 'Table ')}"
+            f"paper: the published numbers of {whose}"
             f" (noisybench/paper_tables.yaml), bold as printed there; their epoch: "
             f"{_paper_selection(table)}. Their datasets and models are those of the "
             "paper, not necessarily ours."

@@ -240,7 +240,9 @@ def _callbacks(cfg: DictConfig, config: dict[str, Any], rd: RunDir, exp: Experim
     main = distributed.is_main()
     faults = FaultInjection.from_env(distributed.rank())
     noise = exp.noise.to_dict()
-    rule = resolve_selection(cfg.get("selection"), exp.validation is not None)
+    rule = resolve_selection(
+        cfg.get("selection"), exp.validation is not None, exp.source.labels.clean_val is not None
+    )
     manifest = _dataset_manifest(exp)
     extra = {} if manifest is None else {"dataset_manifest": manifest}
     header = {

@@ -173,7 +173,8 @@ def _check_path(suite: Suite, job: Job, run_dir: Path, user: Sequence[str]) -> N
 
     from noisybench.config import compose
 
-    cfg = compose([*job.overrides(suite.fixed), *user], return_hydra_config=True)
+    where = [f"out_dir={_out_dir(suite, user)}", *(o for o in user if not o.startswith("out_dir="))]
+    cfg = compose([*job.overrides(suite.fixed), *where], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     name = OmegaConf.select(cfg, "run_name")
     composed = Path(os.path.expanduser(str(cfg.out_dir))) / str(name)

@@ -78,3 +78,25 @@ def test_help_page_is_the_page_hydra_renders() -> None:
     ).stdout
     assert "noisybench: learning with noisy labels" in hydra
     assert ours == hydra
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["method=ce,bsd", "seed=0,1,2", "epochs=3"],
+        ["+foo=1,2", "~bar", "a.b=[1,2]", "c=choice(3,4)", "d='x,y'"],
+        ["x=range(0,3)", "y=1"],
+    ],
+)
+def test_the_sweep_preflight_expands_jobs_as_hydras_basic_sweeper(overrides: list[str]) -> None:
+    """The jobs the front door checks before a sweep starts are those Hydra's basic sweeper
+    launches, in its order (Hydra's own sweeper, an internal module, as the second
+    implementation; the front door uses only the public override parser)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from noisybench.cli import _sweep_jobs
+
+    parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    expected = [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    assert _sweep_jobs(overrides) == expected

@@ -21,7 +21,14 @@ from noisybench.config import CONF_DIR, compose
 from noisybench.evaluate import evaluate_run
 from noisybench.run import run_experiment
 
-DEEP = {"densenet169", "densenet201", "resnet101", "resnet152", "tv_vgg19_bn"}  # 7-24 s each
+DEEP = {  # 7-24 s each
+    "densenet169",
+    "densenet201",
+    "resnet101",
+    "resnet152",
+    "tv_vgg19_bn",
+    "inception_resnet_v2",
+}
 MODELS = [
     pytest.param(m, marks=pytest.mark.slow) if m in DEEP else m
     for m in sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -73,6 +80,8 @@ def test_posthoc_nll_equals_the_last_epochs_test_nll(
     extra = [f"model={model}", f"out_dir={tmp_path / 'runs'}"]
     if model in SMALLEST_32:  # five poolings (VGG) / a 32-px design (Co-teaching's CNN)
         extra.append("dataset.reader.size=32")
+    if model == "inception_resnet_v2":  # unpadded reductions: at least 75 pixels
+        extra.append("dataset.reader.size=75")
     if model == "vit_b16":
         from noisybench.models.vit import vit_b16
 

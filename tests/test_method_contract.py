@@ -44,7 +44,8 @@ from torch import Tensor, nn
 
 import noisybench.build
 from noisybench.data.base import ImageData
-from noisybench.data.loader import DeviceLoader
+from noisybench.data.loader import plan_seed
+from noisybench.data.source import InMemorySource
 from noisybench.engine import rng_state, set_rng_state
 from noisybench.method import Batch, Method, MethodContext, StepOutput
 from noisybench.run import run_experiment
@@ -147,7 +148,7 @@ def digits() -> ImageData:
 class Parts:
     model: nn.Module
     method: Method
-    loader: DeviceLoader
+    loader: InMemorySource
     optimizer: torch.optim.Optimizer
     scheduler: Any
     ctx: MethodContext
@@ -190,6 +191,13 @@ def train_step(parts: Parts, batch: Batch, epoch: int) -> StepOutput:
     parts.scheduler.step()
     parts.method.after_step(batch, out, epoch)
     return out
+
+
+def epoch_batches(parts: Parts, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+    """The epoch's batches as the engine draws them: the method's own plan, if it lays the
+    epoch out itself (``Method.epoch_plan``), else the ordinary pass."""
+    plan = parts.method.epoch_plan(epoch, plan_seed(parts.loader.seed, epoch))
+    return parts.loader.epoch(epoch, start_step, plan)
 
 
 def wrong_labels(clean: Tensor, num_classes: int) -> Tensor:
@@ -302,7 +310,7 @@ def test_gradients_reach_the_model(
     name = path.stem
     cfg = method_cfg(path, request)
     parts = build(cfg, digits, wrong_labels(digits.train_labels, digits.num_classes))
-    batches = parts.loader.epoch(0)
+    batches = epoch_batches(parts, 0)
     train_step(parts, next(batches), 0)
     batch = next(batches)  # the second batch: DLB's carried samples are distilled here
     out = parts.method.training_step(parts.model, batch, 0)
@@ -325,10 +333,10 @@ def test_resume_is_identical(path: Path, request: pytest.FixtureRequest, digits:
     cfg = method_cfg(path, request)
     noisy = wrong_labels(digits.train_labels, digits.num_classes)
     a = build(cfg, digits, noisy)
-    for batch in a.loader.epoch(0):
+    for batch in epoch_batches(a, 0):
         train_step(a, batch, 0)
     a.method.on_epoch_end(0)
-    batches = a.loader.epoch(1)
+    batches = epoch_batches(a, 1)
     train_step(a, next(batches), 1)
 
     ckpt = roundtrip(
@@ -348,7 +356,7 @@ def test_resume_is_identical(path: Path, request: pytest.FixtureRequest, digits:
     b.optimizer.load_state_dict(ckpt["optimizer"])
     b.scheduler.load_state_dict(ckpt["scheduler"])
     set_rng_state(ckpt["rng"])
-    train_step(b, next(b.loader.epoch(1, start_step=1)), 1)
+    train_step(b, next(epoch_batches(b, 1, start_step=1)), 1)
 
     params_a, params_b = dict(a.trainable()), dict(b.trainable())
     assert params_a.keys() == params_b.keys()

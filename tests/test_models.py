@@ -30,7 +30,11 @@ MODEL_CONFS = sorted((Path(__file__).resolve().parents[1] / "conf" / "model").gl
 # Built and run for real on CPU in the fast tests (a few hundred ms each at batch 2).
 LIGHT = ("small_cnn", "preact_resnet18", "resnet18", "wide_resnet40_1", "densenet121")
 # Built but not run in the fast tests (their meta-device forward alone takes a second or more).
-HEAVY = frozenset({"resnet34", "resnet101", "resnet152", "densenet169", "densenet201"})
+HEAVY = frozenset(
+    {"resnet34", "resnet101", "resnet152", "densenet169", "densenet201", "inception_resnet_v2"}
+)
+# Networks whose unpadded reductions need more than 32 pixels (Inception-ResNet-v2: 75).
+MIN_SIDE = {"inception_resnet_v2": 75}
 IMAGE_MODELS = tuple(n for n in (p.stem for p in MODEL_CONFS) if n != "vit_b16")
 
 
@@ -75,7 +79,7 @@ def in_channels_of(name: str) -> int:
 
 
 def input_for(name: str, batch: int = 2, device: str | None = None) -> torch.Tensor:
-    side = 8 if name == "small_cnn" else 32
+    side = 8 if name == "small_cnn" else MIN_SIDE.get(name, 32)
     return torch.randn(batch, in_channels_of(name), side, side, device=device)
 
 

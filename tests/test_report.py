@@ -290,6 +290,8 @@ def test_paper_tables_file() -> None:
         "ref_elr": 10,  # ELR README: 2 datasets x (4 sym + 1 asym)
         "ref_pskd": 1,  # PS-KD README: CIFAR-100 PreAct ResNet-18
         "ref_ls": 1,  # PS-KD README: its label-smoothing row
+        "real_clothing1m": 1,  # DivideMix Table 4: Clothing1M, ResNet-50
+        "real_webvision": 2,  # DivideMix Table 6: WebVision and ILSVRC12 top-1
     }
     assert {t: len(v["entries"]) for t, v in tables.items()} == expected
     for name, table in tables.items():

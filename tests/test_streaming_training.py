@@ -58,9 +58,15 @@ def _run_dir(out: Path) -> Path:
     return found[0]
 
 
-def _reference_inputs(files: list[str], size: int, resize: int) -> torch.Tensor:
-    """Decode + shorter-side resize + centre crop + ImageNet normalisation, written here with
-    torchvision's functional API (not the reader's code path)."""
+def _reference_inputs(
+    files: list[str],
+    size: int,
+    resize: int,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Decode + shorter-side resize + centre crop + normalisation (ImageNet's unless given),
+    written here with torchvision's functional API (not the reader's code path)."""
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.functional import center_crop
     from torchvision.transforms.functional import resize as tv_resize
@@ -71,9 +77,7 @@ def _reference_inputs(files: list[str], size: int, resize: int) -> torch.Tensor:
         pix = center_crop(tv_resize(pix, [resize], antialias=True), [size, size])
         out.append(pix.float() / 255.0)
     x = torch.stack(out)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
 def _val_files(root: Path) -> tuple[list[str], torch.Tensor]:

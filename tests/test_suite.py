@@ -66,6 +66,19 @@ def test_dry_run_counts_finished_and_estimates(suite_file: Path, tmp_path: Path,
     assert text.count("- finished:") == 2 and text.count("- to run:") == 10
 
 
+def test_a_suite_lands_in_its_own_out_dir_when_none_is_given(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The suite file's ``out_dir`` (not the run config's default ``runs``) is where its runs
+    land and what the path check composes with (the shipped suites failed without an
+    ``out_dir=`` override)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["digits_mini", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "156 runs, 0 finished, 156 to run" in text
+    assert "-> runs/suite/digits_mini/digits/small_cnn/sym20/ce/" in text
+
+
 def test_bad_suites_are_one_line(tmp_path: Path, capsys) -> None:
     assert main(["no_such_suite", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

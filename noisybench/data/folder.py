@@ -45,13 +45,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from noisybench.data.labels_file import read_label_file
 from noisybench.data.loader import (
+    check_plan,
     check_start_step,
     epoch_generator_seed,
     folds_last_batch,
+    planned_steps,
     process_share,
 )
 from noisybench.errors import UserError
-from noisybench.method import Batch
+from noisybench.method import Batch, EpochPlan
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -588,25 +590,36 @@ class FolderLoader:
             generator=_own_generator(),
         )
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        """Yield this process's batches of ``epoch`` from step ``start_step`` on."""
-        steps = len(self)
-        check_start_step(start_step, steps)
-        perm = self.permutation(epoch)
-        n, b = self.num_samples, self.batch_size
-        plan = []
-        for step in range(int(start_step), steps):
-            stop = n if (self.fold_last and step == steps - 1) else min(step * b + b, n)
-            share = self.shard(perm[step * b : stop])
-            plan.append([(epoch, int(i)) for i in share])
-        if not plan:
+    def epoch(
+        self, epoch: int, start_step: int = 0, plan: EpochPlan | None = None
+    ) -> Iterator[Batch]:
+        """Yield this process's batches of ``epoch`` from step ``start_step`` on; with a
+        method's ``plan`` (:class:`noisybench.method.EpochPlan`), the plan's steps."""
+        steps_parts: list[tuple[int, tuple[tuple[str, int], ...]]] = []
+        schedule = []
+        if plan is not None:
+            check_plan(plan, len(self.data.train_files), self.num_carried)
+            for step, idx, parts in planned_steps(plan, start_step, self.rank, self.world_size):
+                steps_parts.append((step, parts))
+                schedule.append([(epoch, int(i)) for i in idx.cpu()])
+        else:
+            steps = len(self)
+            check_start_step(start_step, steps)
+            perm = self.permutation(epoch)
+            n, b = self.num_samples, self.batch_size
+            for step in range(int(start_step), steps):
+                stop = n if (self.fold_last and step == steps - 1) else min(step * b + b, n)
+                share = self.shard(perm[step * b : stop])
+                steps_parts.append((step, ()))
+                schedule.append([(epoch, int(i)) for i in share])
+        if not schedule:
             return
-        iterators = {view: iter(self._loader(plan, view)) for view in self.views}
+        iterators = {view: iter(self._loader(schedule, view)) for view in self.views}
         transforms = {
             v: self.plain_transform if _view_number(v) is None else self.train_transform
             for v in self.views
         }
-        for _ in plan:
+        for step, parts in steps_parts:
             views: dict[str, Tensor] = {}
             idx = None
             for view, it in iterators.items():
@@ -622,7 +635,13 @@ class FolderLoader:
                 views[view] = self.normalise(images)
             assert idx is not None
             idx = idx.to(self.labels.device, non_blocking=True)
-            yield Batch(idx=idx, target=self.labels.index_select(0, idx), views=views, carried=0)
+            yield Batch(
+                idx=idx,
+                target=self.labels.index_select(0, idx),
+                views=views,
+                parts=parts,
+                step=step,
+            )
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch(0)

@@ -40,9 +40,16 @@ from torch import Tensor, nn
 
 from noisybench.data.views import apply_jointly, joint_groups
 from noisybench.errors import UserError
-from noisybench.method import Batch
+from noisybench.method import Batch, EpochPlan
 
-__all__ = ["DeviceLoader", "epoch_generator_seed", "folds_last_batch"]
+__all__ = [
+    "DeviceLoader",
+    "check_plan",
+    "epoch_generator_seed",
+    "folds_last_batch",
+    "plan_seed",
+    "planned_steps",
+]
 
 
 def epoch_generator_seed(seed: int, epoch: int) -> int:
@@ -52,6 +59,14 @@ def epoch_generator_seed(seed: int, epoch: int) -> int:
     seed 0 epoch 1 would equal seed 1 epoch 0).
     """
     state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, dtype=np.uint32)
+    return ((int(state[0]) << 32) | int(state[1])) & ((1 << 63) - 1)
+
+
+def plan_seed(seed: int, epoch: int) -> int:
+    """The 63-bit seed a method's epoch plan (:meth:`noisybench.method.Method.epoch_plan`)
+    draws its shuffles from: a function of ``(seed, epoch)`` only, unrelated to the epoch's
+    own permutation seed (:func:`epoch_generator_seed`)."""
+    state = np.random.SeedSequence([int(seed), int(epoch), 1]).generate_state(2, dtype=np.uint32)
     return ((int(state[0]) << 32) | int(state[1])) & ((1 << 63) - 1)
 
 
@@ -82,6 +97,52 @@ def check_start_step(start_step: int, steps: int) -> None:
             f"start_step={start_step} is outside the epoch's {steps} steps; resume from a "
             "checkpoint written with the same dataset and batch size"
         )
+
+
+def check_plan(plan: EpochPlan, num_samples: int, carry_previous: float = 0.0) -> None:
+    """Refuse, in one line, a method's epoch plan (:class:`noisybench.method.EpochPlan`) that
+    cannot be trained on: no steps or parts, a non-positive ``per_step``, indices that are not
+    a 1-D integer tensor inside the training set (one host sync per epoch), or a plan
+    combined with DLB's carried samples."""
+    if carry_previous:
+        raise UserError(
+            "a method that lays out its own epochs (epoch_plan) cannot also carry samples to "
+            "the next batch (carry_previous); set one of them"
+        )
+    if int(plan.steps) < 1 or not plan.parts:
+        raise UserError(
+            f"the method's epoch plan has {plan.steps} steps and {len(plan.parts)} parts; "
+            "an epoch needs at least one step and one part"
+        )
+    for name, (indices, per_step) in plan.parts.items():
+        if int(per_step) < 1:
+            raise UserError(f"part {name!r} of the epoch plan takes {per_step} rows a step")
+        if indices.dim() != 1 or indices.is_floating_point() or indices.dtype == torch.bool:
+            raise UserError(
+                f"part {name!r} of the epoch plan must be a 1-D integer index tensor, got "
+                f"{indices.dtype} {tuple(indices.shape)}"
+            )
+        if indices.numel() and not bool((indices.min() >= 0) & (indices.max() < num_samples)):
+            raise UserError(
+                f"part {name!r} of the epoch plan indexes outside the {num_samples} training "
+                "samples"
+            )
+
+
+def planned_steps(
+    plan: EpochPlan, start_step: int, rank: int = 0, world_size: int = 1
+) -> Iterator[tuple[int, Tensor, tuple[tuple[str, int], ...]]]:
+    """``(step, indices, parts)`` of a planned epoch from ``start_step`` on: this process's
+    rows of every part (each part split into the processes' contiguous chunks as a global
+    batch is, :func:`process_share`), concatenated in the plan's order, and each part's row
+    count."""
+    check_start_step(start_step, int(plan.steps))
+    for step in range(int(start_step), int(plan.steps)):
+        rows = plan.rows(step)
+        if world_size > 1:
+            rows = [(name, process_share(i, rank, world_size)) for name, i in rows]
+        idx = torch.cat([i.long() for _, i in rows])
+        yield step, idx, tuple((name, int(i.shape[0])) for name, i in rows)
 
 
 class DeviceLoader:
@@ -197,8 +258,16 @@ class DeviceLoader:
         perm = torch.randperm(self.num_samples, generator=gen)
         return perm.to(self.images.device, non_blocking=True)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        """Yield the batches of ``epoch`` from step ``start_step`` on (for mid-epoch resume)."""
+    def epoch(
+        self, epoch: int, start_step: int = 0, plan: EpochPlan | None = None
+    ) -> Iterator[Batch]:
+        """Yield the batches of ``epoch`` from step ``start_step`` on (for mid-epoch resume);
+        with a method's ``plan``, the plan's steps instead of a pass over all samples."""
+        if plan is not None:
+            check_plan(plan, self.num_samples, self.num_carried)
+            for step, idx, parts in planned_steps(plan, start_step, self.rank, self.world_size):
+                yield self._batch(idx.to(self.images.device, non_blocking=True), 0, step, parts)
+            return
         steps = len(self)
         check_start_step(start_step, steps)
         perm = self.permutation(epoch)
@@ -220,20 +289,28 @@ class DeviceLoader:
                 idx = perm[lo - carried : hi]
             if self.world_size > 1:
                 idx, carried = self.share(idx, carried)
-            images = self.images.index_select(0, idx)
-            views: dict[str, Tensor] = {}
-            for group in self.groups:
-                if len(group) == 1:
-                    views[group[0]] = self.views[group[0]](images)
-                else:  # e.g. BSD+'s strong views: one pass, the same numbers
-                    outs = apply_jointly([self.views[k] for k in group], images)
-                    views.update(zip(group, outs, strict=True))
-            yield Batch(
-                idx=idx,
-                target=self.labels.index_select(0, idx),
-                views=views,
-                carried=carried,
-            )
+            yield self._batch(idx, carried, step)
+
+    def _batch(
+        self, idx: Tensor, carried: int, step: int, parts: tuple[tuple[str, int], ...] = ()
+    ) -> Batch:
+        """The batch of samples ``idx`` with every view of the method applied."""
+        images = self.images.index_select(0, idx)
+        views: dict[str, Tensor] = {}
+        for group in self.groups:
+            if len(group) == 1:
+                views[group[0]] = self.views[group[0]](images)
+            else:  # e.g. BSD+'s strong views: one pass, the same numbers
+                outs = apply_jointly([self.views[k] for k in group], images)
+                views.update(zip(group, outs, strict=True))
+        return Batch(
+            idx=idx,
+            target=self.labels.index_select(0, idx),
+            views=views,
+            carried=carried,
+            parts=parts,
+            step=step,
+        )
 
     def share(self, idx: Tensor, carried: int) -> tuple[Tensor, int]:
         """This process's chunk of the global batch ``idx`` (whose first ``carried``

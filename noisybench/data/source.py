@@ -31,7 +31,7 @@ from torch import Tensor
 from noisybench.data.folder import FolderLoader
 from noisybench.data.loader import DeviceLoader, folds_last_batch
 from noisybench.errors import UserError
-from noisybench.method import Batch
+from noisybench.method import Batch, EpochPlan
 
 __all__ = ["DataSource", "EvalLabels", "InMemorySource", "LoaderSpec", "StreamedSource"]
 
@@ -53,6 +53,14 @@ class EvalLabels:
             label-recovery diagnostics).
         train_subset: the fixed training positions of the memorisation diagnostics
             (``eval.train_diagnostics_subset``; None: all).
+        clean_val: the labels of the dataset's own CLEAN validation split (Clothing1M's
+            ``clean_val_key_list``; split ``"clean_val"``, recorded as ``val/clean_acc``, the
+            ``clean_val`` selection rule's number); None: the dataset has none.
+        extra_tests: further test sets by the prefix their metrics are recorded under
+            (mini-WebVision's ILSVRC12 validation images: ``{"test_imagenet": labels}``,
+            recorded as ``test_imagenet/acc`` ...); each is also a split name.
+        topk: the top-k accuracies recorded beside top-1 for the test sets (``test/top5``
+            for mini-WebVision, whose tables report top-1 and top-5).
     """
 
     test: Tensor
@@ -61,10 +69,20 @@ class EvalLabels:
     val: Tensor | None = None
     clean_known: bool = True
     train_subset: Tensor | None = None
+    clean_val: Tensor | None = None
+    extra_tests: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    topk: tuple[int, ...] = ()
 
     def size(self, split: str) -> int:
-        """The number of samples of ``split`` (``"test"``, ``"train"`` or ``"val"``)."""
-        labels = {"test": self.test, "train": self.train_given, "val": self.val}[split]
+        """The number of samples of ``split`` (``"test"``, ``"train"``, ``"val"``,
+        ``"clean_val"`` or an extra test set's name)."""
+        fixed = {
+            "test": self.test,
+            "train": self.train_given,
+            "val": self.val,
+            "clean_val": self.clean_val,
+        }
+        labels = fixed[split] if split in fixed else self.extra_tests.get(split)
         return 0 if labels is None else int(labels.shape[0])
 
 
@@ -95,17 +113,23 @@ class DataSource(Protocol):
         labels: the evaluation labels (:class:`EvalLabels`).
         view: the plain evaluation view mapping in-memory uint8 images to normalised float
             batches (the suites' ``predict`` applies it); None when the images are streamed.
+        seed: the seed of the epoch orders (a method's epoch plan draws from
+            :func:`noisybench.data.loader.plan_seed` of it).
     """
 
     labels: EvalLabels
     view: Callable[[Tensor], Tensor] | None
+    seed: int
 
     def __len__(self) -> int:
         """Optimizer steps per epoch."""
         ...
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        """This process's training batches of ``epoch`` (0-based) from ``start_step`` on."""
+    def epoch(
+        self, epoch: int, start_step: int = 0, plan: EpochPlan | None = None
+    ) -> Iterator[Batch]:
+        """This process's training batches of ``epoch`` (0-based) from ``start_step`` on: an
+        ordinary pass of ``len(self)`` steps, or the steps of the method's ``plan``."""
         ...
 
     def eval_batches(self, split: str, samples: Samples, batch_size: int) -> Iterator[Tensor]:
@@ -155,6 +179,7 @@ class InMemorySource:
             world_size=spec.world_size,
         )
         self.labels = labels
+        self.seed = spec.seed
         self.view: Callable[[Tensor], Tensor] | None = view
         self._images = {
             "train": train,
@@ -165,8 +190,10 @@ class InMemorySource:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        return self.loader.epoch(epoch, start_step)
+    def epoch(
+        self, epoch: int, start_step: int = 0, plan: EpochPlan | None = None
+    ) -> Iterator[Batch]:
+        return self.loader.epoch(epoch, start_step, plan)
 
     def images(self, split: str) -> Tensor | None:
         return self._images[split]
@@ -188,6 +215,10 @@ class StreamedSource:
     training batches from a :class:`FolderLoader`, evaluation batches resized and centre-cropped
     by :func:`noisybench.data.folder.eval_batches`.
 
+    A real-noise reader's clean validation split (``data.val_files``) and extra test sets
+    (``data.extra_tests``) are evaluated as the splits ``"clean_val"`` and the names of
+    ``labels.extra_tests`` (``extra_files``: their files by that name).
+
     A real-noise reader's per-epoch class-balanced subset (``data.protocol["subset_per_epoch"]``,
     DivideMix's Clothing1M protocol, :func:`noisybench.data.realnoise.balanced_subset` of the
     given labels) is what each epoch trains on; it depends on ``(seed, epoch)`` only.
@@ -199,6 +230,8 @@ class StreamedSource:
         reading: the dataset's ``loader`` options (``workers``, ``decoder``,
             ``decode_device``, ``prefetch_factor``).
         holdout: as for :class:`InMemorySource`.
+        extra_files: the files of ``"clean_val"`` and of each extra test set, by split name
+            (in the order of their labels in ``labels``).
     """
 
     view = None
@@ -210,6 +243,7 @@ class StreamedSource:
         spec: LoaderSpec,
         reading: Mapping[str, Any],
         holdout: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+        extra_files: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         train_idx, val_idx = holdout
         files = list(data.train_files)
@@ -226,7 +260,14 @@ class StreamedSource:
                 train, test_files=[files[i] for i in val_idx], test_labels=labels.val.cpu()
             )
         self._train = train
+        self._splits: dict[str, Any] = {}
+        for name, files_of in (extra_files or {}).items():
+            held = labels.clean_val if name == "clean_val" else labels.extra_tests[name]
+            self._splits[name] = dataclasses.replace(
+                train, test_files=list(files_of), test_labels=held.cpu()
+            )
         self.labels = labels
+        self.seed = spec.seed
         self.workers = int(reading.get("workers", 4))
         self.decoder = str(reading.get("decoder", "torchvision"))
         self.decode_device = reading.get("decode_device")
@@ -254,8 +295,10 @@ class StreamedSource:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        return self.loader.epoch(epoch, start_step)
+    def epoch(
+        self, epoch: int, start_step: int = 0, plan: EpochPlan | None = None
+    ) -> Iterator[Batch]:
+        return self.loader.epoch(epoch, start_step, plan)
 
     def images(self, split: str) -> Tensor | None:
         return None
@@ -266,8 +309,9 @@ class StreamedSource:
         order: Sequence[int] = (
             list(samples) if isinstance(samples, range) else samples.cpu().tolist()
         )
+        data = self._splits.get(split, self._held_out if split == "val" else self._train)
         batches = eval_batches(
-            self._held_out if split == "val" else self._train,
+            data,
             "train" if split == "train" else "test",
             batch_size,
             device=self.device,

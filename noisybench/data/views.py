@@ -76,6 +76,8 @@ from noisybench.errors import UserError
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "INCEPTION_MEAN",
+    "INCEPTION_STD",
     "VIEW_KINDS",
     "AugmentParams",
     "PlainView",
@@ -618,6 +620,8 @@ def build_views(
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 """ImageNet-1k channel statistics, the normalisation torchvision's pretrained weights expect."""
+INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)
+"""The [-1, 1] scaling of Google's Inception checkpoints (and their PyTorch ports)."""
 
 
 def input_stats(
@@ -627,17 +631,23 @@ def input_stats(
 
     A model that declares ``input_stats = "imagenet"`` (an ImageNet-pretrained ViT-B/16, see
     :mod:`noisybench.models.vit`) gets ImageNet's statistics; every other model the dataset's
-    ``mean`` and ``std``. Call it where the views are built:
+    ``mean`` and ``std``; ``"inception"`` (Inception-ResNet-v2 with its ported ImageNet
+    weights, :mod:`noisybench.models.inception_resnet_v2`) mean = std = 0.5. Call it where the
+    views are built:
     ``build_views(keys, augment, *input_stats(model, data.mean, data.std), size)``.
     """
     kind = getattr(model, "input_stats", "dataset")
-    if kind == "imagenet":
+    if kind in ("imagenet", "inception"):
         if len(mean) != 3:
             raise UserError(
                 f"ImageNet normalisation needs 3-channel images, the dataset has {len(mean)}; "
                 "set model.input_stats=dataset"
             )
+        if kind == "inception":
+            return INCEPTION_MEAN, INCEPTION_STD
         return IMAGENET_MEAN, IMAGENET_STD
     if kind != "dataset":
-        raise UserError(f"model input_stats={kind!r} is unknown; use imagenet or dataset")
+        raise UserError(
+            f"model input_stats={kind!r} is unknown; use imagenet, inception or dataset"
+        )
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)

@@ -125,14 +125,14 @@ class SuiteRunner:
     def after_epoch(self, epoch: int, predict: Predict) -> Metrics:
         return run_suites([s for s in self.suites if s.due(epoch)], predict, self.ctx)
 
-    def record(self, epoch: int, predict: Predict, builtin: bool) -> Metrics:
-        """The metrics of the built-in (or the other) suites due after ``epoch``, keyed as in
-        the epoch's record: a built-in suite's keys as they are (``test/acc``), the others'
-        under ``eval/`` (``eval/calibration/ece``)."""
-        prefix = "" if builtin else "eval/"
+    def record(self, epoch: int, predict: Predict, stage: str) -> Metrics:
+        """The metrics of the suites of ``stage`` (:attr:`EvalSuite.stage`) due after
+        ``epoch``, keyed as in the epoch's record: a built-in suite's keys as they are
+        (``test/acc``), the others' under ``eval/`` (``eval/calibration/ece``)."""
+        prefix = "eval/" if stage == "eval" else ""
         out: Metrics = {}
         for suite in self.suites:
-            if suite.builtin == builtin and suite.due(epoch):
+            if suite.stage == stage and suite.due(epoch):
                 out.update({prefix + k: v for k, v in suite.evaluate(predict, self.ctx).items()})
         return out
 

@@ -19,8 +19,9 @@ How the engine calls a suite (the contract):
   ``eval/<key>`` (keys already start with the suite's name, e.g. ``calibration/ece``);
   ``list`` entries (reliability bins, curves) are for evaluation.json and figures only.
 * Built-in suites (:mod:`noisybench.evaluation.builtin`: ``test``, ``val``, ``memorisation``,
-  ``recovery``; ``builtin = True``) run in every training run, every epoch they are due,
-  before the method's ``on_epoch_end``, and their keys join the record as they are
+  ``recovery``; their ``stage`` is ``held_out`` or ``diagnostics``) run in every training
+  run, every epoch they are due, before the method's ``on_epoch_end`` (the held-out ones
+  before the training numbers too), and their keys join the record as they are
   (``test/acc``, ``memorisation/fit_given``, ...), not under ``eval/``.
 * After training, or on a finished run (``python -m noisybench.evaluate``): every selected
   suite, whatever its ``every``.
@@ -94,11 +95,14 @@ class EvalSuite(abc.ABC):
         name: the key prefix of its metrics and the name of its YAML file.
         every: run it every ``every`` epochs during training; 0 runs it only on finished
             runs (and at the end of training).
-        builtin: a suite every training run has (its keys join the record without ``eval/``).
+        stage: where its numbers go in an epoch's record: ``eval`` (the configured suites:
+            under ``eval/``, last), or, for the suites every training run has (keys as they
+            are), ``held_out`` (the held-out splits' numbers, first) or ``diagnostics``
+            (after the training numbers).
     """
 
     name: ClassVar[str] = ""
-    builtin: ClassVar[bool] = False
+    stage: ClassVar[str] = "eval"
 
     def __init__(self, every: int = 0) -> None:
         if int(every) < 0:

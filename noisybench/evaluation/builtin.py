@@ -49,7 +49,7 @@ def _prefixed(name: str, values: dict[str, Tensor]) -> Metrics:
 class _BuiltinSuite(EvalSuite):
     """A suite every training run has: due every epoch unless told otherwise."""
 
-    builtin = True
+    stage = "held_out"
 
     def __init__(self, every: int = 1) -> None:
         super().__init__(every)
@@ -57,29 +57,44 @@ class _BuiltinSuite(EvalSuite):
 
 class TestSuite(_BuiltinSuite):
     """``test/acc``, ``test/err``, ``test/ece`` (15 equal-width bins) and ``test/nll`` of the
-    whole test set (:func:`noisybench.metrics.classification_metrics`), every epoch."""
+    whole test set (:func:`noisybench.metrics.classification_metrics`), every epoch; the same
+    for a real-noise dataset's further test sets under their own prefix (mini-WebVision's
+    ILSVRC12 validation images: ``test_imagenet/acc``, ...), with the top-k accuracies its
+    protocol names (``test/top5``, :func:`noisybench.metrics.topk_accuracy`)."""
 
     name = "test"
     __test__ = False  # not a pytest class
 
     def evaluate(self, predict: Predict, ctx: EvalContext) -> Metrics:
         labels = _labels(ctx)
-        logits = _split(predict)("test")
-        return _prefixed(self.name, metrics.classification_metrics(logits, labels.test))
+        out: Metrics = {}
+        for split, y in (("test", labels.test), *labels.extra_tests.items()):
+            logits = _split(predict)(split)
+            test = metrics.classification_metrics(logits, y)
+            test.update({f"top{k}": metrics.topk_accuracy(logits, y, k) for k in labels.topk})
+            out.update(_prefixed(split, test))
+        return out
 
 
 class ValSuite(_BuiltinSuite):
     """``val/acc``: accuracy on the held-out noisy validation split against its noisy labels
-    (model selection under noise); nothing when the run holds no split out."""
+    (model selection under noise), and ``val/clean_acc`` on the dataset's own clean
+    validation split (Clothing1M's; the ``clean_val`` rule's number); nothing for a split the
+    run does not have."""
 
     name = "val"
 
     def evaluate(self, predict: Predict, ctx: EvalContext) -> Metrics:
         labels = _labels(ctx)
-        if labels.val is None:
-            return {}
-        pred = _split(predict)("val", _argmax)
-        return {"val/acc": float((pred == labels.val).float().mean())}
+        out: Metrics = {}
+        for split, key, y in (
+            ("val", "acc", labels.val),
+            ("clean_val", "clean_acc", labels.clean_val),
+        ):
+            if y is not None:
+                pred = _split(predict)(split, _argmax)
+                out[f"val/{key}"] = float((pred == y).float().mean())
+        return out
 
 
 class MemorisationSuite(_BuiltinSuite):
@@ -90,6 +105,7 @@ class MemorisationSuite(_BuiltinSuite):
     nothing when the clean labels are unknown (real noise)."""
 
     name = "memorisation"
+    stage = "diagnostics"
 
     def __init__(self, every: int = 1, epochs: int | None = None) -> None:
         super().__init__(every)
@@ -117,6 +133,7 @@ class RecoverySuite(_BuiltinSuite):
     size); nothing for a method without soft targets or without clean labels."""
 
     name = "recovery"
+    stage = "diagnostics"
 
     def evaluate(self, predict: Predict, ctx: EvalContext) -> Metrics:
         labels = _labels(ctx)

@@ -20,8 +20,10 @@ rules, reported side by side so that no table hides which one it uses:
 
 A run's ``selection`` setting (:func:`resolve`) names the rule behind its headline number,
 the number it returns to a sweeper (:func:`objective`) and the weights it keeps beside the
-last checkpoint (``selected.pt``). The default, ``auto``, is ``noisy_val`` when the run holds
-out a validation split and ``last`` otherwise: no default ever looks at the test labels.
+last checkpoint (``selected.pt``). The default, ``auto``, is ``clean_val`` on a dataset that
+ships clean validation labels (Clothing1M's clean val, the field's protocol), else
+``noisy_val`` when the run holds out a validation split, else ``last``: no default ever looks
+at the test labels.
 A sweeper (Optuna) optimises a validation number; with none, it would tune on the test set,
 which a run refuses unless ``tune_on_test=true`` (:func:`check_tuning`).
 """
@@ -75,18 +77,18 @@ def select_epoch(history: Sequence[Mapping[str, Any]], rule: str) -> dict[str, A
     if chosen is None:
         raise UserError(
             f"selection rule {rule} needs {key} in the run's history; "
-            + (
-                "train with a noisy validation split"
-                if rule == "noisy_val"
-                else "the run recorded no test accuracy"
-            )
+            + {
+                "noisy_val": "train with a noisy validation split",
+                "clean_val": "train on a dataset with clean validation labels",
+            }.get(rule, "the run recorded no test accuracy")
         )
     return {**dict(chosen), "rule": rule, "selected_on": selected_on}
 
 
 def selection_summary(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Every rule that applies to ``history``: ``{rule: {epoch, test/..., selected_on}}``
-    restricted to the ``epoch``, ``test/*`` and ``val/*`` entries."""
+    restricted to the ``epoch``, ``test/*``, extra test sets' (``test_imagenet/*``) and
+    ``val/*`` entries."""
     out: dict[str, dict[str, Any]] = {}
     for rule, (key, _) in RULES.items():
         if key is not None and not any(key in r for r in history):
@@ -95,16 +97,19 @@ def selection_summary(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[st
         out[rule] = {
             k: v
             for k, v in rec.items()
-            if k in ("epoch", "rule", "selected_on") or k.startswith(("test/", "val/"))
+            if k in ("epoch", "rule", "selected_on") or k.startswith(("test/", "test_", "val/"))
         }
     return out
 
 
-def resolve(selection: str | None, has_validation: bool) -> str:
-    """The rule a run's ``selection`` setting names (``auto``: ``noisy_val`` with a
-    validation split, else ``last``); one line for a rule the run cannot apply."""
+def resolve(selection: str | None, has_validation: bool, has_clean_val: bool = False) -> str:
+    """The rule a run's ``selection`` setting names (``auto``: ``clean_val`` on a dataset
+    with its own clean validation split, Clothing1M's protocol; else ``noisy_val`` with a
+    noisy validation split; else ``last``); one line for a rule the run cannot apply."""
     name = "auto" if selection is None else str(selection)
     if name == "auto":
+        if has_clean_val:
+            return "clean_val"
         return "noisy_val" if has_validation else "last"
     if name not in RULES:
         raise UserError(f"unknown selection={name}; use one of auto, {', '.join(RULES)}")
@@ -112,6 +117,12 @@ def resolve(selection: str | None, has_validation: bool) -> str:
         raise UserError(
             "selection=noisy_val needs a noisy validation split: set validation.fraction=0.1 "
             "(or another fraction), or choose selection=last"
+        )
+    if name == "clean_val" and not has_clean_val:
+        raise UserError(
+            "selection=clean_val needs a dataset with clean validation labels (Clothing1M's "
+            "clean val; Food-101N with dataset.reader.exclude_verified_val=true) and this one "
+            "has none: choose selection=noisy_val with validation.fraction=0.1, or selection=last"
         )
     return name
 
@@ -133,7 +144,9 @@ def objective(result: Mapping[str, Any]) -> float:
     if not history:
         return float("nan")
     try:
-        rule = resolve(config.get("selection"), _has_validation(config))
+        rule = result.get("selection_rule")  # as the run resolved it (knowing its data)
+        if rule not in RULES:
+            rule = resolve(config.get("selection"), _has_validation(config))
         record = select_epoch(history, rule)
     except UserError:
         return float("nan")
@@ -153,11 +166,14 @@ def check_tuning(config: Mapping[str, Any], sweeper: str | None) -> None:
     split, or the ``best_test`` rule, without ``tune_on_test=true``."""
     if not sweeper or sweeper.endswith("BasicSweeper") or config.get("tune_on_test"):
         return
+    if config.get("selection") == "clean_val":  # a validation number (the run refuses the
+        return  # rule before training on a dataset without clean validation labels)
     rule = resolve(config.get("selection"), _has_validation(config))
     if rule in OPTIMISTIC or not _has_validation(config):
         raise UserError(
             f"{sweeper.rsplit('.', 1)[-1]} would tune on the test set (selection={rule}"
             f"{'' if _has_validation(config) else ', no validation split'}); hold out a "
-            "noisy validation split (validation.fraction=0.1) or pass tune_on_test=true to "
-            "do it knowingly"
+            "noisy validation split (validation.fraction=0.1), select on a dataset's clean "
+            "validation labels (selection=clean_val), or pass tune_on_test=true to do it "
+            "knowingly"
         )

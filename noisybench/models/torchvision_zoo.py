@@ -7,7 +7,7 @@ Food-101N, mini-WebVision in several papers), VGG-19 with BatchNorm (ANIMAL-10N,
 ``weights=PATH`` (config ``model.weights``) reads a local state-dict file of the 1000-class
 network (e.g. ``resnet50-11ad3fa6.pth``), strictly, before the classifier is replaced by a
 fresh ``K``-way linear layer. Nothing is downloaded. InceptionResNetV2 (DivideMix's and
-ELR+'s WebVision network) is not in torchvision and no model library is a dependency here.
+ELR+'s WebVision network) is not in torchvision: :mod:`noisybench.models.inception_resnet_v2`.
 
 ``input_stats``: ``"auto"`` (ImageNet statistics when ``weights`` is set, the dataset's
 otherwise), ``"imagenet"`` or ``"dataset"`` (Clothing1M's protocol normalises with its own

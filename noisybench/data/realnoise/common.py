@@ -37,6 +37,7 @@ from noisybench.data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderData
 from noisybench.errors import UserError
 
 __all__ = [
+    "EXTRA_TEST_PREFIX",
     "MANIFEST_VERSION",
     "MISSING_POLICIES",
     "Entry",
@@ -44,11 +45,15 @@ __all__ = [
     "balanced_subset",
     "build_data",
     "check_manifest",
+    "evaluation_splits",
     "manifest_bytes",
     "read_pairs",
 ]
 
 MANIFEST_VERSION = "noisybench-manifest v1"
+#: The prefix each extra test set's metrics are recorded under, by manifest split name
+#: (mini-WebVision's ILSVRC12 validation images: ``test_imagenet/acc``, ``test_imagenet/top5``).
+EXTRA_TEST_PREFIX = {"imagenet_val": "test_imagenet"}
 MISSING_POLICIES = ("refuse", "skip")
 UNKNOWN = -1
 
@@ -341,6 +346,21 @@ def build_data(  # noqa: PLR0913
         protocol=dict(protocol or {}),
     )
     return data
+
+
+def evaluation_splits(data: object) -> dict[str, tuple[list[str], Tensor]]:
+    """The splits a run evaluates each epoch besides ``test``, as ``{name: (files, labels)}``:
+    ``"clean_val"`` for a dataset's own clean validation split (Clothing1M's clean val,
+    Food-101N's verified-correct val images; the ``clean_val`` selection rule's split) and
+    each extra test set under its record prefix (:data:`EXTRA_TEST_PREFIX`). Empty for any
+    dataset without them (every dataset other than the real-noise readers')."""
+    out: dict[str, tuple[list[str], Tensor]] = {}
+    files, labels = getattr(data, "val_files", None), getattr(data, "val_labels", None)
+    if files is not None and labels is not None:
+        out["clean_val"] = (list(files), labels)
+    for name, (files, labels) in (getattr(data, "extra_tests", None) or {}).items():
+        out[EXTRA_TEST_PREFIX.get(name, f"test_{name}")] = (list(files), labels)
+    return out
 
 
 def split_sizes(data: RealNoiseData) -> dict[str, int]:

@@ -172,7 +172,7 @@ def load_clothing1m(  # noqa: PLR0913
         resize=resize,
         protocol={
             "subset_per_epoch": int(subset_per_epoch),
-            "selection": "val",
+            "selection": "clean_val",
             "train_list": train_list,
             "duplicates_overwritten": len(overwritten),
         },
@@ -305,6 +305,7 @@ def load_webvision_mini(  # noqa: PLR0913
         protocol={
             "selection": "last",
             "extra_tests": [s.name for s in extra],
+            "topk": [5],  # the field's tables report top-1 and top-5 on both test sets
             "duplicates_overwritten": len(overwritten),
         },
     )
@@ -381,6 +382,12 @@ def load_food101n(  # noqa: C901, PLR0913
     A verification line whose key is not in ``imagelist.tsv`` (the release lists one image
     under a second class there) is counted in ``protocol["verified_unmatched"]``, not
     refused: the flag belongs to a (class, image) pair that is not a training sample.
+
+    ``exclude_verified_val=True`` leaves ``verified_val.tsv``'s images out of training, and its
+    images verified correct (flag 1) become the clean validation split (``val``, selection
+    rule ``clean_val``): their label is known right. Those verified wrong have no known class
+    and are left out, so the split leans towards images that look like their class. With
+    ``False`` (the papers' training set) they are trained on, and there is no clean val.
     """
     base = env_root(root, "Food-101N_release")
     test_base = env_root(food101_root, "food-101")
@@ -404,7 +411,7 @@ def load_food101n(  # noqa: C901, PLR0913
             keys.append(line)
     flags: dict[str, int] = {}
     unmatched = 0
-    verified_val: set[str] = set()
+    verified_val: dict[str, None] = {}  # in file order
     for file in ("verified_train.tsv", "verified_val.tsv"):
         path = base / "meta" / file
         for key, flag in read_pairs(
@@ -420,15 +427,27 @@ def load_food101n(  # noqa: C901, PLR0913
                 )
             flags[key] = flag
             if file == "verified_val.tsv":
-                verified_val.add(key)
+                verified_val[key] = None
     if unmatched:
         warnings.warn(
             f"food101n: {unmatched} verification lines name keys that are not in "
             "imagelist.tsv (counted in protocol.verified_unmatched)",
             stacklevel=2,
         )
+    val = None
     if exclude_verified_val:
         keys = [k for k in keys if k not in verified_val]
+        # Held out of training, the verified-val images whose label was verified correct are
+        # a clean validation split (the clean_val selection rule's); those verified wrong
+        # have no known class and are left out.
+        right = [k for k in verified_val if flags[k] == 1]
+        if right:
+            val = Split(
+                "val",
+                base / "images",
+                [Entry(k, index[k.split("/")[0]], index[k.split("/")[0]], 1) for k in right],
+                str(base / "meta" / "verified_val.tsv"),
+            )
     hashes: dict[str, str] = {}
     two_classes = 0
     for key in keys:
@@ -457,13 +476,14 @@ def load_food101n(  # noqa: C901, PLR0913
         classes,
         Split("train", base / "images", train, str(listed)),
         Split("test", test_base / "images", test, str(test_list)),
+        val=val,
         missing=missing,
         mean=mean or (0.485, 0.456, 0.406),
         std=std or (0.229, 0.224, 0.225),
         image_size=image_size,
         resize=resize,
         protocol={
-            "selection": "last",
+            "selection": "last" if val is None else "clean_val",
             "verified": n_verified,
             "verified_wrong_rate": wrong / n_verified if n_verified else None,
             "verified_unmatched": unmatched,
