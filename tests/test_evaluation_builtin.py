@@ -28,7 +28,7 @@ from noisybench.config import CONF_DIR
 from noisybench.data.digits import load_digits
 from noisybench.data.split import holdout_split
 from noisybench.errors import UserError
-from noisybench.evaluate import evaluate_run, rebuild_model
+from noisybench.evaluate import EvaluateOptions, evaluate_run, rebuild_model
 from noisybench.evaluation import BUILTIN_SUITES, available_suites, builtin_suites
 from noisybench.run import run_experiment
 
@@ -81,7 +81,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_evaluate_reports_the_last_epochs_built_in_numbers(finished: Path) -> None:
     result = json.loads((finished / "result.json").read_text())
     last = result["history"][-1]
-    out = evaluate_run(finished, list(BUILTIN_SUITES), batch_size=64, device="cpu")
+    out = evaluate_run(finished, list(BUILTIN_SUITES), options=EvaluateOptions("cpu", 64))
     got = out["metrics"]
     keys = [k for k in last if k.split("/")[0] in BUILTIN_SUITES]
     assert len(keys) == 4 + 1 + 3 + 5  # test, val, memorisation, recovery
