@@ -367,7 +367,7 @@ def load_paper_tables() -> dict[str, Any]:
     return yaml.safe_load(text)["tables"]
 
 
-def _shape_problem(result: Any) -> str | None:  # noqa: C901
+def _shape_problem(result: Any) -> str | None:
     """Why ``result`` (parsed JSON) does not have the shape of a result file, or None."""
     if not isinstance(result, dict):
         return f"a JSON {type(result).__name__}, not an object"
@@ -383,17 +383,24 @@ def _shape_problem(result: Any) -> str | None:  # noqa: C901
     for key in ("last", "best"):
         if result.get(key) is not None and not isinstance(result.get(key), dict):
             return f"'{key}' is not an object"
-    names = _HISTORY_KEYS
     for entry in [*history, result.get("last") or {}, result.get("best") or {}]:
-        epoch = entry.get("epoch")
-        if epoch is not None and _epoch(epoch) is None:
-            return "an 'epoch' is not an epoch number"
-        for name in names:
-            value = entry.get(name)
-            if value is None or value != value:  # absent, or NaN (a diverged epoch)
-                continue
-            if _finite(value) is None:
-                return f"'{name}' is not a finite number of sane magnitude"
+        problem = _record_problem(entry)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _record_problem(entry: Mapping[str, Any]) -> str | None:
+    """Why an epoch record of a result file is not one (its epoch, its numbers), or None."""
+    epoch = entry.get("epoch")
+    if epoch is not None and _epoch(epoch) is None:
+        return "an 'epoch' is not an epoch number"
+    for name in _HISTORY_KEYS:
+        value = entry.get(name)
+        if value is None or value != value:  # absent, or NaN (a diverged epoch)
+            continue
+        if _finite(value) is None:
+            return f"'{name}' is not a finite number of sane magnitude"
     return None
 
 
@@ -1241,43 +1248,51 @@ def _reference_rows(
     return list(rows.values())
 
 
-def _bold(rows: Sequence[Row], columns: Sequence[Column], layout: Layout) -> None:  # noqa: C901
+def _bold(rows: Sequence[Row], columns: Sequence[Column], layout: Layout) -> None:
     """Bold the best of our means along the method axis (ties by the shown precision):
     per column when methods are rows, per row (and metric, rule) when methods are columns.
     Only where at least two numbers compete."""
-
-    def best(cells: Sequence[Cell], metric: str) -> None:
-        vals = [c for c in cells if c.mean is not None and not c.paper]
-        if len(vals) < 2:
-            return
-        hi = METRICS[metric].higher_is_better
-        target = (max if hi else min)(round(c.mean, 2) for c in vals)
-        for c in vals:
-            c.bold = round(c.mean, 2) == target
-
     ours = [r for r in rows if r.source == "ours"]
     if layout.across == "method":
         for row in ours:
-            metric_of_row = row.label.rsplit(" · ", 1)[-1]
-            buckets: dict[tuple[str, str], list[Cell]] = {}
-            for col in columns:
-                if col.rule is None or col.key not in row.cells:
-                    continue
-                metric = col.metric
-                if metric == "*":
-                    metric = next(m for m in layout.metrics if METRICS[m].label == metric_of_row)
-                buckets.setdefault((metric, col.rule), []).append(row.cells[col.key])
-            for (metric, _), cells in buckets.items():
-                best(cells, metric)
-    else:
-        for col in columns:
-            if col.rule is None:
-                continue
-            for bucket in {r.bucket for r in ours}:
-                cells = [
-                    r.cells[col.key] for r in ours if r.bucket == bucket and col.key in r.cells
-                ]
-                best(cells, col.metric)
+            for (metric, _), cells in _row_buckets(row, columns, layout).items():
+                _bold_best(cells, metric)
+        return
+    for col in columns:
+        if col.rule is None:
+            continue
+        for bucket in {r.bucket for r in ours}:
+            cells = [r.cells[col.key] for r in ours if r.bucket == bucket and col.key in r.cells]
+            _bold_best(cells, col.metric)
+
+
+def _row_buckets(
+    row: Row, columns: Sequence[Column], layout: Layout
+) -> dict[tuple[str, str], list[Cell]]:
+    """Our cells of ``row`` (methods are columns) by (metric, rule): the numbers that
+    compete for bold."""
+    metric_of_row = row.label.rsplit(" · ", 1)[-1]
+    buckets: dict[tuple[str, str], list[Cell]] = {}
+    for col in columns:
+        if col.rule is None or col.key not in row.cells:
+            continue
+        metric = col.metric
+        if metric == "*":
+            metric = next(m for m in layout.metrics if METRICS[m].label == metric_of_row)
+        buckets.setdefault((metric, col.rule), []).append(row.cells[col.key])
+    return buckets
+
+
+def _bold_best(cells: Sequence[Cell], metric: str) -> None:
+    """Bold the best of our ``cells`` of ``metric`` (by the shown precision), when at least
+    two compete."""
+    vals = [c for c in cells if c.mean is not None and not c.paper]
+    if len(vals) < 2:
+        return
+    hi = METRICS[metric].higher_is_better
+    target = (max if hi else min)(round(c.mean, 2) for c in vals)
+    for c in vals:
+        c.bold = round(c.mean, 2) == target
 
 
 def _notes(
