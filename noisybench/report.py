@@ -1699,16 +1699,10 @@ def _split(option: str | None) -> list[str] | None:
     return None if option is None else [x.strip() for x in option.split(",") if x.strip()]
 
 
-def _main(argv: Sequence[str] | None) -> int:  # noqa: C901
+def _main(argv: Sequence[str] | None) -> int:
     args = _parse(argv)
     if args.figures:  # before any work: not after the whole table has been printed
-        import importlib.util
-
-        if importlib.util.find_spec("matplotlib") is None:
-            raise UserError(
-                "--figures needs matplotlib; install the plots extra: "
-                "pip install 'noisybench[plots]' (or leave out --figures)"
-            )
+        _need_matplotlib()
     results = load_results(args.roots)
     if not results:
         raise UserError(
@@ -1718,17 +1712,7 @@ def _main(argv: Sequence[str] | None) -> int:  # noqa: C901
     metrics = _split(args.metrics)
     unfinished = [r for r in results if r.get("status") != "finished"]
     if len(unfinished) == len(results) and not args.include_unfinished:
-        counts: dict[str, int] = {}
-        for r in unfinished:
-            counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
-        done = [len(r.get("history") or []) for r in unfinished]
-        states = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        _emit(
-            sys.stdout,
-            f"noisybench.report: no finished run below {', '.join(args.roots)} yet: "
-            f"{len(unfinished)} unfinished ({states}; {min(done)}-{max(done)} epoch(s) done); "
-            "pass --include-unfinished to average their epochs so far",
-        )
+        _emit(sys.stdout, _nothing_finished(args.roots, unfinished))
         return 0
     groups = collect(results, args.include_unfinished)
     if args.leaderboard:
@@ -1756,6 +1740,30 @@ def _main(argv: Sequence[str] | None) -> int:  # noqa: C901
         for line in write_figures(setting_groups(groups), Path(args.figures)):
             _warn(line)
     return 0
+
+
+def _need_matplotlib() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError(
+            "--figures needs matplotlib; install the plots extra: "
+            "pip install 'noisybench[plots]' (or leave out --figures)"
+        )
+
+
+def _nothing_finished(roots: Sequence[str], unfinished: Sequence[Mapping[str, Any]]) -> str:
+    """The line that says no run below ``roots`` has finished yet, and how far they are."""
+    counts: dict[str, int] = {}
+    for r in unfinished:
+        counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
+    done = [len(r.get("history") or []) for r in unfinished]
+    states = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    return (
+        f"noisybench.report: no finished run below {', '.join(roots)} yet: "
+        f"{len(unfinished)} unfinished ({states}; {min(done)}-{max(done)} epoch(s) done); "
+        "pass --include-unfinished to average their epochs so far"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
