@@ -1648,7 +1648,7 @@ def _leaderboard(
     ``--select`` (default: the runs' own rule, else ``last``) and ``--metrics`` (acc)."""
     import tempfile
 
-    from noisybench.leaderboard import build_leaderboard, render_leaderboard
+    from noisybench.leaderboard import Ranked, build_leaderboard, render_leaderboard
 
     recorded = [run.get("selection_rule") for g in groups for run in g.runs]
     rule = (rules or [next((r for r in recorded if r in RULES), "last")])[0]
@@ -1669,16 +1669,8 @@ def _leaderboard(
         value = run_value(run, metric, rule)
         return None if value is None else value * m.scale
 
-    board = build_leaderboard(
-        settings,
-        value_of,
-        metric=metric,
-        metric_label=m.label,
-        higher_is_better=m.higher_is_better,
-        rule=rule,
-        rule_text=RULES[rule][1],
-        reference=args.reference,
-    )
+    ranked = Ranked(metric, m.label, m.higher_is_better, rule, RULES[rule][1])
+    board = build_leaderboard(settings, value_of, ranked, args.reference)
     figures: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.format == "html":
