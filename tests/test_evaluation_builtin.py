@@ -130,3 +130,14 @@ def test_evaluate_reports_the_last_epochs_built_in_numbers(finished: Path) -> No
     assert got["recovery/detect_precision"] == pytest.approx(precision, nan_ok=True)
     entropy = -(y * np.log(np.clip(y, 1e-12, None))).sum(1).mean()
     assert got["recovery/entropy"] == pytest.approx(entropy, rel=1e-5)
+
+
+def test_the_record_keeps_its_key_order(finished: Path) -> None:
+    """The CSV logger's columns follow the record's key order: the held-out splits' numbers,
+    the training numbers, the diagnostics, the method's, then the bookkeeping."""
+    last = json.loads((finished / "result.json").read_text())["history"][-1]
+    groups = list(dict.fromkeys(k.split("/")[0] for k in last))
+    assert groups == [
+        "epoch", "test", "val", "train", "memorisation", "recovery", "method",
+        "lr", "skipped_steps", "epoch_time_s",
+    ]  # fmt: skip
