@@ -20,6 +20,12 @@ CODE_DEFAULTS: dict[str, list[str]] = {
         "method.loss_history=1",
         "method.confidence_penalty=false",
     ],
+    # DULC: UNICON Train_cifar.py's cifar10 warm-up (DULC's own code could not be read)
+    "dulc": ["method.warm_up=10"],
+    # changwxx/CSOT-for-LNL main_cifar.py (warm_up 10: its cifar10 value; NegEntropy: asym only)
+    "csot": ["method.warm_up=10", "method.confidence_penalty=false"],
     # shengliu66/ELR ELR/config_cifar10.json
     "elr": ["method.beta=0.7", "method.lam=3"],
+    # ryl0427/Code-for-OT-Filter Train_CIFAR.py (warm_up = 10: its cifar10 value)
+    "otfilter": ["method.warm_up=10"],
 }

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
 import platform
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -100,6 +103,21 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - begin, out
 
 
+def _cpu_timed(fn) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (this process and its finished children) of ``fn()``: on
+    a machine shared with other jobs the CPU time is what the report itself costs."""
+    import resource
+
+    def cpu() -> float:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    begin, cpu_begin = time.perf_counter(), cpu()
+    fn()
+    return time.perf_counter() - begin, cpu() - cpu_begin
+
+
 class _Numbers(dict):
     """The results so far, written to ``path`` after every stage (a slow machine that stops
     the benchmark early still leaves the stages it finished)."""
@@ -165,6 +183,13 @@ def main() -> None:
             t, status = _timed(lambda: report.main([str(results_root), "--leaderboard"]))
         numbers["leaderboard_cli_total_s"] = round(t, 3)
         assert status == 0
+        # End to end as a user runs it: a fresh interpreter (start, imports, report).
+        for name, extra in (("report", []), ("leaderboard", ["--leaderboard"])):
+            cmd = [sys.executable, "-m", "noisybench.report", str(results_root), *extra]
+            run = functools.partial(subprocess.run, cmd, capture_output=True, check=True)
+            wall, cpu = _cpu_timed(run)
+            numbers[f"{name}_process_s"] = round(wall, 3)
+            numbers[f"{name}_process_cpu_s"] = round(cpu, 3)
     numbers["load_average_at_end"] = list(os.getloadavg())
 
 

@@ -115,6 +115,7 @@ NON_IDENTITY_KEYS = (
 _MAX_NAME = 120  # characters of one run-directory component before it is shortened
 
 
+@functools.lru_cache(maxsize=65536)  # the same few hundred keys in every run of a report
 def _non_identity(key: str) -> bool:
     return any(key == p or key.startswith(p + ".") for p in NON_IDENTITY_KEYS)
 
@@ -650,13 +651,26 @@ def _floats(cfg: DictConfig) -> list[tuple[str, float]]:
     return out
 
 
-def check_config(cfg: DictConfig) -> None:  # noqa: C901
+def check_config(cfg: DictConfig) -> None:
     """Refuse impossible settings with one actionable line each (before anything is built
-    or any file is touched).
+    or any file is touched). A refusal raised while an interpolation resolves (an author's or
+    the paper's preset missing for the setting) stays that one line.
 
     Raises:
         UserError: naming the bad key and value and what to set instead.
     """
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        _check_config(cfg)
+    except OmegaConfBaseException as exc:
+        inner = _user_error_in(exc)
+        if inner is None:
+            raise
+        raise UserError(str(inner)) from None
+
+
+def _check_config(cfg: DictConfig) -> None:  # noqa: C901
     from noisybench.data.noise import ASYM_MAPS
     from noisybench.safety import check_tree
 

@@ -15,8 +15,10 @@ from torch import Tensor
 __all__ = [
     "kl_from_log",
     "kl_to_target",
+    "sharpen",
     "soft_cross_entropy",
     "soft_cross_entropy_per_sample",
+    "uniform_prior_penalty",
 ]
 
 
@@ -43,3 +45,19 @@ def kl_from_log(log_p: Tensor, log_q: Tensor) -> Tensor:
     """Per-row ``KL(p || q) = sum_k p_k (log p_k - log q_k)`` from log-probabilities, ``(B,)``
     (BSD+ Eq. 11 in either direction; log space keeps mixed targets exact)."""
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+
+
+def sharpen(probs: Tensor, temperature: float) -> Tensor:
+    """Row-wise ``p_k^(1/T) / sum_j p_j^(1/T)``: MixMatch's sharpening (DivideMix Eq. 4, DULC
+    Eq. 4; the guessed and refined targets of OT-Filter and CSOT). ``T < 1`` sharpens."""
+    pt = probs.pow(1.0 / temperature)
+    return pt / pt.sum(dim=1, keepdim=True)
+
+
+def uniform_prior_penalty(probs: Tensor) -> Tensor:
+    """``sum_k pi_k log(pi_k / mean_rows p_k)`` with the uniform prior ``pi_k = 1/K``: the
+    regulariser of DivideMix's Eq. 9 (also in the codes of CSOT and UNICON) that keeps the
+    mean prediction of a batch from collapsing onto few classes; ``probs`` ``(B, K)``."""
+    k = probs.shape[1]
+    prior = torch.full((k,), 1.0 / k, device=probs.device, dtype=probs.dtype)
+    return (prior * torch.log(prior / probs.mean(dim=0))).sum()

@@ -34,7 +34,9 @@ __all__ = [
     "kl_to_target",
     "label_rows",
     "resolve_dtype",
+    "sharpen",
     "soft_cross_entropy",
+    "uniform_prior_penalty",
 ]
 
 
@@ -294,5 +296,11 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
 # Part of the public method API (baselines import only noisybench.method): the soft-target
 # losses (noisybench.losses; ``soft_cross_entropy`` used to live here) and the per-sample
 # store (noisybench.stores).
-from noisybench.losses import kl_from_log, kl_to_target, soft_cross_entropy  # noqa: E402
+from noisybench.losses import (  # noqa: E402
+    kl_from_log,
+    kl_to_target,
+    sharpen,
+    soft_cross_entropy,
+    uniform_prior_penalty,
+)
 from noisybench.stores import SampleStore, label_rows, resolve_dtype  # noqa: E402

@@ -69,6 +69,7 @@ __all__ = [
     "build_table",
     "collect",
     "format_table",
+    "layout_of",
     "load_paper_tables",
     "load_results",
     "main",
@@ -138,6 +139,7 @@ METRICS: dict[str, Metric] = {
 
 # Every history key a metric is read from (checked once per file by _shape_problem).
 _HISTORY_KEYS = tuple(sorted({key for metric in METRICS.values() for key in metric.history}))
+_HISTORY_KEY_SET = frozenset(_HISTORY_KEYS)
 
 
 @dataclass(frozen=True)
@@ -197,16 +199,43 @@ TABLES: dict[str, Layout] = {
         rules=("last", "best_test"),
     ),
 }
-# The baselines' reference protocols (experiment=ref_<method>, issue 21): ours beside the
-# numbers their own papers / code publish (paper_tables.yaml, tables ref_<method>).
-for _m in ("gce", "sce", "elr", "coteaching", "dividemix", "mixup", "pskd", "dlb", "te", "ls"):
-    TABLES[f"ref_{_m}"] = Layout(
-        f"Reference protocol of {_m}: test accuracy (its own paper's setting)",
+
+
+def _reference_layout(name: str) -> Layout:
+    """The layout of a baseline's reference protocol ``ref_<method>`` (issue 21): ours beside
+    the numbers its own paper or code publishes, matched on dataset, method and noise."""
+    return Layout(
+        f"Reference protocol of {name.removeprefix('ref_')}: test accuracy (its own paper's "
+        "setting)",
         ("acc",),
         "noise",
         paper_key=("dataset", "method", "noise", "metric"),
         rules=("last", "best_test"),
     )
+
+
+# The reference protocols are data: every conf/experiment/ref_<method>.yaml has a table
+# ref_<method>, and so has every ref_* table of paper_tables.yaml (:func:`layout_of`), so a
+# new baseline needs only its YAML files, no code here.
+for _path in sorted(conf_dir().glob("experiment/ref_*.yaml")):
+    TABLES[_path.stem] = _reference_layout(_path.stem)
+
+
+def layout_of(table: str, paper: Mapping[str, Any] | None = None) -> Layout:
+    """The layout of ``table``: one of :data:`TABLES`, or a ``ref_*`` table that only
+    ``paper_tables.yaml`` (``paper``, loaded when not given) has.
+
+    Raises:
+        UserError: no such table.
+    """
+    if table in TABLES:
+        return TABLES[table]
+    if table.startswith("ref_") and table in (paper if paper is not None else load_paper_tables()):
+        return _reference_layout(table)
+    names = sorted(set(TABLES) | {t for t in load_paper_tables() if t.startswith("ref_")})
+    raise UserError(f"unknown table {table!r}; use one of {', '.join(names)}")
+
+
 # The real-noise datasets' published numbers (paper_tables.yaml, tables real_<dataset>, issue
 # 24): the paper's number stands beside ours only for the same dataset, network and method.
 TABLES["real_clothing1m"] = Layout(
@@ -309,6 +338,48 @@ def _clean_evaluation(evaluation: Any, path: Path) -> dict[str, Any] | None:
     return {"checkpoint_epoch": None if epoch is None else _epoch(epoch), "metrics": kept}
 
 
+def _result_files(root: Path) -> list[str]:
+    """The ``result.json`` files below the folder ``root``, not inside a ``previous/``
+    folder, in path order (folder names compared part by part); symbolic links to folders
+    are not followed (as ``Path.rglob`` does not)."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "previous"]  # earlier attempts' copies
+        if "result.json" in files:
+            found.append(os.path.join(folder, "result.json"))
+    top = len(str(root).rstrip(os.sep).split(os.sep))
+    found.sort(key=lambda f: f.split(os.sep)[top:])
+    return found
+
+
+def _real(path: str, root: str, root_real: str) -> str:
+    """``path``'s real path, ``path`` being ``root`` followed by more (a file that
+    :func:`_result_files` found below ``root``, whose real path is ``root_real``): below
+    ``root`` only the file itself may be a link, since no linked folder is followed."""
+    if root_real and not os.path.islink(path):
+        return root_real + path[len(root) :]
+    return os.path.realpath(path)
+
+
+try:  # optional (pip install 'noisybench[speed]'): parses result files about 3x faster
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the standard library's parser then
+    _orjson = None
+
+
+def _read_json(path: Path) -> Any:
+    """``path`` parsed as JSON: orjson where installed and the file is strict JSON, else the
+    standard library (which also reads NaN, integers beyond 64 bits, lone surrogates and
+    non-UTF-8 text in the locale's encoding, as every earlier version did)."""
+    if _orjson is not None:
+        data = path.read_bytes()
+        try:
+            return _orjson.loads(data)
+        except _orjson.JSONDecodeError:
+            pass
+    return json.loads(path.read_text())
+
+
 def load_results(roots: Iterable[str | Path]) -> list[dict[str, Any]]:
     """Every readable ``result.json`` below ``roots`` (``previous/`` copies excluded), with
     ``run_dir`` and, where present, the run's ``evaluation.json`` under ``"evaluation"``.
@@ -316,20 +387,20 @@ def load_results(roots: Iterable[str | Path]) -> list[dict[str, Any]]:
     A file reached twice (a folder given twice, or given with one of its parents) is read
     once; files without ``schema_version`` are version 1 and read as such."""
     results = []
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for root in roots:
         root = Path(root)
-        paths = [root] if root.is_file() else sorted(root.rglob("result.json"))
-        for path in paths:
-            inside = path.relative_to(root).parts if root.is_dir() else ()
-            if "previous" in inside:
-                continue
-            real = path.resolve()
+        folder = root.is_dir()
+        found = _result_files(root) if folder else [str(root)] if root.is_file() else []
+        root_real = os.path.realpath(root) if folder else ""
+        for name in found:
+            real = _real(name, str(root), root_real)
             if real in seen:
                 continue
             seen.add(real)
+            path = Path(name)
             try:
-                result = json.loads(path.read_text())
+                result = _read_json(path)
             except (OSError, ValueError):
                 _warn(f"skipping unreadable {path}")
                 continue
@@ -348,7 +419,7 @@ def load_results(roots: Iterable[str | Path]) -> list[dict[str, Any]]:
             evaluation = path.parent / EVALUATION_FILE
             if evaluation.is_file():
                 try:
-                    parsed = json.loads(evaluation.read_text())
+                    parsed = _read_json(evaluation)
                 except (OSError, ValueError):
                     _warn(f"skipping unreadable {evaluation}")
                 else:
@@ -367,7 +438,7 @@ def load_paper_tables() -> dict[str, Any]:
     return yaml.safe_load(text)["tables"]
 
 
-def _shape_problem(result: Any) -> str | None:
+def _shape_problem(result: Any) -> str | None:  # noqa: C901
     """Why ``result`` (parsed JSON) does not have the shape of a result file, or None."""
     if not isinstance(result, dict):
         return f"a JSON {type(result).__name__}, not an object"
@@ -384,24 +455,30 @@ def _shape_problem(result: Any) -> str | None:
         if result.get(key) is not None and not isinstance(result.get(key), dict):
             return f"'{key}' is not an object"
     for entry in [*history, result.get("last") or {}, result.get("best") or {}]:
-        problem = _record_problem(entry)
-        if problem is not None:
-            return problem
+        epoch = entry.get("epoch")
+        if epoch is not None and _epoch(epoch) is None:
+            return "an 'epoch' is not an epoch number"
+        # Only the metric keys the record has (a set intersection, not one lookup per
+        # known key: 10,000 files of 100 epochs are a million records).
+        present = _HISTORY_KEY_SET.intersection(entry)
+        for name in present:
+            value = entry[name]
+            if type(value) is float and -_LARGEST <= value <= _LARGEST:
+                continue  # the common case, inline
+            if _insane(value):
+                name = min(n for n in present if _insane(entry[n]))  # as in sorted order
+                return f"'{name}' is not a finite number of sane magnitude"
     return None
 
 
-def _record_problem(entry: Mapping[str, Any]) -> str | None:
-    """Why an epoch record of a result file is not one (its epoch, its numbers), or None."""
-    epoch = entry.get("epoch")
-    if epoch is not None and _epoch(epoch) is None:
-        return "an 'epoch' is not an epoch number"
-    for name in _HISTORY_KEYS:
-        value = entry.get(name)
-        if value is None or value != value:  # absent, or NaN (a diverged epoch)
-            continue
-        if _finite(value) is None:
-            return f"'{name}' is not a finite number of sane magnitude"
-    return None
+def _insane(value: Any) -> bool:
+    """A metric value that is neither absent (None), NaN (a diverged epoch) nor a finite
+    number of sane magnitude (:func:`_finite`)."""
+    if type(value) is float and -_LARGEST <= value <= _LARGEST:
+        return False  # the common case, first
+    if value is None or value != value:
+        return False
+    return _finite(value) is None
 
 
 # ------------------------------------------------------------------------------ grouping
@@ -583,10 +660,13 @@ def collect(results: Sequence[dict[str, Any]], include_unfinished: bool = False)
 
 def _select(history: Sequence[Mapping[str, Any]], rule: str) -> Mapping[str, Any] | None:
     """The history record ``rule`` selects (earliest on ties), or None."""
-    key = RULES[rule][0]
     # Foreign or damaged histories: only sane numbers compete (see _finite).
-    sane = history if key is None else [r for r in history if _finite(r.get(key)) is not None]
-    return best_record(sane, key)
+    return best_record(history, RULES[rule][0], _sane)
+
+
+def _sane(value: Any) -> bool:
+    """A finite number of sane magnitude (:func:`_finite`), the common case first."""
+    return (type(value) is float and -_LARGEST <= value <= _LARGEST) or _finite(value) is not None
 
 
 def _seed_of(run: Mapping[str, Any]) -> Any:
@@ -749,20 +829,20 @@ def _diff_text(part: Mapping[str, str], common: Mapping[str, str]) -> str:
     )
 
 
-def _merge_notes(grid: _Grid, of_columns: bool) -> list[str]:
-    """One note per merged column (``of_columns``) or row whose members' settings differ: for
-    each member, the labels of the other axis's cells it fills and what sets it apart from
-    the merged label."""
-    rows = (grid.row_merged, grid.row_parts, grid.row_views, grid.row_labels)
-    cols = (grid.col_merged, grid.col_parts, grid.col_views, grid.col_labels)
-    mine, other = (cols, rows) if of_columns else (rows, cols)
-    merged, parts, views, labels = mine
-    other_merged, other_labels = other[0], other[3]
-    joiner, other_axis = (" / ", "row") if of_columns else (", ", "column")
-
-    def present(other: int, member: int) -> bool:
-        return ((other, member) if of_columns else (member, other)) in grid.present
-
+def _merge_notes(  # noqa: PLR0913
+    merged: Sequence[Sequence[int]],
+    parts: Sequence[Mapping[str, str]],
+    views: Sequence[Mapping[str, str]],
+    labels: Sequence[str],
+    other_merged: Sequence[Sequence[int]],
+    other_labels: Sequence[str],
+    present: Callable[[int, int], bool],
+    joiner: str,
+    other_axis: str,
+) -> list[str]:
+    """One note per merged row (or column) whose members' settings differ: for each member,
+    the labels of the other axis's cells it fills (``present(other, member)``) and what sets
+    it apart from the merged label."""
     notes = []
     for m, members in enumerate(merged):
         if len(members) > 1:
@@ -892,7 +972,7 @@ def _paper_match(entry: Mapping[str, Any], want: Mapping[str, Any], keys: Sequen
     return True
 
 
-def build_table(
+def build_table(  # noqa: C901
     groups: Sequence[Group],
     table: str = "generic",
     rules: Sequence[str] | None = None,
@@ -902,55 +982,17 @@ def build_table(
     """Lay ``groups`` out as ``table`` with the selection ``rules`` (default: the layout's,
     plus ``noisy_val`` when a run has ``val/acc``) and the paper's numbers beside ours.
     ``metrics``: the quantities shown (default: the layout's; see :data:`METRICS`)."""
-    layout = _layout(table, metrics)
-    rules = _table_rules(groups, layout, rules)
-    entries = list(paper[table]["entries"]) if paper is not None and table in paper else []
-    grid = _grid(groups, layout.across, entries)
-    columns = _columns(grid, layout, rules, bool(entries))
-    metric_rows = layout.metrics if layout.metrics_on == "rows" else ("*",)
-    paper_cells = _PaperCells(entries, layout.paper_key)
-    rows = [_row(grid, ri, m, columns, paper_cells) for ri in grid.row_order for m in metric_rows]
-
-    # Reference rows: paper entries not shown beside ours, for the displayed columns.
-    used = paper_cells.used
-    ref_rows = _reference_rows(entries, used, columns, layout, grid.col_views, metric_rows)
-    _bold(rows, columns, layout)
-    notes = _notes(groups, layout, rules, entries, table) + grid.merge_notes
-    # Labels, notes and seeds come from the run directories' files: no control character of
-    # theirs reaches a terminal or a rendered table.
-    for row in rows:
-        row.label = printable(row.label)
-    for col in columns:
-        col.label, col.group = printable(col.label), printable(col.group)
-    notes = [printable(n) for n in notes]
-    out = Table(table, layout.title, columns, rows + ref_rows, notes)
-    out.row_header = {"noise": "method", "method": "dataset / model"}.get(
-        layout.across or "", "run"
-    )
-    return out
-
-
-def _layout(table: str, metrics: Sequence[str] | None) -> Layout:
-    """The layout of ``table``, with ``metrics`` instead of its own when given."""
-    if table not in TABLES:
-        raise UserError(f"unknown table {table!r}; use one of {', '.join(TABLES)}")
-    layout = TABLES[table]
-    if metrics is None:
-        return layout
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown or not metrics:
-        raise UserError(
-            f"unknown metric {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"use --metrics with some of {', '.join(METRICS)}"
-        )
-    return dataclasses.replace(layout, metrics=tuple(metrics))
-
-
-def _table_rules(groups: Sequence[Group], layout: Layout, rules: Sequence[str] | None) -> list[str]:
-    """The selection rules shown: ``rules``, or the runs' own rule (their ``selection``,
-    schema 2: the headline column) first, then the layout's, then ``noisy_val`` /
-    ``clean_val`` when a run recorded ``val/acc`` / ``val/clean_acc``."""
+    layout = layout_of(table, paper)
+    if metrics is not None:
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown or not metrics:
+            raise UserError(
+                f"unknown metric {', '.join(map(repr, unknown)) or '(none given)'}; "
+                f"use --metrics with some of {', '.join(METRICS)}"
+            )
+        layout = dataclasses.replace(layout, metrics=tuple(metrics))
     if rules is None:
+        # The runs' own rule (their ``selection``, schema 2) first: the headline column.
         recorded = [
             run.get("selection_rule")
             for g in groups
@@ -967,40 +1009,12 @@ def _table_rules(groups: Sequence[Group], layout: Layout, rules: Sequence[str] |
     for rule in rules:
         if rule not in RULES:
             raise UserError(f"unknown selection rule {rule!r}; use one of {', '.join(RULES)}")
-    return list(rules)
+    entries = []
+    if paper is not None and table in paper:
+        entries = list(paper[table]["entries"])
+    across = layout.across
 
-
-@dataclass
-class _Grid:
-    """The groups laid out on a grid: rows and columns are the distinct row and column parts
-    of the groups' identities (``present[(row, col)]`` the group of a cell), merged where
-    entries of one name cover disjoint cells (``row_merged``/``col_merged`` list the parts of
-    each displayed row/column, ``*_views`` what they share, ``*_labels`` their labels), in
-    the displayed order (``row_order``, ``col_order``)."""
-
-    across: str | None
-    names: list[str]
-    row_parts: list[dict[str, str]]
-    col_parts: list[dict[str, str]]
-    present: dict[tuple[int, int], Group]
-    row_merged: list[list[int]]
-    col_merged: list[list[int]]
-    row_views: list[dict[str, str]]
-    col_views: list[dict[str, str]]
-    row_labels: list[str]
-    col_labels: list[str]
-    merge_notes: list[str]
-    row_order: list[int] = field(default_factory=list)
-    col_order: list[int] = field(default_factory=list)
-
-
-def _split_identities(
-    groups: Sequence[Group], across: str | None
-) -> tuple[list[dict[str, str]], list[dict[str, str]], dict[tuple[int, int], Group]]:
-    """Each group's identity split into its row part and its column part (the keys of the
-    ``across`` group); returns the distinct row parts, column parts and the cell of each
-    group."""
-
+    # Split each group's identity into its row part and its column part.
     def split(g: Group) -> tuple[dict[str, str], dict[str, str]]:
         if across is None:
             return dict(g.ident), {}
@@ -1008,13 +1022,13 @@ def _split_identities(
         row = {k: v for k, v in g.ident.items() if not k.startswith(across + ".")}
         return row, col
 
+    parts = [split(g) for g in groups]
     row_keys: list[str] = []
     row_parts: list[dict[str, str]] = []
     col_keys: list[str] = []
     col_parts: list[dict[str, str]] = []
     present: dict[tuple[int, int], Group] = {}
-    for g in groups:
-        row, col = split(g)
+    for g, (row, col) in zip(groups, parts, strict=True):
         rk, ck = json.dumps(row, sort_keys=True), json.dumps(col, sort_keys=True)
         if rk not in row_keys:
             row_keys.append(rk)
@@ -1023,12 +1037,6 @@ def _split_identities(
             col_keys.append(ck)
             col_parts.append(col)
         present[(row_keys.index(rk), col_keys.index(ck))] = g
-    return row_parts, col_parts, present
-
-
-def _grid(groups: Sequence[Group], across: str | None, entries: Sequence[Any]) -> _Grid:
-    """:class:`_Grid` of ``groups`` for a layout whose columns are the values of ``across``."""
-    row_parts, col_parts, present = _split_identities(groups, across)
     names = [k for k in _NAME_KEYS if across is None or not k.startswith(across + ".")]
     if across == "noise":
         names = ["method.name"]
@@ -1051,49 +1059,40 @@ def _grid(groups: Sequence[Group], across: str | None, entries: Sequence[Any]) -
     col_views = [_common(col_parts, m) for m in col_merged]
     row_labels = _labels(row_views, names)
     col_labels = _column_labels(col_views, across) if across else [""]
-    grid = _Grid(
-        across, names, row_parts, col_parts, present, row_merged, col_merged,
-        row_views, col_views, row_labels, col_labels, [],
-    )  # fmt: skip
+    merge_notes = []
     if across is not None:
-        grid.merge_notes = _merge_notes(grid, of_columns=True) + _merge_notes(grid, False)
-    _order(grid, entries)
-    return grid
+        merge_notes += _merge_notes(
+            col_merged, col_parts, col_views, col_labels,
+            row_merged, row_labels, lambda other, c: (other, c) in present, " / ", "row",
+        )  # fmt: skip
+        merge_notes += _merge_notes(
+            row_merged, row_parts, row_views, row_labels,
+            col_merged, col_labels, lambda other, r: (r, other) in present, ", ", "column",
+        )  # fmt: skip
 
-
-def _order(grid: _Grid, entries: Sequence[Any]) -> None:
-    """Order columns as the paper does (then by label), rows by method in the paper's order
-    (by label when the columns are the methods)."""
-
+    # Order columns as the paper does (then by label), rows by method in the paper's order.
     def order_key(part: Mapping[str, str], group: str, label: str) -> tuple[int, str]:
         name = json.loads(part.get(f"{group}.name", '""'))
         known = _paper_order(entries, group)
         return (known.index(name) if name in known else len(known), label)
 
-    across = grid.across
-    grid.col_order = list(range(len(grid.col_merged)))
+    col_order = list(range(len(col_merged)))
     if across:
-        grid.col_order.sort(key=lambda i: order_key(grid.col_views[i], across, grid.col_labels[i]))
-    grid.row_order = list(range(len(grid.row_merged)))
+        col_order.sort(key=lambda i: order_key(col_views[i], across, col_labels[i]))
+    row_order = list(range(len(row_merged)))
     if across != "method":
-        grid.row_order.sort(
-            key=lambda i: order_key(grid.row_views[i], "method", grid.row_labels[i])
-        )
+        row_order.sort(key=lambda i: order_key(row_views[i], "method", row_labels[i]))
     else:
-        grid.row_order.sort(key=lambda i: grid.row_labels[i])
+        row_order.sort(key=lambda i: row_labels[i])
 
-
-def _columns(grid: _Grid, layout: Layout, rules: Sequence[str], with_paper: bool) -> list[Column]:
-    """For each column value (and metric when metrics are columns): one sub-column per rule,
-    then the paper's (``with_paper``)."""
+    # Columns: for each column value (and metric when metrics are columns): one sub-column
+    # per rule, then the paper's.
     metrics_cols = layout.metrics if layout.metrics_on == "cols" else ("*",)
     columns: list[Column] = []
-    for ci in grid.col_order:
+    for ci in col_order:
         for metric in metrics_cols:
             prefix = " ".join(
-                x
-                for x in (grid.col_labels[ci], "" if metric == "*" else METRICS[metric].label)
-                if x
+                x for x in (col_labels[ci], "" if metric == "*" else METRICS[metric].label) if x
             )
             for rule in rules:
                 columns.append(
@@ -1105,7 +1104,7 @@ def _columns(grid: _Grid, layout: Layout, rules: Sequence[str], with_paper: bool
                         prefix,
                     )
                 )
-            if with_paper:
+            if entries:
                 columns.append(
                     Column(
                         f"{ci}|{metric}|paper",
@@ -1115,94 +1114,93 @@ def _columns(grid: _Grid, layout: Layout, rules: Sequence[str], with_paper: bool
                         prefix,
                     )
                 )
-    return columns
 
+    metric_rows = layout.metrics if layout.metrics_on == "rows" else ("*",)
+    rows: list[Row] = []
+    used_paper: set[int] = set()
+    for ri in row_order:
+        for mrow in metric_rows:
+            label = row_labels[ri] + ("" if mrow == "*" else f" · {METRICS[mrow].label}")
+            bucket = json.dumps(
+                [row_views[ri].get(k) for k in names if k != "method.name"] + [mrow]
+            )
+            row = Row(label, "ours", bucket=bucket)
+            for col in columns:
+                ci = int(col.key.split("|")[0])
+                metric = mrow if col.metric == "*" else col.metric
+                cells_here = [
+                    (r, c) for r in row_merged[ri] for c in col_merged[ci] if (r, c) in present
+                ]
+                r0, c0 = cells_here[0] if cells_here else (row_merged[ri][0], col_merged[ci][0])
+                g = present.get((r0, c0))
+                want = {**row_parts[r0], **col_parts[c0]}
+                want_fields = {
+                    "dataset": json.loads(want.get("dataset.name", "null")),
+                    "model": json.loads(want.get("model.name", "null")),
+                    "method": json.loads(want.get("method.name", "null")),
+                    "noise": json.loads(want.get("noise.name", "null")),
+                    "augmentation": _augmentation(want),
+                    "presets": _presets_match(want),
+                    "metric": metric,
+                    **{k: json.loads(v) for k, v in want.items() if k.startswith("method.")},
+                }
+                if col.rule is None:
+                    if g is None:
+                        continue
+                    hits = [
+                        i
+                        for i, e in enumerate(entries)
+                        if _paper_match(e, want_fields, layout.paper_key)
+                    ]
+                    if hits:
+                        e = entries[hits[0]]
+                        used_paper.update(hits[:1])
+                        row.cells[col.key] = Cell(
+                            e["value"], e.get("std"), None, bool(e.get("bold")), True
+                        )
+                    continue
+                if g is None:
+                    continue
+                per_seed = sorted(
+                    (
+                        (_seed_of(run), v * METRICS[metric].scale)
+                        for run in g.runs
+                        if (v := run_value(run, metric, col.rule)) is not None
+                    ),
+                    key=lambda t: _seed_order(t[0]),
+                )
+                seeds = [_seed_of(run) for run in g.runs]
+                row.seeds = sorted(set(row.seeds) | set(seeds), key=_seed_order)
+                if per_seed:
+                    got = [v for _, v in per_seed]
+                    mean, std = mean_std(got)
+                    row.cells[col.key] = Cell(
+                        mean,
+                        std if len(got) > 1 else None,
+                        len(got),
+                        values=got,
+                        seeds=[s for s, _ in per_seed],
+                    )
+            rows.append(row)
 
-def _row(grid: _Grid, ri: int, mrow: str, columns: Sequence[Column], paper: _PaperCells) -> Row:
-    """Displayed row ``ri`` (metric ``mrow`` when metrics are rows, else ``*``): our cells
-    and the paper's."""
-    label = grid.row_labels[ri] + ("" if mrow == "*" else f" · {METRICS[mrow].label}")
-    bucket = json.dumps(
-        [grid.row_views[ri].get(k) for k in grid.names if k != "method.name"] + [mrow]
+    # Reference rows: paper entries not shown beside ours, for the displayed columns.
+    ref_rows, in_refs = _reference_rows(
+        entries, used_paper, columns, layout, col_views, metric_rows
     )
-    row = Row(label, "ours", bucket=bucket)
+    shown = used_paper | in_refs
+    _bold(rows, columns, layout)
+    notes = _notes(groups, layout, rules, entries, table, paper) + merge_notes
+    notes += _source_notes(paper.get(table) if paper else None, [entries[i] for i in sorted(shown)])
+    # Labels, notes and seeds come from the run directories' files: no control character of
+    # theirs reaches a terminal or a rendered table.
+    for row in rows:
+        row.label = printable(row.label)
     for col in columns:
-        ci = int(col.key.split("|")[0])
-        metric = mrow if col.metric == "*" else col.metric
-        cells_here = [
-            (r, c)
-            for r in grid.row_merged[ri]
-            for c in grid.col_merged[ci]
-            if (r, c) in grid.present
-        ]
-        r0, c0 = cells_here[0] if cells_here else (grid.row_merged[ri][0], grid.col_merged[ci][0])
-        g = grid.present.get((r0, c0))
-        if g is None:
-            continue
-        if col.rule is None:
-            want = {**grid.row_parts[r0], **grid.col_parts[c0]}
-            cell = paper.cell(want, metric)
-        else:
-            cell = _our_cell(g, metric, col.rule, row)
-        if cell is not None:
-            row.cells[col.key] = cell
-    return row
-
-
-@dataclass
-class _PaperCells:
-    """The paper's numbers (``entries`` of ``paper_tables.yaml``, matched on ``paper_key``)
-    beside ours; ``used``: the entries shown so far (the others become reference rows)."""
-
-    entries: Sequence[Any]
-    paper_key: tuple[str, ...]
-    used: set[int] = field(default_factory=set)
-
-    def cell(self, want: Mapping[str, str], metric: str) -> Cell | None:
-        """The paper's number for the cell whose identity is ``want`` (the first matching
-        entry), or None."""
-        fields = {
-            "dataset": json.loads(want.get("dataset.name", "null")),
-            "model": json.loads(want.get("model.name", "null")),
-            "method": json.loads(want.get("method.name", "null")),
-            "noise": json.loads(want.get("noise.name", "null")),
-            "augmentation": _augmentation(want),
-            "presets": _presets_match(want),
-            "metric": metric,
-            **{k: json.loads(v) for k, v in want.items() if k.startswith("method.")},
-        }
-        hits = [i for i, e in enumerate(self.entries) if _paper_match(e, fields, self.paper_key)]
-        if not hits:
-            return None
-        e = self.entries[hits[0]]
-        self.used.update(hits[:1])
-        return Cell(e["value"], e.get("std"), None, bool(e.get("bold")), True)
-
-
-def _our_cell(g: Group, metric: str, rule: str, row: Row) -> Cell | None:
-    """Our mean and std over the seeds of group ``g`` of ``metric`` at the epoch ``rule``
-    selects (None when no seed has it); adds the group's seeds to ``row.seeds``."""
-    per_seed = sorted(
-        (
-            (_seed_of(run), v * METRICS[metric].scale)
-            for run in g.runs
-            if (v := run_value(run, metric, rule)) is not None
-        ),
-        key=lambda t: _seed_order(t[0]),
-    )
-    seeds = [_seed_of(run) for run in g.runs]
-    row.seeds = sorted(set(row.seeds) | set(seeds), key=_seed_order)
-    if not per_seed:
-        return None
-    got = [v for _, v in per_seed]
-    mean, std = mean_std(got)
-    return Cell(
-        mean,
-        std if len(got) > 1 else None,
-        len(got),
-        values=got,
-        seeds=[s for s, _ in per_seed],
-    )
+        col.label, col.group = printable(col.label), printable(col.group)
+    notes = [printable(n) for n in notes]
+    out = Table(table, layout.title, columns, rows + ref_rows, notes)
+    out.row_header = {"noise": "method", "method": "dataset / model"}.get(across or "", "run")
+    return out
 
 
 def _reference_rows(
@@ -1212,11 +1210,13 @@ def _reference_rows(
     layout: Layout,
     col_parts: Sequence[Mapping[str, str]],
     metric_rows: Sequence[str],
-) -> list[Row]:
-    """The paper's rows that no row of ours carries, restricted to the displayed columns."""
+) -> tuple[list[Row], set[int]]:
+    """The paper's rows that no row of ours carries, restricted to the displayed columns,
+    and the indices of the entries they show."""
     paper_cols = [c for c in columns if c.rule is None]
+    shown: set[int] = set()
     if not paper_cols:
-        return []
+        return [], shown
     across = layout.across
     # The identity of a reference row: every paper field but the column axis and the metric.
     row_fields = [f for f in ("dataset", "model", "method", "label", "section") if f != across]
@@ -1245,7 +1245,8 @@ def _reference_rows(
             label = "paper: " + base + ("" if col.metric != "*" else f" · {METRICS[metric].label}")
             row = rows.setdefault(label, Row(label, "paper"))
             row.cells[col.key] = Cell(e["value"], e.get("std"), None, bool(e.get("bold")), True)
-    return list(rows.values())
+            shown.add(i)
+    return list(rows.values()), shown
 
 
 def _bold(rows: Sequence[Row], columns: Sequence[Column], layout: Layout) -> None:
@@ -1301,6 +1302,7 @@ def _notes(
     rules: Sequence[str],
     entries: Sequence[Mapping[str, Any]],
     table: str,
+    paper: Mapping[str, Any] | None = None,
 ) -> list[str]:
     notes = [
         "ours: mean ± sample std (ddof = 1) over seeds, n = number of seeds (no ± for one "
@@ -1350,27 +1352,30 @@ def _notes(
             + (", ".join(sources) or "none evaluated")
             + " (the first of svhn, sklearn_patches, npy a run has); the paper's: SVHN."
         )
+    spec = (paper if paper is not None else load_paper_tables() if entries else {}).get(table)
+    spec = spec or {}
     if entries:
-        meta = load_paper_tables().get(table) or {}
         whose = (  # the BSD paper's tables, or another paper's / code's (with their source)
-            f"{meta.get('title', table)}, source: {meta['source']}"
-            if meta.get("source")
+            f"{spec.get('title', table)}, source: {spec['source']}"
+            if spec.get("source")
             else f"the BSD paper's {table.replace('table', 'Table ')}"
         )
         notes.append(
             f"paper: the published numbers of {whose}"
             f" (noisybench/paper_tables.yaml), bold as printed there; their epoch: "
-            f"{_paper_selection(table)}. Their datasets and models are those of the "
-            "paper, not necessarily ours."
+            f"{spec.get('paper_selection', 'not stated')}. Their datasets and models are those "
+            "of the paper, not necessarily ours."
         )
     return notes
 
 
-def _paper_selection(table: str) -> str:
-    try:
-        return str(load_paper_tables()[table].get("paper_selection", "not stated"))
-    except (OSError, KeyError):
-        return "not stated"
+def _source_notes(spec: Mapping[str, Any] | None, shown: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Where the paper numbers of each shown method come from, when the paper copied them
+    (``sources: {method: text}`` of a paper table: Table 4's OT-Filter and DULC rows are
+    DULC's Table 2, CSOT's row is CSOT's own paper)."""
+    sources = (spec or {}).get("sources") or {}
+    methods = list(dict.fromkeys(str(e.get("method")) for e in shown))
+    return [f"paper, {m}: {sources[m]}" for m in methods if isinstance(sources.get(m), str)]
 
 
 # ------------------------------------------------------------------------------ figures
@@ -1585,8 +1590,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--table",
         default="generic",
-        choices=list(TABLES),
-        help="the paper's table layout (default: one row per experiment)",
+        metavar="TABLE",
+        help="the paper's table layout: " + ", ".join(TABLES) + " (default: generic, one row "
+        "per experiment)",
     )
     parser.add_argument("--format", default="md", choices=[*RENDERERS, "html"])
     parser.add_argument(
@@ -1691,10 +1697,17 @@ def _split(option: str | None) -> list[str] | None:
     return None if option is None else [x.strip() for x in option.split(",") if x.strip()]
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None) -> int:  # noqa: C901
     args = _parse(argv)
     if args.figures:  # before any work: not after the whole table has been printed
-        _need_matplotlib()
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UserError(
+                "--figures needs matplotlib; install the plots extra: "
+                "pip install 'noisybench[plots]' (or leave out --figures)"
+            )
+    layout_of(args.table)  # an unknown --table: one line before any file is read
     results = load_results(args.roots)
     if not results:
         raise UserError(
@@ -1704,7 +1717,17 @@ def _main(argv: Sequence[str] | None) -> int:
     metrics = _split(args.metrics)
     unfinished = [r for r in results if r.get("status") != "finished"]
     if len(unfinished) == len(results) and not args.include_unfinished:
-        _emit(sys.stdout, _nothing_finished(args.roots, unfinished))
+        counts: dict[str, int] = {}
+        for r in unfinished:
+            counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
+        done = [len(r.get("history") or []) for r in unfinished]
+        states = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        _emit(
+            sys.stdout,
+            f"noisybench.report: no finished run below {', '.join(args.roots)} yet: "
+            f"{len(unfinished)} unfinished ({states}; {min(done)}-{max(done)} epoch(s) done); "
+            "pass --include-unfinished to average their epochs so far",
+        )
         return 0
     groups = collect(results, args.include_unfinished)
     if args.leaderboard:
@@ -1732,30 +1755,6 @@ def _main(argv: Sequence[str] | None) -> int:
         for line in write_figures(setting_groups(groups), Path(args.figures)):
             _warn(line)
     return 0
-
-
-def _need_matplotlib() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UserError(
-            "--figures needs matplotlib; install the plots extra: "
-            "pip install 'noisybench[plots]' (or leave out --figures)"
-        )
-
-
-def _nothing_finished(roots: Sequence[str], unfinished: Sequence[Mapping[str, Any]]) -> str:
-    """The line that says no run below ``roots`` has finished yet, and how far they are."""
-    counts: dict[str, int] = {}
-    for r in unfinished:
-        counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
-    done = [len(r.get("history") or []) for r in unfinished]
-    states = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    return (
-        f"noisybench.report: no finished run below {', '.join(roots)} yet: "
-        f"{len(unfinished)} unfinished ({states}; {min(done)}-{max(done)} epoch(s) done); "
-        "pass --include-unfinished to average their epochs so far"
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

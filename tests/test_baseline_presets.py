@@ -121,3 +121,27 @@ def test_every_entry_cites_a_source() -> None:
             for setting, entries in settings.items():
                 for entry in entries:
                     assert entry.get("source"), (method, dataset, setting)
+
+
+@pytest.mark.cli
+def test_the_command_line_refuses_a_missing_author_value_in_one_line(tmp_path) -> None:
+    """Through the front door (single run and sweep preflight): status 2, one line on stderr
+    naming the keys to set, no traceback, nothing written."""
+    import subprocess
+    import sys
+
+    for extra in ([], ["-m", "seed=0,1"]):
+        command = ["experiment=quickstart", "method=dividemix", f"out_dir={tmp_path / 'out'}"]
+        proc = subprocess.run(
+            [sys.executable, "-m", "noisybench", *extra, *command],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert "the authors of dividemix give no value of warm_up for dataset digits" in lines[0]
+        assert "method.warm_up=..." in lines[0]
+        assert not (tmp_path / "out").exists()

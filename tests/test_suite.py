@@ -118,3 +118,21 @@ def test_a_suite_runs_resumes_and_ends_in_the_leaderboard(tmp_path: Path) -> Non
     assert again.returncode == 0, again.stderr[-3000:]
     assert "2 runs, 2 finished, 0 to run" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")} == mtimes  # not rerun
+
+
+@pytest.mark.parametrize("name", ["digits_mini", "digits_sota", "cifar10_table4", "cifar_n"])
+def test_every_job_of_a_shipped_suite_composes_and_resolves(name: str) -> None:
+    """Each method x noise of a shipped suite composes and resolves (a suite that named a
+    baseline with per-setting author values on a dataset they never used was refused at run
+    time, job after job)."""
+    from noisybench.config import compose, resolved
+
+    suite = load_suite(name)
+    seen = set()
+    for job in expand(suite):
+        key = (job.method, job.noise, job.dataset, job.extra)
+        if key in seen:
+            continue
+        seen.add(key)
+        cfg = resolved(compose(job.overrides(suite.fixed)))
+        assert cfg["method"]["name"] == job.method

@@ -7,19 +7,37 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from noisybench.config import CONF_DIR, instantiate
 from noisybench.errors import UserError
-from noisybench.evaluation.base import (
-    EvalContext,
-    EvalSuite,
-    Metrics,
-    Predict,
-    Predictor,
-    flat_float,
-    make_predict,
+
+if TYPE_CHECKING:
+    from noisybench.evaluation.base import (
+        EvalContext,
+        EvalSuite,
+        Metrics,
+        Predict,
+        Predictor,
+        flat_float,
+        make_predict,
+    )
+
+# The interface (noisybench.evaluation.base) imports torch; it is imported when first used, so
+# that the modules of this package that need no torch (selection: the report's epoch rules)
+# import without it: `noisybench report` then starts without loading torch.
+_BASE = frozenset(
+    {"EvalContext", "EvalSuite", "Metrics", "Predict", "Predictor", "flat_float", "make_predict"}
 )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BASE:
+        from noisybench.evaluation import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BUILTIN_SUITES",
@@ -79,6 +97,8 @@ def load_suite(
 
 def build_suite(name: str, node: Mapping[str, Any]) -> EvalSuite:
     """Instantiate one suite config node (``_target_`` plus constructor arguments)."""
+    from noisybench.evaluation.base import EvalSuite
+
     suite = instantiate(dict(node), f"eval suite {name}")
     if not isinstance(suite, EvalSuite):
         raise UserError(f"eval suite {name}: its _target_ is not a noisybench EvalSuite")
