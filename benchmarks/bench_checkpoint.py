@@ -37,7 +37,7 @@ import torch
 
 from noisybench.callbacks import Checkpointer
 from noisybench.data.source import EvalLabels
-from noisybench.engine import Trainer, TrainSettings
+from noisybench.engine import Trainer, TrainParts, TrainSettings
 from noisybench.io import load_checkpoint
 from noisybench.method import MethodContext
 from noisybench.methods.bsd import BSD
@@ -77,14 +77,11 @@ def trainer_for(case: str) -> Trainer:
         )
     )
     empty = torch.zeros(0, dtype=torch.long)
+    # a checkpoint never reads the data: labels only, no batches
+    source = SimpleNamespace(labels=EvalLabels(empty, empty, labels))
     trainer = Trainer(
-        model=model,
-        method=method,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        # a checkpoint never reads the data: labels only, no batches
-        source=SimpleNamespace(labels=EvalLabels(empty, empty, labels)),
-        settings=TrainSettings(epochs=epochs, device=torch.device("cpu")),
+        TrainParts(model, method, optimizer, scheduler, source),  # type: ignore[arg-type]
+        TrainSettings(epochs=epochs, device=torch.device("cpu")),
     )
     record = {"epoch": 0, "train/loss": 1.0, "test/acc": 0.5, "test/nll": 1.5, "test/ece": 0.1}
     trainer.history = [{**record, "epoch": e + 1} for e in range(epochs)]

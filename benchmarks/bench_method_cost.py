@@ -242,7 +242,7 @@ class StubTrain:
         module.eval()
         try:
             first = torch.arange(2, device=self.trainer.device)
-            probe = self.trainer.split_outputs("train", module, lambda z: z.float(), first)
+            probe = self.trainer.predict.outputs("train", module, lambda z: z.float(), first)
         finally:
             module.train(was_training)
         dim = int(probe.shape[1])

@@ -157,17 +157,17 @@ def engine_benches(method: str, exp: Experiment) -> tuple[Bench, Bench]:
 
 
 def eval_benches(exp: Experiment, images: int) -> tuple[Bench, Bench]:
-    """Evaluation passes as the engine makes them (:meth:`Trainer.predict_split`): the test
-    set (logits kept) and the training-set diagnostics (arg-max only), over the first
-    ``images`` images of each."""
+    """Evaluation passes as the engine's built-in suites make them (``trainer.predict.split``,
+    :class:`noisybench.evaluation.base.Predictor`): the test set (logits kept) and the
+    training-set diagnostics (arg-max only), over the first ``images`` images of each."""
     trainer = exp.trainer()
     first = torch.arange(images, device=exp.device)
 
     def test() -> None:
-        trainer.predict_split("test", lambda z: z.float(), first)
+        trainer.predict.split("test", lambda z: z.float(), first)
 
     def train() -> None:
-        trainer.predict_split("train", lambda z: z.argmax(-1), first)
+        trainer.predict.split("train", lambda z: z.argmax(-1), first)
 
     return Bench("eval test", test, images), Bench("eval train", train, images)
 

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 
 import noisybench.run as run_module
 from noisybench.engine import Trainer
-from noisybench.evaluate import evaluate_run
+from noisybench.evaluate import EvaluateOptions, evaluate_run
 from noisybench.evaluation.dark_knowledge import PredictionSnapshots
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -60,7 +60,7 @@ def main() -> None:
                 cfg = compose("config", overrides=overrides)
             run_dir = args.out_dir / method / f"seed{seed}"
             run_module.run_experiment(cfg, run_dir)
-            out = evaluate_run(run_dir, ["dark_knowledge"], device="cpu")
+            out = evaluate_run(run_dir, ["dark_knowledge"], options=EvaluateOptions("cpu"))
             epochs = [int(e) for e in out["metrics"]["dark_knowledge/kl_epochs"]]
             kl = out["metrics"]["dark_knowledge/kl_to_final"]
             curves.setdefault(method, []).append([kl[epochs.index(e)] for e in SHOW])

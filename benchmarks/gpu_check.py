@@ -39,7 +39,7 @@ noisybench names this script relies on (public unless marked): ``config.compose`
 ``callbacks.TEST_KILL_ENV`` (test hook), ``data.folder.load_folder``,
 ``data.folder.FolderLoader``; and, through bench_throughput / bench_ops,
 ``Trainer._train_step`` (``train_step`` after the seams refactor), ``engine._EpochSums``,
-``Trainer.predict_split`` and ``Experiment.loader`` (internal; the two benchmarks follow them).
+``Trainer.predict.split`` and ``Experiment.loader`` (internal; the two benchmarks follow them).
 """
 
 from __future__ import annotations

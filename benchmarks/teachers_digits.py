@@ -87,7 +87,7 @@ def teacher_metrics(kind: str, run: Path, epochs: int, seed: int) -> dict[str, A
         was = module.training
         module.eval()
         try:
-            return trainer.split_outputs("test", module, lambda z: z.float())
+            return trainer.predict.outputs("test", module, lambda z: z.float())
         finally:
             module.train(was)
 

@@ -44,7 +44,7 @@ from noisybench.data.source import (
     StreamedSource,
 )
 from noisybench.data.views import ViewWrapper, build_views, input_stats
-from noisybench.engine import Trainer, TrainSettings
+from noisybench.engine import Trainer, TrainParts, TrainSettings
 from noisybench.errors import UserError
 from noisybench.method import Method, MethodContext
 from noisybench.schedules import with_beta1_rampdown
@@ -82,28 +82,22 @@ class Experiment:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     amp_dtype: torch.dtype | None
     build_model: Callable[[], torch.nn.Module]
-    evaluators: list[Callable[..., Any]]
+    suites: Any  # noisybench.evaluation.SuiteRunner: the built-in and the configured suites
     validation: dict[str, Any] | None = None
 
     def trainer(self, callbacks: list[Any] | tuple[Any, ...] = ()) -> Trainer:
         """A :class:`Trainer` over these objects with the config's engine settings."""
         cfg = self.cfg
         return Trainer(
-            model=self.model,
-            method=self.method,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            source=self.source,
-            settings=TrainSettings(
+            TrainParts(self.model, self.method, self.optimizer, self.scheduler, self.source),
+            TrainSettings(
                 epochs=int(cfg.epochs),
                 device=self.device,
                 amp_dtype=self.amp_dtype,
                 nonfinite=str(cfg.nonfinite),
                 eval_batch_size=eval_batch_size(cfg.eval.batch_size, self.device),
-                train_diagnostics=bool(cfg.eval.train_diagnostics),
-                train_diagnostics_every=int(cfg.eval.get("train_diagnostics_every") or 1),
             ),
-            evaluators=self.evaluators,
+            suites=self.suites,
             callbacks=list(callbacks),
         )
 
@@ -694,7 +688,7 @@ def build(
         scheduler=scheduler,
         amp_dtype=rt.amp_dtype,
         build_model=nets.build_model,
-        evaluators=_evaluators(cfg, data, src, rt.device),
+        suites=suites(cfg, data, src, nets.method, rt.device),
         validation=lab.validation,
     )
 
@@ -824,11 +818,17 @@ def _holdout(
 
 
 def suite_context(
-    cfg: DictConfig, data: Any, src: DataSource, device: torch.device, data_dir: str | None = None
+    cfg: DictConfig,
+    data: Any,
+    src: DataSource,
+    device: torch.device,
+    data_dir: str | None = None,
+    method: Method | None = None,
 ) -> Any:
     """The suites' one :class:`noisybench.evaluation.EvalContext`, from the run's data source
-    (its in-memory images and labels), during training and on a rebuilt run alike.
-    ``data_dir``: where the suites' files moved to (default: the config's)."""
+    (its labels, and its images when in memory) and ``method`` (label recovery), during
+    training and on a rebuilt run alike. ``data_dir``: where the suites' files moved to
+    (default: the config's)."""
     from noisybench.evaluation import EvalContext
 
     return EvalContext(
@@ -842,23 +842,35 @@ def suite_context(
         train_images=src.images("train"),
         train_labels=src.labels.train_given,
         train_clean=src.labels.train_clean,
+        labels=src.labels,
+        method=method,
     )
 
 
-def _evaluators(
-    cfg: DictConfig, data: ImageData, src: DataSource, device: torch.device
-) -> list[Callable[..., Any]]:
-    """The evaluation suites chosen in the ``eval`` group (``eval=[calibration,ood]``) that
-    run during training (their ``every`` > 0), as engine evaluators."""
-    from noisybench.evaluation import SuiteRunner, build_suites
+def suites(
+    cfg: DictConfig, data: Any, src: DataSource, method: Method, device: torch.device
+) -> Any:
+    """The run's evaluation during training (a :class:`noisybench.evaluation.SuiteRunner`):
+    the built-in suites (test metrics, validation accuracy, memorisation as ``eval.
+    train_diagnostics*`` say, label recovery), then the suites chosen in the ``eval`` group
+    (``eval=[calibration,ood]``) that run during training (their ``every`` > 0).
 
-    nodes = cfg.eval.get("suites") or {}
-    suites = [s for s in build_suites(nodes) if s.every > 0]
-    if not suites:
-        return []
-    runner = SuiteRunner(suites, suite_context(cfg, data, src, device))
+    Raises:
+        UserError: ``eval=[...]`` names a built-in suite (every run has it already).
+    """
+    from noisybench.evaluation import BUILTIN_SUITES, SuiteRunner, build_suites, builtin_suites
 
-    def evaluate(epoch: int, predict: Callable[..., Any]) -> dict[str, Any]:
-        return dict(runner.after_epoch(epoch, predict))
-
-    return [evaluate]
+    nodes = dict(cfg.eval.get("suites") or {})
+    twice = sorted(set(nodes) & set(BUILTIN_SUITES))
+    if twice:
+        raise UserError(
+            f"evaluation suites {twice} run in every training run already; drop them from "
+            "eval=[...] (noisybench evaluate RUN eval=[...] computes them on a finished run)"
+        )
+    builtin = builtin_suites(
+        int(cfg.epochs),
+        bool(cfg.eval.train_diagnostics),
+        int(cfg.eval.get("train_diagnostics_every") or 1),
+    )
+    chosen = [s for s in build_suites(nodes) if s.every > 0]
+    return SuiteRunner(builtin + chosen, suite_context(cfg, data, src, device, method=method))

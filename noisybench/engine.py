@@ -1,8 +1,11 @@
 """The training loop: the one place that runs backward, optimizer and scheduler steps and AMP.
 
 Methods (:class:`noisybench.method.Method`) only turn a batch into a loss; the engine never
-branches on a method's name. It alone sees the clean training labels, so it alone computes
-the memorisation and label-recovery diagnostics.
+branches on a method's name. An epoch's evaluation (test metrics, validation accuracy, the
+memorisation and label-recovery diagnostics, which need the clean training labels a method
+never sees) is done by evaluation suites (:mod:`noisybench.evaluation.builtin` and the
+configured ones) through the run's one :class:`noisybench.evaluation.base.Predictor`, the
+same path ``noisybench evaluate`` takes on a finished run.
 
 The engine knows no file, no run directory and no test hook. What happens around training
 (checkpoints, the result file, loggers, progress output, fault injection for the tests) is
@@ -61,7 +64,8 @@ equals the single-process run with the same global batch:
   epoch (extras, being per-step means of each share, are averaged over processes); the first
   non-finite step is the earliest over processes. Evaluation is split: after the model's
   buffers are broadcast from rank 0, each process evaluates a contiguous block of every
-  evaluation set (:meth:`Trainer.split_outputs`) and the outputs are all-gathered, so every
+  evaluation set (:meth:`noisybench.evaluation.base.Predictor.outputs`) and the outputs are
+  all-gathered, so every
   process computes the same record; rank 0's callbacks write it.
 * **Stopping.** The SIGTERM/SIGINT flag is all-reduced (max) over a CPU group at every step
   boundary and after every epoch, so a signal to any process stops all of them at the same
@@ -80,7 +84,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -88,29 +92,27 @@ import torch
 from torch import Tensor, nn
 
 from noisybench import distributed as dist
-from noisybench import metrics
 from noisybench.data.loader import plan_seed
 from noisybench.errors import UserError
+from noisybench.evaluation.base import Predictor
 from noisybench.method import Batch, Method, StepOutput
 from noisybench.processes import Processes, for_this_process
 from noisybench.rng import rng_state, set_rng_state
 
 if TYPE_CHECKING:
-    from noisybench.data.source import DataSource, EvalLabels
+    from noisybench.data.source import DataSource
+    from noisybench.evaluation import SuiteRunner
 
 __all__ = [
     "Callback",
     "Interrupted",
+    "TrainParts",
     "TrainSettings",
     "Trainer",
     "TrainingDiverged",
     "rng_state",
     "set_rng_state",
 ]
-
-
-def _argmax(logits: Tensor) -> Tensor:
-    return logits.argmax(-1)
 
 
 class TrainingDiverged(RuntimeError):
@@ -305,8 +307,6 @@ class TrainSettings:
         nonfinite: "stop" (raise :class:`TrainingDiverged`, keep the last good checkpoint) or
             "skip" (skip the step and count it; costs one host sync per step).
         eval_batch_size: batch size of evaluation passes.
-        train_diagnostics: evaluate the training set for the memorisation diagnostics.
-        train_diagnostics_every: ... every this many epochs (and at the last epoch).
     """
 
     epochs: int
@@ -314,24 +314,43 @@ class TrainSettings:
     amp_dtype: torch.dtype | None = None
     nonfinite: str = "stop"
     eval_batch_size: int = 1024
-    train_diagnostics: bool = True
-    train_diagnostics_every: int = 1
 
 
-class Trainer:
-    """Fits ``model`` with ``method``: one visible place for backward, optimizer, schedule.
+@dataclass
+class TrainParts:
+    """The objects the loop trains with (:func:`noisybench.build.build` makes them).
 
-    Args:
-        model, method: the network and the training objective (already on ``device``).
+    Attributes:
+        model, method: the network and the training objective (already on the device).
         optimizer, scheduler: the scheduler is stepped once per optimizer step.
         source: the data (:class:`noisybench.data.source.DataSource`): ``len()`` steps per
             epoch, the :class:`noisybench.method.Batch` es of ``source.epoch(epoch,
             start_step)``, evaluation batches and labels.
+    """
+
+    model: nn.Module
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    source: DataSource
+
+
+class Trainer:
+    """Fits ``parts.model`` with ``parts.method``: one visible place for backward, optimizer,
+    schedule.
+
+    Args:
+        parts: the model, method, optimizer, scheduler and data source (:class:`TrainParts`;
+            the trainer's attributes of the same names).
         settings: epochs, device, precision, evaluation settings (:class:`TrainSettings`).
-        evaluators: callables ``(epoch, predict) -> {name: value}`` (the evaluation suites;
-            ``predict`` maps uint8 images to logits in eval mode): numbers join the epoch's
-            record as ``eval/<name>``, other values (lists) are left for the callbacks in
-            ``trainer.eval_details`` until the next epoch.
+        suites: the evaluation suites and their context
+            (:class:`noisybench.evaluation.SuiteRunner`; :func:`noisybench.build.build` gives
+            the built-in ones and the configured ones that run during training; None: none,
+            the record has the training numbers only). The built-in suites' numbers join the
+            epoch's record as they are (``test/acc``), the others' as ``eval/<key>``; their
+            other values (lists) are left for the callbacks in ``trainer.eval_details`` until
+            the next epoch. They predict through ``trainer.predict``
+            (:class:`noisybench.evaluation.base.Predictor`).
         callbacks: observers (checkpoints, result file, loggers, progress, fault injection).
         processes: how many processes train (:mod:`noisybench.processes`; default: those of
             the initialised process group, or one). ``method.training_step`` gets
@@ -339,19 +358,16 @@ class Trainer:
             evaluation and checkpoints use ``model``.
     """
 
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self,
-        *,
-        model: nn.Module,
-        method: Method,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        source: DataSource,
+        parts: TrainParts,
         settings: TrainSettings,
-        evaluators: Sequence[Callable[[int, Callable[[Tensor], Tensor]], Mapping[str, float]]] = (),
+        *,
+        suites: SuiteRunner | None = None,
         callbacks: Sequence[Callback] = (),
         processes: Processes | None = None,
     ) -> None:
+        model, method, optimizer = parts.model, parts.method, parts.optimizer
         self.procs = for_this_process() if processes is None else processes
         self.model = model
         self.train_model = self.procs.wrap(model, method)
@@ -362,8 +378,8 @@ class Trainer:
         self._ranked: dict[str, Any] = {}
         self.method = method
         self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.source = source
+        self.scheduler = parts.scheduler
+        self.source = source = parts.source
         self.settings = settings
         self.epochs, self.device = settings.epochs, settings.device
         self.amp_dtype = settings.amp_dtype
@@ -375,9 +391,17 @@ class Trainer:
             raise ValueError(f"nonfinite must be 'stop' or 'skip', got {settings.nonfinite!r}")
         self.nonfinite = settings.nonfinite
         self.eval_batch_size = settings.eval_batch_size
-        self.train_diagnostics = settings.train_diagnostics
-        self.train_diagnostics_every = max(1, int(settings.train_diagnostics_every))
-        self.evaluators = list(evaluators)
+        self.suites = suites
+        self.predict = Predictor(
+            model,
+            method,
+            self.device,
+            self.eval_batch_size,
+            view=getattr(source, "view", None),
+            source=source,
+            autocast=self._autocast,
+            processes=self.procs,
+        )
         self.eval_details: dict[str, Any] = {}
         self.callbacks = list(callbacks)
         self.history: list[dict[str, Any]] = []
@@ -598,114 +622,30 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------- evaluation
-    def split_outputs(
-        self,
-        split: str,
-        forward: Callable[[Tensor], Tensor],
-        reduce: Callable[[Tensor], Tensor],
-        subset: Tensor | None = None,
-        inference: bool = False,
-    ) -> Tensor:
-        """``reduce(forward(x))`` over the samples of ``split`` (``"test"``, ``"train"``,
-        ``"val"``; all of them, or the indices ``subset`` in that order), concatenated in
-        sample order, under autocast and ``no_grad`` (``inference``: ``inference_mode``, whose
-        outputs must not meet autograd later); the caller sets the modules' modes.
-
-        With several processes each evaluates a contiguous block of the samples and the
-        blocks are all-gathered in rank order, so every process returns the whole result
-        (the same numbers as one process, up to the rounding of other batch compositions).
-        """
-        n = self.source.labels.size(split) if subset is None else int(subset.shape[0])
-        lo, hi = self.procs.block(n)
-        empty = lo == hi
-        if empty:  # fewer samples than processes: one sample gives the output's shape
-            lo, hi = 0, min(1, n)
-        samples = range(lo, hi) if subset is None else subset[lo:hi]
-        parts: list[Tensor] = []
-        # inference_mode (no autograd bookkeeping at all; ~8 % faster than no_grad on the
-        # CPU) only where the outputs feed metrics; evaluate_train's logits may meet autograd.
-        mode = torch.inference_mode() if inference else torch.no_grad()
-        with mode:
-            for x in self.source.eval_batches(split, samples, self.eval_batch_size):
-                with self._autocast():
-                    parts.append(reduce(forward(x)))
-        out = torch.cat(parts)[:0] if empty else torch.cat(parts)
-        return self.procs.gather_rows(out, n)
-
     def evaluate_train(self, module: nn.Module) -> Tensor:
         """``(N, K)`` float logits of ``module`` in eval mode over the training images, plain
-        view, in batches (for :meth:`Method.on_epoch_start`); the module's mode is restored."""
+        view, in batches (for :meth:`Method.on_epoch_start`); the module's mode is restored.
+        Not ``inference_mode``: the logits may meet autograd."""
         was_training = module.training
         module.eval()
         try:
-            return self.split_outputs("train", module, lambda z: z.float())
+            return self.predict.outputs("train", module, lambda z: z.float())
         finally:
             module.train(was_training)
 
-    def predict_split(
-        self, split: str, reduce: Callable[[Tensor], Tensor], subset: Tensor | None = None
-    ) -> Tensor:
-        """``reduce`` of ``method.predict``'s logits in eval mode over ``split`` (see
-        :meth:`split_outputs`): e.g. ``lambda z: z.float()`` keeps the logits (test metrics),
-        ``lambda z: z.argmax(-1)`` only the classes (diagnostics, no N x K tensor)."""
-        self.model.eval()
-        self.method.eval()
-        return self.split_outputs(
-            split, lambda x: self.method.predict(self.model, x), reduce, subset, inference=True
-        )
-
-    def predict(self, images: Tensor) -> Tensor:
-        """Logits ``(N, K)`` of ``method.predict`` over uint8 ``images`` in eval mode (the
-        evaluation suites' entry point; device-resident images only): the suites' one
-        ``predict`` (:func:`noisybench.evaluation.base.make_predict`) with this run's view,
-        batch size and mixed precision."""
-        if self.source.view is None:
-            raise UserError(
-                "this dataset is streamed, so evaluation suites that need its images in memory "
-                "cannot run; use an in-memory dataset (dataset=arrays) for them"
-            )
-        from noisybench.evaluation.base import make_predict
-
-        predict = make_predict(
-            self.model,
-            self.source.view,
-            self.device,
-            self.eval_batch_size,
-            self.method,
-            self._autocast,
-        )
-        return predict(images)
-
-    def _diagnostics_due(self, epoch: int) -> bool:
-        if not self.train_diagnostics:
-            return False
-        return (epoch + 1) % self.train_diagnostics_every == 0 or epoch + 1 == self.epochs
-
-    def held_out_values(self, labels: EvalLabels) -> dict[str, Tensor | float | int]:
-        """The numbers of the held-out splits (device tensors): ``test/*`` (and a real-noise
-        dataset's extra test sets, e.g. ``test_imagenet/*``, with the ``topk`` accuracies
-        its protocol names), ``val/acc`` on the noisy validation split and ``val/clean_acc``
-        on the dataset's own clean validation split (the selection rules' numbers)."""
-        values: dict[str, Tensor | float | int] = {}
-        for split, y in (("test", labels.test), *labels.extra_tests.items()):
-            logits = self.predict_split(split, lambda z: z.float())
-            test = metrics.classification_metrics(logits, y)
-            test.update({f"top{k}": metrics.topk_accuracy(logits, y, k) for k in labels.topk})
-            values.update({f"{split}/{k}": v for k, v in test.items()})
-        if labels.val is not None:
-            val_pred = self.predict_split("val", _argmax)
-            values["val/acc"] = (val_pred == labels.val).float().mean()
-        if labels.clean_val is not None:
-            val_pred = self.predict_split("clean_val", _argmax)
-            values["val/clean_acc"] = (val_pred == labels.clean_val).float().mean()
-        return values
+    def _suite_values(self, epoch: int, stage: str) -> dict[str, Any]:
+        if self.suites is None:
+            return {}
+        return dict(self.suites.record(epoch, self.predict, stage))
 
     def epoch_record(self, epoch: int, sums: _EpochSums, epoch_time: float) -> dict[str, Any]:
-        """Evaluate and assemble one epoch's numbers (the only host syncs of an epoch)."""
+        """Evaluate and assemble one epoch's numbers (the only host syncs of an epoch), in the
+        record's order (the CSV logger's columns): the held-out splits' built-in suites (test
+        sets, validation), the training sums, the diagnostics' built-in suites (memorisation,
+        label recovery), the method's ``on_epoch_end``, then the other suites (``eval/``)."""
         sums = self._reduced(sums)
         self.procs.sync_buffers(self.model)
-        labels = self.source.labels
-        values: dict[str, Tensor | float | int] = self.held_out_values(labels)
+        values: dict[str, Any] = self._suite_values(epoch, "held_out")
         seen = max(sums.seen, 1)
         values["train/loss"] = sums.loss / seen
         values["train/acc_given"] = sums.correct / seen
@@ -713,32 +653,15 @@ class Trainer:
             values[f"train/{key}"] = value / max(sums.steps, 1)
         if sums.noise is not None:  # convergence noise across the epoch's steps (issue 27)
             values.update(_noise_values(sums.noise, self.world))
-        if self._diagnostics_due(epoch) and labels.clean_known:
-            # On the whole training set or on a fixed subset of it (eval.train_diagnostics_subset).
-            subset = labels.train_subset
-            pred = self.predict_split("train", _argmax, subset)
-            given, clean = labels.train_given, labels.train_clean
-            if subset is not None:
-                given, clean = given[subset], clean[subset]
-            mem = metrics.memorisation(pred, given, clean)
-            values.update({f"memorisation/{k}": v for k, v in mem.items()})
-        # In chunks: no (N, K) float32 temporary at ImageNet size.
-        rec = (
-            metrics.label_recovery_chunked(self.method, labels.train_given, labels.train_clean)
-            if labels.clean_known
-            else None
-        )
-        if rec is not None:
-            values.update({f"recovery/{k}": v for k, v in rec.items()})
+        values.update(self._suite_values(epoch, "diagnostics"))
         for key, value in self.method.on_epoch_end(epoch).items():
             values[f"method/{key}"] = value
         self.eval_details = {}
-        for evaluate in self.evaluators:
-            for key, value in evaluate(epoch, self.predict).items():
-                if isinstance(value, int | float | Tensor) and not isinstance(value, bool):
-                    values[f"eval/{key}"] = value
-                else:  # lists (reliability bins, mu): for loggers, not the record
-                    self.eval_details[f"eval/{key}"] = value
+        for key, value in self._suite_values(epoch, "eval").items():
+            if isinstance(value, int | float | Tensor) and not isinstance(value, bool):
+                values[key] = value
+            else:  # lists (reliability bins, mu): for loggers, not the record
+                self.eval_details[key] = value
         record: dict[str, Any] = {"epoch": epoch + 1}
         for key, value in values.items():
             record[key] = float(value.float().mean()) if isinstance(value, Tensor) else float(value)

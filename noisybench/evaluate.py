@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +54,12 @@ from torch import nn
 from noisybench.build import resolve_device
 from noisybench.config import instantiate, without_name
 from noisybench.errors import UserError
-from noisybench.evaluation import (
-    available_suites,
-    load_suite,
-    make_predict,
-    run_suites,
-)
+from noisybench.evaluation import Predictor, available_suites, load_suite, run_suites
 from noisybench.evaluation.selection import selection_summary
 from noisybench.rundir import RunDir, check_saved_config, read_evaluation
 from noisybench.safety import take_command_line
 
-__all__ = ["EVALUATION_FILE", "evaluate_run", "main", "rebuild_model"]
+__all__ = ["EVALUATION_FILE", "EvaluateOptions", "evaluate_run", "main", "rebuild_model"]
 
 EVALUATION_FILE = "evaluation.json"
 WEIGHTS = ("selected", "last")
@@ -108,20 +104,50 @@ def _read_result(rd: RunDir) -> dict[str, Any]:
     return result
 
 
-def evaluate_run(  # noqa: PLR0913 (the command line's options, keyword by keyword)
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """The command line's options (module docstring): ``device``, ``batch_size``,
+    ``data_dir`` (where the dataset and the suites' files moved to), ``weights``
+    (``selected``: the epoch the run's selection rule picked, ``selected.pt``; ``last``: the
+    last checkpoint) and ``allow_unfinished`` (evaluate a run that has not finished)."""
+
+    device: str = "auto"
+    batch_size: int = 1024
+    data_dir: str | None = None
+    weights: str = "selected"
+    allow_unfinished: bool = False
+
+    @classmethod
+    def from_command_line(cls, options: Mapping[str, str]) -> EvaluateOptions:
+        """The options of ``key=value`` strings, each checked (one line when it is bad)."""
+        batch_size = options.get("batch_size", "1024")
+        if not batch_size.isdigit() or int(batch_size) < 1:
+            raise UserError(f"batch_size={batch_size} is not a positive integer; e.g. 1024")
+        weights = options.get("weights", "selected")
+        if weights not in WEIGHTS:
+            raise UserError(
+                f"weights={weights} is not one of {', '.join(WEIGHTS)}; e.g. weights=last"
+            )
+        allow = options.get("allow_unfinished", "false").lower()
+        if allow not in ("true", "false"):
+            raise UserError(f"allow_unfinished={allow} is not true or false")
+        return cls(
+            device=options.get("device", "auto"),
+            batch_size=int(batch_size),
+            data_dir=options.get("data_dir"),
+            weights=weights,
+            allow_unfinished=allow == "true",
+        )
+
+
+def evaluate_run(
     run_dir: str | Path,
     suites: Sequence[str],
     overrides: dict[str, dict[str, Any]] | None = None,
-    device: str = "auto",
-    batch_size: int = 1024,
-    data_dir: str | None = None,
-    weights: str = "selected",
-    allow_unfinished: bool = False,
+    options: EvaluateOptions | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one finished run with ``suites``; writes and returns its evaluation.json.
-
-    ``weights``: ``selected`` (the epoch the run's selection rule picked, ``selected.pt``) or
-    ``last`` (the last checkpoint); an unfinished run only with ``allow_unfinished``.
+    """Evaluate one finished run with ``suites`` (``overrides``: settings by suite) and the
+    command line's ``options``; writes and returns its evaluation.json.
 
     The run is rebuilt by :func:`noisybench.build.rebuild`, the same parts that built it for
     training, so the model sees its inputs normalised as in training (a pretrained ViT:
@@ -130,6 +156,8 @@ def evaluate_run(  # noqa: PLR0913 (the command line's options, keyword by keywo
     from noisybench.build import rebuild, suite_context
     from noisybench.io import load_checkpoint
 
+    opts = options or EvaluateOptions()
+    weights, data_dir = opts.weights, opts.data_dir
     run_dir = Path(run_dir)
     rd = RunDir(run_dir)
     result = _read_result(rd)
@@ -141,7 +169,7 @@ def evaluate_run(  # noqa: PLR0913 (the command line's options, keyword by keywo
     if weights not in WEIGHTS:
         raise UserError(f"weights={weights} is not one of {', '.join(WEIGHTS)}; e.g. weights=last")
     unfinished = result.get("status") != "finished"
-    if unfinished and not allow_unfinished:
+    if unfinished and not opts.allow_unfinished:
         raise UserError(
             f"{run_dir} is not finished (status {result.get('status')!r}): its numbers are not "
             "a result; resume it with the same command, or pass allow_unfinished=true to "
@@ -153,7 +181,7 @@ def evaluate_run(  # noqa: PLR0913 (the command line's options, keyword by keywo
             f"{result.get('status')!r}); evaluated as it is (allow_unfinished=true)",
             file=sys.stderr,
         )
-    dev = resolve_device(device)
+    dev = resolve_device(opts.device)
     built = [load_suite(name, (overrides or {}).get(name)) for name in suites]
     ckpt = load_checkpoint(rd.checkpoint_file, map_location=dev)
     chosen = _choose_weights(run_dir, result, ckpt, weights, dev, check=not unfinished)
@@ -162,9 +190,11 @@ def evaluate_run(  # noqa: PLR0913 (the command line's options, keyword by keywo
     # The method's state (second networks, running targets) is the last checkpoint's: selected.pt
     # keeps the model's weights only (noisybench.selected).
     _load_states(run_dir, {**ckpt, "model": chosen.pop("state")}, model, method)
-    assert run.source.view is not None  # rebuild refuses streamed datasets
-    predict = make_predict(model, run.source.view, dev, int(batch_size), method)
-    ctx = suite_context(run.cfg, run.data, run.source, dev, data_dir)
+    # The one prediction path of training (its images and its data source's splits).
+    predict = Predictor(
+        model, method, dev, int(opts.batch_size), view=run.source.view, source=run.source
+    )
+    ctx = suite_context(run.cfg, run.data, run.source, dev, data_dir, method)
     metrics = run_suites([s for s, _ in built], predict, ctx)
     if "dark_knowledge" in suites and (run_dir / "predictions").is_dir():
         from noisybench.evaluation.dark_knowledge import kl_to_final, load_snapshots
@@ -333,28 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = take_command_line(sys.argv[1:] if argv is None else argv, "noisybench evaluate")
         runs, suites, overrides, options = _parse(args)
-        batch_size = options.get("batch_size", "1024")
-        if not batch_size.isdigit() or int(batch_size) < 1:
-            raise UserError(f"batch_size={batch_size} is not a positive integer; e.g. 1024")
-        weights = options.get("weights", "selected")
-        if weights not in WEIGHTS:
-            raise UserError(
-                f"weights={weights} is not one of {', '.join(WEIGHTS)}; e.g. weights=last"
-            )
-        allow = options.get("allow_unfinished", "false").lower()
-        if allow not in ("true", "false"):
-            raise UserError(f"allow_unfinished={allow} is not true or false")
+        opts = EvaluateOptions.from_command_line(options)
         for run in runs:
-            out = evaluate_run(
-                run,
-                suites,
-                overrides,
-                device=options.get("device", "auto"),
-                batch_size=int(batch_size),
-                data_dir=options.get("data_dir"),
-                weights=weights,
-                allow_unfinished=allow == "true",
-            )
+            out = evaluate_run(run, suites, overrides, opts)
             w = out["weights"]
             print(
                 f"{Path(run)}: evaluated the {w['used']} weights ({w['file']}, epoch {w['epoch']}"

@@ -42,6 +42,7 @@ from noisybench.errors import UserError
 __all__ = [
     "Entry",
     "Leaderboard",
+    "Ranked",
     "build_leaderboard",
     "render_leaderboard",
     "sign_flip_p",
@@ -227,21 +228,29 @@ def _cost(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def build_leaderboard(  # noqa: PLR0913
+@dataclass(frozen=True)
+class Ranked:
+    """What a leaderboard ranks: ``metric`` (its key and ``label``; ``higher_is_better``) at
+    the epoch the selection ``rule`` picks (``rule_text``: the rule in words)."""
+
+    metric: str
+    label: str
+    higher_is_better: bool
+    rule: str
+    rule_text: str
+
+
+def build_leaderboard(
     settings: Mapping[str, Sequence[tuple[str, Any]]],
     value_of: Callable[[Mapping[str, Any]], float | None],
-    *,
-    metric: str,
-    metric_label: str,
-    higher_is_better: bool,
-    rule: str,
-    rule_text: str,
+    ranked: Ranked,
     reference: str | None = "ce",
 ) -> Leaderboard:
     """The leaderboard of ``settings`` (:func:`noisybench.report.setting_groups`): each
-    run's number is ``value_of(run)`` (the metric at the epoch ``rule`` selects, already in
-    display units); paired comparisons against the method whose label is ``reference``
-    (none when absent from a setting)."""
+    run's number is ``value_of(run)`` (the ``ranked`` metric at the epoch its rule selects,
+    already in display units); paired comparisons against the method whose label is
+    ``reference`` (none when absent from a setting)."""
+    metric, rule, rule_text = ranked.metric, ranked.rule, ranked.rule_text
     entries: list[Entry] = []
     for setting, methods in settings.items():
         cells: list[tuple[Entry, dict[str, float]]] = []
@@ -262,7 +271,7 @@ def build_leaderboard(  # noqa: PLR0913
             entry = Entry(setting, label, seeds, values, mean, std, ci, cost=_cost(group.runs))
             cells.append((entry, by_pair))
         ref = next((pairs for e, pairs in cells if e.method == reference), None)
-        higher = higher_is_better
+        higher = ranked.higher_is_better
         for entry, pairs in cells:
             if ref is not None and entry.method != reference:
                 common = [k for k in pairs if k in ref]
@@ -291,7 +300,7 @@ def build_leaderboard(  # noqa: PLR0913
         cells.sort(key=lambda c: (c[0].rank, -c[0].mean if higher else c[0].mean))
         entries.extend(e for e, _ in cells)
     notes = [
-        f"numbers: {metric_label}, epoch: {rule_text}"
+        f"numbers: {ranked.label}, epoch: {rule_text}"
         + (" (selected on the test set: optimistic)" if rule == "best_test" else ""),
         "mean ± sample std over seeds; 95 % CI: mean ± t(0.975, n-1)·s/√n (Student's t)",
         f"paired: difference to {reference} over the seeds both ran with the same noisy labels;"

@@ -829,20 +829,20 @@ def _diff_text(part: Mapping[str, str], common: Mapping[str, str]) -> str:
     )
 
 
-def _merge_notes(  # noqa: PLR0913
-    merged: Sequence[Sequence[int]],
-    parts: Sequence[Mapping[str, str]],
-    views: Sequence[Mapping[str, str]],
-    labels: Sequence[str],
-    other_merged: Sequence[Sequence[int]],
-    other_labels: Sequence[str],
-    present: Callable[[int, int], bool],
-    joiner: str,
-    other_axis: str,
-) -> list[str]:
-    """One note per merged row (or column) whose members' settings differ: for each member,
-    the labels of the other axis's cells it fills (``present(other, member)``) and what sets
-    it apart from the merged label."""
+def _merge_notes(grid: _Grid, of_columns: bool) -> list[str]:
+    """One note per merged column (``of_columns``) or row whose members' settings differ: for
+    each member, the labels of the other axis's cells it fills and what sets it apart from
+    the merged label."""
+    rows = (grid.row_merged, grid.row_parts, grid.row_views, grid.row_labels)
+    cols = (grid.col_merged, grid.col_parts, grid.col_views, grid.col_labels)
+    mine, other = (cols, rows) if of_columns else (rows, cols)
+    merged, parts, views, labels = mine
+    other_merged, other_labels = other[0], other[3]
+    joiner, other_axis = (" / ", "row") if of_columns else (", ", "column")
+
+    def present(other: int, member: int) -> bool:
+        return ((other, member) if of_columns else (member, other)) in grid.present
+
     notes = []
     for m, members in enumerate(merged):
         if len(members) > 1:
@@ -972,7 +972,7 @@ def _paper_match(entry: Mapping[str, Any], want: Mapping[str, Any], keys: Sequen
     return True
 
 
-def build_table(  # noqa: C901
+def build_table(
     groups: Sequence[Group],
     table: str = "generic",
     rules: Sequence[str] | None = None,
@@ -982,17 +982,56 @@ def build_table(  # noqa: C901
     """Lay ``groups`` out as ``table`` with the selection ``rules`` (default: the layout's,
     plus ``noisy_val`` when a run has ``val/acc``) and the paper's numbers beside ours.
     ``metrics``: the quantities shown (default: the layout's; see :data:`METRICS`)."""
+    layout = _layout(table, metrics, paper)
+    rules = _table_rules(groups, layout, rules)
+    entries = list(paper[table]["entries"]) if paper is not None and table in paper else []
+    grid = _grid(groups, layout.across, entries)
+    columns = _columns(grid, layout, rules, bool(entries))
+    metric_rows = layout.metrics if layout.metrics_on == "rows" else ("*",)
+    paper_cells = _PaperCells(entries, layout.paper_key)
+    rows = [_row(grid, ri, m, columns, paper_cells) for ri in grid.row_order for m in metric_rows]
+
+    # Reference rows: paper entries not shown beside ours, for the displayed columns.
+    used = paper_cells.used
+    ref_rows, in_refs = _reference_rows(entries, used, columns, layout, grid.col_views, metric_rows)
+    shown = used | in_refs
+    _bold(rows, columns, layout)
+    notes = _notes(groups, layout, rules, entries, table, paper) + grid.merge_notes
+    notes += _source_notes(paper.get(table) if paper else None, [entries[i] for i in sorted(shown)])
+    # Labels, notes and seeds come from the run directories' files: no control character of
+    # theirs reaches a terminal or a rendered table.
+    for row in rows:
+        row.label = printable(row.label)
+    for col in columns:
+        col.label, col.group = printable(col.label), printable(col.group)
+    notes = [printable(n) for n in notes]
+    out = Table(table, layout.title, columns, rows + ref_rows, notes)
+    out.row_header = {"noise": "method", "method": "dataset / model"}.get(
+        layout.across or "", "run"
+    )
+    return out
+
+
+def _layout(table: str, metrics: Sequence[str] | None, paper: Mapping[str, Any] | None) -> Layout:
+    """The layout of ``table`` (:func:`layout_of`), with ``metrics`` instead of its own when
+    given."""
     layout = layout_of(table, paper)
-    if metrics is not None:
-        unknown = [m for m in metrics if m not in METRICS]
-        if unknown or not metrics:
-            raise UserError(
-                f"unknown metric {', '.join(map(repr, unknown)) or '(none given)'}; "
-                f"use --metrics with some of {', '.join(METRICS)}"
-            )
-        layout = dataclasses.replace(layout, metrics=tuple(metrics))
+    if metrics is None:
+        return layout
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise UserError(
+            f"unknown metric {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"use --metrics with some of {', '.join(METRICS)}"
+        )
+    return dataclasses.replace(layout, metrics=tuple(metrics))
+
+
+def _table_rules(groups: Sequence[Group], layout: Layout, rules: Sequence[str] | None) -> list[str]:
+    """The selection rules shown: ``rules``, or the runs' own rule (their ``selection``,
+    schema 2: the headline column) first, then the layout's, then ``noisy_val`` /
+    ``clean_val`` when a run recorded ``val/acc`` / ``val/clean_acc``."""
     if rules is None:
-        # The runs' own rule (their ``selection``, schema 2) first: the headline column.
         recorded = [
             run.get("selection_rule")
             for g in groups
@@ -1009,12 +1048,40 @@ def build_table(  # noqa: C901
     for rule in rules:
         if rule not in RULES:
             raise UserError(f"unknown selection rule {rule!r}; use one of {', '.join(RULES)}")
-    entries = []
-    if paper is not None and table in paper:
-        entries = list(paper[table]["entries"])
-    across = layout.across
+    return list(rules)
 
-    # Split each group's identity into its row part and its column part.
+
+@dataclass
+class _Grid:
+    """The groups laid out on a grid: rows and columns are the distinct row and column parts
+    of the groups' identities (``present[(row, col)]`` the group of a cell), merged where
+    entries of one name cover disjoint cells (``row_merged``/``col_merged`` list the parts of
+    each displayed row/column, ``*_views`` what they share, ``*_labels`` their labels), in
+    the displayed order (``row_order``, ``col_order``)."""
+
+    across: str | None
+    names: list[str]
+    row_parts: list[dict[str, str]]
+    col_parts: list[dict[str, str]]
+    present: dict[tuple[int, int], Group]
+    row_merged: list[list[int]]
+    col_merged: list[list[int]]
+    row_views: list[dict[str, str]]
+    col_views: list[dict[str, str]]
+    row_labels: list[str]
+    col_labels: list[str]
+    merge_notes: list[str]
+    row_order: list[int] = field(default_factory=list)
+    col_order: list[int] = field(default_factory=list)
+
+
+def _split_identities(
+    groups: Sequence[Group], across: str | None
+) -> tuple[list[dict[str, str]], list[dict[str, str]], dict[tuple[int, int], Group]]:
+    """Each group's identity split into its row part and its column part (the keys of the
+    ``across`` group); returns the distinct row parts, column parts and the cell of each
+    group."""
+
     def split(g: Group) -> tuple[dict[str, str], dict[str, str]]:
         if across is None:
             return dict(g.ident), {}
@@ -1022,13 +1089,13 @@ def build_table(  # noqa: C901
         row = {k: v for k, v in g.ident.items() if not k.startswith(across + ".")}
         return row, col
 
-    parts = [split(g) for g in groups]
     row_keys: list[str] = []
     row_parts: list[dict[str, str]] = []
     col_keys: list[str] = []
     col_parts: list[dict[str, str]] = []
     present: dict[tuple[int, int], Group] = {}
-    for g, (row, col) in zip(groups, parts, strict=True):
+    for g in groups:
+        row, col = split(g)
         rk, ck = json.dumps(row, sort_keys=True), json.dumps(col, sort_keys=True)
         if rk not in row_keys:
             row_keys.append(rk)
@@ -1037,6 +1104,12 @@ def build_table(  # noqa: C901
             col_keys.append(ck)
             col_parts.append(col)
         present[(row_keys.index(rk), col_keys.index(ck))] = g
+    return row_parts, col_parts, present
+
+
+def _grid(groups: Sequence[Group], across: str | None, entries: Sequence[Any]) -> _Grid:
+    """:class:`_Grid` of ``groups`` for a layout whose columns are the values of ``across``."""
+    row_parts, col_parts, present = _split_identities(groups, across)
     names = [k for k in _NAME_KEYS if across is None or not k.startswith(across + ".")]
     if across == "noise":
         names = ["method.name"]
@@ -1059,40 +1132,49 @@ def build_table(  # noqa: C901
     col_views = [_common(col_parts, m) for m in col_merged]
     row_labels = _labels(row_views, names)
     col_labels = _column_labels(col_views, across) if across else [""]
-    merge_notes = []
+    grid = _Grid(
+        across, names, row_parts, col_parts, present, row_merged, col_merged,
+        row_views, col_views, row_labels, col_labels, [],
+    )  # fmt: skip
     if across is not None:
-        merge_notes += _merge_notes(
-            col_merged, col_parts, col_views, col_labels,
-            row_merged, row_labels, lambda other, c: (other, c) in present, " / ", "row",
-        )  # fmt: skip
-        merge_notes += _merge_notes(
-            row_merged, row_parts, row_views, row_labels,
-            col_merged, col_labels, lambda other, r: (r, other) in present, ", ", "column",
-        )  # fmt: skip
+        grid.merge_notes = _merge_notes(grid, of_columns=True) + _merge_notes(grid, False)
+    _order(grid, entries)
+    return grid
 
-    # Order columns as the paper does (then by label), rows by method in the paper's order.
+
+def _order(grid: _Grid, entries: Sequence[Any]) -> None:
+    """Order columns as the paper does (then by label), rows by method in the paper's order
+    (by label when the columns are the methods)."""
+
     def order_key(part: Mapping[str, str], group: str, label: str) -> tuple[int, str]:
         name = json.loads(part.get(f"{group}.name", '""'))
         known = _paper_order(entries, group)
         return (known.index(name) if name in known else len(known), label)
 
-    col_order = list(range(len(col_merged)))
+    across = grid.across
+    grid.col_order = list(range(len(grid.col_merged)))
     if across:
-        col_order.sort(key=lambda i: order_key(col_views[i], across, col_labels[i]))
-    row_order = list(range(len(row_merged)))
+        grid.col_order.sort(key=lambda i: order_key(grid.col_views[i], across, grid.col_labels[i]))
+    grid.row_order = list(range(len(grid.row_merged)))
     if across != "method":
-        row_order.sort(key=lambda i: order_key(row_views[i], "method", row_labels[i]))
+        grid.row_order.sort(
+            key=lambda i: order_key(grid.row_views[i], "method", grid.row_labels[i])
+        )
     else:
-        row_order.sort(key=lambda i: row_labels[i])
+        grid.row_order.sort(key=lambda i: grid.row_labels[i])
 
-    # Columns: for each column value (and metric when metrics are columns): one sub-column
-    # per rule, then the paper's.
+
+def _columns(grid: _Grid, layout: Layout, rules: Sequence[str], with_paper: bool) -> list[Column]:
+    """For each column value (and metric when metrics are columns): one sub-column per rule,
+    then the paper's (``with_paper``)."""
     metrics_cols = layout.metrics if layout.metrics_on == "cols" else ("*",)
     columns: list[Column] = []
-    for ci in col_order:
+    for ci in grid.col_order:
         for metric in metrics_cols:
             prefix = " ".join(
-                x for x in (col_labels[ci], "" if metric == "*" else METRICS[metric].label) if x
+                x
+                for x in (grid.col_labels[ci], "" if metric == "*" else METRICS[metric].label)
+                if x
             )
             for rule in rules:
                 columns.append(
@@ -1104,7 +1186,7 @@ def build_table(  # noqa: C901
                         prefix,
                     )
                 )
-            if entries:
+            if with_paper:
                 columns.append(
                     Column(
                         f"{ci}|{metric}|paper",
@@ -1114,93 +1196,94 @@ def build_table(  # noqa: C901
                         prefix,
                     )
                 )
+    return columns
 
-    metric_rows = layout.metrics if layout.metrics_on == "rows" else ("*",)
-    rows: list[Row] = []
-    used_paper: set[int] = set()
-    for ri in row_order:
-        for mrow in metric_rows:
-            label = row_labels[ri] + ("" if mrow == "*" else f" · {METRICS[mrow].label}")
-            bucket = json.dumps(
-                [row_views[ri].get(k) for k in names if k != "method.name"] + [mrow]
-            )
-            row = Row(label, "ours", bucket=bucket)
-            for col in columns:
-                ci = int(col.key.split("|")[0])
-                metric = mrow if col.metric == "*" else col.metric
-                cells_here = [
-                    (r, c) for r in row_merged[ri] for c in col_merged[ci] if (r, c) in present
-                ]
-                r0, c0 = cells_here[0] if cells_here else (row_merged[ri][0], col_merged[ci][0])
-                g = present.get((r0, c0))
-                want = {**row_parts[r0], **col_parts[c0]}
-                want_fields = {
-                    "dataset": json.loads(want.get("dataset.name", "null")),
-                    "model": json.loads(want.get("model.name", "null")),
-                    "method": json.loads(want.get("method.name", "null")),
-                    "noise": json.loads(want.get("noise.name", "null")),
-                    "augmentation": _augmentation(want),
-                    "presets": _presets_match(want),
-                    "metric": metric,
-                    **{k: json.loads(v) for k, v in want.items() if k.startswith("method.")},
-                }
-                if col.rule is None:
-                    if g is None:
-                        continue
-                    hits = [
-                        i
-                        for i, e in enumerate(entries)
-                        if _paper_match(e, want_fields, layout.paper_key)
-                    ]
-                    if hits:
-                        e = entries[hits[0]]
-                        used_paper.update(hits[:1])
-                        row.cells[col.key] = Cell(
-                            e["value"], e.get("std"), None, bool(e.get("bold")), True
-                        )
-                    continue
-                if g is None:
-                    continue
-                per_seed = sorted(
-                    (
-                        (_seed_of(run), v * METRICS[metric].scale)
-                        for run in g.runs
-                        if (v := run_value(run, metric, col.rule)) is not None
-                    ),
-                    key=lambda t: _seed_order(t[0]),
-                )
-                seeds = [_seed_of(run) for run in g.runs]
-                row.seeds = sorted(set(row.seeds) | set(seeds), key=_seed_order)
-                if per_seed:
-                    got = [v for _, v in per_seed]
-                    mean, std = mean_std(got)
-                    row.cells[col.key] = Cell(
-                        mean,
-                        std if len(got) > 1 else None,
-                        len(got),
-                        values=got,
-                        seeds=[s for s, _ in per_seed],
-                    )
-            rows.append(row)
 
-    # Reference rows: paper entries not shown beside ours, for the displayed columns.
-    ref_rows, in_refs = _reference_rows(
-        entries, used_paper, columns, layout, col_views, metric_rows
+def _row(grid: _Grid, ri: int, mrow: str, columns: Sequence[Column], paper: _PaperCells) -> Row:
+    """Displayed row ``ri`` (metric ``mrow`` when metrics are rows, else ``*``): our cells
+    and the paper's."""
+    label = grid.row_labels[ri] + ("" if mrow == "*" else f" · {METRICS[mrow].label}")
+    bucket = json.dumps(
+        [grid.row_views[ri].get(k) for k in grid.names if k != "method.name"] + [mrow]
     )
-    shown = used_paper | in_refs
-    _bold(rows, columns, layout)
-    notes = _notes(groups, layout, rules, entries, table, paper) + merge_notes
-    notes += _source_notes(paper.get(table) if paper else None, [entries[i] for i in sorted(shown)])
-    # Labels, notes and seeds come from the run directories' files: no control character of
-    # theirs reaches a terminal or a rendered table.
-    for row in rows:
-        row.label = printable(row.label)
+    row = Row(label, "ours", bucket=bucket)
     for col in columns:
-        col.label, col.group = printable(col.label), printable(col.group)
-    notes = [printable(n) for n in notes]
-    out = Table(table, layout.title, columns, rows + ref_rows, notes)
-    out.row_header = {"noise": "method", "method": "dataset / model"}.get(across or "", "run")
-    return out
+        ci = int(col.key.split("|")[0])
+        metric = mrow if col.metric == "*" else col.metric
+        cells_here = [
+            (r, c)
+            for r in grid.row_merged[ri]
+            for c in grid.col_merged[ci]
+            if (r, c) in grid.present
+        ]
+        r0, c0 = cells_here[0] if cells_here else (grid.row_merged[ri][0], grid.col_merged[ci][0])
+        g = grid.present.get((r0, c0))
+        if g is None:
+            continue
+        if col.rule is None:
+            want = {**grid.row_parts[r0], **grid.col_parts[c0]}
+            cell = paper.cell(want, metric)
+        else:
+            cell = _our_cell(g, metric, col.rule, row)
+        if cell is not None:
+            row.cells[col.key] = cell
+    return row
+
+
+@dataclass
+class _PaperCells:
+    """The paper's numbers (``entries`` of ``paper_tables.yaml``, matched on ``paper_key``)
+    beside ours; ``used``: the entries shown so far (the others become reference rows)."""
+
+    entries: Sequence[Any]
+    paper_key: tuple[str, ...]
+    used: set[int] = field(default_factory=set)
+
+    def cell(self, want: Mapping[str, str], metric: str) -> Cell | None:
+        """The paper's number for the cell whose identity is ``want`` (the first matching
+        entry), or None."""
+        fields = {
+            "dataset": json.loads(want.get("dataset.name", "null")),
+            "model": json.loads(want.get("model.name", "null")),
+            "method": json.loads(want.get("method.name", "null")),
+            "noise": json.loads(want.get("noise.name", "null")),
+            "augmentation": _augmentation(want),
+            "presets": _presets_match(want),
+            "metric": metric,
+            **{k: json.loads(v) for k, v in want.items() if k.startswith("method.")},
+        }
+        hits = [i for i, e in enumerate(self.entries) if _paper_match(e, fields, self.paper_key)]
+        if not hits:
+            return None
+        e = self.entries[hits[0]]
+        self.used.update(hits[:1])
+        return Cell(e["value"], e.get("std"), None, bool(e.get("bold")), True)
+
+
+def _our_cell(g: Group, metric: str, rule: str, row: Row) -> Cell | None:
+    """Our mean and std over the seeds of group ``g`` of ``metric`` at the epoch ``rule``
+    selects (None when no seed has it); adds the group's seeds to ``row.seeds``."""
+    per_seed = sorted(
+        (
+            (_seed_of(run), v * METRICS[metric].scale)
+            for run in g.runs
+            if (v := run_value(run, metric, rule)) is not None
+        ),
+        key=lambda t: _seed_order(t[0]),
+    )
+    seeds = [_seed_of(run) for run in g.runs]
+    row.seeds = sorted(set(row.seeds) | set(seeds), key=_seed_order)
+    if not per_seed:
+        return None
+    got = [v for _, v in per_seed]
+    mean, std = mean_std(got)
+    return Cell(
+        mean,
+        std if len(got) > 1 else None,
+        len(got),
+        values=got,
+        seeds=[s for s, _ in per_seed],
+    )
 
 
 def _reference_rows(
@@ -1249,43 +1332,51 @@ def _reference_rows(
     return list(rows.values()), shown
 
 
-def _bold(rows: Sequence[Row], columns: Sequence[Column], layout: Layout) -> None:  # noqa: C901
+def _bold(rows: Sequence[Row], columns: Sequence[Column], layout: Layout) -> None:
     """Bold the best of our means along the method axis (ties by the shown precision):
     per column when methods are rows, per row (and metric, rule) when methods are columns.
     Only where at least two numbers compete."""
-
-    def best(cells: Sequence[Cell], metric: str) -> None:
-        vals = [c for c in cells if c.mean is not None and not c.paper]
-        if len(vals) < 2:
-            return
-        hi = METRICS[metric].higher_is_better
-        target = (max if hi else min)(round(c.mean, 2) for c in vals)
-        for c in vals:
-            c.bold = round(c.mean, 2) == target
-
     ours = [r for r in rows if r.source == "ours"]
     if layout.across == "method":
         for row in ours:
-            metric_of_row = row.label.rsplit(" · ", 1)[-1]
-            buckets: dict[tuple[str, str], list[Cell]] = {}
-            for col in columns:
-                if col.rule is None or col.key not in row.cells:
-                    continue
-                metric = col.metric
-                if metric == "*":
-                    metric = next(m for m in layout.metrics if METRICS[m].label == metric_of_row)
-                buckets.setdefault((metric, col.rule), []).append(row.cells[col.key])
-            for (metric, _), cells in buckets.items():
-                best(cells, metric)
-    else:
-        for col in columns:
-            if col.rule is None:
-                continue
-            for bucket in {r.bucket for r in ours}:
-                cells = [
-                    r.cells[col.key] for r in ours if r.bucket == bucket and col.key in r.cells
-                ]
-                best(cells, col.metric)
+            for (metric, _), cells in _row_buckets(row, columns, layout).items():
+                _bold_best(cells, metric)
+        return
+    for col in columns:
+        if col.rule is None:
+            continue
+        for bucket in {r.bucket for r in ours}:
+            cells = [r.cells[col.key] for r in ours if r.bucket == bucket and col.key in r.cells]
+            _bold_best(cells, col.metric)
+
+
+def _row_buckets(
+    row: Row, columns: Sequence[Column], layout: Layout
+) -> dict[tuple[str, str], list[Cell]]:
+    """Our cells of ``row`` (methods are columns) by (metric, rule): the numbers that
+    compete for bold."""
+    metric_of_row = row.label.rsplit(" · ", 1)[-1]
+    buckets: dict[tuple[str, str], list[Cell]] = {}
+    for col in columns:
+        if col.rule is None or col.key not in row.cells:
+            continue
+        metric = col.metric
+        if metric == "*":
+            metric = next(m for m in layout.metrics if METRICS[m].label == metric_of_row)
+        buckets.setdefault((metric, col.rule), []).append(row.cells[col.key])
+    return buckets
+
+
+def _bold_best(cells: Sequence[Cell], metric: str) -> None:
+    """Bold the best of our ``cells`` of ``metric`` (by the shown precision), when at least
+    two compete."""
+    vals = [c for c in cells if c.mean is not None and not c.paper]
+    if len(vals) < 2:
+        return
+    hi = METRICS[metric].higher_is_better
+    target = (max if hi else min)(round(c.mean, 2) for c in vals)
+    for c in vals:
+        c.bold = round(c.mean, 2) == target
 
 
 def _notes(
@@ -1648,7 +1739,7 @@ def _leaderboard(
     ``--select`` (default: the runs' own rule, else ``last``) and ``--metrics`` (acc)."""
     import tempfile
 
-    from noisybench.leaderboard import build_leaderboard, render_leaderboard
+    from noisybench.leaderboard import Ranked, build_leaderboard, render_leaderboard
 
     recorded = [run.get("selection_rule") for g in groups for run in g.runs]
     rule = (rules or [next((r for r in recorded if r in RULES), "last")])[0]
@@ -1669,16 +1760,8 @@ def _leaderboard(
         value = run_value(run, metric, rule)
         return None if value is None else value * m.scale
 
-    board = build_leaderboard(
-        settings,
-        value_of,
-        metric=metric,
-        metric_label=m.label,
-        higher_is_better=m.higher_is_better,
-        rule=rule,
-        rule_text=RULES[rule][1],
-        reference=args.reference,
-    )
+    ranked = Ranked(metric, m.label, m.higher_is_better, rule, RULES[rule][1])
+    board = build_leaderboard(settings, value_of, ranked, args.reference)
     figures: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.format == "html":

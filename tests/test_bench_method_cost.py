@@ -62,14 +62,17 @@ def test_a_method_that_does_not_build_gets_a_row_saying_why(tmp_path: Path) -> N
     assert "error" in row and "nosuchmethod" in row["error"]
 
 
-class _Trainer:
-    """What StubTrain uses of the engine's Trainer: the device and split_outputs."""
-
-    device = torch.device("cpu")
-
-    def split_outputs(self, split, forward, reduce, subset):
+class _Predict:
+    def outputs(self, split, forward, reduce, subset):
         assert split == "train" and subset.tolist() == [0, 1]
         return reduce(forward(torch.ones(2, 3)))
+
+
+class _Trainer:
+    """What StubTrain uses of the engine's Trainer: the device and predict.outputs."""
+
+    device = torch.device("cpu")
+    predict = _Predict()
 
 
 def test_the_stub_returns_fixed_outputs_of_the_modules_width() -> None:

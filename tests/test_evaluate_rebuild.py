@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from noisybench.config import CONF_DIR, compose
-from noisybench.evaluate import evaluate_run
+from noisybench.evaluate import EvaluateOptions, evaluate_run
 from noisybench.run import run_experiment
 
 DEEP = {  # 7-24 s each
@@ -95,5 +95,5 @@ def test_posthoc_nll_equals_the_last_epochs_test_nll(
     run_dir = tmp_path / "run"
     result = run_experiment(cfg, run_dir)
     trained = result["history"][-1]["test/nll"]
-    out = evaluate_run(run_dir, ["calibration"], device="cpu", batch_size=64)
+    out = evaluate_run(run_dir, ["calibration"], options=EvaluateOptions("cpu", 64))
     assert out["metrics"]["calibration/nll"] == pytest.approx(trained, rel=1e-5, abs=1e-6)

@@ -1,5 +1,6 @@
-"""Evaluation suites (calibration, temperature scaling, corruptions, CIFAR-10-P, OOD, dark
-knowledge) and model selection; see :mod:`noisybench.evaluation.base` for the interface and
+"""Evaluation suites (the built-in test metrics, validation accuracy, memorisation and label
+recovery; calibration, temperature scaling, corruptions, CIFAR-10-P, OOD, dark knowledge) and
+model selection; see :mod:`noisybench.evaluation.base` for the interface and
 ``python -m noisybench.evaluate`` for finished runs."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
         EvalSuite,
         Metrics,
         Predict,
+        Predictor,
         flat_float,
         make_predict,
     )
@@ -24,7 +26,9 @@ if TYPE_CHECKING:
 # The interface (noisybench.evaluation.base) imports torch; it is imported when first used, so
 # that the modules of this package that need no torch (selection: the report's epoch rules)
 # import without it: `noisybench report` then starts without loading torch.
-_BASE = frozenset({"EvalContext", "EvalSuite", "Metrics", "Predict", "flat_float", "make_predict"})
+_BASE = frozenset(
+    {"EvalContext", "EvalSuite", "Metrics", "Predict", "Predictor", "flat_float", "make_predict"}
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -36,20 +40,25 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BUILTIN_SUITES",
     "EVAL_CONF_DIR",
     "EvalContext",
     "EvalSuite",
     "Metrics",
     "Predict",
+    "Predictor",
     "SuiteRunner",
     "available_suites",
     "build_suites",
+    "builtin_suites",
     "flat_float",
     "load_suite",
     "make_predict",
 ]
 
 EVAL_CONF_DIR = CONF_DIR / "eval"
+#: The suites every training run has (:mod:`noisybench.evaluation.builtin`), in record order.
+BUILTIN_SUITES = ("test", "val", "memorisation", "recovery")
 
 
 def available_suites() -> list[str]:
@@ -104,6 +113,17 @@ def run_suites(suites: Sequence[EvalSuite], predict: Predict, ctx: EvalContext) 
     return out
 
 
+def builtin_suites(
+    epochs: int, diagnostics: bool = True, diagnostics_every: int = 1
+) -> list[EvalSuite]:
+    """The built-in suites of a training run of ``epochs`` epochs, from their
+    ``conf/eval/<name>.yaml``: the memorisation diagnostics every ``diagnostics_every`` epochs
+    and at the last one, left out when ``diagnostics`` is false (``eval.train_diagnostics``)."""
+    settings = {"memorisation": {"every": max(1, int(diagnostics_every)), "epochs": int(epochs)}}
+    names = [n for n in BUILTIN_SUITES if diagnostics or n != "memorisation"]
+    return [load_suite(name, settings.get(name))[0] for name in names]
+
+
 def build_suites(nodes: Mapping[str, Mapping[str, Any]] | None) -> list[EvalSuite]:
     """The suites of a composed config's ``eval.suites`` node (``+eval=[calibration,ood]`` on
     the command line, or ``- eval: [...]`` in the defaults list, fills it)."""
@@ -124,6 +144,17 @@ class SuiteRunner:
 
     def after_epoch(self, epoch: int, predict: Predict) -> Metrics:
         return run_suites([s for s in self.suites if s.due(epoch)], predict, self.ctx)
+
+    def record(self, epoch: int, predict: Predict, stage: str) -> Metrics:
+        """The metrics of the suites of ``stage`` (:attr:`EvalSuite.stage`) due after
+        ``epoch``, keyed as in the epoch's record: a built-in suite's keys as they are
+        (``test/acc``), the others' under ``eval/`` (``eval/calibration/ece``)."""
+        prefix = "eval/" if stage == "eval" else ""
+        out: Metrics = {}
+        for suite in self.suites:
+            if suite.stage == stage and suite.due(epoch):
+                out.update({prefix + k: v for k, v in suite.evaluate(predict, self.ctx).items()})
+        return out
 
     def at_end(self, predict: Predict) -> Metrics:
         return run_suites(self.suites, predict, self.ctx)
