@@ -396,13 +396,18 @@ def test_published_numbers_are_table_2() -> None:
         96.7,
         95.5,
     ]
-    assert rows["cifar10", "asym40"] == 95.2 and rows["cifar10", "sym90"] == 93.5
-    assert [rows["cifar100", n] for n in ("sym20", "sym50", "sym80", "sym90")] == [
+    # Rates without a shipped noise config carry the report's name for them (90 %: the
+    # symmetric variant that may keep the true class, as sym20-80; CIFAR-100's superclass
+    # flips at 10 / 30 %), so the published number meets a run of that noise.
+    sym90 = "sym_incl rate=0.9"
+    assert rows["cifar10", "asym40"] == 95.2 and rows["cifar10", sym90] == 93.5
+    assert [rows["cifar100", n] for n in ("sym20", "sym50", "sym80", sym90)] == [
         79.4,
         76.4,
         67.7,
         52.8,
     ]
+    assert rows["cifar100", "asym rate=0.1"] == 79.2 and rows["cifar100", "asym rate=0.3"] == 77.8
     assert rows["cifar100", "asym40_c100super"] == 75.8
 
 
