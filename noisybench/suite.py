@@ -140,7 +140,10 @@ def expand(suite: Suite) -> Iterator[Job]:
 
 
 def _variant(suite: Suite, job: Job, user: Sequence[str]) -> str:
-    return run_variant([*suite.fixed, *job.extra, *user])
+    """The run directory's variant as Hydra's run name makes it: from the task overrides only
+    (Hydra's own, such as ``hydra/launcher=joblib``, name no run)."""
+    task = [o for o in user if not o.lstrip("+~").startswith("hydra")]
+    return run_variant([*suite.fixed, *job.extra, *task])
 
 
 def _out_dir(suite: Suite, user: Sequence[str]) -> Path:

@@ -80,6 +80,17 @@ def test_a_suite_lands_in_its_own_out_dir_when_none_is_given(
     assert "-> runs/suite/digits_mini/digits/small_cnn/sym20/ce/" in text
 
 
+def test_hydras_own_overrides_name_no_run_directory(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A launcher choice (``hydra/launcher=joblib``) is Hydra's, not the experiment's: the runs
+    land where Hydra's run name puts them, as without it (the suite refused to start)."""
+    monkeypatch.chdir(tmp_path)
+    launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    assert main(["digits_mini", "--dry-run", *launcher]) == 0
+    text = capsys.readouterr().out
+    assert "-> runs/suite/digits_mini/digits/small_cnn/sym20/ce/quickstart+epochs:10+" in text
+    assert "hydra" not in text.split("->", 1)[1].splitlines()[0]
+
+
 def test_bad_suites_are_one_line(tmp_path: Path, capsys) -> None:
     assert main(["no_such_suite", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
