@@ -1,4 +1,6 @@
-"""Soft-target losses shared by the distillation methods (BSD, BSD+, DLB, KD, PS-KD, LS).
+"""Soft-target losses shared by the distillation methods (BSD, BSD+, DLB, KD, PS-KD, LS), and the
+sharpening and uniform-prior penalty shared by the semi-supervised ones (DivideMix, OT-Filter,
+CSOT, DULC).
 
 ``soft_cross_entropy(logits, t) = mean_i -sum_k t_ik log softmax(logits_i)_k`` and
 ``kl_to_target(logits, t) = mean_i KL(t_i || softmax(logits_i))`` differ by the target's
