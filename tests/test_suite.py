@@ -81,10 +81,11 @@ def test_a_suite_lands_in_its_own_out_dir_when_none_is_given(
 
 
 def test_hydras_own_overrides_name_no_run_directory(tmp_path: Path, monkeypatch, capsys) -> None:
-    """A launcher choice (``hydra/launcher=joblib``) is Hydra's, not the experiment's: the runs
-    land where Hydra's run name puts them, as without it (the suite refused to start)."""
+    """A launcher choice (``hydra/launcher=joblib``; here Hydra's basic launcher, which every
+    install has) is Hydra's, not the experiment's: the runs land where Hydra's run name puts
+    them, as without it (the suite refused to start)."""
     monkeypatch.chdir(tmp_path)
-    launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    launcher = ["hydra/launcher=basic", "hydra.job.chdir=false"]
     assert main(["digits_mini", "--dry-run", *launcher]) == 0
     text = capsys.readouterr().out
     assert "-> runs/suite/digits_mini/digits/small_cnn/sym20/ce/quickstart+epochs:10+" in text
