@@ -679,6 +679,7 @@ def _torch_globals(restore_torch_globals: None) -> None:
     """build() sets torch's thread count and determinism (conftest)."""
 
 
+@pytest.mark.slow  # an end-to-end run through the engine
 @pytest.mark.usefixtures("_torch_globals")
 def test_digits_run_trains_its_network_and_heads() -> None:
     exp = _digits()
@@ -691,6 +692,7 @@ def test_digits_run_trains_its_network_and_heads() -> None:
     assert 0 < float(exp.method.labelled.float().mean()) < 1
 
 
+@pytest.mark.slow  # an end-to-end run through the engine
 @pytest.mark.usefixtures("_torch_globals")
 def test_digits_run_resumes_mid_epoch_exactly() -> None:
     """Epoch 1 (after warm-up: the OT division, the two streams, MixUp's draws) trained whole

@@ -434,6 +434,7 @@ def _run(tmp_path, overrides: list[str]) -> dict:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # an end-to-end run through the engine
 def test_digits_run_trains(tmp_path) -> None:
     """Three epochs on digits (small CNN, sym 50 %): one warm-up epoch, then two of label
     correction. The network learns (test accuracy far above the 10 % of chance), the
@@ -463,6 +464,7 @@ def test_digits_run_trains(tmp_path) -> None:
     assert float(alpha[wrong].mean()) > float(alpha[~wrong].mean()) + 0.2
 
 
+@pytest.mark.slow  # an end-to-end run through the engine
 def test_killed_mid_epoch_resumes_exactly(tmp_path, monkeypatch) -> None:
     """Killed in epoch 2 after its epoch-start pass (alpha recomputed) and one step; the
     resumed run ends with the same history and weights as an uninterrupted one."""

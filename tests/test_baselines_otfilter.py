@@ -451,6 +451,7 @@ def _state(run_dir) -> dict[str, torch.Tensor]:
     return out
 
 
+@pytest.mark.slow  # an end-to-end run through the engine
 @pytest.mark.parametrize("stop", ["3:2:TERM", "2:0:TERM"])
 def test_otfilter_resume_mid_epoch_is_exact(tmp_path, monkeypatch, stop: str) -> None:
     """Stopped at a step of a MixMatch epoch (3:2) or before the first step of the first

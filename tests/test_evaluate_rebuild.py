@@ -21,13 +21,18 @@ from noisybench.config import CONF_DIR, compose
 from noisybench.evaluate import EvaluateOptions, evaluate_run
 from noisybench.run import run_experiment
 
-DEEP = {  # 7-24 s each
+DEEP = {  # 3-24 s each (the quick loop keeps the small and mid-sized networks)
+    "densenet121",
     "densenet169",
     "densenet201",
+    "resnet34",
+    "resnet50",
     "resnet101",
     "resnet152",
+    "tv_resnet50",
     "tv_vgg19_bn",
     "inception_resnet_v2",
+    "vit_b16",
 }
 MODELS = [
     pytest.param(m, marks=pytest.mark.slow) if m in DEEP else m

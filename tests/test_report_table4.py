@@ -115,6 +115,7 @@ def _cell(table: dict, row: str, noise: str, selection: str) -> dict | None:
     return row_obj["cells"].get(col["key"])
 
 
+@pytest.mark.slow  # the module's 48 result files take about 10 s to compose
 def test_every_lower_row_from_runs_with_the_paper_beside(table: dict) -> None:
     ours = sorted(r["label"] for r in table["rows"] if r["source"] == "ours")
     assert ours == sorted(METHODS)
@@ -154,6 +155,7 @@ def test_bold_is_ours_best_among_the_four(table: dict) -> None:
         assert bold == ["bsdplus"], noise
 
 
+@pytest.mark.slow  # the module's 48 result files take about 10 s to compose
 def test_notes_say_where_each_quoted_number_comes_from(table: dict) -> None:
     notes = "\n".join(table["notes"])
     (otf,) = [n for n in table["notes"] if n.startswith("paper, otfilter:")]

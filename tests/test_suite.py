@@ -133,6 +133,7 @@ def test_a_suite_runs_resumes_and_ends_in_the_leaderboard(tmp_path: Path) -> Non
     assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")} == mtimes  # not rerun
 
 
+@pytest.mark.slow  # about 20 s of composition for all four suites
 @pytest.mark.parametrize("name", ["digits_mini", "digits_sota", "cifar10_table4", "cifar_n"])
 def test_every_job_of_a_shipped_suite_composes_and_resolves(name: str) -> None:
     """Each method x noise of a shipped suite composes and resolves (a suite that named a
