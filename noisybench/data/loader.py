@@ -52,22 +52,26 @@ __all__ = [
 ]
 
 
+def _mixed_seed(*keys: int) -> int:
+    """A 63-bit generator seed mixing ``keys`` with NumPy's ``SeedSequence`` hash."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    return ((int(state[0]) << 32) | int(state[1])) & ((1 << 63) - 1)
+
+
 def epoch_generator_seed(seed: int, epoch: int) -> int:
     """A 63-bit generator seed mixing ``(seed, epoch)`` with NumPy's ``SeedSequence`` hash.
 
     Neighbouring (seed, epoch) pairs give unrelated seeds (unlike e.g. ``seed + epoch``, where
     seed 0 epoch 1 would equal seed 1 epoch 0).
     """
-    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, dtype=np.uint32)
-    return ((int(state[0]) << 32) | int(state[1])) & ((1 << 63) - 1)
+    return _mixed_seed(seed, epoch)
 
 
 def plan_seed(seed: int, epoch: int) -> int:
     """The 63-bit seed a method's epoch plan (:meth:`noisybench.method.Method.epoch_plan`)
     draws its shuffles from: a function of ``(seed, epoch)`` only, unrelated to the epoch's
     own permutation seed (:func:`epoch_generator_seed`)."""
-    state = np.random.SeedSequence([int(seed), int(epoch), 1]).generate_state(2, dtype=np.uint32)
-    return ((int(state[0]) << 32) | int(state[1])) & ((1 << 63) - 1)
+    return _mixed_seed(seed, epoch, 1)
 
 
 def process_share(idx: Tensor, rank: int, world_size: int) -> Tensor:
