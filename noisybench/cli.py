@@ -324,16 +324,43 @@ _SUBCOMMANDS = {
 }
 
 
+def _print_job_error(exc: BaseException) -> None:
+    """Print an unexpected error of a job the way Hydra prints it without
+    ``HYDRA_FULL_ERROR``: a configuration error as its message, any other error as its
+    traceback from the job's frame (``run_job``) on, without Hydra's frames above it; then
+    the hint that ``HYDRA_FULL_ERROR=1`` shows all of them."""
+    import traceback
+
+    from hydra.errors import CompactHydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(exc, CompactHydraException):
+        print(exc, file=sys.stderr)
+        if isinstance(exc.__cause__, OmegaConfBaseException):
+            print(exc.__cause__, file=sys.stderr)
+    else:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_name != "run_job":
+            tb = tb.tb_next
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next  # the job's own frames (Hydra's run_job itself left out)
+        traceback.print_exception(type(exc), exc, tb or exc.__traceback__, file=sys.stderr)
+    print(
+        "\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",
+        file=sys.stderr,
+    )
+
+
 def _run_hydra(passthrough: bool) -> None:
     """Run Hydra; a full disk (even while Hydra writes its own records) ends in one line.
 
-    Hydra prints other errors itself: with ``HYDRA_FULL_ERROR`` set here they come back to
-    this function, which hands those on to Hydra's reporting unchanged."""
+    With ``HYDRA_FULL_ERROR`` set here every error comes back to this function (Hydra
+    would otherwise print it and exit): an unexpected one is printed as Hydra prints it
+    (:func:`_print_job_error`) and ends the command with status 1; when the user set
+    ``HYDRA_FULL_ERROR`` it is raised whole."""
     if passthrough:
         _hydra_main()
         return
-    from hydra._internal.utils import run_and_report
-
     saved = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -357,18 +384,8 @@ def _run_hydra(passthrough: bool) -> None:
             ) from None
         if saved is not None:
             raise
-
-        # Hand Hydra the traceback from its run_job frame on: it prints it as it always has
-        # (without Hydra's own frames).
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_name != "run_job":
-            tb = tb.tb_next
-        error = exc if tb is None else exc.with_traceback(tb)
-
-        def reraise() -> None:
-            raise error
-
-        run_and_report(reraise)
+        _print_job_error(exc)
+        sys.exit(1)
     finally:
         if saved is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)

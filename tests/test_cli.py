@@ -343,6 +343,47 @@ def test_restart_moves_old_files_aside_and_starts_over(
             assert (run_dir / name).read_bytes() == content
 
 
+BROKEN_PLUGIN_MODULE = """
+from noisybench.methods.ce import CrossEntropy
+
+
+class Broken(CrossEntropy):
+    def training_step(self, model, batch, epoch):
+        raise RuntimeError("a bug in the plug-in's step")
+"""
+
+
+def test_an_unexpected_error_prints_the_jobs_traceback_only(cli: CLI, tmp_path: Path) -> None:
+    """A bug in a plug-in (not bad input): exit 1 and the traceback from the job's frame on,
+    as Hydra prints it, then Hydra's hint; ``HYDRA_FULL_ERROR=1`` shows the whole stack."""
+    plugin = tmp_path / "plugin"
+    (plugin / "conf" / "method").mkdir(parents=True)
+    (plugin / "broken_method.py").write_text(textwrap.dedent(BROKEN_PLUGIN_MODULE))
+    (plugin / "conf" / "method" / "broken.yaml").write_text(
+        "name: broken\n_target_: broken_method.Broken\n"
+    )
+    common = (
+        "method=broken",
+        "epochs=1",
+        f"hydra.searchpath=[file://{plugin / 'conf'}]",
+        "allow_targets=[broken_method.]",
+    )
+    proc = cli(*common, f"out_dir={tmp_path / 'a'}", pythonpath=[plugin])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    err = proc.stderr
+    assert "Traceback" in err and "RuntimeError: a bug in the plug-in's step" in err
+    assert 'broken_method.py", line 7, in training_step' in err
+    assert err.rstrip().endswith("HYDRA_FULL_ERROR=1 for a complete stack trace."), err[-500:]
+    frames = [line for line in err.splitlines() if line.lstrip().startswith('File "')]
+    assert "noisybench/cli.py" in frames[0] and "_hydra_main" in frames[0], frames  # the job
+    assert not any("/hydra/" in line for line in frames), frames
+    full = cli(
+        *common, f"out_dir={tmp_path / 'b'}", pythonpath=[plugin], env={"HYDRA_FULL_ERROR": "1"}
+    )
+    assert full.returncode == 1 and "RuntimeError: a bug in the plug-in's step" in full.stderr
+    assert "/hydra/" in full.stderr and "for a complete stack trace" not in full.stderr
+
+
 def test_a_second_process_in_the_same_run_dir_is_refused(cli: CLI, tmp_path: Path) -> None:
     """While one process holds the run directory's lock, another is refused in one line and
     writes none of the run's files."""
