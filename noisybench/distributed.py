@@ -189,11 +189,16 @@ def init(backend: str = "auto", timeout_s: float = 600.0) -> bool:
 def shutdown() -> None:
     """Leave the process group (at the end of a run; harmless when there is none). All
     processes first meet at a barrier, so that none tears down its connections while another
-    is still using them."""
+    is still using them. Unreachable objects (a finished run's DDP wrapper and its gradient
+    reducer) are collected first, while the group they hold work of still exists, rather than
+    during the interpreter's exit."""
+    import gc
+
     import torch.distributed as dist
 
     global _CONTROL
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         try:
             if dist.get_world_size() > 1:
                 dist.barrier()

@@ -30,6 +30,7 @@ def main() -> None:
             },
             out / f"{number}.rank{distributed.rank()}.pt",
         )
+        del exp, history  # the DDP wrapper goes before its process group (as in the CLI)
     distributed.shutdown()
 
 

@@ -56,6 +56,7 @@ def _env(**extra: str) -> dict[str, str]:
     }
     env["PYTHONPATH"] = str(ROOT)
     env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # a process that aborts prints where (Python's stacks)
     env.update(extra)
     return env
 
