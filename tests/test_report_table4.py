@@ -148,6 +148,7 @@ def test_every_lower_row_from_runs_with_the_paper_beside(table: dict) -> None:
             ), (method, noise)
 
 
+@pytest.mark.slow  # the module's 48 result files take about 10 s to compose
 def test_bold_is_ours_best_among_the_four(table: dict) -> None:
     # Last epoch: base + 0.02 * method index, so BSD+ (index 3) is best in every column.
     for noise in NOISES:

@@ -50,37 +50,52 @@ def test_numpy_1_names_still_read(tmp_path: Path) -> None:
 
 PAYLOAD_CHECK = textwrap.dedent(
     """
+    import os
     import sys
     from noisybench.data.cifar import read_batch
     from noisybench.errors import UserError
-    try:
-        read_batch(sys.argv[1])
-    except UserError as exc:
-        print("REFUSED", exc)
-    print("IMPORTED" if any(m.startswith("numpy.f2py") for m in sys.modules) else "CLEAN")
+
+    assert not any(m.startswith("numpy.f2py") for m in sys.modules)
+    for path in sys.argv[1:]:
+        # each file in a fresh child of this interpreter: its sys.modules shows what that
+        # file's reading imported (and the reader's own imports are paid once)
+        sys.stdout.flush()
+        if os.fork() == 0:
+            try:
+                read_batch(path)
+                verdict = "READ"
+            except UserError as exc:
+                verdict = f"REFUSED {exc}"
+            imported = any(m.startswith("numpy.f2py") for m in sys.modules)
+            print(f"{verdict}\t{'IMPORTED' if imported else 'CLEAN'}", flush=True)
+            os._exit(0)
+        os.wait()
     """
 )
 
+PAYLOADS = {
+    # The attack: a module inside numpy whose import starts a program, under a name the old
+    # prefix rule admitted (it checked the module's first component and the name).
+    "f2py-main-dtype": b"cnumpy.f2py.__main__\ndtype\n(S'u1'\ntR.",
+    "f2py-main-main": b"cnumpy.f2py.__main__\nmain\n)R.",
+    "f2py-run-main": b"cnumpy.f2py\nrun_main\n(]tR.",
+    "os-system": b"cos\nsystem\n(S'true'\ntR.",
+    "numpy-module": b"cnumpy\n_core\n.",  # a module object is not one of the pairs either
+}
 
-@pytest.mark.parametrize(
-    "payload",
-    [
-        # The attack: a module inside numpy whose import starts a program, under a name the
-        # old prefix rule admitted (it checked the module's first component and the name).
-        b"cnumpy.f2py.__main__\ndtype\n(S'u1'\ntR.",
-        b"cnumpy.f2py.__main__\nmain\n)R.",
-        b"cnumpy.f2py\nrun_main\n(]tR.",
-        b"cos\nsystem\n(S'true'\ntR.",
-        b"cnumpy\n_core\n.",  # a module object is not one of the pairs either
-    ],
-    ids=["f2py-main-dtype", "f2py-main-main", "f2py-run-main", "os-system", "numpy-module"],
-)
-def test_cifar_unpickler_imports_nothing_it_does_not_allow(tmp_path: Path, payload: bytes) -> None:
-    """Issue 20 item 2; in a subprocess, so that ``sys.modules`` shows what was imported."""
-    path = tmp_path / "data_batch_1"
-    path.write_bytes(payload)
+
+@pytest.fixture(scope="module")
+def payload_verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
+    """Each payload read in its own forked child of one interpreter (so that ``sys.modules``
+    shows what reading it imported): ``{payload id: (path, output line)}``."""
+    root = tmp_path_factory.mktemp("payloads")
+    paths = {}
+    for name, payload in PAYLOADS.items():
+        paths[name] = root / name / "data_batch_1"
+        paths[name].parent.mkdir()
+        paths[name].write_bytes(payload)
     proc = subprocess.run(
-        [sys.executable, "-c", PAYLOAD_CHECK, str(path)],
+        [sys.executable, "-c", PAYLOAD_CHECK, *map(str, paths.values())],
         capture_output=True,
         text=True,
         timeout=120,
@@ -89,9 +104,20 @@ def test_cifar_unpickler_imports_nothing_it_does_not_allow(tmp_path: Path, paylo
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
-    assert lines[-1] == "CLEAN", proc.stdout
-    assert lines[0].startswith("REFUSED") and str(path) in lines[0], proc.stdout
-    assert "unexpected object" in lines[0]
+    assert len(lines) == len(paths), proc.stdout
+    return {name: (str(paths[name]), line) for name, line in zip(paths, lines, strict=True)}
+
+
+@pytest.mark.parametrize("payload", list(PAYLOADS))
+def test_cifar_unpickler_imports_nothing_it_does_not_allow(
+    payload_verdicts: dict[str, tuple[str, str]], payload: str
+) -> None:
+    """Issue 20 item 2; in a subprocess, so that ``sys.modules`` shows what was imported."""
+    path, line = payload_verdicts[payload]
+    verdict, imported = line.rsplit("\t", 1)
+    assert imported == "CLEAN", line
+    assert verdict.startswith("REFUSED") and path in verdict, line
+    assert "unexpected object" in verdict
 
 
 # ------------------------------------------------------------------------------ batch of one
