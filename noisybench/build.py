@@ -53,6 +53,7 @@ __all__ = [
     "ChannelsLast",
     "Experiment",
     "build",
+    "deterministic_algorithms",
     "deterministic_for",
     "eval_batch_size",
     "optimizer_impl_kwargs",
@@ -190,22 +191,27 @@ def deterministic_for(setting: Any, device: torch.device) -> bool:
     return resolve_auto(setting, device, "deterministic")
 
 
+def deterministic_algorithms(mode: bool, warn_only: bool = False, compiled: bool = False) -> None:
+    """Set torch's deterministic-algorithms flag as ``torch.use_deterministic_algorithms``
+    does, without that call's import of the inductor compiler (about a second per process) to
+    set the compiler's flag too when nothing here is compiled: with ``compiled`` or the
+    compiler already imported, the public call is made."""
+    if (
+        compiled
+        or "torch._inductor.config" in sys.modules
+        or not hasattr(torch._C, "_set_deterministic_algorithms")
+    ):
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
+
+
 def set_determinism(deterministic: bool, compiled: bool = False) -> None:
     """Deterministic algorithms (bit-identical reruns on the CPU) or fast kernels
     (cudnn.benchmark's autotuned convolutions, TF32 matmuls on Ampere and later GPUs)."""
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        if (
-            compiled
-            or "torch._inductor.config" in sys.modules
-            or not hasattr(torch._C, "_set_deterministic_algorithms")
-        ):
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        else:
-            # What torch.use_deterministic_algorithms does, minus importing the inductor
-            # compiler's config to set its flag too (about a second per run): nothing here is
-            # compiled with inductor unless compile=true, which takes the public call above.
-            torch._C._set_deterministic_algorithms(True, warn_only=True)
+        deterministic_algorithms(True, warn_only=True, compiled=compiled)
         # Deterministic mode also fills every new tensor's memory (NaN/ints' max) so that a
         # kernel reading uninitialised memory would show; no kernel here does (the reruns
         # are bit-identical without it, tests/test_resume.py), and the filling cost 8 % of a
@@ -214,10 +220,7 @@ def set_determinism(deterministic: bool, compiled: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
     else:
         if torch.are_deterministic_algorithms_enabled():  # an earlier build in this process
-            if compiled or not hasattr(torch._C, "_set_deterministic_algorithms"):
-                torch.use_deterministic_algorithms(False)
-            else:
-                torch._C._set_deterministic_algorithms(False)
+            deterministic_algorithms(False, compiled=compiled)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

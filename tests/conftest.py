@@ -258,14 +258,10 @@ def restore_torch_globals() -> Iterator[None]:
         torch.set_num_threads(threads)
     state = (torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled())  # fmt: skip
-    if state != (deterministic, warn_only):
-        # torch's public setter first imports the inductor compiler (about a second, once
-        # per worker) to set its flag too; unless a test imported it, the flag alone is set,
-        # as noisybench.build.set_determinism does
-        if "torch._inductor.config" in sys.modules:
-            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-        else:
-            torch._C._set_deterministic_algorithms(deterministic, warn_only=warn_only)
+    if state != (deterministic, warn_only):  # without importing the compiler when unused
+        from noisybench.build import deterministic_algorithms
+
+        deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 # A plug-in method outside the package: cross-entropy whose loss is NaN at call number ``at``
